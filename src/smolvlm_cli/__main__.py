@@ -1,0 +1,3 @@
+from smolvlm_cli.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Fixtures that build random-weight checkpoints and ONNX exports (owned by the exporter work)."""
