@@ -1,5 +1,43 @@
-"""smolvlm-cli: SmolVLM captions and visual answers on a CPU through ONNX Runtime."""
+"""smolvlm-cli: SmolVLM captions and visual answers on a CPU through ONNX Runtime.
+
+    from smolvlm_cli import SmolVLM
+    model = SmolVLM.from_pretrained()
+    print(model.generate("photo.jpg", "What is in the box?"))
+
+Names load lazily so that `import smolvlm_cli` (and `smolvlm --help`) stays fast.
+"""
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "SmolVLM": "smolvlm_cli.model",
+    "TextStream": "smolvlm_cli.model",
+    "GenerationStats": "smolvlm_cli.model",
+    "Processor": "smolvlm_cli.processor",
+    "ImageProcessor": "smolvlm_cli.image_processing",
+    "Tokenizer": "smolvlm_cli.tokenizer",
+    "ModelConfig": "smolvlm_cli.config",
+    "GenerationOptions": "smolvlm_cli.options",
+    "SmolVLMError": "smolvlm_cli.errors",
+}
+__all__ = [*_EXPORTS, "__version__"]
+
+if TYPE_CHECKING:
+    from smolvlm_cli.config import ModelConfig
+    from smolvlm_cli.errors import SmolVLMError
+    from smolvlm_cli.image_processing import ImageProcessor
+    from smolvlm_cli.model import GenerationStats, SmolVLM, TextStream
+    from smolvlm_cli.options import GenerationOptions
+    from smolvlm_cli.processor import Processor
+    from smolvlm_cli.tokenizer import Tokenizer
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'smolvlm_cli' has no attribute {name!r}")

@@ -1,0 +1,167 @@
+"""`smolvlm describe IMAGE... [PROMPT]`: one answer about one or more images, streamed."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from smolvlm_cli.cli import output
+from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DtypeOpt, JsonOpt, LongestEdgeOpt,
+                                     MaxTokensOpt, ModelOpt, NoSplitOpt, QuietOpt,
+                                     RepetitionPenaltyOpt, SeedOpt, TemperatureOpt, ThreadsOpt,
+                                     TopKOpt, TopPOpt, VerboseOpt)
+from smolvlm_cli.hub import DEFAULT_MODEL
+from smolvlm_cli.options import DEFAULT_PROMPT
+
+STDIN = "-"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic",
+                  ".heif", ".avif", ".jxl", ".ico", ".ppm", ".pgm", ".pbm", ".tga"}
+
+
+def split_images_and_prompt(args: list[str], prompt: str | None) -> tuple[list[str], str | None]:
+    """The last argument is the prompt when it is neither `-`, an existing path, nor an image name."""
+    images = list(args)
+    if prompt is None and len(images) > 1:
+        last = images[-1]
+        if last != STDIN and not Path(last).exists() and Path(last).suffix.lower() not in IMAGE_SUFFIXES:
+            prompt = images.pop()
+    return images, prompt
+
+
+def read_stdin_inputs(images: list[str], prompt: str | None) -> tuple[list, str | None]:
+    """`-` reads image bytes from stdin; otherwise piped stdin text is (part of) the prompt."""
+    if images.count(STDIN) > 1:
+        raise typer.BadParameter("stdin can be read only once: give '-' for at most one image")
+    if STDIN in images:
+        data = sys.stdin.buffer.read()
+        if not data:
+            from smolvlm_cli.errors import ImageError
+            raise ImageError("<stdin>: no image data on standard input")
+        return [data if i == STDIN else i for i in images], prompt
+    if not sys.stdin.isatty():
+        piped = sys.stdin.read().strip()
+        if piped:
+            prompt = f"{piped}\n{prompt}" if prompt else piped
+    return list(images), prompt
+
+
+EXAMPLES = """Examples:\n\n
+smolvlm describe photo.jpg\n\n
+smolvlm describe photo.jpg 'What is in the box?'\n\n
+smolvlm describe --no-split -n 40 photo.jpg   (fast: one tile, a short caption)\n\n
+curl -s https://example.com/a.jpg | smolvlm describe - --json | jq .text\n\n
+echo 'Is there a dog?' | smolvlm describe photo.jpg"""
+
+
+def register(app: typer.Typer) -> None:
+    app.command(no_args_is_help=True, epilog=EXAMPLES)(describe)
+
+
+def describe(
+    images: Annotated[list[str], typer.Argument(
+        metavar="IMAGE... [PROMPT]", show_default=False,
+        help="Image paths ('-' reads image bytes from stdin), optionally followed by the prompt. "
+             "Piped stdin text becomes the prompt.")],
+    prompt: Annotated[Optional[str], typer.Option(
+        "--prompt", "-p", show_default=DEFAULT_PROMPT,
+        help="The question or instruction (or give it after the images).")] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    backend: BackendOpt = "auto",
+    dtype: DtypeOpt = None,
+    threads: ThreadsOpt = None,
+    max_new_tokens: MaxTokensOpt = DEFAULTS.max_new_tokens,
+    temperature: TemperatureOpt = DEFAULTS.temperature,
+    top_k: TopKOpt = DEFAULTS.top_k,
+    top_p: TopPOpt = DEFAULTS.top_p,
+    repetition_penalty: RepetitionPenaltyOpt = DEFAULTS.repetition_penalty,
+    seed: SeedOpt = DEFAULTS.seed,
+    longest_edge: LongestEdgeOpt = None,
+    no_split: NoSplitOpt = False,
+    no_stream: Annotated[bool, typer.Option(
+        "--no-stream", rich_help_panel="Output", help="Print the answer once it is complete.")] = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Answer a question about one or more images (a caption by default), streamed to stdout."""
+    started = time.perf_counter()
+    paths, prompt = split_images_and_prompt(images, prompt)
+    sources, prompt = read_stdin_inputs(paths, prompt)
+    status = output.Status(quiet)
+
+    from smolvlm_cli.image_processing import load_image
+    from smolvlm_cli.model import SmolVLM
+    from smolvlm_cli.options import GenerationOptions
+
+    # Decode the images first: a bad file fails before the model loads.
+    loaded = [load_image(s, name="<stdin>" if isinstance(s, bytes) else None) for s in sources]
+    opts = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                             top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
+    startup_s = started - _process_start()
+    with status.show(f"Loading {model}"):
+        t0 = time.perf_counter()
+        vlm = SmolVLM.from_pretrained(model, backend=backend, dtype=dtype, threads=threads)
+        load_s = time.perf_counter() - t0
+    stream = vlm.stream(loaded, prompt or DEFAULT_PROMPT, longest_edge=longest_edge,
+                        split=False if no_split else None, options=opts)
+    buffered = json_out or no_stream
+    parts = []
+    with status.show(f"Encoding {len(loaded)} image(s)" if loaded else "Thinking"):
+        first = next(iter(stream), None)
+    for delta in _chain(first, stream):
+        if buffered:
+            parts.append(delta)
+        else:
+            output.write(delta)
+    text = "".join(parts)
+    stats = stream.stats
+    if json_out:
+        output.write_json({
+            "text": text, "model": model, "backend": vlm.backend.name, "dtype": vlm.backend.dtype,
+            "prompt": prompt or DEFAULT_PROMPT, "images": [_label(s) for s in sources],
+            "prompt_tokens": stats.prompt_tokens, "generated_tokens": stats.generated_tokens,
+            "image_tiles": stats.image_tiles, "image_tokens": stats.image_tokens,
+            "stop_reason": stats.stop_reason,
+            "timings": {"startup_s": round(startup_s, 4), "load_s": round(load_s, 4),
+                        **{k: round(v, 4) for k, v in stats.as_dict().items() if k.endswith("_s")},
+                        "decode_tokens_per_s": round(stats.decode_tokens_per_s, 2)},
+        })
+    else:
+        output.write(text + "\n" if buffered else "\n")
+    if verbose:
+        output.log(f"backend {vlm.backend.name} ({vlm.backend.dtype}), start-up {startup_s:.2f} s, "
+                   f"load {load_s:.2f} s, preprocess {stats.preprocess_s:.2f} s, "
+                   f"{stats.image_tiles} tile(s) / {stats.image_tokens} image tokens in "
+                   f"{stats.vision_s:.2f} s, prefill {stats.prompt_tokens} tokens in "
+                   f"{stats.prefill_s:.2f} s, first token after {stats.ttft_s:.2f} s, "
+                   f"{stats.generated_tokens} tokens at {stats.decode_tokens_per_s:.1f} tokens/s "
+                   f"(stop: {stats.stop_reason})")
+
+
+def _chain(first, rest):
+    if first is not None:
+        yield first
+        yield from rest
+
+
+def _label(source) -> str:
+    return "<stdin>" if isinstance(source, bytes) else str(source)
+
+
+def _process_start() -> float:
+    """perf_counter() at interpreter start (for the start-up share of --verbose timings)."""
+    import os
+
+    try:
+        with open(f"/proc/{os.getpid()}/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+        return time.perf_counter() - age
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter()

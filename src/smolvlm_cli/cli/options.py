@@ -1,0 +1,99 @@
+"""Options shared by several commands, declared once as `Annotated` aliases.
+
+Defaults come from `GenerationOptions` and `hub`, the single source of truth; nothing here
+imports numpy or onnxruntime, so `smolvlm --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from smolvlm_cli.backends import BACKENDS
+from smolvlm_cli.dtypes import DEFAULT_DTYPE, parse_dtype
+from smolvlm_cli.hub import DEFAULT_MODEL, MODEL_ENV
+from smolvlm_cli.options import GenerationOptions
+
+_DEFAULTS = GenerationOptions()
+_MODEL_PANEL = "Model"
+_SAMPLING_PANEL = "Sampling"
+_IMAGE_PANEL = "Image tiling (speed vs detail)"
+_OUTPUT_PANEL = "Output"
+
+
+def _check_dtype(value: Optional[str]) -> Optional[str]:
+    if value is not None:
+        try:
+            parse_dtype(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+def _check_top_p(value: float) -> float:
+    if not 0 < value <= 1:
+        raise typer.BadParameter(f"{value} is not in (0, 1]")
+    return value
+
+
+def _check_penalty(value: float) -> float:
+    if value <= 0:
+        raise typer.BadParameter(f"{value} is not above 0")
+    return value
+
+
+def _check_backend(value: str) -> str:
+    value = value.lower()
+    if value not in BACKENDS:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(BACKENDS)}")
+    return value
+
+
+ModelOpt = Annotated[str, typer.Option(
+    "--model", "-m", envvar=MODEL_ENV, show_envvar=True, rich_help_panel=_MODEL_PANEL,
+    help="Hub id or local directory (Hugging Face layout, ONNX graphs under onnx/).")]
+BackendOpt = Annotated[str, typer.Option(
+    "--backend", callback=_check_backend, rich_help_panel=_MODEL_PANEL, help="auto (ONNX when the model has the graphs, else torch), onnx or torch.")]
+DtypeOpt = Annotated[Optional[str], typer.Option(
+    "--dtype", callback=_check_dtype, rich_help_panel=_MODEL_PANEL,
+    help=f"ONNX variant: fp32, fp16, int8, q4 (default {DEFAULT_DTYPE}), or per component, "
+         "e.g. 'vision=fp32,decoder=int8'. The torch backend takes fp32, bf16 or fp16.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", min=1, rich_help_panel=_MODEL_PANEL, help="CPU threads (default: all cores).")]
+
+MaxTokensOpt = Annotated[int, typer.Option(
+    "--max-new-tokens", "-n", min=1, rich_help_panel=_SAMPLING_PANEL,
+    help="Stop after this many generated tokens.")]
+TemperatureOpt = Annotated[float, typer.Option(
+    "--temperature", "-t", min=0.0, rich_help_panel=_SAMPLING_PANEL,
+    help="0 is greedy (deterministic); higher samples more freely.")]
+TopKOpt = Annotated[int, typer.Option(
+    "--top-k", min=0, rich_help_panel=_SAMPLING_PANEL, help="Sample among the k likeliest (0: off).")]
+TopPOpt = Annotated[float, typer.Option(
+    "--top-p", callback=_check_top_p, rich_help_panel=_SAMPLING_PANEL,
+    help="Nucleus sampling mass (1: off).")]
+RepetitionPenaltyOpt = Annotated[float, typer.Option(
+    "--repetition-penalty", callback=_check_penalty, rich_help_panel=_SAMPLING_PANEL,
+    help="Above 1 discourages repeating tokens (1: off).")]
+SeedOpt = Annotated[Optional[int], typer.Option(
+    "--seed", rich_help_panel=_SAMPLING_PANEL, help="Seed for sampling: same seed, same text.")]
+
+LongestEdgeOpt = Annotated[Optional[int], typer.Option(
+    "--longest-edge", min=1, rich_help_panel=_IMAGE_PANEL,
+    help="Resize the image so its longest side is this many pixels before tiling (model default "
+         "2048: a 1024x768 photo becomes 12 tiles + 1 global = 13, ~1 s each on a CPU). 512 "
+         "gives a single tile: much faster, less detail.")]
+NoSplitOpt = Annotated[bool, typer.Option(
+    "--no-split", rich_help_panel=_IMAGE_PANEL,
+    help="Do not cut the image into tiles: one 512-px view, the fastest setting.")]
+
+JsonOpt = Annotated[bool, typer.Option(
+    "--json", rich_help_panel=_OUTPUT_PANEL, help="Print one JSON object (text, counts, timings).")]
+QuietOpt = Annotated[bool, typer.Option(
+    "--quiet", "-q", rich_help_panel=_OUTPUT_PANEL, help="No status or progress on stderr.")]
+VerboseOpt = Annotated[bool, typer.Option(
+    "--verbose", "-v", rich_help_panel=_OUTPUT_PANEL, help="Timings and details on stderr.")]
+
+DEFAULTS = _DEFAULTS
+DEFAULT_MODEL_ID = DEFAULT_MODEL

@@ -1,0 +1,65 @@
+"""Where things go: results raw to stdout, status and logs to stderr (spinners only on a terminal)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+
+def stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def write(text: str) -> None:
+    """Model output, raw (a literal `[bold]` stays text) and flushed, so pipes see it at once.
+
+    A reader that went away (`| head -c 10`) ends the run quietly with exit 0.
+    """
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        import os
+
+        import typer
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # silence the exit flush
+        raise typer.Exit(0) from None
+
+
+def write_json(obj: Any) -> None:
+    write(json.dumps(obj, ensure_ascii=False) + "\n")
+
+
+def log(message: str) -> None:
+    """A status line on stderr, plain text."""
+    print(message, file=sys.stderr, flush=True)
+
+
+class Status:
+    """A spinner on stderr when it is a terminal, silence otherwise (and with --quiet)."""
+
+    def __init__(self, quiet: bool = False):
+        self._console = None if quiet or not sys.stderr.isatty() else stderr_console()
+        self._status = None
+
+    @contextlib.contextmanager
+    def show(self, message: str) -> Iterator[None]:
+        if self._console is None:
+            yield
+            return
+        with self._console.status(message, spinner="dots") as status:
+            self._status = status
+            try:
+                yield
+            finally:
+                self._status = None
+
+    def update(self, message: str) -> None:
+        if self._status is not None:
+            self._status.update(message)

@@ -1,0 +1,94 @@
+"""Model resolution: a local directory in the Hub's layout, or a Hub id through huggingface_hub.
+
+Only the files a run needs are downloaded: the configuration and tokenizer files, plus the ONNX
+graphs of the chosen dtype (or the safetensors weights for the torch backend). The Hub's own
+cache and variables (`HF_HOME`, `HF_HUB_CACHE`, `HF_HUB_OFFLINE`, `HF_TOKEN`) apply unchanged.
+huggingface_hub is imported lazily: a local directory never pays for it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from smolvlm_cli.dtypes import onnx_files
+from smolvlm_cli.errors import ModelNotFoundError
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
+MODEL_ENV = "SMOLVLM_MODEL"
+
+# Everything but the weights. The tokenizer needs only tokenizer.json (+ its config files).
+CONFIG_FILES = (
+    "config.json", "generation_config.json", "preprocessor_config.json", "processor_config.json",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "chat_template.json", "chat_template.jinja",
+)
+TORCH_FILES = ("*.safetensors", "*.safetensors.index.json")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def default_model() -> str:
+    return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+
+
+def files_for(backend: str, dtype: str | None) -> list[str]:
+    """Hub file patterns a backend needs (an ONNX graph may carry an `.onnx_data` file)."""
+    if backend == "torch":
+        return [*CONFIG_FILES, *TORCH_FILES]
+    graphs = onnx_files(dtype).values()
+    return [*CONFIG_FILES, *graphs, *(f"{g}_data" for g in graphs), *(f"{g}.data" for g in graphs)]
+
+
+def is_local(model: str) -> bool:
+    return Path(model).expanduser().is_dir()
+
+
+def resolve_model(model: str, patterns: list[str]) -> Path:
+    """A local directory as is, else the Hub snapshot holding `patterns` (downloaded if needed)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelNotFoundError(f"model {model!r} is a file, not a model directory")
+    if not _REPO_ID.match(model) or model.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"model {model!r} is neither a local directory nor a Hub id",
+                                 hint="pass a directory in the Hugging Face layout or an id like "
+                                      f"{DEFAULT_MODEL}")
+    return Path(_snapshot(model, patterns))
+
+
+def _snapshot(repo_id: str, patterns: list[str]) -> str:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        OfflineModeIsEnabled, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    try:
+        return snapshot_download(repo_id, allow_patterns=patterns)
+    except GatedRepoError as exc:
+        raise ModelNotFoundError(f"model {repo_id} is gated on the Hub",
+                                 hint="accept its terms on the Hub and log in (hf auth login)") from exc
+    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+        raise ModelNotFoundError(f"model {repo_id} not found on the Hugging Face Hub",
+                                 hint="check the id, or log in if it is private") from exc
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+        raise ModelNotFoundError(
+            f"model {repo_id} is not in the local cache and the Hub cannot be reached",
+            hint="connect and run `smolvlm download` once, or unset HF_HUB_OFFLINE") from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise ModelNotFoundError(f"cannot download {repo_id}: {_first_line(exc)}",
+                                 hint="check the network, or set HF_HUB_OFFLINE=1 to use the cache") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def has_onnx(model_dir: Path, dtype: str | None) -> bool:
+    return all((model_dir / f).is_file() for f in onnx_files(dtype).values())
+
+
+def has_torch_weights(model_dir: Path) -> bool:
+    return any(model_dir.glob("*.safetensors"))

@@ -1,0 +1,77 @@
+"""`Processor`: chat messages + images -> the model inputs transformers' processor would give.
+
+Joins the image processor (pixels, tiles) and the tokenizer with the chat template (prompt ids):
+each `<image>` of the rendered prompt expands to the row/column/global markers and image tokens
+of its tile grid, so the prompt's image-token count always equals the encoded tiles' rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smolvlm_cli.config import ModelConfig
+from smolvlm_cli.image_processing import ImageProcessor
+from smolvlm_cli.prompt import ChatTemplate, expand_image_tokens
+from smolvlm_cli.tokenizer import Tokenizer
+
+_IMAGE_KEYS = ("image", "path", "url")
+
+
+def images_in_messages(messages: Sequence[dict]) -> tuple[int, list[Any]]:
+    """Count the image placeholders and collect images given inline (`{"type": "image", "image": x}`)."""
+    count, inline = 0, []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            continue
+        for part in content or ():
+            if part.get("type") == "image":
+                count += 1
+                source = next((part[k] for k in _IMAGE_KEYS if part.get(k) is not None), None)
+                if source is not None:
+                    inline.append(source)
+    return count, inline
+
+
+class Processor:
+    def __init__(self, config: ModelConfig, image_processor: ImageProcessor, tokenizer: Tokenizer,
+                 chat_template: ChatTemplate):
+        self.config = config
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path) -> Processor:
+        """From a local model directory (use `smolvlm_cli.hub.resolve_model` for Hub ids)."""
+        config = ModelConfig.from_dir(model_dir)
+        return cls(config, ImageProcessor(config), Tokenizer.from_dir(model_dir),
+                   ChatTemplate.from_dir(model_dir))
+
+    def render(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
+
+    def prepare_inputs(self, messages: Sequence[dict], images: Sequence[Any] | None = None,
+                       longest_edge: int | None = None, split: bool | None = None,
+                       add_generation_prompt: bool = True) -> dict[str, np.ndarray]:
+        """`input_ids`, `attention_mask` [1, seq] int64 and, with images, `pixel_values` and
+        `pixel_attention_mask` [1, tiles, ...], as transformers' processor returns them."""
+        placeholders, inline = images_in_messages(messages)
+        images = list(images) if images is not None else inline
+        if placeholders != len(images):
+            raise ValueError(f"the messages have {placeholders} image placeholder(s) "
+                             f"but {len(images)} image(s) were given")
+        text = self.render(messages, add_generation_prompt=add_generation_prompt)
+        inputs: dict[str, np.ndarray] = {}
+        if images:
+            pixels = self.image_processor.preprocess(images, longest_edge=longest_edge, split=split)
+            grids = list(zip(pixels["rows"][0], pixels["cols"][0]))
+            text = expand_image_tokens(text, grids, self.config.image_seq_len)
+            inputs["pixel_values"] = pixels["pixel_values"]
+            inputs["pixel_attention_mask"] = pixels["pixel_attention_mask"]
+        ids = np.asarray([self.tokenizer.encode(text)], dtype=np.int64)
+        return {"input_ids": ids, "attention_mask": np.ones_like(ids), **inputs}
