@@ -22,28 +22,32 @@ class Sampler:
         self.options = options
         self._rng = np.random.default_rng(options.seed)
 
-    def __call__(self, logits: np.ndarray, context_ids: Sequence[int]) -> int:
+    def process(self, logits: np.ndarray, context_ids: Sequence[int]) -> np.ndarray:
+        """The scores sampling draws from: penalized, tempered, filtered (-inf) logits."""
         opts = self.options
-        scores = np.asarray(logits, dtype=np.float32)
+        scores = np.array(logits, dtype=np.float32)  # a copy: the caller's logits stay intact
         if opts.repetition_penalty != 1.0 and len(context_ids):
-            scores = scores.copy()
             seen = np.unique(np.asarray(context_ids, dtype=np.int64))
             picked = scores[seen]
             scores[seen] = np.where(picked < 0, picked * opts.repetition_penalty,
                                     picked / opts.repetition_penalty)
         if opts.greedy:
-            return int(np.argmax(scores))
-        scores = scores / np.float32(opts.temperature)
+            return scores
+        scores /= np.float32(opts.temperature)
         if opts.top_k and opts.top_k < scores.shape[-1]:
             kth = np.partition(scores, -opts.top_k)[-opts.top_k]
-            scores = np.where(scores < kth, -np.inf, scores)
+            scores[scores < kth] = -np.inf
         if opts.top_p < 1.0:
-            order = np.argsort(scores)  # ascending, as transformers' TopPLogitsWarper
-            probs = _softmax(scores[order])
-            removed = np.cumsum(probs) <= 1 - opts.top_p
+            order = np.argsort(scores, kind="stable")  # ascending, as transformers' top-p
+            removed = np.cumsum(_softmax(scores[order])) <= 1 - opts.top_p
             removed[-1] = False  # always keep the most likely token
-            scores = scores.copy()
             scores[order[removed]] = -np.inf
+        return scores
+
+    def __call__(self, logits: np.ndarray, context_ids: Sequence[int]) -> int:
+        scores = self.process(logits, context_ids)
+        if self.options.greedy:
+            return int(np.argmax(scores))
         probs = _softmax(scores).astype(np.float64)
         probs /= probs.sum()
         return int(self._rng.choice(probs.shape[-1], p=probs))

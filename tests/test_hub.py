@@ -1,0 +1,82 @@
+"""Model resolution: local directories, Hub ids through the real huggingface_hub code, offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import fixture_dir
+from smolvlm_cli.errors import ModelNotFoundError
+from smolvlm_cli.hub import CONFIG_FILES, files_for, resolve_model
+
+
+def test_local_directory_is_used_as_is():
+    d = fixture_dir("SmolVLM2-256M-Video-Instruct")
+    assert resolve_model(str(d), list(CONFIG_FILES)) == d
+
+
+@pytest.mark.parametrize("name", ["not a repo", "../nowhere", "/no/such/dir", "a/b/c"])
+def test_neither_directory_nor_hub_id(name):
+    with pytest.raises(ModelNotFoundError, match="neither a local directory nor a Hub id"):
+        resolve_model(name, [])
+
+
+def test_a_file_is_not_a_model(tmp_path):
+    f = tmp_path / "model.onnx"
+    f.write_bytes(b"x")
+    with pytest.raises(ModelNotFoundError, match="is a file"):
+        resolve_model(str(f), [])
+
+
+def test_files_for_a_dtype_only():
+    files = files_for("onnx", "vision=fp32,decoder=int8")
+    assert "onnx/decoder_model_merged_int8.onnx" in files
+    assert "onnx/decoder_model_merged.onnx" not in files
+    assert "onnx/vision_encoder.onnx" in files and "config.json" in files
+    assert not any(f.endswith(".safetensors") for f in files)
+    assert "*.safetensors" in files_for("torch", None)
+
+
+def _resolve_in_subprocess(model: str, hf_home, dtype: str = "fp32"):
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    code = ("import sys; from smolvlm_cli.hub import resolve_model, files_for\n"
+            "from smolvlm_cli.errors import SmolVLMError\n"
+            "try:\n"
+            f"    print(resolve_model({model!r}, files_for('onnx', {dtype!r})))\n"
+            "except SmolVLMError as e:\n"
+            "    print('ERR', e.message, '|', e.hint); sys.exit(3)\n")
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_offline_and_not_cached_is_a_clear_error(tmp_path):
+    result = _resolve_in_subprocess("HuggingFaceTB/SmolVLM2-256M-Video-Instruct", tmp_path)
+    assert result.returncode == 3, result.stderr
+    assert "not in the local cache" in result.stdout and "smolvlm download" in result.stdout
+
+
+def test_offline_uses_the_hub_cache(tmp_path):
+    """A snapshot in the Hub's cache layout resolves offline to the snapshot folder."""
+    repo = tmp_path / "hub" / "models--HuggingFaceTB--SmolVLM2-256M-Video-Instruct"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    for name in CONFIG_FILES:
+        src = fixture_dir("SmolVLM2-256M-Video-Instruct") / name
+        if src.exists():
+            shutil.copyfile(src, snapshot / name)
+    (snapshot / "onnx").mkdir()
+    for graph in ("vision_encoder", "embed_tokens", "decoder_model_merged"):
+        (snapshot / "onnx" / f"{graph}.onnx").write_bytes(b"graph")
+    result = _resolve_in_subprocess("HuggingFaceTB/SmolVLM2-256M-Video-Instruct", tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == str(snapshot)
+    assert json.loads((snapshot / "config.json").read_text())["model_type"] == "smolvlm"
