@@ -42,7 +42,7 @@ class GenerationStats:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     ttft_s: float = 0.0  # from the call to the first generated token
-    stop_reason: str = ""  # "eos" or "length"
+    stop_reason: str = ""  # "stop" (an end-of-turn token) or "length" (max_new_tokens)
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -51,6 +51,30 @@ class GenerationStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "decode_tokens_per_s": round(self.decode_tokens_per_s, 3)}
+
+
+@dataclass
+class PreparedInputs:
+    """A prompt ready for the backend: ids and the real (unpadded) tiles of its images."""
+
+    messages: list[dict]
+    input_ids: np.ndarray  # [seq] int64
+    pixel_values: np.ndarray | None  # [tiles, 3, T, T] float32
+    pixel_attention_mask: np.ndarray | None  # [tiles, T, T] bool
+    preprocess_s: float = 0.0
+
+    @property
+    def num_tiles(self) -> int:
+        return 0 if self.pixel_values is None else len(self.pixel_values)
+
+
+@dataclass
+class Generation:
+    """A finished answer."""
+
+    text: str
+    token_ids: list[int]
+    stats: GenerationStats
 
 
 class TextStream:
@@ -119,82 +143,113 @@ class SmolVLM:
             runner = TorchBackend(model_dir, processor.config, dtype=dtype, threads=threads)
         return cls(processor, processor.tokenizer, runner, model_id=model)
 
-    # -- encoding -----------------------------------------------------------------------
-    def encode(self, messages: Sequence[dict], images: Sequence[Any] | None = None,
-               longest_edge: int | None = None, split: bool | None = None,
-               stats: GenerationStats | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Prompt ids [seq] and the image features for its image tokens (None without images)."""
-        stats = stats if stats is not None else GenerationStats()
+    # -- inputs ---------------------------------------------------------------------------
+    def prepare(self, images: Sequence[Any] | Any = (), prompt: str | None = None, *,
+                messages: Sequence[dict] | None = None, longest_edge: int | None = None,
+                split: bool | None = None) -> PreparedInputs:
+        """Load, tile and tokenize (numpy/PIL only, thread-safe): run it ahead of inference."""
         t0 = time.perf_counter()
-        inputs = self.processor.prepare_inputs(messages, images, longest_edge=longest_edge, split=split)
-        t1 = time.perf_counter()
-        stats.preprocess_s += t1 - t0
-        ids = inputs["input_ids"][0]
-        stats.prompt_tokens += len(ids)
-        if "pixel_values" not in inputs:
-            return ids, None
-        real = inputs["pixel_attention_mask"][0].any(axis=(-1, -2))  # drop batch-padding tiles
-        features = self.backend.encode_images(inputs["pixel_values"][0][real],
-                                              inputs["pixel_attention_mask"][0][real])
-        stats.vision_s += time.perf_counter() - t1
-        stats.image_tiles += int(real.sum())
-        stats.image_tokens += int(features.shape[0] * features.shape[1])
-        return ids, features.reshape(-1, features.shape[-1])
-
-    # -- generation ---------------------------------------------------------------------
-    def options(self, options: GenerationOptions | None = None, **sampling) -> GenerationOptions:
-        return (options or GenerationOptions()).updated(**sampling)
-
-    def stream(self, images: Sequence[Any] | Any = (), prompt: str | None = None, *,
-               messages: Sequence[dict] | None = None, longest_edge: int | None = None,
-               split: bool | None = None, options: GenerationOptions | None = None,
-               **sampling) -> TextStream:
-        """Stream the answer to `prompt` about `images` (or to chat `messages`) as text deltas."""
         if isinstance(images, (str, Path, bytes)) or hasattr(images, "mode"):
             images = [images]
         images = list(images)
         if messages is None:
             messages = build_messages(prompt or DEFAULT_PROMPT, len(images))
-        elif not images:
-            images = None  # take them from the messages
-        opts = self.options(options, **sampling)
-        stats, token_ids = GenerationStats(), []
-        deltas = self._run(messages, images, longest_edge, split, opts, stats, token_ids)
-        return TextStream(deltas, stats, token_ids)
+        inputs = self.processor.prepare_inputs(messages, images or None, longest_edge=longest_edge,
+                                               split=split)
+        pixels = masks = None
+        if "pixel_values" in inputs:
+            real = inputs["pixel_attention_mask"][0].any(axis=(-1, -2))  # drop batch-padding tiles
+            pixels, masks = inputs["pixel_values"][0][real], inputs["pixel_attention_mask"][0][real]
+        return PreparedInputs(list(messages), inputs["input_ids"][0], pixels, masks,
+                              time.perf_counter() - t0)
+
+    def encode(self, prepared: PreparedInputs, stats: GenerationStats) -> np.ndarray | None:
+        """Image features for the prepared prompt's image tokens ([n, hidden]), None without images."""
+        if prepared.pixel_values is None:
+            return None
+        t0 = time.perf_counter()
+        features = self.backend.encode_images(prepared.pixel_values, prepared.pixel_attention_mask)
+        stats.vision_s += time.perf_counter() - t0
+        stats.image_tiles += len(prepared.pixel_values)
+        stats.image_tokens += int(features.shape[0] * features.shape[1])
+        return features.reshape(-1, features.shape[-1])
+
+    # -- generation ---------------------------------------------------------------------
+    def stream(self, images: Sequence[Any] | Any = (), prompt: str | None = None, *,
+               messages: Sequence[dict] | None = None, longest_edge: int | None = None,
+               split: bool | None = None, options: GenerationOptions | None = None,
+               **sampling) -> TextStream:
+        """Stream the answer to `prompt` about `images` (or to chat `messages`) as text deltas.
+
+        Sampling keywords (max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
+        override `options`. Preprocessing starts when the stream is first iterated.
+        """
+        opts = (options or GenerationOptions()).updated(**sampling)
+        started = time.perf_counter()
+
+        def prepared():
+            return self.prepare(images, prompt, messages=messages, longest_edge=longest_edge,
+                                split=split)
+
+        return self._stream(prepared, opts, started)
+
+    def stream_prepared(self, prepared: PreparedInputs, options: GenerationOptions | None = None,
+                        **sampling) -> TextStream:
+        """Like `stream`, for inputs already made by `prepare` (e.g. in a background thread)."""
+        opts = (options or GenerationOptions()).updated(**sampling)
+        return self._stream(lambda: prepared, opts, time.perf_counter())
 
     def generate(self, images: Sequence[Any] | Any = (), prompt: str | None = None, **kwargs) -> str:
+        """The whole answer as one string (see `stream` for the arguments)."""
         return self.stream(images, prompt, **kwargs).text()
 
-    def _run(self, messages, images, longest_edge, split, opts: GenerationOptions,
-             stats: GenerationStats, token_ids: list[int]) -> Iterator[str]:
-        start = time.perf_counter()
-        ids, features = self.encode(messages, images, longest_edge, split, stats)
-        state = self.backend.new_state()
-        yield from self.continue_stream(state, ids, features, opts, stats, token_ids, start)
+    def generate_batch(self, prepared: Sequence[PreparedInputs],
+                       options: GenerationOptions | None = None, **sampling) -> list[Generation]:
+        """Answer several prepared prompts; results in input order."""
+        opts = (options or GenerationOptions()).updated(**sampling)
+        results = []
+        for item in prepared:
+            stream = self.stream_prepared(item, opts)
+            text = stream.text()
+            results.append(Generation(text, stream.token_ids, stream.stats))
+        return results
 
-    def continue_stream(self, state: DecoderState, ids: np.ndarray, features: np.ndarray | None,
-                        opts: GenerationOptions, stats: GenerationStats, token_ids: list[int],
-                        start: float | None = None) -> Iterator[str]:
+    def _stream(self, get_prepared, opts: GenerationOptions, started: float) -> TextStream:
+        stats, token_ids = GenerationStats(), []
+
+        def run() -> Iterator[str]:
+            prepared = get_prepared()
+            stats.preprocess_s += prepared.preprocess_s
+            stats.prompt_tokens += len(prepared.input_ids)
+            features = self.encode(prepared, stats)
+            state = self.backend.new_state()
+            yield from self.decode(state, prepared.input_ids, features, opts, stats, token_ids, started)
+
+        return TextStream(run(), stats, token_ids)
+
+    def decode(self, state: DecoderState, ids: np.ndarray, features: np.ndarray | None,
+               opts: GenerationOptions, stats: GenerationStats, token_ids: list[int],
+               started: float | None = None) -> Iterator[str]:
         """Prefill `ids` onto `state`, then decode: the loop shared by describe, ask and chat."""
-        start = start if start is not None else time.perf_counter()
+        started = started if started is not None else time.perf_counter()
         t0 = time.perf_counter()
         logits = self.backend.forward(state, ids, features)
         stats.prefill_s += time.perf_counter() - t0
         detok = self.tokenizer.stream(skip_special_tokens=True)
         eos = self.config.eos_token_ids
-        step_start = None
+        first_token_at = None
         at_start = True
         for token in generate_tokens(logits, lambda t: self.backend.forward(state, np.array([t])),
                                      opts, eos, context_ids=ids):
             now = time.perf_counter()
-            if step_start is None:
-                stats.ttft_s = now - start
-                step_start = now
+            if first_token_at is None:
+                stats.ttft_s = now - started
+                first_token_at = now
             else:
-                stats.decode_s = now - step_start
+                stats.decode_s = now - first_token_at
             token_ids.append(token)
             stats.generated_tokens += 1
-            stats.stop_reason = "eos" if token in eos and not opts.ignore_eos else "length"
+            stats.stop_reason = "stop" if token in eos and not opts.ignore_eos else "length"
             delta = detok.put(token)
             if at_start:  # the reply starts after "Assistant:", usually with a space
                 delta = delta.lstrip()
