@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from smolvlm_cli.hub import default_model, files_for, has_onnx, has_torch_weight
 from smolvlm_cli.processor import Processor
 from smolvlm_cli.prompt import build_messages
 from smolvlm_cli.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from smolvlm_cli.conversation import Conversation
 
 
 
@@ -213,6 +216,30 @@ class SmolVLM:
             text = stream.text()
             results.append(Generation(text, stream.token_ids, stream.stats))
         return results
+
+    # -- conversations ----------------------------------------------------------------------
+    def chat(self, options: GenerationOptions | None = None, longest_edge: int | None = None,
+             split: bool | None = None, **sampling) -> Conversation:
+        """A conversation that keeps its KV cache across turns: `chat().send(text, images)`."""
+        from smolvlm_cli.conversation import Conversation
+
+        opts = (options or GenerationOptions()).updated(**sampling)
+        return Conversation(self, opts, longest_edge=longest_edge, split=split)
+
+    def ask_stream(self, images: Sequence[Any] | Any, questions: Sequence[str],
+                   options: GenerationOptions | None = None, longest_edge: int | None = None,
+                   split: bool | None = None, **sampling) -> Iterator[TextStream]:
+        """One streamed answer per question; the images are encoded once for all of them."""
+        from smolvlm_cli.conversation import ask_streams
+
+        if isinstance(images, (str, Path, bytes)) or hasattr(images, "mode"):
+            images = [images]
+        opts = (options or GenerationOptions()).updated(**sampling)
+        return ask_streams(self, list(images), list(questions), opts, longest_edge, split)
+
+    def ask(self, images: Sequence[Any] | Any, questions: Sequence[str], **kwargs) -> list[str]:
+        """Independent answers to each question about the same image(s)."""
+        return [stream.text() for stream in self.ask_stream(images, questions, **kwargs)]
 
     def _stream(self, get_prepared, opts: GenerationOptions, started: float) -> TextStream:
         stats, token_ids = GenerationStats(), []

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from smolvlm_cli import __version__
-from smolvlm_cli.cli import describe, models
+from smolvlm_cli.cli import chat, describe, models
 from smolvlm_cli.errors import SmolVLMError
 
 app = typer.Typer(
@@ -42,6 +42,7 @@ def _root(
 
 describe.register(app)
 models.register(app)
+chat.register(app)
 
 
 def _error(message: str, hint: str | None = None) -> None:

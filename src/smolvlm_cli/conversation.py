@@ -1,0 +1,261 @@
+"""Conversations and several questions about one image, without paying twice for anything.
+
+A `Conversation` keeps the decoder's KV cache between turns together with the ids it holds.
+Each turn re-renders the whole chat (so the prompt is exactly what a fresh run would see),
+keeps the longest common prefix of the cache and feeds only the rest: a new turn costs its own
+tokens, a second question about an image costs the question. Images are tiled once and encoded
+once per content (a hash of their pixels), however many turns or questions use them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from smolvlm_cli.options import GenerationOptions
+from smolvlm_cli.prompt import expand_image_tokens
+
+if TYPE_CHECKING:
+    from smolvlm_cli.model import SmolVLM, TextStream
+
+
+@dataclass
+class EncodedImage:
+    grid: tuple[int, int]  # (rows, cols); (0, 0) when not split
+    features: np.ndarray  # [image tokens, hidden]
+
+
+class ImageCache:
+    """Tiles and features per image: preprocessing by source, vision by pixel content."""
+
+    def __init__(self, model: SmolVLM, longest_edge: int | None, split: bool | None):
+        self.model = model
+        self.longest_edge, self.split = longest_edge, split
+        self._by_source: dict[Any, EncodedImage] = {}
+        self._by_content: dict[bytes, np.ndarray] = {}
+        self.vision_calls = 0
+
+    def get(self, image: Any, stats) -> EncodedImage:
+        key = _source_key(image)
+        if key is not None and key in self._by_source:
+            return self._by_source[key]
+        t0 = time.perf_counter()
+        pixels = self.model.processor.image_processor.preprocess(
+            [image], longest_edge=self.longest_edge, split=self.split)
+        stats.preprocess_s += time.perf_counter() - t0
+        values, mask = pixels["pixel_values"][0], pixels["pixel_attention_mask"][0]
+        real = mask.any(axis=(-1, -2))
+        values, mask = values[real], mask[real]
+        digest = hashlib.blake2b(values.tobytes(), digest_size=16).digest()
+        features = self._by_content.get(digest)
+        if features is None:
+            t1 = time.perf_counter()
+            features = self.model.backend.encode_images(values, mask)
+            features = features.reshape(-1, features.shape[-1])
+            stats.vision_s += time.perf_counter() - t1
+            self.vision_calls += 1
+            self._by_content[digest] = features
+        stats.image_tiles += len(values)
+        stats.image_tokens += len(features)
+        encoded = EncodedImage((pixels["rows"][0][0], pixels["cols"][0][0]), features)
+        if key is not None:
+            self._by_source[key] = encoded
+        return encoded
+
+
+def _source_key(image: Any):
+    """Paths are keyed by path, size and mtime; bytes by content; PIL images are not keyed."""
+    if isinstance(image, (str, Path)):
+        p = Path(image)
+        try:
+            st = p.stat()
+        except OSError:
+            return None  # let the image loader report the problem
+        return ("path", str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if isinstance(image, bytes):
+        return ("bytes", hashlib.blake2b(image, digest_size=16).digest())
+    return None
+
+
+class CachedPrompt:
+    """A decoder state and the ids it holds; `extend` reuses the longest common prefix."""
+
+    def __init__(self, model: SmolVLM):
+        self.model = model
+        self.state = model.backend.new_state()
+        self.ids: list[int] = []
+
+    def reuse(self, ids: Sequence[int]) -> int:
+        """Rewind to the longest prefix shared with `ids` (at least one id is left to feed)."""
+        limit = min(len(self.ids), len(ids) - 1)
+        common = 0
+        while common < limit and self.ids[common] == ids[common]:
+            common += 1
+        if common < self.state.length:
+            self.state.truncate(common)
+        self.ids = self.ids[:common]
+        return common
+
+    def run(self, ids: np.ndarray, features: np.ndarray | None, opts: GenerationOptions,
+            image_token_id: int) -> TextStream:
+        """Stream the reply to the prompt `ids`, whose image tokens take `features` in order."""
+        from smolvlm_cli.model import GenerationStats, TextStream
+
+        stats, token_ids = GenerationStats(), []
+        started = time.perf_counter()
+
+        def deltas() -> Iterator[str]:
+            kept = self.reuse(ids.tolist())
+            rest = ids[kept:]
+            rest_features = None
+            if features is not None:
+                skipped = int(np.count_nonzero(ids[:kept] == image_token_id))
+                rest_features = features[skipped:]
+            stats.prompt_tokens = len(ids)
+            try:
+                yield from self.model.decode(self.state, rest, rest_features, opts, stats,
+                                             token_ids, started)
+            finally:
+                # The state now holds the prompt and every generated token but the last.
+                self.ids = ids.tolist() + token_ids[:-1]
+                if self.state.length != len(self.ids):  # interrupted mid-step: start clean
+                    self.state.truncate(0)
+                    self.ids = []
+
+        return TextStream(deltas(), stats, token_ids)
+
+
+class Conversation:
+    """A multi-turn chat: `send(text, images)` streams the reply and keeps the history."""
+
+    def __init__(self, model: SmolVLM, options: GenerationOptions | None = None,
+                 longest_edge: int | None = None, split: bool | None = None,
+                 max_context: int | None = None):
+        self.model = model
+        self.options = options or GenerationOptions()
+        self.images = ImageCache(model, longest_edge, split)
+        self.max_context = max_context or model.config.max_position_embeddings
+        self.notices: list[str] = []  # e.g. dropped turns; the CLI prints them on stderr
+        self.reset()
+
+    def reset(self) -> None:
+        self.messages: list[dict] = []
+        self._turn_images: list[list[Any]] = []  # images of each message, in order
+        self._cache = CachedPrompt(self.model)
+
+    def send(self, text: str, images: Sequence[Any] = (), **sampling) -> TextStream:
+        images = list(images)
+        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
+        self.messages.append({"role": "user", "content": content})
+        self._turn_images.append(images)
+        opts = self.options.updated(**sampling)
+        ids, features = self._prompt(opts)
+        stream = self._cache.run(ids, features, opts, self.model.config.image_token_id)
+        return _Recorder(stream, self)
+
+    def _prompt(self, opts: GenerationOptions) -> tuple[np.ndarray, np.ndarray | None]:
+        from smolvlm_cli.model import GenerationStats
+
+        while True:
+            stats = GenerationStats()
+            encoded = [self.images.get(img, stats) for turn in self._turn_images for img in turn]
+            text = self.model.processor.render(self.messages)
+            if encoded:
+                text = expand_image_tokens(text, [e.grid for e in encoded], self.model.config.image_seq_len)
+            ids = np.asarray(self.model.tokenizer.encode(text), dtype=np.int64)
+            budget = self.max_context - opts.max_new_tokens
+            if len(ids) <= budget or len(self.messages) <= 1:
+                if len(ids) > budget:
+                    raise ValueError(f"the prompt needs {len(ids)} tokens but the context holds "
+                                     f"{self.max_context} (with {opts.max_new_tokens} new tokens)")
+                features = np.concatenate([e.features for e in encoded]) if encoded else None
+                return ids, features
+            dropped = 2 if len(self.messages) > 2 else 1  # a user turn and its reply
+            del self.messages[:dropped], self._turn_images[:dropped]
+            self.notices.append(f"context full ({len(ids)} tokens): dropped the oldest turn")
+
+    def _finish(self, reply_ids: list[int]) -> None:
+        reply = self.model.tokenizer.decode(reply_ids, skip_special_tokens=True).strip()
+        self.messages.append({"role": "assistant", "content": [{"type": "text", "text": reply}]})
+        self._turn_images.append([])
+
+    def to_json(self) -> str:
+        """The transcript as Hugging Face chat messages (images as their paths when known)."""
+        out, images = [], iter(img for turn in self._turn_images for img in turn)
+        for message in self.messages:
+            content = []
+            for part in message["content"]:
+                if part["type"] == "image":
+                    source = next(images)
+                    part = {"type": "image", **({"path": str(source)} if isinstance(source, (str, Path)) else {})}
+                content.append(part)
+            out.append({"role": message["role"], "content": content})
+        return json.dumps(out, ensure_ascii=False, indent=2)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+
+    @classmethod
+    def load_messages(cls, path: str | Path) -> list[dict]:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+class _Recorder:
+    """Passes a reply through and records it in the conversation once it is complete."""
+
+    def __init__(self, stream: TextStream, conversation: Conversation):
+        self._stream, self._conversation = stream, conversation
+        self.stats, self.token_ids = stream.stats, stream.token_ids
+        self._done = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._stream)
+        except StopIteration:
+            if not self._done:
+                self._done = True
+                self._conversation._finish(self.token_ids)
+            raise
+
+    def text(self) -> str:
+        return "".join(self)
+
+
+def ask_streams(model: SmolVLM, images: Sequence[Any], questions: Sequence[str],
+                options: GenerationOptions, longest_edge: int | None = None,
+                split: bool | None = None) -> Iterator[TextStream]:
+    """One reply stream per question, each answered independently about the same images.
+
+    The images are tiled and encoded once; every question after the first reuses the cached
+    prompt prefix (everything up to the question's own text).
+    """
+    from smolvlm_cli.model import GenerationStats
+    from smolvlm_cli.prompt import build_messages
+
+    cache, prefix = ImageCache(model, longest_edge, split), CachedPrompt(model)
+    for question in questions:
+        stats = GenerationStats()
+        encoded = [cache.get(img, stats) for img in images]
+        text = model.processor.render(build_messages(question, len(images)))
+        if encoded:
+            text = expand_image_tokens(text, [e.grid for e in encoded], model.config.image_seq_len)
+        ids = np.asarray(model.tokenizer.encode(text), dtype=np.int64)
+        features = np.concatenate([e.features for e in encoded]) if encoded else None
+        stream = prefix.run(ids, features, options, model.config.image_token_id)
+        _merge_stats(stream.stats, stats)
+        yield stream
+
+
+def _merge_stats(target, extra) -> None:
+    for name in ("preprocess_s", "vision_s", "image_tiles", "image_tokens"):
+        setattr(target, name, getattr(target, name) + getattr(extra, name))
