@@ -33,7 +33,8 @@ class TorchState:
     def truncate(self, length: int) -> None:
         if not 0 <= length <= self.length:
             raise ValueError(f"cannot truncate a cache of {self.length} positions to {length}")
-        self.cache.crop(length)
+        if length < self.length:  # a negative crop removes that many positions (transformers 4 and 5)
+            self.cache.crop(length - self.length)
 
 
 class TorchBackend:
@@ -46,6 +47,9 @@ class TorchBackend:
                                           hint="pip install 'smolvlm-cli[torch]'")
         import torch
         from transformers import AutoModelForImageTextToText
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # stderr is for our status, not transformers' bars
 
         dtype = (dtype or "fp32").lower()
         if dtype not in TORCH_DTYPES:
