@@ -58,9 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         return fail(str(exc))
     out = Path(result["out_dir"])
+    from smolvlm_cli.export.onnx_export import data_files
+
     graphs = [out / rel for rel in result["files"]]
-    graphs += [p.with_name(p.name + "_data") for p in graphs if p.with_name(p.name + "_data").is_file()]
+    graphs += [extra for path in graphs for extra in data_files(path)]
     print_table(out, graphs, result["seconds"], result["timings"], what="export done")
+    shown = {p.name for p in graphs}
+    steps = {k: v for k, v in result["timings"].items() if k not in shown}
+    print(", ".join(f"{step} {seconds:.1f} s" for step, seconds in steps.items()))
     return 0
 
 

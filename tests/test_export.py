@@ -229,6 +229,19 @@ def test_variants_load_and_stay_close_to_fp32(exported, dtype):
     assert cache_type == ("tensor(float16)" if dtype == "fp16" else "tensor(float)")
 
 
+def test_graphs_above_the_protobuf_limit_use_one_onnx_data_file(tmp_path, monkeypatch, tiny_checkpoints):
+    import smolvlm_cli.export.onnx_export as onnx_export
+
+    monkeypatch.setattr(onnx_export, "_TWO_GB", 1_000_000)  # pretend every graph is large
+    result = onnx_export.export_onnx(tiny_checkpoints[TINY_MODEL_NAMES[0]], tmp_path, ("fp32", "int8"),
+                                     log=lambda _m: None)
+    names = sorted(p.name for p in (tmp_path / "onnx").iterdir())
+    assert "decoder_model_merged.onnx_data" in names and "decoder_model_merged_int8.onnx_data" in names
+    assert not any(n.endswith(".data") for n in names)  # the quantizers' own naming is rewritten
+    assert max(result["diffs"].values()) < 1e-4
+    assert result["files"]["onnx/decoder_model_merged.onnx"] > 10_000_000  # counts the data file
+
+
 # -- geometry from the config: the 2.2B models' 384-px tiles, patch 14, scale 3 ----------------------
 
 def test_vision_geometry_comes_from_the_config(tmp_path):
@@ -286,6 +299,20 @@ def test_random_weights_give_varied_greedy_tokens(tiny_checkpoints, name):
         logits = model(input_ids=ids).logits
     assert torch.isfinite(logits).all()
     assert len(set(out[0, ids.shape[1]:].tolist())) >= 3
+
+
+def test_hub_ids_fetch_weights_and_configs_but_no_onnx(monkeypatch, tiny_checkpoints):
+    import smolvlm_cli.hub as hub
+    from smolvlm_cli.export.onnx_export import resolve_source
+
+    calls = []
+    local = tiny_checkpoints[TINY_MODEL_NAMES[0]]
+    monkeypatch.setattr(hub, "_snapshot", lambda repo, patterns: calls.append((repo, patterns)) or str(local))
+    assert resolve_source("HuggingFaceTB/SmolVLM2-256M-Video-Instruct") == local
+    (repo, patterns), = calls
+    assert repo == "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
+    assert "*.safetensors" in patterns and "*.json" in patterns and "*.txt" in patterns
+    assert not any("onnx" in p for p in patterns)
 
 
 # -- scripts -------------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ import math
 import os
 import threading
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
 

@@ -63,7 +63,7 @@ class PreparedInputs:
     messages: list[dict]
     input_ids: np.ndarray  # [seq] int64
     pixel_values: np.ndarray | None  # [tiles, 3, T, T] float32
-    pixel_attention_mask: np.ndarray | None  # [tiles, T, T] bool
+    pixel_attention_mask: np.ndarray | None  # [tiles, T, T] int64, as transformers returns it
     preprocess_s: float = 0.0
 
     @property

@@ -29,7 +29,7 @@ class Backend(Protocol):
     dtype: str  # what was loaded, e.g. "fp32" or "vision=fp32,decoder=int8"
 
     def encode_images(self, pixel_values: np.ndarray, pixel_attention_mask: np.ndarray) -> np.ndarray:
-        """[tiles, 3, T, T] float32 + [tiles, T, T] bool -> [tiles, tokens_per_tile, hidden].
+        """[tiles, 3, T, T] float32 + [tiles, T, T] mask (int64 or bool) -> [tiles, tokens_per_tile, hidden].
 
         Tiles whose mask is all False (batch padding) must be dropped by the caller first.
         """

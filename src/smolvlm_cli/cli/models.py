@@ -96,15 +96,15 @@ def inspect(
 
     from smolvlm_cli.config import ModelConfig
     from smolvlm_cli.hub import resolve_model
-    from smolvlm_cli.image_processing import load_image, tile_grid
+    from smolvlm_cli.image_processing import image_size, tile_grid
 
     config = ModelConfig.from_dir(resolve_model(model, list(CONFIG_FILES)))
     source = sys.stdin.buffer.read() if image == "-" else image
-    img = load_image(source, name="<stdin>" if image == "-" else None)
+    width, height = image_size(source, name="<stdin>" if image == "-" else None)  # header only
     split = False if no_split else None
-    rows, cols = tile_grid(img.width, img.height, config, longest_edge=longest_edge, split=split)
+    rows, cols = tile_grid(width, height, config, longest_edge=longest_edge, split=split)
     tiles = rows * cols + 1 if rows * cols else 1
-    info = {"image": image, "width": img.width, "height": img.height, "rows": rows, "cols": cols,
+    info = {"image": image, "width": width, "height": height, "rows": rows, "cols": cols,
             "tiles": tiles, "tile_size": config.tile_size, "image_tokens": tiles * config.image_seq_len,
             "longest_edge": longest_edge or config.longest_edge,
             "split": config.do_image_splitting if split is None else split}
@@ -112,5 +112,5 @@ def inspect(
         output.write_json(info)
         return
     grid = f"{rows} x {cols} tiles + 1 global" if rows * cols else "1 tile (not split)"
-    output.write(f"{image}: {img.width}x{img.height} -> {grid} of {config.tile_size} px = "
+    output.write(f"{image}: {width}x{height} -> {grid} of {config.tile_size} px = "
                  f"{tiles} tiles, {info['image_tokens']} image tokens\n")

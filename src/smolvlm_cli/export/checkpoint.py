@@ -10,6 +10,7 @@ ids, so the processor, the prompt expansion and the ONNX export run unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -64,6 +65,20 @@ def _random_config(config: dict[str, Any], tiny: bool) -> dict[str, Any]:
     return config
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """No tqdm bars ("Loading weights", "Writing model shards") from transformers, restored after."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def make_random_checkpoint(config_dir: str | Path, out_dir: str | Path, tiny: bool = False,
                            seed: int = 0) -> Path:
     """Write a complete model directory with seeded random weights; returns `out_dir`.
@@ -98,7 +113,7 @@ def make_random_checkpoint(config_dir: str | Path, out_dir: str | Path, tiny: bo
     model.eval()
     # save_pretrained writes the canonical key layout that from_pretrained reads back; its own
     # config/generation_config files are discarded in favour of the copies.
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".save-") as tmp:
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".save-") as tmp, quiet_transformers():
         model.save_pretrained(tmp, safe_serialization=True)
         for stale in out_dir.iterdir():
             if stale.is_file() and is_weight_file(stale):

@@ -76,11 +76,12 @@ def load_torch_model(model_dir: str | Path):
     """The transformers model in float32 with eager attention (sdpa does not export cleanly)."""
     import torch
     from transformers import AutoModelForImageTextToText
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
-    model = AutoModelForImageTextToText.from_pretrained(str(model_dir), attn_implementation="eager",
-                                                        dtype=torch.float32)
+    from smolvlm_cli.export.checkpoint import quiet_transformers
+
+    with quiet_transformers():
+        model = AutoModelForImageTextToText.from_pretrained(str(model_dir), attn_implementation="eager",
+                                                            dtype=torch.float32)
     return model.eval()
 
 
@@ -172,6 +173,7 @@ def export_graph(model, graph: str, path: Path) -> None:
     import torch
 
     module, args, inputs, outputs, axes = SPECS[graph](model)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".trace-") as tmp, \
             warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarnings about shape arithmetic, deprecations
@@ -184,9 +186,14 @@ def export_graph(model, graph: str, path: Path) -> None:
     save_onnx(proto, path)
 
 
+def data_files(path: Path) -> list[Path]:
+    """External-data files beside a graph (`x.onnx_data` from us, `x.onnx.data` from the quantizers)."""
+    return [p for p in (path.with_name(path.name + "_data"), path.with_name(path.name + ".data"))
+            if p.is_file()]
+
+
 def _size(path: Path) -> int:
-    extra = path.with_name(path.name + "_data")
-    return path.stat().st_size + (extra.stat().st_size if extra.is_file() else 0)
+    return path.stat().st_size + sum(p.stat().st_size for p in data_files(path))
 
 
 def _mb(n: int) -> str:

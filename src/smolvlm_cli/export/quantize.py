@@ -12,30 +12,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
+import numpy as np
 import onnx
 
-# Per-variant file suffix and quantizer, for the three graphs.
 QUANTIZED_DTYPES = ("fp16", "int8", "q4")
+_QUANTIZER_LOGGERS = ("", "onnxruntime.quantization", "onnxruntime.quantization.matmul_nbits_quantizer")
 
 
-def _quiet(loggers: tuple[str, ...] = ("root", "onnxruntime.quantization",
-                                       "onnxruntime.quantization.matmul_nbits_quantizer")):
+@contextlib.contextmanager
+def _quiet():
     """onnxruntime's quantizers log advice (pre-processing, opset bumps) at WARNING on root."""
-    class _Ctx:
-        def __enter__(self):
-            self.saved = []
-            for name in loggers:
-                logger = logging.getLogger() if name == "root" else logging.getLogger(name)
-                self.saved.append((logger, logger.level))
-                logger.setLevel(logging.ERROR)
+    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in _QUANTIZER_LOGGERS]
+    for logger, _ in saved:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
 
-        def __exit__(self, *exc):
-            for logger, level in self.saved:
-                logger.setLevel(level)
-    return _Ctx()
+
+def _is_large(src: Path) -> bool:
+    """Whether the fp32 graph keeps its weights beside it (above protobuf's 2 GB limit)."""
+    return any(src.with_name(src.name + ext).is_file() for ext in ("_data", ".data"))
 
 
 def quantize_int8(src: Path, dst: Path, *, gather: bool = False) -> None:
@@ -45,6 +48,7 @@ def quantize_int8(src: Path, dst: Path, *, gather: bool = False) -> None:
     with _quiet():
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False,
                          reduce_range=False, op_types_to_quantize=ops,
+                         use_external_data_format=_is_large(src),
                          extra_options={"MatMulConstBOnly": True})
 
 
@@ -52,20 +56,23 @@ def quantize_q4(src: Path, dst: Path, *, gather: bool = False) -> None:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     kwargs = {"op_types_to_quantize": ("Gather",), "quant_axes": (("Gather", 1),)} if gather else {}
-    with _quiet():
+    # all-zero blocks (e.g. a padding embedding row) divide 0 by a 0 scale; the quantizer masks it
+    with _quiet(), np.errstate(invalid="ignore", divide="ignore"):
         quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=32, is_symmetric=True,
                                          accuracy_level=4, **kwargs)
         quantizer.process()
-        quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+        quantizer.model.save_model_to_file(str(dst), use_external_data_format=_is_large(src))
 
 
 def convert_fp16(src: Path, dst: Path, *, keep_io_types: bool | list[str] = True) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    from smolvlm_cli.export.onnx_export import save_onnx
+
     model = onnx.load(str(src))
     with _quiet():
         model = convert_float_to_float16(model, keep_io_types=keep_io_types)
-    onnx.save(model, str(dst))
+    save_onnx(model, dst)
 
 
 def make_variant(graph: str, dtype: str, src: Path, dst: Path) -> None:
@@ -82,3 +89,15 @@ def make_variant(graph: str, dtype: str, src: Path, dst: Path) -> None:
         convert_fp16(src, dst, keep_io_types=keep)
     else:
         raise ValueError(f"no quantizer for dtype {dtype!r}")
+    _hub_external_data(dst)
+
+
+def _hub_external_data(path: Path) -> None:
+    """onnxruntime's quantizers name external data `x.onnx.data`; the Hub uses `x.onnx_data`
+    (or one file when the quantized graph fits in 2 GB)."""
+    from smolvlm_cli.export.onnx_export import save_onnx
+
+    scattered = path.with_name(path.name + ".data")
+    if scattered.is_file():
+        save_onnx(onnx.load(str(path)), path)
+        scattered.unlink()

@@ -1,0 +1,259 @@
+"""Result writers: `txt` sidecars, a JSONL file and a CSV file (or either to stdout).
+
+Every writer is engine-independent and works in three steps: `open(items)` (repair what a killed
+run left, load the resume state), `state(item)` / `problem(item)` for planning, then `write(item,
+record)` once per finished image (the result is on disk when it returns) and `close()`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from smolvlm_cli.batch.discover import ImageItem
+from smolvlm_cli.batch.files import AppendLog, atomic_write, repair_tail, rewrite, sweep_temps
+from smolvlm_cli.batch.records import FIELDS, ImageRecord, csv_line
+from smolvlm_cli.batch.resume import Ledger, RecordIndex, State
+from smolvlm_cli.errors import SmolVLMError
+
+FORMATS = ("txt", "jsonl", "csv")
+SIDECAR_SUFFIX = ".txt"
+
+
+def _stdout_write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def safe_join(root: Path, rel: str) -> Path:
+    """`root/rel`, refusing anything that would leave `root` (absolute, `..`, drive letters)."""
+    parts = rel.replace("\\", "/").split("/")
+    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) \
+            or os.path.splitdrive(rel)[0] or "\0" in rel:
+        raise SmolVLMError(f"refusing to write outside {root}: {rel!r}")
+    return root.joinpath(*parts)
+
+
+class SidecarWriter:
+    """`photo.jpg` -> `photo.txt` beside it, or mirrored under `output_dir` (same `rel`).
+
+    When two images of a folder share a stem (`photo.jpg`, `photo.png`), the first in order
+    gets `photo.txt` and the others their full name plus `.txt` (`photo.png.txt`).
+    """
+
+    name = "txt"
+
+    def __init__(self, output_dir: Path | None = None):
+        self.output_dir = output_dir
+        self.sidecars: dict[ImageItem, Path] = {}
+        self.problems: dict[ImageItem, str] = {}
+        self.notices: list[str] = []
+        self._ledgers: dict[Path, Ledger] = {}
+
+    def describe(self) -> str:
+        return f"sidecars under {self.output_dir}" if self.output_dir else "sidecars next to the images"
+
+    def _base(self, item: ImageItem) -> Path:
+        return safe_join(self.output_dir, item.rel) if self.output_dir else Path(item.path)
+
+    def open(self, items: Sequence[ImageItem]) -> None:
+        taken: dict[str, ImageItem] = {os.path.normcase(item.abspath).casefold(): item for item in items}
+        for item in items:
+            try:
+                base = self._base(item)
+            except SmolVLMError as exc:
+                self.problems[item] = exc.message
+                continue
+            stem = os.path.splitext(base.name)[0] or base.name
+            for candidate in (base.with_name(stem + SIDECAR_SUFFIX), base.with_name(base.name + SIDECAR_SUFFIX)):
+                key = os.path.normcase(os.path.abspath(candidate)).casefold()
+                if key not in taken:
+                    taken[key] = item
+                    self.sidecars[item] = candidate
+                    break
+            else:
+                self.problems[item] = f"its caption file {candidate} would overwrite another file of the run"
+        swept = sum(sweep_temps(folder) for folder in {p.parent for p in self.sidecars.values()})
+        if swept:
+            self.notices.append(f"removed {swept} temp file(s) left by an interrupted run")
+
+    def _ledger(self, item: ImageItem) -> Ledger:
+        folder = self.sidecars[item].parent
+        if folder not in self._ledgers:
+            ledger = self._ledgers[folder] = Ledger(folder).load()
+            if ledger.repaired:
+                self.notices.append(f"repaired a torn last line in {ledger.path}")
+        return self._ledgers[folder]
+
+    def problem(self, item: ImageItem) -> str | None:
+        return self.problems.get(item)
+
+    def state(self, item: ImageItem) -> State:
+        if item in self.problems:
+            return State.NEW
+        if self.sidecars[item].exists():
+            return State.DONE
+        last = self._ledger(item).last(item.name)
+        return State.FAILED if last is not None and last.get("error") else State.NEW
+
+    def write(self, item: ImageItem, record: ImageRecord) -> None:
+        sidecar = self.sidecars.get(item)
+        if sidecar is None:  # a path problem: nowhere to keep a result or a ledger line
+            return
+        if record.ok:
+            atomic_write(sidecar, (record.caption or "").encode() + b"\n")
+        self._ledger(item).add(item.name, sidecar.name, record)
+
+    def close(self) -> None:
+        for ledger in self._ledgers.values():
+            ledger.compact()
+
+
+class RecordFileWriter:
+    """Records appended to one file (one write per record) or streamed to stdout.
+
+    The file is its own resume state: on `open`, a torn last record is cut off and the last
+    record of each image decides its state. `close` compacts the file (one record per image,
+    where it first appeared, with its latest content) when re-runs superseded records.
+    """
+
+    name = "jsonl"
+    kind = "jsonl"
+
+    def __init__(self, path: Path | None, out: Callable[[str], None] | None = None):
+        self.path = path  # None: stdout, no resume
+        self.out = out or _stdout_write
+        self.index = RecordIndex()
+        self.notices: list[str] = []
+        self._log: AppendLog | None = None
+        self._started = False
+
+    def describe(self) -> str:
+        return f"{self.name.upper()} to {self.path}" if self.path else f"{self.name.upper()} to stdout"
+
+    # format hooks -------------------------------------------------------------------------
+    def encode(self, record: ImageRecord) -> str:
+        return record.to_json() + "\n"
+
+    def decode(self, raw: bytes) -> ImageRecord:
+        return ImageRecord.from_dict(json.loads(raw))
+
+    def start(self) -> str:
+        return ""  # text that opens an empty file (a CSV header)
+
+    def check_start(self, first: bytes) -> bool:
+        return False  # True when `first` is the opening text rather than a record
+
+    # protocol -------------------------------------------------------------------------------
+    def open(self, items: Sequence[ImageItem]) -> None:
+        if self.path is None:
+            return
+        if self.path.is_dir():
+            raise SmolVLMError(f"--output {self.path} is a folder", hint="give a file name")
+        sweep_temps(self.path.parent)
+        records, torn = repair_tail(self.path, self.kind)
+        if torn:
+            self.notices.append(f"repaired a torn last record in {self.path} (from an interrupted run)")
+        if records and self.check_start(records[0]):
+            records = records[1:]
+            self._started = True
+        for raw in records:
+            try:
+                record = self.decode(raw)
+            except ValueError:
+                self.index.unreadable += 1
+                continue
+            self.index.add(record, os.path.abspath(record.path))
+        if self.index.unreadable:
+            self.notices.append(f"ignored {self.index.unreadable} unreadable record(s) in {self.path}")
+        self._log = AppendLog(self.path).open()
+        if self._log.size == 0:
+            self._started = False
+
+    def problem(self, item: ImageItem) -> str | None:
+        return None
+
+    def state(self, item: ImageItem) -> State:
+        return self.index.state(item.abspath)
+
+    def write(self, item: ImageItem, record: ImageRecord) -> None:
+        text = self.encode(record)
+        if not self._started:
+            text = self.start() + text
+            self._started = True
+        if self._log is None:
+            self.out(text)
+            return
+        self._log.append(text.encode())
+        self.index.add(record, item.abspath)
+
+    def close(self) -> None:
+        if self._log is None:
+            return
+        try:
+            if self.index.superseded or self.index.unreadable:
+                self._compact()
+        finally:
+            self._log.close()
+            self._log = None
+
+    def _compact(self) -> None:
+        records, _ = repair_tail(self.path, self.kind)
+        head = [records.pop(0)] if records and self.check_start(records[0]) else []
+        order: dict[str, bytes] = {}
+        for raw in records:
+            try:
+                key = os.path.abspath(self.decode(raw).path)
+            except ValueError:
+                continue
+            order[key] = raw  # dicts keep the first position, the update takes the last content
+        rewrite(self.path, head + list(order.values()))
+
+
+class JsonlWriter(RecordFileWriter):
+    name = kind = "jsonl"
+
+
+class CsvWriter(RecordFileWriter):
+    """RFC 4180 CSV with a header row; captions with line breaks are quoted, rows append-safe."""
+
+    name = kind = "csv"
+
+    def encode(self, record: ImageRecord) -> str:
+        return csv_line(record.to_row())
+
+    def _header(self, raw: bytes) -> list[str]:
+        return next(csv.reader([raw.decode("utf-8", "replace").rstrip("\r\n")]), [])
+
+    def decode(self, raw: bytes) -> ImageRecord:
+        row = next(csv.reader(io.StringIO(raw.decode("utf-8", "replace"), newline="")), None)
+        if row is None:
+            raise ValueError("empty row")
+        return ImageRecord.from_row(list(FIELDS), row)
+
+    def start(self) -> str:
+        return csv_line(list(FIELDS))
+
+    def check_start(self, first: bytes) -> bool:
+        header = self._header(first)
+        if header == list(FIELDS):
+            return True
+        if header and header[0] == "path":
+            raise SmolVLMError(f"{self.path} has other columns than smolvlm batch writes",
+                               hint="write to a new file with -o")
+        return False
+
+
+def make_writer(fmt: str, *, output: str | None, output_dir: Path | None,
+                out: Callable[[str], None] | None = None):
+    """The writer for `--format` / `--output` / `--output-dir` (see the CLI for the defaults)."""
+    if fmt == "txt":
+        return SidecarWriter(output_dir)
+    path = None if output in (None, "-") else Path(output)
+    cls = {"jsonl": JsonlWriter, "csv": CsvWriter}[fmt]
+    return cls(path, out)
