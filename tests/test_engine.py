@@ -166,16 +166,20 @@ def test_auto_backend_selection(tiny_onnx_dir, tiny_checkpoints, tmp_path):
     torch_only = tiny_checkpoints[NAMES[0]]
     assert select_backend(str(torch_only), "auto", None) == (torch_only, "torch")
     assert SmolVLM.from_pretrained(torch_only).backend.name == "torch"
-    # No graphs of that dtype, but weights: torch takes over.
-    assert select_backend(str(with_onnx), "auto", "q4f16") == (with_onnx, "torch")
+    # No graphs of that dtype: torch takes over where it can run the dtype, else a clear error.
+    assert select_backend(str(with_onnx), "auto", "fp16") == (with_onnx, "torch")
+    with pytest.raises(BackendUnavailableError, match="no ONNX files for dtype q4f16") as err:
+        select_backend(str(with_onnx), "auto", "q4f16")
+    assert "export_onnx.py" in err.value.hint
     # Neither graphs nor weights: a clear error saying what to do.
     bare = tmp_path / "bare"
     bare.mkdir()
     for f in torch_only.iterdir():
         if f.suffix in (".json", ".txt"):
             (bare / f.name).write_bytes(f.read_bytes())
-    with pytest.raises(BackendUnavailableError, match="export"):
+    with pytest.raises(BackendUnavailableError, match="no ONNX files") as err:
         SmolVLM.from_pretrained(bare)
+    assert "export_onnx.py" in err.value.hint
 
 
 def test_onnx_graph_that_does_not_fit_the_config(tiny_onnx_dir, tmp_path):

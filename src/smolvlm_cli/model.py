@@ -109,7 +109,10 @@ def select_backend(model: str, backend: str, dtype: str | None) -> tuple[Path, s
     model_dir = resolve_model(model, files_for("onnx", dtype))
     if backend == "onnx" or has_onnx(model_dir, dtype):
         return model_dir, "onnx"
-    if torch_available():
+    from smolvlm_cli.backends.torch import TORCH_DTYPES
+
+    # Fall back to torch only when it can honour the dtype (an explicit int8/q4 cannot be).
+    if torch_available() and (dtype is None or dtype.lower() in TORCH_DTYPES):
         if not is_local(model):
             model_dir = resolve_model(model, files_for("torch", None))
         if has_torch_weights(model_dir):
@@ -283,3 +286,6 @@ class SmolVLM:
                 at_start = not delta
             if delta:
                 yield delta
+        tail = detok.flush()  # a reply cut inside a multi-byte character ends in U+FFFD, as decode does
+        if tail and not (at_start and not tail.strip()):
+            yield tail.lstrip() if at_start else tail
