@@ -9,7 +9,7 @@ import typer
 
 from smolvlm_cli.cli import output
 from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DtypeOpt, JsonOpt, LongestEdgeOpt,
-                                     MaxTokensOpt, ModelOpt, NoSplitOpt, QuietOpt,
+                                     MaxTokensOpt, ModelOpt, NoSplitOpt, QuietLongOpt, QuietOpt,
                                      RepetitionPenaltyOpt, SeedOpt, TemperatureOpt, ThreadsOpt,
                                      TopKOpt, TopPOpt)
 from smolvlm_cli.hub import DEFAULT_MODEL
@@ -56,7 +56,7 @@ def ask(
     no_split: NoSplitOpt = False,
     json_out: Annotated[bool, typer.Option(
         "--json", rich_help_panel="Output", help="One JSON object per answer (JSON lines).")] = False,
-    quiet: QuietOpt = False,
+    quiet: QuietLongOpt = False,
 ) -> None:
     """Answer several questions about the same image(s), encoding the image(s) only once."""
     from smolvlm_cli.image_processing import load_image

@@ -92,6 +92,9 @@ JsonOpt = Annotated[bool, typer.Option(
     "--json", rich_help_panel=_OUTPUT_PANEL, help="Print one JSON object (text, counts, timings).")]
 QuietOpt = Annotated[bool, typer.Option(
     "--quiet", "-q", rich_help_panel=_OUTPUT_PANEL, help="No status or progress on stderr.")]
+# `ask` uses -q for its questions.
+QuietLongOpt = Annotated[bool, typer.Option(
+    "--quiet", rich_help_panel=_OUTPUT_PANEL, help="No status or progress on stderr.")]
 VerboseOpt = Annotated[bool, typer.Option(
     "--verbose", "-v", rich_help_panel=_OUTPUT_PANEL, help="Timings and details on stderr.")]
 

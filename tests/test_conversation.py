@@ -1,0 +1,153 @@
+"""Conversations and `ask`: kept KV cache equals a fresh run, images are encoded once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from smolvlm_cli import SmolVLM
+from smolvlm_cli.options import GenerationOptions
+
+NAME = "SmolVLM2-256M-Video-Instruct"
+OPTS = dict(max_new_tokens=12)
+
+
+@pytest.fixture(scope="module", params=["onnx", "torch"])
+def vlm(request, tiny_onnx_dir):
+    return SmolVLM.from_pretrained(tiny_onnx_dir(NAME), backend=request.param)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    rng = np.random.default_rng(5)
+    path = tmp_path_factory.mktemp("conv") / "scene.png"
+    Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+class Spy:
+    """Counts vision calls and the number of ids each forward call feeds."""
+
+    def __init__(self, vlm, monkeypatch):
+        self.vision, self.fed = 0, []
+        encode, forward = vlm.backend.encode_images, vlm.backend.forward
+
+        def counting_encode(*args, **kwargs):
+            self.vision += 1
+            return encode(*args, **kwargs)
+
+        def counting_forward(state, ids, features=None):
+            self.fed.append(len(ids))
+            return forward(state, ids, features)
+
+        monkeypatch.setattr(vlm.backend, "encode_images", counting_encode)
+        monkeypatch.setattr(vlm.backend, "forward", counting_forward)
+
+
+def test_second_turn_with_kept_cache_equals_a_fresh_run(vlm, image, monkeypatch):
+    chat = vlm.chat(**OPTS)
+    first = chat.send("What is in this picture?", images=[str(image)])
+    first.text()
+    spy = Spy(vlm, monkeypatch)
+    second = chat.send("Tell me more about the colours.")
+    second_text = second.text()
+    assert spy.vision == 0  # the image of turn 1 is not encoded again
+    prompt_tokens = second.stats.prompt_tokens
+    assert spy.fed[0] < prompt_tokens / 2  # only the new turn (and reply) is prefilled
+    assert len(chat.messages) == 4 and chat.messages[-1]["role"] == "assistant"
+
+    fresh = vlm.stream(messages=chat.messages[:3], images=[str(image)], **OPTS)
+    assert fresh.text() == second_text
+    assert fresh.token_ids == second.token_ids
+    assert fresh.stats.prompt_tokens == prompt_tokens
+
+
+def test_a_new_image_in_a_later_turn(vlm, image, tmp_path, monkeypatch):
+    other = tmp_path / "other.png"
+    Image.new("RGB", (320, 200), "blue").save(other)
+    chat = vlm.chat(**OPTS)
+    chat.send("Hello!").text()
+    spy = Spy(vlm, monkeypatch)
+    reply = chat.send("And this?", images=[str(other)])
+    text = reply.text()
+    assert spy.vision == 1
+    fresh = vlm.stream(messages=chat.messages[:3], images=[str(other)], **OPTS)
+    assert fresh.text() == text and fresh.token_ids == reply.token_ids
+
+
+def test_ask_encodes_once_and_answers_each_question_independently(vlm, image, monkeypatch):
+    questions = ["What is this?", "What colour dominates?", "Is it day or night?"]
+    spy = Spy(vlm, monkeypatch)
+    answers = vlm.ask(str(image), questions, **OPTS)
+    assert spy.vision == 1
+    assert len(answers) == 3
+    monkeypatch.undo()
+    for question, answer in zip(questions, answers):
+        assert answer == vlm.generate(str(image), question, **OPTS)
+
+
+def test_save_round_trips(vlm, image, tmp_path):
+    chat = vlm.chat(**OPTS)
+    chat.send("Describe it.", images=[str(image)]).text()
+    chat.send("Shorter, please.").text()
+    path = tmp_path / "chat.json"
+    chat.save(path)
+    saved = json.loads(path.read_text())
+    assert [m["role"] for m in saved] == ["user", "assistant", "user", "assistant"]
+    assert saved[0]["content"][0] == {"type": "image", "path": str(image)}
+    assert saved[1]["content"][0]["text"] == chat.messages[1]["content"][0]["text"]
+    # The saved messages, images inline, give the same prompt as the live conversation.
+    live = vlm.processor.prepare_inputs(chat.messages, [str(image)])
+    loaded = vlm.processor.prepare_inputs(saved)
+    assert np.array_equal(live["input_ids"], loaded["input_ids"])
+    assert np.array_equal(live["pixel_values"], loaded["pixel_values"])
+
+
+def test_full_context_drops_the_oldest_turn_with_a_notice(vlm, image):
+    chat = vlm.chat(**OPTS)
+    chat.max_context = 150  # tiny, to force it: each exchange here is ~45 tokens
+    for i in range(6):
+        chat.send(f"Question number {i}: " + "tell me everything " * 6).text()
+    assert chat.notices and "dropped the oldest turn" in chat.notices[0]
+    assert len(chat.messages) < 12
+    assert chat.messages[0]["role"] == "user"
+
+
+def test_scripted_chat_on_stdin(tiny_onnx_dir, image, tmp_path):
+    model_dir = tiny_onnx_dir(NAME)
+    transcript = tmp_path / "t.json"
+    script = f"What is this?\n/save {transcript}\nAnd the colours?\n/exit\nnever sent\n"
+    result = subprocess.run([sys.executable, "-m", "smolvlm_cli", "chat", str(image), "-m",
+                             str(model_dir), "-n", "8"], input=script.encode(), capture_output=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr.decode()
+    answers = result.stdout.decode().splitlines()
+    vlm = SmolVLM.from_pretrained(model_dir)
+    chat = vlm.chat(max_new_tokens=8)
+    expected = [chat.send("What is this?", images=[str(image)]).text(),
+                chat.send("And the colours?").text()]
+    assert answers == expected
+    assert json.loads(transcript.read_text())[1]["content"][0]["text"] == expected[0]
+
+
+def test_ask_cli_prints_answers_in_order_and_jsonl(tiny_onnx_dir, image):
+    model_dir = tiny_onnx_dir(NAME)
+    questions = ["What is this?", "Where is it?"]
+    args = [sys.executable, "-m", "smolvlm_cli", "ask", str(image), "-m", str(model_dir), "-n", "8"]
+    for q in questions:
+        args += ["-q", q]
+    text = subprocess.run(args, capture_output=True, timeout=120)
+    assert text.returncode == 0, text.stderr.decode()
+    vlm = SmolVLM.from_pretrained(model_dir)
+    expected = [vlm.generate(str(image), q, max_new_tokens=8) for q in questions]
+    assert text.stdout.decode().splitlines() == expected
+    as_json = subprocess.run(args + ["--json"], capture_output=True, timeout=120)
+    records = [json.loads(line) for line in as_json.stdout.decode().splitlines()]
+    assert [r["question"] for r in records] == questions
+    assert [r["text"] for r in records] == expected
+    assert records[0]["vision_s"] > 0 and records[1]["vision_s"] == 0  # encoded once
