@@ -96,14 +96,14 @@ def inspect(
 
     from smolvlm_cli.config import ModelConfig
     from smolvlm_cli.hub import resolve_model
-    from smolvlm_cli.image_processing import image_size, tile_grid
+    from smolvlm_cli.image_processing import image_size, num_tiles, tile_grid
 
     config = ModelConfig.from_dir(resolve_model(model, list(CONFIG_FILES)))
     source = sys.stdin.buffer.read() if image == "-" else image
     width, height = image_size(source, name="<stdin>" if image == "-" else None)  # header only
     split = False if no_split else None
     rows, cols = tile_grid(width, height, config, longest_edge=longest_edge, split=split)
-    tiles = rows * cols + 1 if rows * cols else 1
+    tiles = num_tiles(rows, cols)
     info = {"image": image, "width": width, "height": height, "rows": rows, "cols": cols,
             "tiles": tiles, "tile_size": config.tile_size, "image_tokens": tiles * config.image_seq_len,
             "longest_edge": longest_edge or config.longest_edge,
