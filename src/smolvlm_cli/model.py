@@ -203,7 +203,8 @@ class SmolVLM:
                         **sampling) -> TextStream:
         """Like `stream`, for inputs already made by `prepare` (e.g. in a background thread)."""
         opts = (options or GenerationOptions()).updated(**sampling)
-        return self._stream(lambda: prepared, opts, time.perf_counter())
+        # Time to first token counts the preprocessing, wherever it ran.
+        return self._stream(lambda: prepared, opts, time.perf_counter() - prepared.preprocess_s)
 
     def generate(self, images: Sequence[Any] | Any = (), prompt: str | None = None, **kwargs) -> str:
         """The whole answer as one string (see `stream` for the arguments)."""

@@ -106,11 +106,13 @@ def describe(
         t0 = time.perf_counter()
         vlm = SmolVLM.from_pretrained(model, backend=backend, dtype=dtype, threads=threads)
         load_s = time.perf_counter() - t0
-    stream = vlm.stream(loaded, prompt or DEFAULT_PROMPT, longest_edge=longest_edge,
-                        split=False if no_split else None, options=opts)
+    prepared = vlm.prepare(loaded, prompt or DEFAULT_PROMPT, longest_edge=longest_edge,
+                           split=False if no_split else None)
+    stream = vlm.stream_prepared(prepared, opts)
     buffered = json_out or no_stream
     parts = []
-    with status.show(f"Encoding {len(loaded)} image(s)" if loaded else "Thinking"):
+    tiles = prepared.num_tiles
+    with status.show(f"Encoding {tiles} tile{'s' if tiles != 1 else ''}" if tiles else "Thinking"):
         first = next(iter(stream), None)
     for delta in _chain(first, stream):
         if buffered:
