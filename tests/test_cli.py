@@ -231,14 +231,14 @@ def test_model_output_is_written_raw(monkeypatch, model_dir, image_path):
     from smolvlm_cli.cli.main import app
     from smolvlm_cli.model import SmolVLM as Model
 
-    original = Model.stream
+    original = Model.stream_prepared
 
     def stream(self, *args, **kwargs):
         real = original(self, *args, **kwargs)
         real._deltas = iter(["[bold]red[/bold] ", "\x1b[31mx"])
         return real
 
-    monkeypatch.setattr(Model, "stream", stream)
+    monkeypatch.setattr(Model, "stream_prepared", stream)
     result = CliRunner().invoke(app, ["describe", str(image_path), "-m", str(model_dir), "-n", "2"])
     assert result.exit_code == 0, result.output
     assert result.stdout == "[bold]red[/bold] \x1b[31mx\n"
