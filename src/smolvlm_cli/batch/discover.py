@@ -13,7 +13,7 @@ on stdin, one per line (or NUL-separated), so `find ... | smolvlm batch -` works
   `**` spans folders. Matching ignores case.
 - Every item gets `rel`, its path relative to the deepest folder holding all the inputs: where
   `--output-dir` mirrors it. `rel` never contains `..` nor is absolute.
-- The result is sorted by `rel` (component by component) and holds each path once.
+- The result is sorted by `rel` (folder by folder, ignoring case first) and holds each path once.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import TextIO
 
 from smolvlm_cli.errors import SmolVLMError
@@ -135,46 +135,60 @@ class PathFilter:
 
 
 def read_path_list(stream: TextIO, null: bool = False) -> list[str]:
-    """Paths from a `find`-style list: one per line (or NUL-separated), blank entries skipped."""
-    data = stream.read()
-    parts = data.split("\0") if null else data.splitlines()
-    return [p if null else p.rstrip("\r") for p in parts if p.strip()]
+    """Paths from a `find`-style list: one per line (or NUL-separated), blank entries skipped.
+
+    Read as bytes when the stream has them: file names need not be UTF-8 (decoded like
+    `os.fsdecode`, so they open again byte for byte), whatever the stdin encoding says.
+    """
+    buffer = getattr(stream, "buffer", None)
+    if buffer is not None:
+        data = buffer.read()
+        parts = data.split(b"\0") if null else data.split(b"\n")
+        names = [os.fsdecode(p if null else p.rstrip(b"\r")) for p in parts]
+    else:
+        text = stream.read()
+        names = text.split("\0") if null else [p.rstrip("\r") for p in text.split("\n")]
+    return [name for name in names if name.strip()]
 
 
-def _walk(root: str, recursive: bool, filt: PathFilter, seen_dirs: set, warnings: list[str],
-          rel_dir: str = "") -> Iterable[str]:
-    """Files under `root` passing `filt`, sorted per folder, each folder (by identity) once."""
-    folder = os.path.join(root, rel_dir) if rel_dir else root
-    try:
-        st = os.stat(folder)
-        ident = (st.st_dev, st.st_ino)
-        if ident in seen_dirs:
-            return
-        seen_dirs.add(ident)
-        with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda e: e.name)
-    except OSError as exc:
-        warnings.append(f"cannot read folder {folder}: {exc.strerror or exc}")
-        return
-    subdirs = []
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+def _walk(root: str, recursive: bool, filt: PathFilter, seen_dirs: set,
+          warnings: list[str]) -> Iterable[str]:
+    """Files under `root` passing `filt` (depth first, no recursion limit), each folder (by
+    identity: links and loops) once."""
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        folder = os.path.join(root, rel_dir) if rel_dir else root
         try:
-            is_dir = entry.is_dir()  # follows links
-            is_file = not is_dir and entry.is_file()
-            broken = not is_dir and not is_file and entry.is_symlink() and not os.path.exists(entry.path)
-        except OSError:
-            is_dir = is_file = False
-            broken = True
-        if is_dir:
-            if recursive and not filt.prunes(rel):
-                subdirs.append(rel)
-        elif (is_file or broken) and filt.accepts(rel):
-            yield rel
-    for rel in subdirs:
-        yield from _walk(root, recursive, filt, seen_dirs, warnings, rel)
+            st = os.stat(folder)
+            ident = (st.st_dev, st.st_ino)
+            if ident in seen_dirs:
+                continue
+            seen_dirs.add(ident)
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            warnings.append(f"cannot read folder {folder}: {exc.strerror or exc}")
+            continue
+        subdirs = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            try:
+                is_dir = entry.is_dir()  # follows links
+                is_file = not is_dir and entry.is_file()
+                broken = (not is_dir and not is_file and entry.is_symlink()
+                          and not os.path.exists(entry.path))
+            except OSError:
+                is_dir = is_file = False
+                broken = True
+            if is_dir:
+                if recursive and not filt.prunes(rel):
+                    subdirs.append(rel)
+            elif (is_file or broken) and filt.accepts(rel):
+                yield rel
+        stack.extend(reversed(subdirs))
 
 
 def _common_base(paths: Sequence[str]) -> str:
@@ -241,8 +255,13 @@ def discover(inputs: Sequence[str], *, recursive: bool = True, include: Sequence
         abspath = os.path.abspath(path)
         if abspath not in by_abs:
             by_abs[abspath] = ImageItem(path=path, rel=_relative(abspath, base))
-    result.items = sorted(by_abs.values(), key=lambda item: tuple(item.rel.split("/")))
+    result.items = sorted(by_abs.values(), key=lambda item: sort_key(item.rel))
     return result
+
+
+def sort_key(rel: str) -> tuple:
+    """Folder by folder, case-insensitively first (`a.jpg` < `B.png`), then exactly."""
+    return tuple((part.casefold(), part) for part in rel.split("/"))
 
 
 def _listed_rel(line: str) -> str:

@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import stat
 from pathlib import Path
 
 from smolvlm_cli.errors import SmolVLMError
@@ -27,13 +29,36 @@ except ImportError:  # Windows: no advisory locks
 
 
 def temp_path(target: Path) -> Path:
-    return target.parent / f".{target.name}.{os.getpid()}{TEMP_SUFFIX}"
+    """`.NAME.PID.smolvlm-tmp` beside `target` (a hash for NAME when it is long: the temp name
+    must fit the 255-byte limit whenever the target's does)."""
+    name = target.name
+    if len(os.fsencode(name)) > 200:
+        name = hashlib.sha1(os.fsencode(name)).hexdigest()
+    return target.parent / f".{name}.{os.getpid()}{TEMP_SUFFIX}"
 
 
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def _named(exc: OSError, path: Path) -> OSError:
+    """`exc` naming `path` (the file the user knows, not a temp file), for the error line."""
+    return OSError(exc.errno, exc.strerror or str(exc), os.fspath(path))
+
+
+def _append_whole(fd: int, data: bytes, path: Path) -> None:
+    """Append `data` or nothing: a failed write (a full disk) is rolled back, no torn record."""
+    start = os.fstat(fd).st_size
+    try:
+        _write_all(fd, data)
+    except OSError as exc:
+        try:
+            os.ftruncate(fd, start)
+        except OSError:
+            pass  # the next run repairs the torn tail
+        raise _named(exc, path) from exc
 
 
 def atomic_write(target: Path, data: bytes, *, sync: bool = True) -> None:
@@ -49,11 +74,13 @@ def atomic_write(target: Path, data: bytes, *, sync: bool = True) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError) and exc.filename in (None, os.fspath(tmp)):
+            raise _named(exc, target) from exc
         raise
 
 
@@ -106,20 +133,40 @@ def complete_records(data: bytes, kind: str = "jsonl") -> tuple[list[bytes], int
     return records, start
 
 
-def repair_tail(path: Path, kind: str = "jsonl") -> tuple[list[bytes], bool]:
-    """Read `path`'s whole records; cut a torn last record off the file. (records, was_torn)."""
+def read_records(path: Path, kind: str = "jsonl") -> tuple[list[bytes], bytes]:
+    """`path`'s whole records and the torn tail after them (b"" when it ends cleanly).
+
+    Nothing but regular files is read: a device or a FIFO (/dev/zero would never end) has
+    nothing to resume.
+    """
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return [], b""
         data = path.read_bytes()
     except FileNotFoundError:
-        return [], False
+        return [], b""
     records, end = complete_records(data, kind)
-    if end == len(data):
-        return records, False
+    return records, data[end:]
+
+
+def cut_tail(path: Path, tail: bytes) -> None:
+    """Cut `tail` (as returned by `read_records`) off the end of `path`."""
     with open(path, "r+b") as f:
-        f.truncate(end)
+        f.seek(0, os.SEEK_END)
+        f.truncate(f.tell() - len(tail))
         f.flush()
         os.fsync(f.fileno())
-    return records, True
+
+
+def repair_tail(path: Path, kind: str = "jsonl") -> tuple[list[bytes], bool]:
+    """Read `path`'s whole records; cut a torn last record off the file. (records, was_torn).
+
+    Only for files known to be ours (the ledgers); writers check a file before cutting.
+    """
+    records, tail = read_records(path, kind)
+    if tail:
+        cut_tail(path, tail)
+    return records, bool(tail)
 
 
 def rewrite(path: Path, records: list[bytes]) -> None:
@@ -157,7 +204,7 @@ class AppendLog:
     def append(self, data: bytes) -> None:
         if self._fd is None:
             self.open()
-        _write_all(self._fd, data)
+        _append_whole(self._fd, data, self.path)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -174,6 +221,6 @@ def append_once(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
-        _write_all(fd, data)
+        _append_whole(fd, data, path)
     finally:
         os.close(fd)

@@ -13,21 +13,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
-from smolvlm_cli.batch.discover import ImageItem
-from smolvlm_cli.batch.records import ImageRecord
+from smolvlm_cli.batch.records import ImageRecord, Job
 
 FAILURES_BEFORE_GIVING_UP = 3
-
-
-@dataclass(frozen=True)
-class Job:
-    """An image and its rendered prompt: the unit every engine receives."""
-
-    item: ImageItem
-    prompt: str
 
 
 Emit = Callable[[Job, ImageRecord], None]
@@ -74,7 +64,7 @@ class LocalEngine:
         """Caption every job (in order) and `emit` its record; return early once `should_stop`."""
         source = iter(jobs)
         lookahead = 2 * self.batch_size + self.workers
-        pending: deque[tuple[Job, Future, float]] = deque()
+        pending: deque[tuple[Job, Future]] = deque()
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="smolvlm-prepare")
 
         def fill() -> None:
@@ -82,13 +72,13 @@ class LocalEngine:
                 job = next(source, None)
                 if job is None:
                     return
-                pending.append((job, pool.submit(self._prepare, job), time.perf_counter()))
+                pending.append((job, pool.submit(self._prepare, job)))
 
         try:
             fill()
             batch: list[tuple[Job, Any, float]] = []
             while pending and not should_stop():
-                job, future, _ = pending.popleft()
+                job, future = pending.popleft()
                 fill()
                 try:
                     prepared, prep_s = future.result()
@@ -106,7 +96,7 @@ class LocalEngine:
             if batch and not should_stop():
                 self._infer(batch, emit)
         finally:
-            for _, future, _ in pending:
+            for _, future in pending:
                 future.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
 

@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
+from smolvlm_cli.batch.discover import ImageItem
+
 FIELDS = ("path", "caption", "error", "model", "prompt", "prompt_tokens", "generated_tokens",
           "image_tiles", "stop_reason", "seconds")
 _INTS = {"prompt_tokens", "generated_tokens", "image_tiles"}
@@ -47,7 +49,7 @@ class ImageRecord:
 
     def to_json(self) -> str:
         """One line (json escapes newlines inside strings)."""
-        return json.dumps(self.to_dict(), ensure_ascii=False)
+        return dumps(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImageRecord:
@@ -76,8 +78,31 @@ class ImageRecord:
         return cls.from_dict(data)
 
 
+def dumps(obj: Any) -> str:
+    """JSON as UTF-8 text; `\\u` escapes only when a string cannot be UTF-8 (a file name that is
+    not, read by Python as lone surrogates): such names survive a write and a read intact."""
+    text = json.dumps(obj, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj)
+    return text
+
+
+def loads(raw: bytes) -> Any:
+    return json.loads(raw.decode("utf-8", "surrogateescape"))
+
+
 def csv_line(values: list[str]) -> str:
     """One CSV record (RFC 4180 quoting, CRLF), the unit appended to a CSV file."""
     buffer = io.StringIO()
     csv.writer(buffer).writerow(values)
     return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Job:
+    """An image and its rendered prompt: the unit of work every engine receives."""
+
+    item: ImageItem
+    prompt: str

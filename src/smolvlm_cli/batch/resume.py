@@ -18,7 +18,6 @@ image NEW again unless the ledger's last word is a failure.
 from __future__ import annotations
 
 import enum
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from smolvlm_cli.batch.discover import ImageItem
 from smolvlm_cli.batch.files import append_once, repair_tail, rewrite
-from smolvlm_cli.batch.records import ImageRecord
+from smolvlm_cli.batch.records import ImageRecord, dumps, loads
 
 LEDGER_NAME = ".smolvlm-batch.jsonl"
 
@@ -99,7 +98,7 @@ class Ledger:
         records, self.repaired = repair_tail(self.path, "jsonl")
         for raw in records:
             try:
-                entry = json.loads(raw)
+                entry = loads(raw)
                 image = entry["image"]
             except (ValueError, KeyError, TypeError):
                 continue
@@ -116,13 +115,13 @@ class Ledger:
         entry = {"image": image, "output": output, "error": record.error, "model": record.model,
                  "prompt": record.prompt, "generated_tokens": record.generated_tokens,
                  "seconds": record.seconds, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        append_once(self.path, (json.dumps(entry, ensure_ascii=False) + "\n").encode())
+        append_once(self.path, (dumps(entry) + "\n").encode())
         self.entries[image] = entry
         self.lines += 1
 
     def compact(self) -> None:
         """Keep one line per image once re-runs have piled up superseded ones."""
         if self._loaded and self.lines > len(self.entries):
-            rewrite(self.path, [(json.dumps(e, ensure_ascii=False) + "\n").encode()
+            rewrite(self.path, [(dumps(e) + "\n").encode()
                                 for e in self.entries.values()])
             self.lines = len(self.entries)

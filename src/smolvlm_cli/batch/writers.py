@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from smolvlm_cli.batch.discover import ImageItem
-from smolvlm_cli.batch.files import AppendLog, atomic_write, repair_tail, rewrite, sweep_temps
-from smolvlm_cli.batch.records import FIELDS, ImageRecord, csv_line
+from smolvlm_cli.batch.files import (AppendLog, atomic_write, cut_tail, read_records,
+                                     repair_tail, rewrite, sweep_temps)
+from smolvlm_cli.batch.records import FIELDS, ImageRecord, csv_line, loads
 from smolvlm_cli.batch.resume import Ledger, RecordIndex, State
 from smolvlm_cli.errors import SmolVLMError
 
 FORMATS = ("txt", "jsonl", "csv")
 SIDECAR_SUFFIX = ".txt"
+MAX_NAME_BYTES = 255  # most file systems' limit on one name
 
 
 def _stdout_write(text: str) -> None:
@@ -32,7 +33,7 @@ def _stdout_write(text: str) -> None:
 
 def safe_join(root: Path, rel: str) -> Path:
     """`root/rel`, refusing anything that would leave `root` (absolute, `..`, drive letters)."""
-    parts = rel.replace("\\", "/").split("/")
+    parts = (rel.replace(os.sep, "/") if os.sep != "/" else rel).split("/")
     if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) \
             or os.path.splitdrive(rel)[0] or "\0" in rel:
         raise SmolVLMError(f"refusing to write outside {root}: {rel!r}")
@@ -70,14 +71,16 @@ class SidecarWriter:
                 self.problems[item] = exc.message
                 continue
             stem = os.path.splitext(base.name)[0] or base.name
-            for candidate in (base.with_name(stem + SIDECAR_SUFFIX), base.with_name(base.name + SIDECAR_SUFFIX)):
+            for candidate in (base.with_name(stem + SIDECAR_SUFFIX),
+                              base.with_name(base.name + SIDECAR_SUFFIX)):
                 key = os.path.normcase(os.path.abspath(candidate)).casefold()
-                if key not in taken:
+                if key not in taken and len(os.fsencode(candidate.name)) <= MAX_NAME_BYTES:
                     taken[key] = item
                     self.sidecars[item] = candidate
                     break
             else:
-                self.problems[item] = f"its caption file {candidate} would overwrite another file of the run"
+                self.problems[item] = (f"no name for its caption file: {candidate.name} would be "
+                                       "too long or overwrite another file of the run")
         swept = sum(sweep_temps(folder) for folder in {p.parent for p in self.sidecars.values()})
         if swept:
             self.notices.append(f"removed {swept} temp file(s) left by an interrupted run")
@@ -109,8 +112,8 @@ class SidecarWriter:
             atomic_write(sidecar, (record.caption or "").encode() + b"\n")
         self._ledger(item).add(item.name, sidecar.name, record)
 
-    def close(self) -> None:
-        for ledger in self._ledgers.values():
+    def close(self, compact: bool = True) -> None:
+        for ledger in self._ledgers.values() if compact else ():
             ledger.compact()
 
 
@@ -132,6 +135,7 @@ class RecordFileWriter:
         self.notices: list[str] = []
         self._log: AppendLog | None = None
         self._started = False
+        self._stream = False  # not a regular file: nothing to read back, resume or compact
 
     def describe(self) -> str:
         return f"{self.name.upper()} to {self.path}" if self.path else f"{self.name.upper()} to stdout"
@@ -141,13 +145,13 @@ class RecordFileWriter:
         return record.to_json() + "\n"
 
     def decode(self, raw: bytes) -> ImageRecord:
-        return ImageRecord.from_dict(json.loads(raw))
+        return ImageRecord.from_dict(loads(raw))
 
     def start(self) -> str:
         return ""  # text that opens an empty file (a CSV header)
 
-    def check_start(self, first: bytes) -> bool:
-        return False  # True when `first` is the opening text rather than a record
+    def check_start(self, first: bytes) -> None:
+        """Refuse a file that `start()` did not open (someone else's CSV)."""
 
     # protocol -------------------------------------------------------------------------------
     def open(self, items: Sequence[ImageItem]) -> None:
@@ -155,25 +159,51 @@ class RecordFileWriter:
             return
         if self.path.is_dir():
             raise SmolVLMError(f"--output {self.path} is a folder", hint="give a file name")
+        if self.path.exists() and not self.path.is_file():  # /dev/stdout, a FIFO: write only
+            self._log = AppendLog(self.path, lock=False).open()
+            self._stream = True
+            return
         sweep_temps(self.path.parent)
-        records, torn = repair_tail(self.path, self.kind)
-        if torn:
-            self.notices.append(f"repaired a torn last record in {self.path} (from an interrupted run)")
-        if records and self.check_start(records[0]):
+        self._log = AppendLog(self.path).open()  # locked before anything is read or repaired
+        try:
+            self._load()
+        except BaseException:
+            self._log.close()
+            self._log = None
+            raise
+
+    def _load(self) -> None:
+        records, tail = read_records(self.path, self.kind)
+        has_start = bool(records and self.start())
+        if has_start:
+            self.check_start(records[0])  # refuses someone else's CSV
             records = records[1:]
-            self._started = True
         for raw in records:
             try:
                 record = self.decode(raw)
-            except ValueError:
+            except (ValueError, TypeError):
                 self.index.unreadable += 1
                 continue
             self.index.add(record, os.path.abspath(record.path))
+        ours = has_start or bool(self.index.last)
+        if not ours and (records or (tail and not self._opens_a_record(tail))):
+            raise SmolVLMError(f"{self.path} does not look like a smolvlm batch {self.name} file",
+                               hint="write to a new file with -o (nothing was changed)")
+        # only now that the file is known to be ours: cut what a killed run left half-written
+        if tail:
+            cut_tail(self.path, tail)
+            self.notices.append(f"repaired a torn last record in {self.path} "
+                                "(from an interrupted run)")
+        self._started = self._log.size > 0
         if self.index.unreadable:
-            self.notices.append(f"ignored {self.index.unreadable} unreadable record(s) in {self.path}")
-        self._log = AppendLog(self.path).open()
-        if self._log.size == 0:
-            self._started = False
+            self.notices.append(f"kept {self.index.unreadable} unreadable line(s) of {self.path} "
+                                "as they are")
+
+    def _opens_a_record(self, tail: bytes) -> bool:
+        """A file holding only a torn first write: is it the start of one of ours?"""
+        opening = (self.start() or self.encode(ImageRecord("x"))[:10]).encode()
+        size = min(len(tail), len(opening))
+        return size > 0 and tail[:size] == opening[:size]
 
     def problem(self, item: ImageItem) -> str | None:
         return None
@@ -187,16 +217,17 @@ class RecordFileWriter:
             text = self.start() + text
             self._started = True
         if self._log is None:
-            self.out(text)
+            self.out(text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
             return
-        self._log.append(text.encode())
+        self._log.append(text.encode("utf-8", "surrogateescape"))
         self.index.add(record, item.abspath)
 
-    def close(self) -> None:
+    def close(self, compact: bool = True) -> None:
+        """Sync and close; with `compact`, drop the records later ones superseded."""
         if self._log is None:
             return
         try:
-            if self.index.superseded or self.index.unreadable:
+            if compact and self.index.superseded and not self._stream:
                 self._compact()
         finally:
             self._log.close()
@@ -204,13 +235,13 @@ class RecordFileWriter:
 
     def _compact(self) -> None:
         records, _ = repair_tail(self.path, self.kind)
-        head = [records.pop(0)] if records and self.check_start(records[0]) else []
-        order: dict[str, bytes] = {}
-        for raw in records:
+        head = [records.pop(0)] if records and self.start() else []
+        order: dict[object, bytes] = {}
+        for n, raw in enumerate(records):
             try:
-                key = os.path.abspath(self.decode(raw).path)
-            except ValueError:
-                continue
+                key: object = os.path.abspath(self.decode(raw).path)
+            except (ValueError, TypeError):
+                key = n  # not a record: kept where it is
             order[key] = raw  # dicts keep the first position, the update takes the last content
         rewrite(self.path, head + list(order.values()))
 
@@ -228,10 +259,10 @@ class CsvWriter(RecordFileWriter):
         return csv_line(record.to_row())
 
     def _header(self, raw: bytes) -> list[str]:
-        return next(csv.reader([raw.decode("utf-8", "replace").rstrip("\r\n")]), [])
+        return next(csv.reader([raw.decode("utf-8", "surrogateescape").rstrip("\r\n")]), [])
 
     def decode(self, raw: bytes) -> ImageRecord:
-        row = next(csv.reader(io.StringIO(raw.decode("utf-8", "replace"), newline="")), None)
+        row = next(csv.reader(io.StringIO(raw.decode("utf-8", "surrogateescape"), newline="")), None)
         if row is None:
             raise ValueError("empty row")
         return ImageRecord.from_row(list(FIELDS), row)
@@ -239,14 +270,10 @@ class CsvWriter(RecordFileWriter):
     def start(self) -> str:
         return csv_line(list(FIELDS))
 
-    def check_start(self, first: bytes) -> bool:
-        header = self._header(first)
-        if header == list(FIELDS):
-            return True
-        if header and header[0] == "path":
+    def check_start(self, first: bytes) -> None:
+        if self._header(first) != list(FIELDS):
             raise SmolVLMError(f"{self.path} has other columns than smolvlm batch writes",
                                hint="write to a new file with -o")
-        return False
 
 
 def make_writer(fmt: str, *, output: str | None, output_dir: Path | None,

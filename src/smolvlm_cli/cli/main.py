@@ -7,14 +7,17 @@ tracebacks.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
+import warnings
 from typing import Annotated, Optional
 
 import typer
 
 from smolvlm_cli import __version__
 from smolvlm_cli.cli import chat, describe, models
+from smolvlm_cli.cli import batch
 from smolvlm_cli.errors import SmolVLMError
 
 app = typer.Typer(
@@ -43,6 +46,7 @@ def _root(
 describe.register(app)
 models.register(app)
 chat.register(app)
+batch.register(app)
 
 
 def _error(message: str, hint: str | None = None) -> None:
@@ -51,9 +55,34 @@ def _error(message: str, hint: str | None = None) -> None:
         print(f"Hint: {hint}", file=sys.stderr)
 
 
+_OS_HINTS = {
+    errno.ENOSPC: "free some disk space (or write elsewhere) and run the command again: a batch "
+                  "run keeps its finished results and resumes",
+    errno.EDQUOT: "the disk quota is used up: free some space and run the command again",
+    errno.EACCES: "check the permissions of that file or folder",
+    errno.EPERM: "check the permissions of that file or folder",
+    errno.EROFS: "the file system is read-only: write somewhere else",
+    errno.ENAMETOOLONG: "the name is too long for the file system: rename the file",
+}
+
+
+def _os_error(exc: OSError) -> tuple[str, str]:
+    """An OS error as (message, hint): the reason, the file when known, what to do."""
+    reason = exc.strerror or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    name = exc.filename if exc.filename is not None else None
+    message = f"{reason}: {os.fsdecode(name)}" if name is not None else reason
+    if exc.filename2 is not None:
+        message += f" -> {os.fsdecode(exc.filename2)}"
+    return message, _OS_HINTS.get(exc.errno, "run with SMOLVLM_DEBUG=1 for the full traceback")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Typer handles usage errors (exit 2) and Ctrl-C (exit 130); known errors become one line."""
     debug = os.environ.get("SMOLVLM_DEBUG", "") not in ("", "0")
+    if not debug:
+        # Pillow's notes on images it still decodes ("Corrupt EXIF data", ...) would print its
+        # source file and line on stderr; a bad image is reported as an Error when it matters.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
     try:
         app(args=argv, prog_name="smolvlm")
     except SmolVLMError as exc:
@@ -63,10 +92,23 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except OSError as exc:
+        if debug:
+            raise
+        _error(*_os_error(exc))
+        sys.exit(1)
+    except (ValueError, RuntimeError) as exc:
         if debug:
             raise
         text = str(exc).strip()
         _error(text.splitlines()[0] if text else type(exc).__name__,
                "run with SMOLVLM_DEBUG=1 for the full traceback")
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - e.g. onnxruntime's own error types: still one line
+        if debug:
+            raise
+        text = str(exc).strip()
+        _error(f"{type(exc).__name__}: {text.splitlines()[0] if text else 'unexpected error'}",
+               "an unexpected failure (a model file that does not fit its config?); run with "
+               "SMOLVLM_DEBUG=1 for the full traceback")
         sys.exit(1)

@@ -1,0 +1,169 @@
+"""A batch run, engine-independent: discover -> open the writer -> plan -> engine -> summary.
+
+The engine (`LocalEngine` here, a Ray Data engine later) only turns `Job`s into raw
+`ImageRecord`s through `emit`; discovery, templates, caption style, writers, resume and the
+summary are the same whatever runs the model, so every engine produces the same files.
+
+SIGINT / SIGTERM during captioning: the images in flight finish and are written, nothing new
+starts, the summary is printed and the exit code is 130 / 143. A second signal stops at once
+(KeyboardInterrupt), still without tearing any file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, TextIO
+
+from smolvlm_cli.batch.discover import DEFAULT_EXTENSIONS, discover
+from smolvlm_cli.batch.progress import Reporter, Summary
+from smolvlm_cli.batch.records import ImageRecord, Job
+from smolvlm_cli.batch.resume import plan
+from smolvlm_cli.batch.templates import CaptionStyle, render
+from smolvlm_cli.batch.writers import make_writer
+from smolvlm_cli.errors import SmolVLMError
+from smolvlm_cli.options import DEFAULT_PROMPT
+
+
+class Engine(Protocol):
+    name: str
+
+    def run(self, jobs: Iterable[Job], emit: Callable[[Job, ImageRecord], None],
+            should_stop: Callable[[], bool]) -> None: ...
+
+
+@dataclass
+class BatchConfig:
+    inputs: Sequence[str]
+    prompt: str = DEFAULT_PROMPT
+    recursive: bool = True
+    include: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+    extensions: Sequence[str] = DEFAULT_EXTENSIONS
+    null: bool = False  # NUL-separated paths on stdin
+    fmt: str = "txt"
+    output: str | None = None  # jsonl/csv file, "-" or None for stdout
+    output_dir: Path | None = None
+    style: CaptionStyle = field(default_factory=CaptionStyle)
+    overwrite: bool = False
+    retry_errors: bool = False
+
+
+class StopFlag:
+    """Set by the first SIGINT/SIGTERM (remembering which); a second one interrupts at once."""
+
+    def __init__(self):
+        self.signum = 0
+
+    def __call__(self) -> bool:
+        return self.signum != 0
+
+    def _handle(self, signum, _frame) -> None:
+        if self.signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopFlag]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def run_batch(config: BatchConfig, engine_factory: Callable[[], Engine], *,
+              reporter: Reporter | None = None, stdin: TextIO | None = None,
+              out: Callable[[str], None] | None = None) -> Summary:
+    """Caption what `config` selects; `engine_factory` is called (the model loaded) only when
+    there is work. Returns the summary (its `exit_code` is the command's)."""
+    reporter = reporter or Reporter()
+    started = time.perf_counter()
+    found = discover(config.inputs, recursive=config.recursive, include=config.include,
+                     exclude=config.exclude, extensions=config.extensions, stdin=stdin,
+                     null=config.null)
+    for warning in found.warnings:
+        reporter.warn(warning)
+    if not found.items:
+        raise SmolVLMError(f"no images found in {', '.join(config.inputs)}",
+                           hint=f"images need one of the extensions {', '.join(config.extensions)} "
+                                "(--ext to change); check --include/--exclude")
+    writer = make_writer(config.fmt, output=config.output, output_dir=config.output_dir, out=out)
+    summary = Summary(found=len(found.items))
+    finished = False
+    try:
+        writer.open(found.items)
+        for notice in writer.notices:
+            reporter.info(notice)
+        work = plan(found.items, writer.state, overwrite=config.overwrite,
+                    retry_errors=config.retry_errors)
+        summary.skipped_done, summary.skipped_failed = len(work.done), len(work.failed)
+        reporter.info(_plan_line(len(found.items), work, writer.describe()))
+
+        def emit(job: Job, record: ImageRecord) -> None:
+            if record.ok:
+                record.caption = config.style.apply(record.caption or "", job.item.path)
+            writer.write(job.item, record)
+            if record.ok:
+                summary.done += 1
+            else:
+                summary.failed += 1
+            reporter.advance(record)
+
+        jobs = []
+        for item in work.todo:
+            job = Job(item, render(config.prompt, item.path))
+            problem = writer.problem(item)
+            if problem:
+                emit(job, ImageRecord.failure(item.path, problem, prompt=job.prompt))
+            else:
+                jobs.append(job)
+        if jobs:
+            with reporter.status("Loading the model"):
+                t0 = time.perf_counter()
+                engine = engine_factory()
+                summary.load_s = time.perf_counter() - t0
+            stop = StopFlag()
+            t0 = time.perf_counter()
+            reporter.start(len(jobs))
+            try:
+                with stop.installed():
+                    engine.run(jobs, emit, stop)
+            except BaseException:  # a full disk, a broken model, a second Ctrl-C: still say
+                reporter.stop()    # what was saved before the error goes up
+                summary.work_s = time.perf_counter() - t0
+                summary.signal = stop.signum
+                summary.elapsed_s = time.perf_counter() - started
+                if summary.done or summary.failed:
+                    reporter.summary(summary)
+                raise
+            finally:
+                reporter.stop()
+                summary.work_s = time.perf_counter() - t0
+            summary.signal = stop.signum
+        finished = True
+    finally:
+        writer.close(compact=finished)  # no rewriting on the way out of an error
+    summary.elapsed_s = time.perf_counter() - started
+    reporter.summary(summary)
+    return summary
+
+
+def _plan_line(total: int, work, where: str) -> str:
+    parts = [f"{len(work.todo)} to caption"]
+    if work.retried:
+        parts[0] += f" ({work.retried} earlier failure(s) retried)"
+    if work.done:
+        parts.append(f"{len(work.done)} already done")
+    if work.failed:
+        parts.append(f"{len(work.failed)} failed before")
+    return f"{total} image(s): {', '.join(parts)}; writing {where}"

@@ -1,0 +1,181 @@
+"""`smolvlm batch PATH...`: caption many images, resumable, one model load."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from smolvlm_cli.cli import output
+from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DtypeOpt, LongestEdgeOpt, MaxTokensOpt,
+                                     ModelOpt, NoSplitOpt, QuietOpt, RepetitionPenaltyOpt, SeedOpt,
+                                     TemperatureOpt, ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt)
+from smolvlm_cli.hub import DEFAULT_MODEL
+from smolvlm_cli.options import DEFAULT_PROMPT
+
+_INPUT = "Input"
+_OUTPUT = "Output"
+_RUN = "Batch run"
+_FORMATS = ("txt", "jsonl", "csv")
+_SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
+
+EXAMPLES = """Examples:\n\n
+smolvlm batch photos/   (photos/a.jpg -> photos/a.txt, and so on; re-run to resume)\n\n
+smolvlm batch photos/ --prefix 'ohwx,' --no-split -n 60   (training captions, a trigger word)\n\n
+smolvlm batch photos/ -o captions.jsonl   (one JSON record per image)\n\n
+find . -name '*.png' -mtime -1 | smolvlm batch - -o - | jq -r .caption\n\n
+smolvlm batch photos/ -o captions.csv -p 'Describe {filename} in one sentence.'"""
+
+EPILOG = EXAMPLES + """\n\n
+Re-running skips images that already have a result (--overwrite redoes all, --retry-errors the failures).
+Failures of txt runs are listed in .smolvlm-batch.jsonl beside the sidecars.\n\n
+Exit code 0 when every image has a caption, 1 when some failed, 130/143 when stopped by Ctrl-C /
+SIGTERM (the images in flight are finished and saved first)."""
+
+
+def register(app: typer.Typer) -> None:
+    app.command(no_args_is_help=True, epilog=EPILOG)(batch)
+
+
+def resolve_format(fmt: Optional[str], out: Optional[str], output_dir: Optional[Path]
+                   ) -> tuple[str, Optional[str]]:
+    """(format, output target) from --format / --output / --output-dir."""
+    if fmt is None:
+        if out is None:
+            fmt = "txt"
+        elif out == "-":
+            fmt = "jsonl"
+        else:
+            fmt = _SUFFIX_FORMATS.get(Path(out).suffix.lower())
+            if fmt is None:
+                raise typer.BadParameter(f"cannot tell the format of {out!r} from its name: "
+                                         "give --format jsonl or csv", param_hint="'--output'")
+    fmt = fmt.lower()
+    if fmt not in _FORMATS:
+        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(_FORMATS)}",
+                                 param_hint="'--format'")
+    if fmt == "txt":
+        if out is not None:
+            raise typer.BadParameter("txt writes one sidecar per image (next to it, or under "
+                                     "--output-dir): --output is for jsonl and csv",
+                                     param_hint="'--output'")
+        return fmt, None
+    if out is None:
+        out = str(output_dir / f"captions.{fmt}") if output_dir else "-"
+    return fmt, out
+
+
+def batch(
+    paths: Annotated[list[str], typer.Argument(
+        metavar="PATH...", show_default=False,
+        help="Folders (walked recursively), image files, or '-' for a list of paths on stdin "
+             "(one per line, e.g. from find).")],
+    prompt: Annotated[str, typer.Option(
+        "--prompt", "-p", help="The instruction for every image; {filename}, {stem} and {parent} "
+                               "are replaced per image.")] = DEFAULT_PROMPT,
+    recursive: Annotated[bool, typer.Option(
+        "--recursive/--no-recursive", rich_help_panel=_INPUT,
+        help="Walk into subfolders (hidden ones are skipped).")] = True,
+    include: Annotated[Optional[list[str]], typer.Option(
+        "--include", rich_help_panel=_INPUT, show_default=False,
+        help="Only files matching this glob (repeatable; among the --ext extensions). Without "
+             "'/' it matches a file or folder name ('*.png'), with '/' the path under the folder "
+             "given ('2024/**'). Case-insensitive.")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option(
+        "--exclude", rich_help_panel=_INPUT, show_default=False,
+        help="Skip files (and folders) matching this glob (repeatable).")] = None,
+    ext: Annotated[Optional[list[str]], typer.Option(
+        "--ext", rich_help_panel=_INPUT, show_default=False,
+        help="Image extensions to pick up, comma-separated or repeated (default jpg, jpeg, png, "
+             "webp, bmp, gif, tif, tiff; any case). Files named on the command line are "
+             "always taken.")] = None,
+    null: Annotated[bool, typer.Option(
+        "--null", "-0", rich_help_panel=_INPUT,
+        help="Paths on stdin are NUL-separated (find -print0).")] = False,
+    fmt: Annotated[Optional[str], typer.Option(
+        "--format", "-f", rich_help_panel=_OUTPUT, show_default=False,
+        help="txt (a sidecar per image: photo.jpg -> photo.txt), jsonl or csv. Default: from "
+             "--output's extension, else txt.")] = None,
+    out: Annotated[Optional[str], typer.Option(
+        "--output", "-o", rich_help_panel=_OUTPUT, show_default=False,
+        help="The jsonl/csv file ('-' for stdout; default captions.FORMAT under --output-dir, "
+             "else stdout). Appended to, so an interrupted run resumes.")] = None,
+    output_dir: Annotated[Optional[Path], typer.Option(
+        "--output-dir", "-d", rich_help_panel=_OUTPUT, show_default=False, file_okay=False,
+        help="Write the sidecars here, mirroring the input folders, instead of next to the "
+             "images.")] = None,
+    prefix: Annotated[str, typer.Option(
+        "--prefix", rich_help_panel=_OUTPUT,
+        help="Text put before every caption (a trigger word); templates as in --prompt.")] = "",
+    suffix: Annotated[str, typer.Option(
+        "--suffix", rich_help_panel=_OUTPUT, help="Text put after every caption.")] = "",
+    single_line: Annotated[bool, typer.Option(
+        "--single-line", rich_help_panel=_OUTPUT,
+        help="Join the caption's lines into one (for tools that read only the first line).")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", rich_help_panel=_RUN,
+        help="Caption every image again, even those with a result.")] = False,
+    retry_errors: Annotated[bool, typer.Option(
+        "--retry-errors", rich_help_panel=_RUN,
+        help="Caption again the images that failed in an earlier run.")] = False,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", "-b", min=1, rich_help_panel=_RUN,
+        help="Images run through the model together.")] = 1,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=1, rich_help_panel=_RUN,
+        help="Threads decoding and preprocessing the next images during inference.")] = 2,
+    model: ModelOpt = DEFAULT_MODEL,
+    backend: BackendOpt = "auto",
+    dtype: DtypeOpt = None,
+    threads: ThreadsOpt = None,
+    max_new_tokens: MaxTokensOpt = DEFAULTS.max_new_tokens,
+    temperature: TemperatureOpt = DEFAULTS.temperature,
+    top_k: TopKOpt = DEFAULTS.top_k,
+    top_p: TopPOpt = DEFAULTS.top_p,
+    repetition_penalty: RepetitionPenaltyOpt = DEFAULTS.repetition_penalty,
+    seed: SeedOpt = DEFAULTS.seed,
+    longest_edge: LongestEdgeOpt = None,
+    no_split: NoSplitOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Caption many images: sidecar .txt files, JSONL or CSV; resumable, one model load."""
+    from smolvlm_cli.batch.discover import STDIN, parse_extensions
+    from smolvlm_cli.batch.progress import Reporter
+    from smolvlm_cli.batch.runner import BatchConfig, run_batch
+    from smolvlm_cli.batch.templates import CaptionStyle, unknown_fields
+    from smolvlm_cli.options import GenerationOptions
+
+    fmt, target = resolve_format(fmt, out, output_dir)
+    reporter = Reporter(quiet=quiet, verbose=verbose)
+    for text in (prompt, prefix, suffix):
+        for name in unknown_fields(text):
+            reporter.warn(f"{{{name}}} is not a template field (use {{filename}}, {{stem}} or "
+                          "{parent}); it stays as written")
+    options = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature,
+                                top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                                seed=seed)
+    config = BatchConfig(
+        inputs=paths, prompt=prompt or DEFAULT_PROMPT, recursive=recursive,
+        include=tuple(include or ()), exclude=tuple(exclude or ()),
+        extensions=parse_extensions(ext), null=null, fmt=fmt, output=target,
+        output_dir=output_dir, style=CaptionStyle(prefix, suffix, single_line),
+        overwrite=overwrite, retry_errors=retry_errors)
+
+    def engine():
+        from smolvlm_cli.batch.local import LocalEngine
+        from smolvlm_cli.model import SmolVLM
+
+        vlm = SmolVLM.from_pretrained(model, backend=backend, dtype=dtype, threads=threads)
+        return LocalEngine(vlm, options, model_name=model, batch_size=batch_size,
+                           workers=workers, longest_edge=longest_edge,
+                           split=False if no_split else None)
+
+    if STDIN in paths and sys.stdin.isatty() and not quiet:
+        output.log("Reading image paths from the terminal, one per line; end with Ctrl-D.")
+    summary = run_batch(config, engine, reporter=reporter,
+                        stdin=sys.stdin if STDIN in paths else None, out=output.write)
+    if summary.exit_code:
+        raise typer.Exit(summary.exit_code)
