@@ -123,8 +123,8 @@ def batch(
     batch_size: Annotated[int, typer.Option(
         "--batch-size", "-b", min=1, rich_help_panel=_RUN,
         help="Images run through the model together.")] = 1,
-    workers: Annotated[int, typer.Option(
-        "--workers", min=1, rich_help_panel=_RUN,
+    prefetch: Annotated[int, typer.Option(
+        "--prefetch-threads", min=1, rich_help_panel=_RUN,
         help="Threads decoding and preprocessing the next images during inference.")] = 2,
     model: ModelOpt = DEFAULT_MODEL,
     backend: BackendOpt = "auto",
@@ -170,7 +170,7 @@ def batch(
 
         vlm = SmolVLM.from_pretrained(model, backend=backend, dtype=dtype, threads=threads)
         return LocalEngine(vlm, options, model_name=model, batch_size=batch_size,
-                           workers=workers, longest_edge=longest_edge,
+                           workers=prefetch, longest_edge=longest_edge,
                            split=False if no_split else None)
 
     if STDIN in paths and sys.stdin.isatty() and not quiet:
