@@ -11,7 +11,8 @@ import typer
 from smolvlm_cli.cli import output
 from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DtypeOpt, LongestEdgeOpt, MaxTokensOpt,
                                      ModelOpt, NoSplitOpt, QuietOpt, RepetitionPenaltyOpt, SeedOpt,
-                                     TemperatureOpt, ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt)
+                                     TemperatureOpt, ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt,
+                                     generation_options)
 from smolvlm_cli.hub import DEFAULT_MODEL
 from smolvlm_cli.options import DEFAULT_PROMPT
 
@@ -146,7 +147,6 @@ def batch(
     from smolvlm_cli.batch.progress import Reporter
     from smolvlm_cli.batch.runner import BatchConfig, run_batch
     from smolvlm_cli.batch.templates import CaptionStyle, unknown_fields
-    from smolvlm_cli.options import GenerationOptions
 
     fmt, target = resolve_format(fmt, out, output_dir)
     reporter = Reporter(quiet=quiet, verbose=verbose)
@@ -154,9 +154,7 @@ def batch(
         for name in unknown_fields(text):
             reporter.warn(f"{{{name}}} is not a template field (use {{filename}}, {{stem}} or "
                           "{parent}); it stays as written")
-    options = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature,
-                                top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-                                seed=seed)
+    options = generation_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
     config = BatchConfig(
         inputs=paths, prompt=prompt or DEFAULT_PROMPT, recursive=recursive,
         include=tuple(include or ()), exclude=tuple(exclude or ()),

@@ -11,7 +11,7 @@ from smolvlm_cli.cli import output
 from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DtypeOpt, JsonOpt, LongestEdgeOpt,
                                      MaxTokensOpt, ModelOpt, NoSplitOpt, QuietLongOpt, QuietOpt,
                                      RepetitionPenaltyOpt, SeedOpt, TemperatureOpt, ThreadsOpt,
-                                     TopKOpt, TopPOpt)
+                                     TopKOpt, TopPOpt, generation_options)
 from smolvlm_cli.hub import DEFAULT_MODEL
 
 CHAT_HELP = """Commands: /image PATH (add an image to your next message), /reset (forget the
@@ -29,13 +29,6 @@ def _load(model, backend, dtype, threads, quiet):
 
     with output.Status(quiet).show(f"Loading {model}"):
         return SmolVLM.from_pretrained(model, backend=backend, dtype=dtype, threads=threads)
-
-
-def _options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed):
-    from smolvlm_cli.options import GenerationOptions
-
-    return GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                             top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
 
 
 def ask(
@@ -63,7 +56,7 @@ def ask(
 
     loaded = [load_image(path) for path in images]  # bad files fail before the model loads
     vlm = _load(model, backend, dtype, threads, quiet)
-    opts = _options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
+    opts = generation_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
     streams = vlm.ask_stream(loaded, questions, options=opts, longest_edge=longest_edge,
                              split=False if no_split else None)
     for question, stream in zip(questions, streams):
@@ -103,7 +96,7 @@ def chat(
 
     pending = [load_image(path) for path in images or ()]
     vlm = _load(model, backend, dtype, threads, quiet)
-    conversation = vlm.chat(_options(max_new_tokens, temperature, top_k, top_p,
+    conversation = vlm.chat(generation_options(max_new_tokens, temperature, top_k, top_p,
                                      repetition_penalty, seed),
                             longest_edge=longest_edge, split=False if no_split else None)
     interactive = sys.stdin.isatty()

@@ -13,7 +13,7 @@ from smolvlm_cli.cli import output
 from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DtypeOpt, JsonOpt, LongestEdgeOpt,
                                      MaxTokensOpt, ModelOpt, NoSplitOpt, QuietOpt,
                                      RepetitionPenaltyOpt, SeedOpt, TemperatureOpt, ThreadsOpt,
-                                     TopKOpt, TopPOpt, VerboseOpt)
+                                     TopKOpt, TopPOpt, VerboseOpt, generation_options)
 from smolvlm_cli.hub import DEFAULT_MODEL
 from smolvlm_cli.options import DEFAULT_PROMPT
 
@@ -43,7 +43,8 @@ def read_stdin_inputs(images: list[str], prompt: str | None) -> tuple[list, str 
             raise ImageError("<stdin>: no image data on standard input")
         return [data if i == STDIN else i for i in images], prompt
     if not sys.stdin.isatty():
-        piped = sys.stdin.read().strip()
+        # bytes, decoded leniently: a stray invalid byte must not cost the whole answer
+        piped = sys.stdin.buffer.read().decode(sys.stdin.encoding or "utf-8", "replace").strip()
         if piped:
             prompt = f"{piped}\n{prompt}" if prompt else piped
     return list(images), prompt
@@ -95,12 +96,10 @@ def describe(
 
     from smolvlm_cli.image_processing import load_image
     from smolvlm_cli.model import SmolVLM
-    from smolvlm_cli.options import GenerationOptions
 
     # Decode the images first: a bad file fails before the model loads.
     loaded = [load_image(s, name="<stdin>" if isinstance(s, bytes) else None) for s in sources]
-    opts = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                             top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
+    opts = generation_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
     startup_s = started - _process_start()
     with status.show(f"Loading {model}"):
         t0 = time.perf_counter()

@@ -8,6 +8,7 @@ tracebacks.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import sys
 import warnings
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
         # Pillow's notes on images it still decodes ("Corrupt EXIF data", ...) would print its
         # source file and line on stderr; a bad image is reported as an Error when it matters.
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        # ... and its logger's errors ("More samples per pixel than can be decoded") would reach
+        # stderr through logging's last-resort handler, before our own Error line.
+        logging.getLogger("PIL").addHandler(logging.NullHandler())
     try:
         app(args=argv, prog_name="smolvlm")
     except SmolVLMError as exc:

@@ -100,3 +100,10 @@ VerboseOpt = Annotated[bool, typer.Option(
 
 DEFAULTS = _DEFAULTS
 DEFAULT_MODEL_ID = DEFAULT_MODEL
+
+
+def generation_options(max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+                       repetition_penalty: float, seed: Optional[int]) -> GenerationOptions:
+    """The sampling options every command takes, as one `GenerationOptions`."""
+    return GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                             top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)
