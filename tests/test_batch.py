@@ -315,7 +315,7 @@ def test_cli_formats_and_exit_codes(cli, photos):
     add_bad_files(photos)
     result = cli("photos", "-o", "out.csv", "--prefix", "ohwx")
     assert result.exit_code == 1
-    assert "5 failed" in result.stderr and "Failed:" in result.stderr and result.stdout == ""
+    assert "5 failed" in result.stderr and "Error:" in result.stderr and result.stdout == ""
     with open("out.csv", newline="") as f:
         rows = {Path(r["path"]).name: r for r in csv.DictReader(f)}
     assert rows["img00.png"]["caption"].startswith("ohwx A ") and rows["empty.jpg"]["error"]
@@ -346,5 +346,5 @@ def test_progress_bar_on_a_terminal_leaves_stdout_to_results(capsys):
     reporter.stop()
     assert capsys.readouterr().out == '{"path": "a.jpg"}\n'
     assert "2/2" in err.getvalue() and "images/min" in err.getvalue()
-    assert "Failed: cannot read image b.jpg: truncated" in err.getvalue()
+    assert "Error: cannot read image b.jpg: truncated" in err.getvalue()
     assert Reporter(quiet=True, stream=Terminal()).interactive is False

@@ -143,7 +143,7 @@ def test_bad_files_in_the_folder(tiny_model, tmp_path):
     result = run(command(tiny_model, "photos", "-n", "6", "-o", "out.jsonl"), tmp_path)
     assert result.returncode == 1
     assert result.stdout == ""
-    assert result.stderr.count("Failed:") == 3 and "4 done, 0 skipped, 3 failed" in result.stderr
+    assert result.stderr.count("Error:") == 3 and "4 done, 0 skipped, 3 failed" in result.stderr
     records = {Path(r["path"]).name: r for r in read_jsonl(tmp_path / "out.jsonl")}
     assert {name for name, r in records.items() if r["error"]} == {"empty.jpg", "notes.png",
                                                                      "truncated.jpg"}

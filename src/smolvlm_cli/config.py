@@ -96,10 +96,29 @@ class ModelConfig:
         pre = read_json(model_dir / PREPROCESSOR_CONFIG_FILE)
         proc = read_json(model_dir / PROCESSOR_CONFIG_FILE, required=False)
         try:
-            return cls._parse(cfg, gen, pre, proc)
-        except (KeyError, TypeError, ValueError) as exc:
+            config = cls._parse(cfg, gen, pre, proc)
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
             raise ConfigError(f"unexpected model configuration in {model_dir}: {exc!r}",
                               hint="expected a SmolVLM / SmolVLM2 (idefics3 or smolvlm) model") from exc
+        config._check(model_dir)
+        return config
+
+    def _check(self, model_dir: Path) -> None:
+        """The files must agree with each other: a tile's patches, pooled by the scale factor,
+        are the image tokens the prompt gets per tile (else the prompt and the vision features
+        cannot be matched, deep inside generation)."""
+        for name in ("tile_size", "patch_size", "scale_factor", "image_seq_len", "longest_edge"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be positive in {model_dir}, got {getattr(self, name)}",
+                                  hint="the model's configuration files are damaged")
+        per_tile = (self.tile_size // self.patch_size) ** 2 // self.scale_factor ** 2
+        if per_tile != self.image_seq_len:
+            raise ConfigError(
+                f"inconsistent model configuration in {model_dir}: a {self.tile_size}-px tile "
+                f"({PREPROCESSOR_CONFIG_FILE} max_image_size) of {self.patch_size}-px patches "
+                f"pooled by scale_factor {self.scale_factor} ({CONFIG_FILE}) gives {per_tile} "
+                f"image tokens, but image_seq_len is {self.image_seq_len}",
+                hint="the configuration files come from different models: download the model again")
 
     @classmethod
     def _parse(cls, cfg: dict, gen: dict, pre: dict, proc: dict) -> ModelConfig:

@@ -76,9 +76,14 @@ def _read_file(path: Path, label: str) -> bytes:
     try:
         if path.is_dir():
             raise ImageError(f"cannot read image {label}: it is a directory")
+        if path.exists() and not path.is_file() and not path.is_fifo():  # /dev/zero, a socket
+            raise ImageError(f"cannot read image {label}: not a regular file")
         with open(path, "rb") as fh:
             data = fh.read()
     except FileNotFoundError:
+        if path.is_symlink():
+            raise ImageError(f"cannot read image {label}: it is a broken symbolic link "
+                             f"(to {os.readlink(path)}, which does not exist)") from None
         raise ImageError(f"cannot read image {label}: no such file") from None
     except PermissionError:
         raise ImageError(f"cannot read image {label}: permission denied") from None
@@ -89,7 +94,9 @@ def _read_file(path: Path, label: str) -> bytes:
     return data
 
 
-def _bomb_error(label: str, size: tuple[int, int] | None = None) -> ImageError:
+def _bomb_error(label: str, size: tuple[int, int] | None = None, data: bytes = b"") -> ImageError:
+    if size is None:
+        size = _header_size(data)
     what = f" ({size[0]}x{size[1]} = {size[0] * size[1]:,} pixels)" if size else ""
     return ImageError(f"refusing image {label}: too many pixels{what}, a possible decompression bomb",
                       hint=f"the limit is PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,}")
@@ -104,12 +111,18 @@ def _open(data: bytes, label: str) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _bomb_error(label) from None
+        raise _bomb_error(label, data=data) from None
     except UnidentifiedImageError:
+        if _is_heif(data):
+            return _open_heif(data, label)
         raise ImageError(f"cannot read image {label}: not an image, or an unsupported format",
                          hint=_HINT_FORMATS) from None
     except Exception as exc:  # noqa: BLE001 - plugins raise OSError, SyntaxError, ValueError, ...
         raise ImageError(f"cannot read image {label}: corrupt image header ({_one_line(exc)})") from None
+    return _check_size(image, label)
+
+
+def _check_size(image: Image.Image, label: str) -> Image.Image:
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageError(f"image {label} has a zero side ({width}x{height})")
@@ -117,6 +130,43 @@ def _open(data: bytes, label: str) -> Image.Image:
     if limit and width * height > limit:
         raise _bomb_error(label, image.size)
     return image
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG header, for the decompression-bomb message (None: unknown)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return None
+
+
+# ISO-BMFF `ftyp` brands of HEIC / HEIF images (Pillow's own AVIF plugin takes `avif`/`avis`).
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1",
+                b"msf1", b"mif2"}
+
+
+def _is_heif(data: bytes) -> bool:
+    return data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS
+
+
+def _open_heif(data: bytes, label: str) -> Image.Image:
+    """HEIC / HEIF through the pillow-heif plugin when it is installed, else a clear error."""
+    try:
+        import pillow_heif
+    except ImportError:
+        raise ImageError(f"cannot read image {label}: it is a HEIC/HEIF image, which this Pillow "
+                         "cannot decode",
+                         hint="pip install pillow-heif (smolvlm-cli uses it when installed), or "
+                              "convert the image to JPEG or PNG") from None
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            pillow_heif.register_heif_opener()
+            image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _bomb_error(label) from None
+    except Exception as exc:  # noqa: BLE001 - libheif errors vary
+        raise ImageError(f"cannot read image {label}: corrupt HEIC/HEIF image ({_one_line(exc)})") from None
+    return _check_size(image, label)
 
 
 def _load_pixels(image: Image.Image, label: str) -> None:
@@ -168,6 +218,8 @@ def _to_rgb(image: Image.Image, label: str) -> Image.Image:
     try:
         if _is_high_bit(mode):
             return Image.fromarray(_to_uint8(np.asarray(image), mode)).convert("RGB")
+        if mode == "La":  # premultiplied L + alpha: Pillow converts it to LA only
+            image = image.convert("LA")
         # transformers' convert_to_rgb: any "A" band (also LAB's!) or a transparency entry.
         if "A" in image.getbands() or image.info.get("transparency") is not None:
             rgba = image.convert("RGBA")

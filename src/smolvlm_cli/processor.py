@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from smolvlm_cli.config import ModelConfig
+from smolvlm_cli.errors import ConfigError
 from smolvlm_cli.image_processing import ImageProcessor
 from smolvlm_cli.prompt import ChatTemplate, expand_image_tokens, normalize_messages, row_col_token
 from smolvlm_cli.tokenizer import Tokenizer
@@ -50,8 +51,14 @@ class Processor:
     def from_pretrained(cls, model_dir: str | Path) -> Processor:
         """From a local model directory (use `smolvlm_cli.hub.resolve_model` for Hub ids)."""
         config = ModelConfig.from_dir(model_dir)
-        return cls(config, ImageProcessor(config), Tokenizer.from_dir(model_dir),
-                   ChatTemplate.from_dir(model_dir))
+        tokenizer = Tokenizer.from_dir(model_dir)
+        if tokenizer.image_token_id != config.image_token_id:
+            raise ConfigError(
+                f"{model_dir}: config.json's image_token_id is {config.image_token_id} but the "
+                f"tokenizer gives {tokenizer.image_token!r} the id {tokenizer.image_token_id}",
+                hint="config.json and tokenizer.json come from different models: download the "
+                     "model again")
+        return cls(config, ImageProcessor(config), tokenizer, ChatTemplate.from_dir(model_dir))
 
     def render(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
         return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)

@@ -293,6 +293,10 @@ class ChatTemplate:
                                          add_generation_prompt=add_generation_prompt, **variables)
         except jinja2.exceptions.TemplateError as exc:
             raise ValueError(f"the chat template rejected the messages: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - a template's own bug: {% include %} without a
+            # loader (TypeError), a sandbox range limit (OverflowError), 1/0, ...
+            raise ValueError(f"the chat template ({self.origin}) failed: "
+                             f"{type(exc).__name__}: {exc}") from exc
 
 
 def _pick_default(value: Any, origin: str) -> str:

@@ -117,7 +117,7 @@ class Reporter:
         if not record.ok:
             self.failures += 1
             error = record.error or ""
-            self._print(f"Failed: {error}" if record.path in error else f"Failed: {record.path}: {error}")
+            self._print(f"Error: {error}" if record.path in error else f"Error: {record.path}: {error}")
         elif self.verbose:
             self._print(f"{record.path}: {record.generated_tokens} tokens in {record.seconds:.2f} s")
         if self._progress is not None:
