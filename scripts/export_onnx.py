@@ -2,11 +2,16 @@
 """Export a SmolVLM / SmolVLM2 checkpoint to ONNX in the Hugging Face `onnx/` layout.
 
     scripts/export_onnx.py MODEL OUT_DIR [--dtype fp32,fp16,int8,q4] [--no-check]
+                           [--decoder-style gqa|official] [--vision-style fused|plain]
+                           [--all-logits | --last-logits]
 
 MODEL is a local model directory (with model.safetensors) or a Hub id. OUT_DIR gets every
 config/tokenizer/processor file plus onnx/vision_encoder*.onnx, onnx/embed_tokens*.onnx and
 onnx/decoder_model_merged*.onnx for each dtype. The fp32 graphs are checked in ONNX Runtime
 against transformers unless --no-check; quantized variants report their fidelity.
+By default the decoder is built with ONNX Runtime's GroupQueryAttention (no position_ids,
+shared KV buffers, only the last position's logits) and the vision tower with fused attention;
+`--decoder-style official --vision-style plain` writes graphs of exactly the Hub's contract.
 Needs the `export` extra (torch, transformers, onnx).
 """
 
@@ -28,6 +33,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated variants: fp32, fp16, int8, q4 (default fp32)")
     parser.add_argument("--no-check", dest="check", action="store_false",
                         help="skip the ONNX Runtime vs transformers check")
+    parser.add_argument("--decoder-style", choices=("gqa", "official"), default="gqa",
+                        help="gqa: fused GroupQueryAttention decoder (fast, default); official: the Hub's contract")
+    parser.add_argument("--vision-style", choices=("fused", "plain"), default="fused",
+                        help="fused: MultiHeadAttention & co (fast, default); plain: standard operators")
+    logits = parser.add_mutually_exclusive_group()
+    logits.add_argument("--all-logits", dest="last_logits", action="store_false", default=None,
+                        help="the decoder returns every position's logits (default for official)")
+    logits.add_argument("--last-logits", dest="last_logits", action="store_true",
+                        help="only the last position's logits (default for gqa)")
     args = parser.parse_args(argv)
 
     from smolvlm_cli.dtypes import EXPORT_DTYPES
@@ -52,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         return fail(f"cannot import the exporter: {exc}", hint="pip install 'smolvlm-cli[export]'")
     try:
-        result = export_onnx(args.model, args.out_dir, dtypes=tuple(wanted), check=args.check, log=log)
+        result = export_onnx(args.model, args.out_dir, dtypes=tuple(wanted), check=args.check, log=log,
+                             decoder_style=args.decoder_style, vision_style=args.vision_style,
+                             last_logits=args.last_logits)
     except SmolVLMError as exc:
         return fail(exc.message, exc.hint)
     except (ValueError, OSError) as exc:

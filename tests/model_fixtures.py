@@ -5,9 +5,12 @@ special tokens) are built once per session, lazily, and only for what a test ask
 
 - `tiny_checkpoints[name]`: a tiny transformers checkpoint directory (model.safetensors + every
   config/tokenizer/processor file); `tiny_checkpoint_factory(name)` is the same as a call.
-- `tiny_onnx_dir(name, dtypes=("fp32",))`: a directory in the Hub layout holding the tiny
-  checkpoint *and* `onnx/` graphs for `dtypes` (so the torch and ONNX backends load the same
-  directory), cached by (name, dtypes); a cached export with more dtypes is reused.
+- `tiny_onnx_dir(name, dtypes=("fp32",), style="fast")`: a directory in the Hub layout holding
+  the tiny checkpoint *and* `onnx/` graphs for `dtypes` (so the torch and ONNX backends load the
+  same directory), cached by (name, dtypes, style); a cached export with more dtypes is reused.
+  `style="fast"` is the exporter's default (GroupQueryAttention decoder with last-position
+  logits, fused vision graph); `style="official"` gives graphs of exactly the Hub's contract
+  (traced decoder with position_ids and concatenated presents, plain vision graph).
 - `tiny_onnx[name]`: `tiny_onnx_dir(name, ("fp32", "int8", "q4"))`.
 
 `name` is a fixture model name: "SmolVLM2-256M-Video-Instruct" (smolvlm) or
@@ -80,12 +83,16 @@ def build_tiny_checkpoint(name: str, out_dir: str | Path, seed: int = 0) -> Path
     return make_random_checkpoint(source_dir(name), out_dir, tiny=True, seed=seed)
 
 
+STYLES = {"fast": {}, "official": {"decoder_style": "official", "vision_style": "plain"}}
+
+
 def build_tiny_model(name: str, out_root: str | Path, dtypes=("fp32",), *, check: bool = False,
-                     checkpoint: str | Path | None = None, seed: int = 0) -> Path:
+                     checkpoint: str | Path | None = None, seed: int = 0, style: str = "fast") -> Path:
     """`out_root/name`: a tiny checkpoint plus `onnx/` graphs for `dtypes` (missing ones only).
 
     `checkpoint` reuses an existing tiny checkpoint directory (hard-linked) instead of building
-    one. `dtypes=()` gives the checkpoint alone. Returns the model directory.
+    one. `dtypes=()` gives the checkpoint alone. `style` is "fast" (the exporter's default
+    graphs) or "official" (the Hub's contract). Returns the model directory.
     """
     from smolvlm_cli.export.onnx_export import export_onnx
 
@@ -95,7 +102,8 @@ def build_tiny_model(name: str, out_root: str | Path, dtypes=("fp32",), *, check
     build_tiny_checkpoint(name, model_dir, seed=seed)
     missing = tuple(d for d in _dtypes(dtypes) if not _has_graphs(model_dir, d))
     if missing:
-        export_onnx(model_dir, model_dir, dtypes=missing, check=check, log=lambda _msg: None)
+        export_onnx(model_dir, model_dir, dtypes=missing, check=check, log=lambda _msg: None,
+                    **STYLES[style])
     return model_dir
 
 
@@ -141,18 +149,20 @@ def tiny_checkpoints(tiny_checkpoint_factory) -> Mapping[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_onnx_dir(tmp_path_factory, tiny_checkpoint_factory):
-    """(name, dtypes=("fp32",)) -> directory with the tiny checkpoint and its ONNX graphs."""
+    """(name, dtypes=("fp32",), style="fast") -> directory with the tiny checkpoint and its ONNX graphs."""
     pytest.importorskip("onnx")
     root = tmp_path_factory.mktemp("tiny-onnx")
-    cache: dict[tuple[str, tuple[str, ...]], Path] = {}
+    cache: dict[tuple[str, tuple[str, ...], str], Path] = {}
 
-    def build(name: str, dtypes=("fp32",)) -> Path:
-        key = (name, _dtypes(dtypes))
-        for (cached_name, cached_dtypes), path in cache.items():
-            if cached_name == name and set(key[1]) <= set(cached_dtypes):
+    def build(name: str, dtypes=("fp32",), style: str = "fast") -> Path:
+        if style not in STYLES:
+            raise ValueError(f"unknown export style {style!r} (choose from {', '.join(STYLES)})")
+        key = (name, _dtypes(dtypes), style)
+        for (cached_name, cached_dtypes, cached_style), path in cache.items():
+            if cached_name == name and cached_style == style and set(key[1]) <= set(cached_dtypes):
                 return path
-        cache[key] = build_tiny_model(name, root / "-".join(key[1]), key[1],
-                                      checkpoint=tiny_checkpoint_factory(name))
+        cache[key] = build_tiny_model(name, root / f"{style}-{'-'.join(key[1])}", key[1],
+                                      checkpoint=tiny_checkpoint_factory(name), style=style)
         return cache[key]
 
     return build

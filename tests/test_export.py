@@ -32,9 +32,25 @@ FLOAT, FLOAT16, INT64, BOOL = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
                                onnx.TensorProto.INT64, onnx.TensorProto.BOOL)
 
 
-@pytest.fixture(scope="module", params=TINY_MODEL_NAMES)
-def exported(request, tiny_onnx_dir) -> Path:
-    return tiny_onnx_dir(request.param, ALL_DTYPES)
+STYLES = ("fast", "official")
+
+
+@pytest.fixture(scope="module", params=[(n, s) for s in STYLES for n in TINY_MODEL_NAMES],
+                ids=lambda p: f"{p[0]}-{p[1]}")
+def exported_style(request, tiny_onnx_dir) -> tuple[Path, str]:
+    """(model dir, style): every dtype of both formats, in both export styles."""
+    name, style = request.param
+    return tiny_onnx_dir(name, ALL_DTYPES, style=style), style
+
+
+@pytest.fixture(scope="module")
+def exported(exported_style) -> Path:
+    return exported_style[0]
+
+
+def _only(exported_style, style: str) -> None:
+    if exported_style[1] != style:
+        pytest.skip(f"{style}-style graphs only")
 
 
 _TORCH_MODELS: dict[Path, object] = {}
@@ -58,7 +74,7 @@ def _io(values) -> list[tuple[str, int, list]]:
     return out
 
 
-def expected_io(c: ModelConfig, name: str, dtype: str):
+def expected_io(c: ModelConfig, name: str, dtype: str, style: str = "official"):
     b, s = "batch_size", "sequence_length"
     if name == "vision_encoder":
         return ([("pixel_values", FLOAT, [b, "num_images", 3, "height", "width"]),
@@ -69,6 +85,12 @@ def expected_io(c: ModelConfig, name: str, dtype: str):
     cache = FLOAT16 if dtype == "fp16" else FLOAT
     kv = [c.num_key_value_heads, c.head_dim]
     pasts = [(n, cache, [b, kv[0], "past_sequence_length", kv[1]]) for n in past_names(c.num_hidden_layers)]
+    if style == "fast":  # GroupQueryAttention: positions from the mask, last position's logits only
+        total = "total_sequence_length"
+        presents = [(n.replace("past_key_values.", "present."), cache, [b, kv[0], total, kv[1]])
+                    for n, _, _ in pasts]
+        return ([("inputs_embeds", FLOAT, [b, s, c.hidden_size]), ("attention_mask", INT64, [b, total]),
+                 *pasts], [("logits", FLOAT, [b, 1, c.vocab_size]), *presents])
     presents = [(n.replace("past_key_values.", "present."), cache,
                  [b, kv[0], "past_sequence_length + sequence_length", kv[1]]) for n, _, _ in pasts]
     return ([("inputs_embeds", FLOAT, [b, s, c.hidden_size]),
@@ -80,17 +102,50 @@ def expected_io(c: ModelConfig, name: str, dtype: str):
 # -- the graph contract --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
-def test_graphs_have_the_official_names_dtypes_and_axes(exported, dtype):
+def test_graphs_have_the_official_names_dtypes_and_axes(exported_style, dtype):
+    exported, style = exported_style
     config = ModelConfig.from_dir(exported)
     for name in GRAPHS:
         path = graph(exported, name, dtype)
         assert path.is_file(), path
         proto = onnx.load(str(path), load_external_data=False)
-        inputs, outputs = expected_io(config, name, dtype)
+        inputs, outputs = expected_io(config, name, dtype, style)
         assert _io(proto.graph.input) == inputs, path.name
         assert _io(proto.graph.output) == outputs, path.name
         sess = chk.session(path)  # loads in ONNX Runtime
         assert [i.name for i in sess.get_inputs()] == [n for n, _, _ in inputs]
+
+
+def test_fast_graphs_say_what_they_are(exported_style):
+    """The runtime picks its decoder loop from this metadata (shared KV buffers for GQA graphs)."""
+    exported, style = exported_style
+    meta = {name: {p.key: p.value for p in onnx.load(str(graph(exported, name)), load_external_data=False)
+                   .metadata_props} for name in ("vision_encoder", "decoder_model_merged")}
+    if style == "fast":
+        assert meta["decoder_model_merged"] == {"smolvlm.decoder_style": "gqa", "smolvlm.logits": "last"}
+        assert meta["vision_encoder"] == {"smolvlm.vision_style": "fused"}
+        for dtype in ("int8", "q4", "fp16"):  # the variants keep it
+            props = onnx.load(str(graph(exported, "decoder_model_merged", dtype)), load_external_data=False)
+            assert {p.key: p.value for p in props.metadata_props}.get("smolvlm.decoder_style") == "gqa"
+    else:
+        assert meta == {"vision_encoder": {}, "decoder_model_merged": {}}
+
+
+def test_last_logits_is_an_export_option_of_both_decoder_styles(tmp_path, tiny_checkpoints):
+    from smolvlm_cli.export.onnx_export import export_graph
+
+    model = torch_model(tiny_checkpoints[TINY_MODEL_NAMES[1]])
+    prompt = np.random.default_rng(5).integers(3, 49000, (1, 9))
+    tokens, ref = chk.decoder_reference(model, prompt, steps=2)
+    emb = tmp_path / "embed_tokens.onnx"
+    export_graph(model, "embed_tokens", emb)
+    for style, last, rows in (("official", True, 1), ("gqa", False, 9)):
+        path = tmp_path / f"decoder_{style}.onnx"
+        export_graph(model, "decoder_model_merged", path, decoder_style=style, last_logits=last)
+        logits = chk.run_decoder(chk.session(path), chk.session(emb), tokens, *_dims(model))
+        assert logits[0].shape[1] == rows
+        for got, want in zip(logits, ref):
+            np.testing.assert_allclose(got, want[:, -got.shape[1]:], atol=1e-4)
 
 
 def test_export_copies_every_config_file(exported):
@@ -133,15 +188,17 @@ def _dims(model):
     return int(t.num_hidden_layers), int(t.num_key_value_heads), int(t.head_dim)
 
 
-def test_decoder_prefill_and_decode_match_transformers(exported):
+def test_decoder_prefill_and_decode_match_transformers(exported_style):
+    exported, style = exported_style
     model = torch_model(exported)
     prompt = np.random.default_rng(2).integers(3, model.config.text_config.vocab_size, (1, 12))
     tokens, ref = chk.decoder_reference(model, prompt, steps=5)
     logits = chk.run_decoder(chk.session(graph(exported, "decoder_model_merged")),
                              chk.session(graph(exported, "embed_tokens")), tokens, *_dims(model))
-    assert [x.shape[1] for x in logits] == [12, 1, 1, 1, 1, 1]
+    # the fast decoder returns only the last position's logits (a 12-token prefill gives one row)
+    assert [x.shape[1] for x in logits] == [12 if style == "official" else 1, 1, 1, 1, 1, 1]
     for got, want in zip(logits, ref):
-        np.testing.assert_allclose(got, want, atol=1e-4)
+        np.testing.assert_allclose(got, want[:, -got.shape[1]:], atol=1e-4)
     assert [int(x[0, -1].argmax()) for x in logits[:-1]] == [int(t[0, 0]) for t in tokens[1:]]
 
 
@@ -165,7 +222,9 @@ def _greedy(dec, embeds_fn, ids: np.ndarray, mask: np.ndarray, steps: int, layer
     return result
 
 
-def test_decoder_batch_with_left_padding_equals_single_runs(exported):
+def test_decoder_batch_with_left_padding_equals_single_runs(exported_style):
+    _only(exported_style, "official")  # GroupQueryAttention takes right-padded batches only
+    exported = exported_style[0]
     model = torch_model(exported)
     dims = _dims(model)
     dec = chk.session(graph(exported, "decoder_model_merged"))
@@ -187,7 +246,9 @@ def test_decoder_batch_with_left_padding_equals_single_runs(exported):
             np.testing.assert_allclose(got[row], want[0], atol=1e-4)
 
 
-def test_check_export_reports_and_raises(exported):
+def test_check_export_reports_and_raises(exported_style):
+    _only(exported_style, "fast")
+    exported = exported_style[0]
     model = torch_model(exported)
     fp32 = {g: graph(exported, g) for g in GRAPHS}
     messages: list[str] = []
@@ -207,7 +268,7 @@ COSINE_FLOOR = {"fp16": 0.999, "int8": 0.99, "q4": 0.9}  # q4 on random Gaussian
 
 @pytest.mark.parametrize("dtype", ("fp16", "int8", "q4"))
 def test_variants_load_and_stay_close_to_fp32(exported, dtype):
-    model = torch_model(exported)
+    model = torch_model(exported)  # both styles: the quantizers must handle the fused operators
     dims = _dims(model)
     prompt = np.random.default_rng(4).integers(3, 49000, (1, 10))
     tokens, _ = chk.decoder_reference(model, prompt, steps=3)
@@ -244,7 +305,8 @@ def test_graphs_above_the_protobuf_limit_use_one_onnx_data_file(tmp_path, monkey
 
 # -- geometry from the config: the 2.2B models' 384-px tiles, patch 14, scale 3 ----------------------
 
-def test_vision_geometry_comes_from_the_config(tmp_path):
+@pytest.mark.parametrize("vision_style", ["fused", "plain"])
+def test_vision_geometry_comes_from_the_config(tmp_path, vision_style):
     src = tmp_path / "src"
     src.mkdir()
     for path in source_dir("SmolVLM-256M-Instruct").iterdir():
@@ -260,7 +322,7 @@ def test_vision_geometry_comes_from_the_config(tmp_path):
     ref = chk.vision_reference(model, pixels, mask)
     assert ref.shape[1] == 81  # (384 // 14) ** 2 / 3 ** 2
     path = tmp_path / "vision_encoder.onnx"
-    export_graph(model, "vision_encoder", path)
+    export_graph(model, "vision_encoder", path, vision_style=vision_style)
     (feats,) = chk.session(path).run(None, {"pixel_values": pixels.numpy(),
                                             "pixel_attention_mask": mask.numpy()})
     np.testing.assert_allclose(feats[:2], ref, atol=1e-4)
@@ -336,6 +398,16 @@ def test_scripts_fail_with_one_error_line(tmp_path, argv):
     assert proc.stderr.startswith("Error: "), proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_export_script_can_write_the_official_contract(tmp_path, tiny_checkpoints):
+    out = tmp_path / "out"
+    proc = _script(str(SCRIPTS / "export_onnx.py"), str(tiny_checkpoints[TINY_MODEL_NAMES[0]]), str(out),
+                   "--decoder-style", "official", "--vision-style", "plain", "--no-check")
+    assert proc.returncode == 0, proc.stderr
+    config = ModelConfig.from_dir(out)
+    proto = onnx.load(str(graph(out, "decoder_model_merged")), load_external_data=False)
+    assert _io(proto.graph.input) == expected_io(config, "decoder_model_merged", "fp32", "official")[0]
 
 
 def test_export_script_writes_only_the_asked_variants(tmp_path, tiny_checkpoints):

@@ -25,13 +25,14 @@ COMPONENTS = {"vision": "vision_encoder", "embed": "embed_tokens", "decoder": "d
 _ALIASES = {"vision_encoder": "vision", "embed_tokens": "embed", "decoder_model_merged": "decoder",
             "text": "decoder", "embeddings": "embed"}
 
+# The default spec: one dtype, or per component ("vision=int8,embed=fp32,decoder=int8").
 DEFAULT_DTYPE = "fp32"
+# What a component falls back to when the model folder lacks its default variant (`resolve_dtype`).
+FALLBACK_DTYPE = "fp32"
 
 
-def parse_dtype(spec: str | None) -> dict[str, str]:
-    """`"vision=fp32,decoder=int8"` -> {"vision": "fp32", "embed": "fp32", "decoder": "int8"}."""
-    spec = (spec or DEFAULT_DTYPE).strip().lower()
-    default, chosen = DEFAULT_DTYPE, {}
+def _parse(spec: str, base: dict[str, str] | None) -> dict[str, str]:
+    default, chosen = None, {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, _, value = item.rpartition("=")
         name = name.strip()
@@ -45,7 +46,41 @@ def parse_dtype(spec: str | None) -> dict[str, str]:
         if component not in COMPONENTS:
             raise ValueError(f"unknown model component {name!r} (choose from {', '.join(COMPONENTS)})")
         chosen[component] = value
-    return {c: chosen.get(c, default) for c in COMPONENTS}
+    if base is None:  # parsing the default spec itself
+        base = {c: default or FALLBACK_DTYPE for c in COMPONENTS}
+    return {c: chosen.get(c, default or base[c]) for c in COMPONENTS}
+
+
+def default_dtypes() -> dict[str, str]:
+    """DEFAULT_DTYPE per component."""
+    return _parse(DEFAULT_DTYPE.strip().lower(), None)
+
+
+def parse_dtype(spec: str | None) -> dict[str, str]:
+    """`"vision=fp32,decoder=int8"` -> {"vision": "fp32", "embed": "fp32", "decoder": "int8"}.
+
+    A bare dtype sets every component not named; components a spec leaves out take their
+    DEFAULT_DTYPE value (which may itself be per component).
+    """
+    if spec is None or not spec.strip():
+        return default_dtypes()
+    return _parse(spec.strip().lower(), default_dtypes())
+
+
+def resolve_dtype(spec: str | None, model_dir) -> dict[str, str]:
+    """Like `parse_dtype`, but without an explicit spec a component whose default variant is not
+    in `model_dir` uses FALLBACK_DTYPE's graph when that one is there (e.g. an fp32-only export
+    under an int8 default). Explicit specs are never substituted."""
+    from pathlib import Path
+
+    dtypes = parse_dtype(spec)
+    if spec is None or not spec.strip():
+        root = Path(model_dir)
+        for component, dtype in dtypes.items():
+            if not (root / onnx_filename(component, dtype)).is_file() and \
+                    (root / onnx_filename(component, FALLBACK_DTYPE)).is_file():
+                dtypes[component] = FALLBACK_DTYPE
+    return dtypes
 
 
 def format_dtype(dtypes: dict[str, str]) -> str:

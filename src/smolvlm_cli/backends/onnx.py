@@ -3,84 +3,59 @@
 Loads the three graphs of a Hugging Face `onnx/` folder (ours or Hugging Face's own), one dtype
 per component. Input names and dtypes are read from the sessions, never assumed: fp16 graphs
 take float16 caches, and decoders that derive positions from the mask have no `position_ids`.
+
+Decoders exported by our GroupQueryAttention builder (metadata `smolvlm.decoder_style = gqa`)
+run through IO binding over shared, preallocated KV buffers (`SharedBufferDecoder`); every other
+graph of the official contract runs through the plain numpy loop (`ConcatDecoder`). Sessions
+come from the optimized-graph cache of `onnx_session.py`.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
+from smolvlm_cli.backends.onnx_decoder import ConcatDecoder, OnnxState, SharedBufferDecoder, SharedKVState
+from smolvlm_cli.backends.onnx_session import ORT_TYPES, default_threads, load_session, model_metadata
 from smolvlm_cli.config import ModelConfig
-from smolvlm_cli.dtypes import format_dtype, onnx_files, parse_dtype
-from smolvlm_cli.errors import BackendUnavailableError, ConfigError
+from smolvlm_cli.dtypes import format_dtype, onnx_files, resolve_dtype
+from smolvlm_cli.errors import ConfigError
 
-_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
-              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+__all__ = ["OnnxBackend", "OnnxState", "SharedKVState", "default_threads"]
+
 _PAST_PREFIX, _PRESENT_PREFIX = "past_key_values.", "present."
-
-
-def default_threads() -> int:
-    """Physical cores are what matmul-bound work scales with; os.cpu_count counts SMT siblings."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _session_options(threads: int | None) -> ort.SessionOptions:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or default_threads()
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3  # warnings about unused initializers etc. are not for users
-    return opts
-
-
-def _load_session(path: Path, threads: int | None) -> ort.InferenceSession:
-    if not path.is_file():
-        raise BackendUnavailableError(f"{path.name} not found in {path.parent}",
-                                      hint="choose another --dtype, or export it with scripts/export_onnx.py")
-    try:
-        return ort.InferenceSession(str(path), _session_options(threads),
-                                    providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot load {path}: {first_line}",
-                          hint="the file may be truncated or corrupt: download or export it again") from exc
-
-
-class OnnxState:
-    """The decoder's KV cache: one array per `past_key_values.*` input."""
-
-    def __init__(self, pasts: dict[str, np.ndarray]):
-        self.pasts = pasts
-        self.length = 0
-
-    def truncate(self, length: int) -> None:
-        if not 0 <= length <= self.length:
-            raise ValueError(f"cannot truncate a cache of {self.length} positions to {length}")
-        self.pasts = {name: past[:, :, :length] for name, past in self.pasts.items()}
-        self.length = length
+STYLE_KEY = "smolvlm.decoder_style"  # written by export/gqa_decoder.py
 
 
 class OnnxBackend:
     name = "onnx"
 
     def __init__(self, model_dir: str | Path, config: ModelConfig, dtype: str | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, *, shared_kv: bool | None = None, cache: bool = True):
+        """`shared_kv=None` uses shared KV buffers whenever the decoder supports them; False forces
+        the plain numpy loop (for comparisons). `cache=False` skips the optimized-graph cache."""
         self.config = config
         self.model_dir = Path(model_dir)
-        self.dtypes = parse_dtype(dtype)
+        self.dtypes = resolve_dtype(dtype, self.model_dir)
         self.dtype = format_dtype(self.dtypes)
         files = onnx_files(self.dtypes)
-        self.vision = _load_session(self.model_dir / files["vision"], threads)
-        self.embed = _load_session(self.model_dir / files["embed"], threads)
-        self.decoder = _load_session(self.model_dir / files["decoder"], threads)
+        self.embed = load_session(self.model_dir / files["embed"], threads, cache=cache)
+        self.decoder = load_session(self.model_dir / files["decoder"], threads, cache=cache)
+        self.vision = load_session(self.model_dir / files["vision"], threads, cache=cache)
         self._check_contract(files)
+        self.decoder_style = model_metadata(self.decoder).get(STYLE_KEY, "official")
+        c = config
+        past_names = self._past_names
+        if shared_kv is None:
+            shared_kv = self.decoder_style == "gqa"
+        if shared_kv:
+            self.runner = SharedBufferDecoder(self.decoder, self.embed, past_names, self._present_for,
+                                              c.num_key_value_heads, c.head_dim, c.hidden_size,
+                                              c.vocab_size, c.max_position_embeddings, ORT_TYPES)
+        else:
+            self.runner = ConcatDecoder(self.decoder, past_names, self._present_for,
+                                        c.num_key_value_heads, c.head_dim, ORT_TYPES)
 
     def _check_contract(self, files: dict[str, str]) -> None:
         """Fail at load time, with the file named, when a graph does not fit the config."""
@@ -93,20 +68,16 @@ class OnnxBackend:
                 f"{files['decoder']} does not match config.json: expected inputs_embeds, attention_mask "
                 f"and {expected_pasts} past_key_values inputs, found {sorted(dec_inputs)[:6]}...",
                 hint="the ONNX files and config.json come from different models")
-        self._has_position_ids = "position_ids" in dec_inputs
-        self._cache_dtype = _ORT_TYPES.get(dec_inputs[self._past_names[0]].type, np.float32)
-        self._embeds_dtype = _ORT_TYPES.get(dec_inputs["inputs_embeds"].type, np.float32)
         self._present_for = {_PAST_PREFIX + o.name[len(_PRESENT_PREFIX):]: o.name
                              for o in self.decoder.get_outputs() if o.name.startswith(_PRESENT_PREFIX)}
         if set(self._present_for) != set(self._past_names):
             raise ConfigError(f"{files['decoder']}: present.* outputs do not match past_key_values.* inputs")
-        self._output_names = ["logits", *self._present_for.values()]
         vis_inputs = {i.name: i for i in self.vision.get_inputs()}
         if "pixel_values" not in vis_inputs:
             raise ConfigError(f"{files['vision']} has no pixel_values input")
-        self._pixel_dtype = _ORT_TYPES.get(vis_inputs["pixel_values"].type, np.float32)
+        self._pixel_dtype = ORT_TYPES.get(vis_inputs["pixel_values"].type, np.float32)
         mask = vis_inputs.get("pixel_attention_mask")
-        self._pixel_mask_dtype = _ORT_TYPES.get(mask.type, np.bool_) if mask is not None else None
+        self._pixel_mask_dtype = ORT_TYPES.get(mask.type, np.bool_) if mask is not None else None
         self._embed_input = self.embed.get_inputs()[0].name
 
     # -- vision -----------------------------------------------------------------------------
@@ -122,19 +93,19 @@ class OnnxBackend:
         return np.concatenate(features).astype(np.float32, copy=False)
 
     # -- decoder ----------------------------------------------------------------------------
-    def new_state(self) -> OnnxState:
-        c = self.config
-        empty = np.zeros((1, c.num_key_value_heads, 0, c.head_dim), dtype=self._cache_dtype)
-        return OnnxState({name: empty for name in self._past_names})
+    def new_state(self) -> OnnxState | SharedKVState:
+        return self.runner.new_state()
 
     def embed_tokens(self, input_ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(input_ids, dtype=np.int64).reshape(1, -1)
         (embeds,) = self.embed.run(None, {self._embed_input: ids})
         return embeds
 
-    def forward(self, state: OnnxState, input_ids: np.ndarray,
+    def forward(self, state: OnnxState | SharedKVState, input_ids: np.ndarray,
                 image_features: np.ndarray | None = None) -> np.ndarray:
         ids = np.asarray(input_ids, dtype=np.int64).reshape(-1)
+        if self.runner.shared and len(ids) == 1 and image_features is None:
+            return self.runner.step(state, int(ids[0]))
         embeds = self.embed_tokens(ids)
         if image_features is not None and len(image_features):
             positions = np.flatnonzero(ids == self.config.image_token_id)
@@ -142,14 +113,4 @@ class OnnxBackend:
                 raise ValueError(f"{len(positions)} image tokens in the prompt but "
                                  f"{len(image_features)} image feature rows")
             embeds[0, positions] = image_features
-        seq, past = ids.shape[0], state.length
-        feeds = {"inputs_embeds": embeds.astype(self._embeds_dtype, copy=False),
-                 # the full-length mask: a length-1 mask in decode steps gives garbage
-                 "attention_mask": np.ones((1, past + seq), dtype=np.int64)}
-        if self._has_position_ids:
-            feeds["position_ids"] = np.arange(past, past + seq, dtype=np.int64)[None]
-        feeds.update(state.pasts)
-        logits, *presents = self.decoder.run(self._output_names, feeds)
-        state.pasts = dict(zip(self._present_for, presents))
-        state.length = past + seq
-        return logits[0, -1].astype(np.float32, copy=False)
+        return self.runner.run(state, embeds)

@@ -55,16 +55,18 @@ def flat_cache(cache) -> list[torch.Tensor]:
 class Decoder(nn.Module):
     """(inputs_embeds, attention_mask, position_ids, *past) -> (logits, *present)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, last_logits: bool = False):
         super().__init__()
         self.text_model = model.model.text_model
         self.lm_head = model.lm_head
         self.text_config = model.config.text_config
+        self.last_logits = last_logits
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor, *past: torch.Tensor):
         cache = make_cache(self.text_config, past)
         out = self.text_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                               position_ids=position_ids, past_key_values=cache, use_cache=True)
-        logits = self.lm_head(out.last_hidden_state)
+        hidden = out.last_hidden_state
+        logits = self.lm_head(hidden[:, -1:] if self.last_logits else hidden)
         return (logits, *flat_cache(out.past_key_values))

@@ -115,7 +115,7 @@ def _embed_spec(model):
             {"input_ids": axes, "inputs_embeds": axes})
 
 
-def _decoder_spec(model):
+def _decoder_spec(model, last_logits: bool = False):
     import torch
 
     from smolvlm_cli.export.decoder import Decoder, past_names, present_names
@@ -137,7 +137,9 @@ def _decoder_spec(model):
     axes.update({n: {0: "batch_size", 2: "past_sequence_length"} for n in past_names(layers)})
     axes.update({n: {0: "batch_size", 2: "past_sequence_length + sequence_length"}
                  for n in present_names(layers)})
-    return (Decoder(model).eval(), (embeds, mask, positions, *pasts),
+    if last_logits:
+        axes["logits"] = {0: "batch_size"}
+    return (Decoder(model, last_logits=last_logits).eval(), (embeds, mask, positions, *pasts),
             ["inputs_embeds", "attention_mask", "position_ids", *past_names(layers)],
             ["logits", *present_names(layers)], axes)
 
@@ -167,12 +169,48 @@ def _fits_bytesize(proto) -> bool:
         return False
 
 
-def export_graph(model, graph: str, path: Path) -> None:
-    """Trace one wrapper and write its fp32 graph to `path`."""
+DECODER_STYLES = ("gqa", "official")
+DEFAULT_DECODER_STYLE = "gqa"
+VISION_STYLES = ("fused", "plain")
+DEFAULT_VISION_STYLE = "fused"
+
+
+def export_graph(model, graph: str, path: Path, decoder_style: str = DEFAULT_DECODER_STYLE,
+                 last_logits: bool | None = None, vision_style: str = DEFAULT_VISION_STYLE) -> None:
+    """Write the fp32 graph `graph` to `path`.
+
+    The decoder comes in two styles: `gqa` (default), built from fused ONNX Runtime operators
+    with GroupQueryAttention and only the last position's logits (see `gqa_decoder.py`), or
+    `official`, traced, with exactly the Hub's contract (position_ids, present = concat(past,
+    new), logits for every position). `last_logits` overrides the style's logits choice.
+    The vision graph is `fused` (default: MultiHeadAttention & co, see `fast_vision.py`) or
+    `plain` (traced standard operators). All styles keep the official input and output names.
+    """
     import onnx
     import torch
 
-    module, args, inputs, outputs, axes = SPECS[graph](model)
+    if decoder_style not in DECODER_STYLES:
+        raise ValueError(f"unknown decoder style {decoder_style!r} (choose from {', '.join(DECODER_STYLES)})")
+    if vision_style not in VISION_STYLES:
+        raise ValueError(f"unknown vision style {vision_style!r} (choose from {', '.join(VISION_STYLES)})")
+    if graph == "vision_encoder" and vision_style == "fused":
+        from smolvlm_cli.export.fast_vision import build_fast_vision
+
+        proto = build_fast_vision(model, opset=OPSET)
+        proto.doc_string = f"smolvlm-cli export: {graph} ({model.config.model_type}, fused operators)"
+        save_onnx(proto, path)
+        return
+    if graph == "decoder_model_merged" and decoder_style == "gqa":
+        from smolvlm_cli.export.gqa_decoder import build_gqa_decoder
+
+        proto = build_gqa_decoder(model, last_logits=True if last_logits is None else last_logits)
+        proto.doc_string = f"smolvlm-cli export: {graph} ({model.config.model_type}, GroupQueryAttention)"
+        save_onnx(proto, path)
+        return
+    if graph == "decoder_model_merged" and last_logits:
+        module, args, inputs, outputs, axes = _decoder_spec(model, last_logits=True)
+    else:
+        module, args, inputs, outputs, axes = SPECS[graph](model)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".trace-") as tmp, \
             warnings.catch_warnings(), torch.no_grad():
@@ -201,7 +239,8 @@ def _mb(n: int) -> str:
 
 
 def export_onnx(model: str | Path, out_dir: str | Path, dtypes=("fp32",), check: bool = True,
-                log: Callable[[str], None] = print) -> dict:
+                log: Callable[[str], None] = print, decoder_style: str = DEFAULT_DECODER_STYLE,
+                last_logits: bool | None = None, vision_style: str = DEFAULT_VISION_STYLE) -> dict:
     """Export `model` (a local directory or a Hub id) to `out_dir` in the Hub's ONNX layout.
 
     Returns {"out_dir", "files": {relative path: bytes}, "timings": {step: seconds},
@@ -235,7 +274,7 @@ def export_onnx(model: str | Path, out_dir: str | Path, dtypes=("fp32",), check:
         for graph in GRAPHS:
             t = time.perf_counter()
             fp32[graph] = graph_path(fp32_dir, graph)
-            export_graph(torch_model, graph, fp32[graph])
+            export_graph(torch_model, graph, fp32[graph], decoder_style, last_logits, vision_style)
             timings[f"{graph}.onnx"] = time.perf_counter() - t
             log(f"exported {graph}.onnx in {timings[f'{graph}.onnx']:.1f} s "
                 f"({_mb(_size(fp32[graph]))})")

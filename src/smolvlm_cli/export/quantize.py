@@ -49,7 +49,9 @@ def quantize_int8(src: Path, dst: Path, *, gather: bool = False) -> None:
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False,
                          reduce_range=False, op_types_to_quantize=ops,
                          use_external_data_format=_is_large(src),
-                         extra_options={"MatMulConstBOnly": True})
+                         # contrib ops (GroupQueryAttention...) have no shape inference in onnx
+                         extra_options={"MatMulConstBOnly": True,
+                                        "DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
 def quantize_q4(src: Path, dst: Path, *, gather: bool = False) -> None:
@@ -90,6 +92,26 @@ def make_variant(graph: str, dtype: str, src: Path, dst: Path) -> None:
     else:
         raise ValueError(f"no quantizer for dtype {dtype!r}")
     _hub_external_data(dst)
+    _keep_io_dims(src, dst)
+
+
+def _keep_io_dims(src: Path, dst: Path) -> None:
+    """The quantizers re-run shape inference and may pin symbolic dimensions of the graph's
+    inputs and outputs to numbers (e.g. `tokens_per_tile` -> 64): restore the fp32 graph's names."""
+    source = onnx.load(str(src), load_external_data=False)
+    variant = onnx.load(str(dst), load_external_data=False)
+    want = {v.name: v.type.tensor_type.shape for v in [*source.graph.input, *source.graph.output]}
+    changed = False
+    for value in [*variant.graph.input, *variant.graph.output]:
+        shape = want.get(value.name)
+        got = value.type.tensor_type.shape
+        if shape is not None and len(shape.dim) == len(got.dim) and shape != got:
+            for d_src, d_dst in zip(shape.dim, got.dim):
+                if d_src.HasField("dim_param"):
+                    d_dst.dim_param = d_src.dim_param
+            changed = True
+    if changed:  # external data stays where it is: only the graph proto is rewritten
+        onnx.save(variant, str(dst))
 
 
 def _hub_external_data(path: Path) -> None:

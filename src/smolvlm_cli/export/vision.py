@@ -62,16 +62,22 @@ class VisionEncoder(nn.Module):
         pos = pos.reshape(patch_mask.shape[0], -1)
         return torch.where(patch_mask.reshape(patch_mask.shape[0], -1), pos, torch.zeros_like(pos))
 
-    def forward(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor) -> torch.Tensor:
+    def embed(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor):
+        """Patch + position embeddings [T, nh*nw, D] and the patch mask [T, nh, nw] (bool)."""
         channels, height, width = pixel_values.shape[2], pixel_values.shape[3], pixel_values.shape[4]
-        p, s = self.patch_size, self.scale
+        p = self.patch_size
         pixels = pixel_values.reshape(-1, channels, height, width)
         nh, nw = height // p, width // p
         mask = pixel_attention_mask.reshape(-1, height, width)[:, : nh * p, : nw * p]
         mask = mask.reshape(-1, nh, p, nw, p).to(torch.int32).sum(dim=(2, 4)) > 0  # [T, nh, nw]
 
         embeds = self.patch_embedding(pixels).flatten(2).transpose(1, 2)  # [T, nh*nw, D]
-        embeds = embeds + self.position_embedding(self._position_ids(mask))
+        return embeds + self.position_embedding(self._position_ids(mask)), mask
+
+    def forward(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor) -> torch.Tensor:
+        p, s = self.patch_size, self.scale
+        nh, nw = pixel_values.shape[3] // p, pixel_values.shape[4] // p
+        embeds, mask = self.embed(pixel_values, pixel_attention_mask)
         valid = mask.reshape(mask.shape[0], 1, 1, -1)
         bias = torch.where(valid, torch.zeros((), dtype=embeds.dtype),
                            torch.full((), MASK_VALUE, dtype=embeds.dtype))
@@ -84,3 +90,12 @@ class VisionEncoder(nn.Module):
         x = x.permute(0, 2, 1, 3).reshape(tiles, nw // s, nh // s, dim * s * s)
         x = x.permute(0, 2, 1, 3).reshape(tiles, (nh // s) * (nw // s), dim * s * s)
         return self.projection(x)
+
+
+class VisionEmbeddings(VisionEncoder):
+    """The traced front of the fused vision graph (`fast_vision.py`): pixel_values, mask ->
+    embeddings [T, nh*nw, D] and the key mask [T, nh*nw] int32 (1 = a real patch)."""
+
+    def forward(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor):
+        embeds, mask = self.embed(pixel_values, pixel_attention_mask)
+        return embeds, mask.reshape(mask.shape[0], -1).to(torch.int32)

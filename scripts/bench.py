@@ -1,0 +1,435 @@
+#!/usr/bin/env python
+"""Benchmark one caption end to end, per backend and dtype, against the machine's own limits.
+
+    scripts/bench.py MODEL_DIR [--image IMG] [--backend onnx,torch] [--dtype fp32,int8,q4]
+                     [--new-tokens 64] [--no-split] [--threads N] [--json] [--torch-model DIR]
+                     [--runs N] [--wait-idle SECONDS] [--clear-cache] [--no-machine]
+
+MODEL_DIR holds the ONNX graphs (`onnx/`) and, for the torch backend, the safetensors checkpoint
+(or pass `--torch-model`). Each configuration runs in its own fresh subprocess, one after
+another, through the public API (`SmolVLM.from_pretrained(...).stream(...)` with
+`GenerationOptions(ignore_eos=True, max_new_tokens=N)`, so exactly N tokens), and reports its
+`stats`: preprocessing, vision, prefill, time to first token, decode tokens/s, the load time and
+the process's peak RSS. Without `--image` a photo-like 1024x768 JPEG is generated (13 tiles,
+832 image tokens). Every ONNX dtype is loaded once first (this fills the optimized-graph cache:
+`--clear-cache` makes that a true first load, reported in the footer), so the rows show loads
+"after the first run".
+
+The machine is measured with the same thread count before each configuration and after the
+last: fp32 matmul FLOP/s on one vision-tower layer's GEMM shapes (ONNX Runtime, packed weights)
+and memory read GB/s (the best of a 2-row ReduceSum and a GEMV over 512 MB). Each row is held to
+the best of the measurements just before and after it: its vision time against the floor
+(tiles x FLOP per tile / FLOP/s) and its decode speed against the bandwidth ceiling (GB/s /
+bytes of decoder weights read per token). The ratios to the torch backend are speed-ups (>1:
+faster than torch). `--dtype` takes per-component specs too (`--dtype fp32,int8 --dtype
+vision=int8,decoder=q4`); `default` means the library's default. On a shared machine,
+`--wait-idle 300` waits for idle CPUs before each measurement.
+
+To reproduce the reference numbers (the full-size SmolVLM2-256M architecture, random weights):
+
+    scripts/random_checkpoint.py ../shared/fixtures/SmolVLM2-256M-Video-Instruct models/256m
+    scripts/export_onnx.py models/256m models/256m --dtype fp32,int8,q4
+    scripts/bench.py models/256m --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _script_common import fail, log  # noqa: E402
+
+PROMPT = "Describe this image."
+
+
+# -- workers (run in fresh subprocesses) --------------------------------------------------------
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def worker_config(args) -> dict:
+    t0 = time.perf_counter()
+    from smolvlm_cli import SmolVLM
+    from smolvlm_cli.options import GenerationOptions
+
+    imported = time.perf_counter()
+    dtype = None if args.dtype in ("default", "") else args.dtype
+    vlm = SmolVLM.from_pretrained(args.model, backend=args.backend, dtype=dtype, threads=args.threads)
+    loaded = time.perf_counter()
+    options = GenerationOptions(ignore_eos=True, max_new_tokens=args.new_tokens)
+    runs = []
+    for _ in range(args.runs):
+        stream = vlm.stream([args.image], args.prompt, split=False if args.no_split else None,
+                            options=options)
+        for _delta in stream:
+            pass
+        runs.append(stream.stats)
+    stats = sorted(runs, key=lambda s: s.ttft_s)[len(runs) // 2]  # the median run by TTFT
+    return {
+        "backend": vlm.backend.name, "dtype": vlm.backend.dtype,
+        "import_s": imported - t0, "load_s": loaded - imported,
+        "prompt_tokens": stats.prompt_tokens, "tiles": stats.image_tiles,
+        "image_tokens": stats.image_tokens, "preprocess_s": stats.preprocess_s,
+        "vision_s": stats.vision_s, "prefill_s": stats.prefill_s, "ttft_s": stats.ttft_s,
+        "decode_tok_s": stats.decode_tokens_per_s, "new_tokens": stats.generated_tokens,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def worker_warm(args) -> dict:
+    """Load once (this fills the optimized-graph cache on a first run) and report the time."""
+    t0 = time.perf_counter()
+    from smolvlm_cli import SmolVLM
+
+    dtype = None if args.dtype in ("default", "") else args.dtype
+    SmolVLM.from_pretrained(args.model, backend=args.backend, dtype=dtype, threads=args.threads)
+    return {"first_load_s": time.perf_counter() - t0}
+
+
+def _idle_fraction(seconds: float = 0.5) -> float:
+    def snap():
+        with open("/proc/stat", encoding="utf-8") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values), values[3] + values[4]
+
+    total0, idle0 = snap()
+    time.sleep(seconds)
+    total1, idle1 = snap()
+    return (idle1 - idle0) / max(1, total1 - total0)
+
+
+def wait_idle(limit: float) -> None:
+    """Wait (up to `limit` seconds) until other processes leave the CPUs idle: on a shared
+    machine a concurrent job halves a 2-thread benchmark."""
+    if limit <= 0 or not Path("/proc/stat").is_file():
+        return
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        if _idle_fraction() > 0.85 and _idle_fraction() > 0.85:
+            return
+        time.sleep(2)
+    log(f"   (the machine stayed busy for {limit:.0f} s: measuring anyway)")
+
+
+def help_seconds() -> float:
+    """Best of 3 wall-clock runs of `smolvlm --help` (the CLI's start-up cost)."""
+    script = Path(sys.executable).parent / "smolvlm"
+    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "smolvlm_cli"]
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        subprocess.run(cmd + ["--help"], capture_output=True, check=True)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _matmul_session(shapes, threads):
+    """One session running independent MatMuls [m, k] x constant [k, n] (packed like model weights)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, inputs, outputs = [], [], [], []
+    for i, (m, k, n) in enumerate(shapes):
+        inits.append(numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), f"B{i}"))
+        nodes.append(helper.make_node("MatMul", [f"A{i}", f"B{i}"], [f"C{i}"]))
+        inputs.append(helper.make_tensor_value_info(f"A{i}", TensorProto.FLOAT, [m, k]))
+        outputs.append(helper.make_tensor_value_info(f"C{i}", TensorProto.FLOAT, [m, n]))
+    graph = helper.make_graph(nodes, "gemms", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feeds = {f"A{i}": rng.standard_normal((m, k)).astype(np.float32) for i, (m, k, _n) in enumerate(shapes)}
+    return sess, feeds
+
+
+def _best(fn, repeats: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _reduce_gbps(threads: int) -> float:
+    """Read bandwidth: a ReduceSum of [threads, ...] rows (each thread streams its own 512/threads MiB)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    data = np.ones((threads, (1 << 29) // 4 // threads), np.float32)
+    node = helper.make_node("ReduceSum", ["X", "axes"], ["Y"], keepdims=0)
+    graph = helper.make_graph([node], "read", [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(data.shape))],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [threads])],
+                              [helper.make_tensor("axes", TensorProto.INT64, [1], [1])])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    reduce = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+                                  .SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return data.nbytes / _best(lambda: reduce.run(None, {"X": data}), 8) / 1e9
+
+
+def worker_machine(args) -> dict:
+    """fp32 matmul FLOP/s on one vision layer's GEMMs, and memory read GB/s (same threads)."""
+    import onnxruntime as ort
+
+    threads = args.threads
+    # one SigLIP-B/16 layer on a 512 tile: qkv, out-proj, fc1, fc2 (1024 patches, 768 wide)
+    shapes = [(1024, 768, 2304), (1024, 768, 768), (1024, 768, 3072), (1024, 3072, 768)]
+    sess, feeds = _matmul_session(shapes, threads)
+    flops = sum(2 * m * k * n for m, k, n in shapes)
+    seconds = _best(lambda: sess.run(None, feeds), 12)
+
+    reduce_gbps = _reduce_gbps(threads)
+    # read bandwidth 2: a GEMV over a 512 MiB weight matrix (what a decode step does)
+    gemv, gemv_feeds = _matmul_session([(1, 4096, 32768)], threads)
+    gemv_gbps = 4096 * 32768 * 4 / _best(lambda: gemv.run(None, gemv_feeds), 8) / 1e9
+    return {"matmul_gflops": flops / seconds / 1e9, "read_gbps": max(reduce_gbps, gemv_gbps),
+            "reduce_gbps": reduce_gbps, "gemv_gbps": gemv_gbps, "threads": threads,
+            "ort_version": ort.__version__, "isa": _isa()}
+
+
+def _isa() -> str:
+    try:
+        flags = next(line for line in open("/proc/cpuinfo", encoding="utf-8") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "?"
+    return ",".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags)
+
+
+# -- the parent ------------------------------------------------------------------------------------
+
+def _run_worker(kind: str, extra: list[str], timeout: float) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"{kind} worker failed: {tail}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def vision_flops_per_tile(model_dir: Path) -> float:
+    """Multiply-adds x 2 of one tile through the vision tower and the connector (from config.json)."""
+    from smolvlm_cli.config import ModelConfig, read_json
+
+    c = ModelConfig.from_dir(model_dir)
+    vision = read_json(model_dir / "config.json").get("vision_config", {})
+    d, layers = c.vision_hidden_size, c.vision_num_layers
+    inter = int(vision.get("intermediate_size", 3072))
+    p = (c.vision_image_size // c.patch_size) ** 2
+    per_layer = 2 * p * d * 3 * d + 2 * p * d * d + 2 * 2 * p * p * d + 2 * 2 * p * d * inter
+    patch = 2 * p * (3 * c.patch_size ** 2) * d
+    connector = 2 * (p // c.scale_factor ** 2) * (d * c.scale_factor ** 2) * c.hidden_size
+    return layers * per_layer + patch + connector
+
+
+def decoder_bytes(model_dir: Path, backend: str, dtype: str) -> float:
+    """Weight bytes one decode step reads: the decoder graph (all of it), or fp32 params for torch."""
+    from smolvlm_cli.config import ModelConfig
+    from smolvlm_cli.dtypes import onnx_files, parse_dtype
+
+    if backend == "onnx":
+        path = model_dir / onnx_files(parse_dtype(None if dtype == "default" else dtype))["decoder"]
+        files = [path, path.with_name(path.name + "_data"), path.with_name(path.name + ".data")]
+        size = sum(p.stat().st_size for p in files if p.is_file())
+        if size:
+            return float(size)
+    c = ModelConfig.from_dir(model_dir)
+    h, q, kv = c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+    from smolvlm_cli.config import read_json
+
+    inter = int(read_json(model_dir / "config.json")["text_config"].get("intermediate_size", 4 * h))
+    per_layer = h * q * 2 + h * kv * 2 + 3 * h * inter + 2 * h
+    return 4.0 * (c.num_hidden_layers * per_layer + h + c.vocab_size * h)
+
+
+def _dtype_list(values: list[str]) -> list[str]:
+    out = []
+    for value in values:
+        out += [value] if "=" in value else [v.strip() for v in value.split(",") if v.strip()]
+    return out
+
+
+def photo(path: Path) -> None:
+    from bench_preprocess import photo_jpeg
+
+    photo_jpeg(path, 1024, 768)
+
+
+def _fmt(v, spec: str) -> str:
+    return format(v, spec) if isinstance(v, (int, float)) else "-"
+
+
+def print_table(results: list[dict], machine: dict) -> None:
+    print(f"machine: {machine['isa']}, {machine['threads']} threads, ONNX Runtime {machine['ort_version']}: "
+          f"fp32 matmul {machine['gflops_runs']} GFLOP/s, read {machine['gbps_runs']} GB/s "
+          f"(measured before each configuration and after the last)")
+    head = (f"{'config':<26}{'tiles':>6}{'pre s':>7}{'vision s':>9}{'prefill s':>10}{'TTFT s':>8}"
+            f"{'tok/s':>7}{'RSS MB':>8}{'load s':>7}{'GFLOP/s':>8}{'vis/floor':>10}{'GB/s':>6}{'dec/ceil':>9}"
+            f"{'TTFT x':>8}{'tok/s x':>8}")
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        name = f"{r['backend']} {r['dtype']}"
+        print(f"{name:<26}{r['tiles']:>6}{r['preprocess_s']:>7.2f}{r['vision_s']:>9.2f}"
+              f"{r['prefill_s']:>10.2f}{r['ttft_s']:>8.2f}{r['decode_tok_s']:>7.1f}{r['peak_rss_mb']:>8.0f}"
+              f"{r['load_s']:>7.2f}{_fmt(r.get('matmul_gflops'), '>8.0f')}{_fmt(r.get('vision_x_floor'), '>10.2f')}"
+              f"{_fmt(r.get('read_gbps'), '>6.1f')}{_fmt(r.get('decode_of_ceiling'), '>9.0%')}{_fmt(r.get('ttft_speedup_vs_torch'), '>7.2f')}x"
+              f"{_fmt(r.get('decode_speedup_vs_torch'), '>7.2f')}x")
+    print(f"smolvlm --help: {results[0]['cli_help_s']:.2f} s; first load in this run (optimizes and fills "
+          "the session cache when it is empty, see --clear-cache): "
+          + ", ".join(f"{r['dtype']} {r['first_load_s']:.2f} s" for r in results if r.get("first_load_s")))
+    print("GFLOP/s, GB/s: the machine's best just before/after the row; vis/floor: vision time / (tiles x "
+          "FLOP per tile / GFLOP/s), 1.00 = at the floor; dec/ceil: decode tok/s / (GB/s / decoder bytes "
+          "per token); x: speed-up over torch fp32")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", nargs="?", help="model directory (onnx/ graphs, and the checkpoint for torch)")
+    parser.add_argument("--image", help="image file (default: a generated 1024x768 photo-like JPEG)")
+    parser.add_argument("--backend", default="onnx,torch", help="comma-separated: onnx, torch")
+    parser.add_argument("--dtype", action="append", help="ONNX dtypes, comma-separated (default fp32,int8,q4)")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--no-split", action="store_true", help="one tile per image")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all available)")
+    parser.add_argument("--json", action="store_true", help="print a JSON list, one object per configuration")
+    parser.add_argument("--torch-model", help="checkpoint directory for the torch backend (default MODEL_DIR)")
+    parser.add_argument("--prompt", default=PROMPT)
+    parser.add_argument("--runs", type=int, default=1, help="generations per configuration (median reported)")
+    parser.add_argument("--no-machine", action="store_true", help="skip the FLOP/s and GB/s measurement")
+    parser.add_argument("--clear-cache", action="store_true",
+                        help="delete the optimized-graph cache first (time a true first load)")
+    parser.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
+                        help="before each measurement, wait up to this long for idle CPUs (shared machines)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--backend-one", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        args.backend = args.backend_one
+        args.dtype = (args.dtype or ["default"])[0]
+        args.model = args.model or ""
+        workers = {"config": worker_config, "machine": worker_machine, "warm": worker_warm}
+        result = workers[args.worker](args)
+        print(json.dumps(result))
+        return 0
+    if not args.model:
+        return fail("MODEL_DIR is required")
+    model_dir = Path(args.model)
+    if not (model_dir / "config.json").is_file():
+        return fail(f"{model_dir} is not a model directory (no config.json)")
+    from smolvlm_cli.backends.onnx_session import default_threads
+
+    threads = args.threads or default_threads()
+    backends = [b.strip() for b in args.backend.split(",") if b.strip()]
+    if set(backends) - {"onnx", "torch"}:
+        return fail(f"unknown backend in {args.backend!r}", hint="choose from onnx, torch")
+    dtypes = _dtype_list(args.dtype or ["fp32,int8,q4"])
+    torch_dir = Path(args.torch_model) if args.torch_model else model_dir
+    configs = [("onnx", d, model_dir) for d in dtypes] if "onnx" in backends else []
+    if "torch" in backends:
+        if any(torch_dir.glob("*.safetensors")):
+            configs.append(("torch", "fp32", torch_dir))
+        else:
+            log(f"(no *.safetensors in {torch_dir}: torch skipped; pass --torch-model)")
+
+    with tempfile.TemporaryDirectory(prefix="smolvlm-bench-") as tmp:
+        image = Path(args.image) if args.image else Path(tmp) / "photo_1024x768.jpg"
+        if not args.image:
+            photo(image)
+        if not image.is_file():
+            return fail(f"image {image} not found")
+        common = ["--threads", str(threads), "--new-tokens", str(args.new_tokens), "--image", str(image),
+                  "--prompt", args.prompt, "--runs", str(args.runs)] + (["--no-split"] if args.no_split else [])
+        machine_runs = []
+
+        def measure_machine() -> None:
+            if not args.no_machine:
+                wait_idle(args.wait_idle)
+                machine_runs.append(_run_worker("machine", ["--threads", str(threads)], 600))
+
+        try:
+            results, first_loads = [], {}
+            if args.clear_cache:
+                import shutil
+
+                from smolvlm_cli.backends.onnx_session import CACHE_DIRNAME
+
+                shutil.rmtree(model_dir / "onnx" / CACHE_DIRNAME, ignore_errors=True)
+            for backend, dtype, directory in configs:  # a first load fills the session cache
+                if backend == "onnx":
+                    first_loads[dtype] = _run_worker("warm", [str(directory), "--backend-one", backend,
+                                                              "--dtype", dtype, "--threads", str(threads)], 1800)
+            log(f"measuring the machine ({threads} threads) before each configuration and after the last")
+            for backend, dtype, directory in configs:
+                measure_machine()
+                wait_idle(args.wait_idle)
+                log(f"running {backend} {dtype} ...")
+                r = _run_worker("config", [str(directory), "--backend-one", backend, "--dtype", dtype, *common],
+                                3600)
+                r["first_load_s"] = first_loads.get(dtype, {}).get("first_load_s") if backend == "onnx" else None
+                r["decoder_bytes"] = decoder_bytes(directory, backend, r["dtype"])
+                results.append(r)
+                log(f"   TTFT {r['ttft_s']:.2f} s, vision {r['vision_s']:.2f} s, {r['decode_tok_s']:.1f} tok/s, "
+                    f"peak {r['peak_rss_mb']:.0f} MB")
+            measure_machine()
+            cli_help_s = help_seconds()
+        except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
+            return fail(str(exc))
+
+    machine = {"isa": _isa(), "threads": threads, "ort_version": "?", "matmul_gflops": None, "read_gbps": None}
+    if machine_runs:
+        machine = dict(machine_runs[0])
+        machine["matmul_gflops"] = max(m["matmul_gflops"] for m in machine_runs)
+        machine["read_gbps"] = max(m["read_gbps"] for m in machine_runs)
+        machine["gflops_runs"] = "/".join(f"{m['matmul_gflops']:.0f}" for m in machine_runs)
+        machine["gbps_runs"] = "/".join(f"{m['read_gbps']:.1f}" for m in machine_runs)
+    flops_tile = vision_flops_per_tile(model_dir)
+    torch_ref = next((r for r in results if r["backend"] == "torch"), None)
+    for i, r in enumerate(results):
+        r["threads"] = threads
+        r["cli_help_s"] = cli_help_s
+        r["vision_tflop"] = r["tiles"] * flops_tile / 1e12
+        if machine_runs:
+            # the machine's best in the measurements just before and after this configuration:
+            # its speed drifts on a shared host, so compare like with like (and strictly)
+            window = machine_runs[i:i + 2]
+            gflops = max(m["matmul_gflops"] for m in window)
+            gbps = max(m["read_gbps"] for m in window)
+            floor = r["tiles"] * flops_tile / (gflops * 1e9)
+            r["vision_floor_s"] = floor
+            r["vision_x_floor"] = r["vision_s"] / floor if floor else None
+            ceiling = gbps * 1e9 / r["decoder_bytes"]
+            r["decode_ceiling_tok_s"] = ceiling
+            r["decode_of_ceiling"] = r["decode_tok_s"] / ceiling
+            r["matmul_gflops"], r["read_gbps"] = gflops, gbps
+        if torch_ref is not None:
+            r["ttft_speedup_vs_torch"] = torch_ref["ttft_s"] / r["ttft_s"]
+            r["decode_speedup_vs_torch"] = (r["decode_tok_s"] / torch_ref["decode_tok_s"]
+                                            if torch_ref["decode_tok_s"] else None)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        if machine.get("matmul_gflops"):
+            print_table(results, machine)
+        else:
+            print_table(results, {**machine, "matmul_gflops": float("nan"), "read_gbps": float("nan"),
+                                  "gflops_runs": "-", "gbps_runs": "-", "ort_version": "?"})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""The two ways of running a KV-cached ONNX decoder, and their cache states.
+
+- `ConcatDecoder` runs any graph of the official contract (Hugging Face's own exports, our
+  `--decoder-style official`): numpy pasts in, presents = concat(past, new) out, `position_ids`
+  when the graph takes them. Every step reallocates and copies the whole cache.
+- `SharedBufferDecoder` runs our GroupQueryAttention graphs (`export/gqa_decoder.py`) through IO
+  binding: one preallocated [1, kv_heads, capacity, head_dim] buffer per past/present pair, bound
+  as both input and output, so the attention kernel appends each new row in place; the token's
+  embedding is written straight into the decoder's input buffer and the logits into a reused
+  output buffer. Positions come from the attention mask, so rewinding is just a shorter mask.
+
+Both states have `length` and `truncate(n)` (the Backend protocol's DecoderState).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+_PAST_PREFIX, _PRESENT_PREFIX = "past_key_values.", "present."
+_GROWTH = 1024  # cache capacity grows in steps of this many positions
+
+
+class OnnxState:
+    """The KV cache of the official contract: one numpy array per `past_key_values.*` input."""
+
+    def __init__(self, pasts: dict[str, np.ndarray]):
+        self.pasts = pasts
+        self.length = 0
+
+    def truncate(self, length: int) -> None:
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of {self.length} positions to {length}")
+        self.pasts = {name: past[:, :, :length] for name, past in self.pasts.items()}
+        self.length = length
+
+
+class SharedKVState:
+    """Preallocated past/present buffers: rows [0, length) hold the cache, the rest is scratch."""
+
+    def __init__(self, names: list[str], kv_heads: int, head_dim: int, dtype, capacity: int):
+        self.names, self.length = names, 0
+        self._shape, self._dtype = (kv_heads, head_dim), dtype
+        self.capacity = 0
+        self.values: dict[str, ort.OrtValue] = {}
+        self.binding = None  # the decode-step IO binding, made by the decoder for this state
+        self._allocate(capacity)
+
+    def _allocate(self, capacity: int) -> None:
+        kv_heads, head_dim = self._shape
+        # one block for all layers: np.zeros maps fresh pages, so memory is only committed for the
+        # rows actually written (capacity is virtual until used)
+        block = np.zeros((len(self.names), 1, kv_heads, capacity, head_dim), self._dtype)
+        if self.length:
+            block[:, :, :, :self.length] = self._block[:, :, :, :self.length]
+        self._block, self.capacity = block, capacity
+        self.values = {n: ort.OrtValue.ortvalue_from_numpy(block[i]) for i, n in enumerate(self.names)}
+        self.binding = None
+
+    def reserve(self, total: int, limit: int) -> None:
+        if total > limit:
+            raise ValueError(f"the prompt and reply need {total} positions; the model holds {limit}")
+        if total > self.capacity:
+            self._allocate(min(limit, -(-(total + _GROWTH // 2) // _GROWTH) * _GROWTH))
+
+    def truncate(self, length: int) -> None:
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of {self.length} positions to {length}")
+        self.length = length  # the mask decides what the attention reads; rows past it are rewritten
+
+    def cache_view(self, name: str) -> np.ndarray:
+        """The valid rows of one cache tensor (for tests and debugging)."""
+        return self._block[self.names.index(name), :, :, :self.length]
+
+
+def _io_types(session: ort.InferenceSession, ort_types: dict) -> dict[str, type]:
+    return {i.name: ort_types.get(i.type, np.float32) for i in session.get_inputs()}
+
+
+class ConcatDecoder:
+    """`sess.run` with numpy pasts: works for every graph of the official contract."""
+
+    shared = False
+
+    def __init__(self, session: ort.InferenceSession, past_names: list[str], present_for: dict[str, str],
+                 kv_heads: int, head_dim: int, ort_types: dict):
+        self.session = session
+        types = _io_types(session, ort_types)
+        self._past_names, self._present_for = past_names, present_for
+        self._has_position_ids = "position_ids" in types
+        self._cache_dtype = types[past_names[0]]
+        self.embeds_dtype = types["inputs_embeds"]
+        self._output_names = ["logits", *present_for.values()]
+        self._kv = (kv_heads, head_dim)
+
+    def new_state(self) -> OnnxState:
+        empty = np.zeros((1, *self._kv[:1], 0, self._kv[1]), dtype=self._cache_dtype)
+        return OnnxState({name: empty for name in self._past_names})
+
+    def run(self, state: OnnxState, embeds: np.ndarray) -> np.ndarray:
+        seq, past = embeds.shape[1], state.length
+        feeds = {"inputs_embeds": embeds.astype(self.embeds_dtype, copy=False),
+                 # the full-length mask: a length-1 mask in decode steps gives garbage
+                 "attention_mask": np.ones((1, past + seq), dtype=np.int64)}
+        if self._has_position_ids:
+            feeds["position_ids"] = np.arange(past, past + seq, dtype=np.int64)[None]
+        feeds.update(state.pasts)
+        logits, *presents = self.session.run(self._output_names, feeds)
+        state.pasts = dict(zip(self._present_for, presents))
+        state.length = past + seq
+        return logits[0, -1].astype(np.float32, copy=True)
+
+
+class SharedBufferDecoder:
+    """IO binding over shared past/present buffers (GroupQueryAttention graphs only)."""
+
+    shared = True
+
+    def __init__(self, session: ort.InferenceSession, embed: ort.InferenceSession,
+                 past_names: list[str], present_for: dict[str, str], kv_heads: int, head_dim: int,
+                 hidden: int, vocab: int, max_positions: int, ort_types: dict):
+        self.session, self.embed = session, embed
+        types = _io_types(session, ort_types)
+        self._past_names, self._present_for = past_names, present_for
+        self._cache_dtype = types[past_names[0]]
+        self.embeds_dtype = types["inputs_embeds"]
+        self._kv, self._limit = (kv_heads, head_dim), max_positions
+        self._mask = np.ones((1, max_positions), np.int64)
+        # decode-step buffers, reused by every step of every state
+        self._token = np.zeros((1, 1), np.int64)
+        self._embeds = np.zeros((1, 1, hidden), self.embeds_dtype)
+        self._logits = np.zeros((1, 1, vocab), np.float32)
+        self._embeds_value = ort.OrtValue.ortvalue_from_numpy(self._embeds)
+        self._logits_value = ort.OrtValue.ortvalue_from_numpy(self._logits)
+        self._embed_binding = None
+        embed_out = embed.get_outputs()[0]
+        if ort_types.get(embed_out.type) == self.embeds_dtype:  # the lookup writes into our input
+            self._embed_binding = embed.io_binding()
+            self._embed_binding.bind_cpu_input(embed.get_inputs()[0].name, self._token)
+            self._embed_binding.bind_ortvalue_output(embed_out.name, self._embeds_value)
+        self._embed_input = embed.get_inputs()[0].name
+
+    def new_state(self, capacity: int | None = None) -> SharedKVState:
+        return SharedKVState(self._past_names, *self._kv, self._cache_dtype,
+                             min(capacity or _GROWTH, self._limit))
+
+    def _binding(self, state: SharedKVState, logits: ort.OrtValue | None) -> ort.IOBinding:
+        binding = self.session.io_binding()
+        if logits is None:  # let ONNX Runtime allocate (graphs returning every position's logits)
+            binding.bind_output("logits")
+        else:
+            binding.bind_ortvalue_output("logits", logits)  # first: get_outputs() follows binding order
+        for past, present in self._present_for.items():
+            binding.bind_ortvalue_input(past, state.values[past])
+            binding.bind_ortvalue_output(present, state.values[past])
+        return binding
+
+    def run(self, state: SharedKVState, embeds: np.ndarray) -> np.ndarray:
+        """Append a prompt chunk ([1, seq, hidden]) to the cache; the last position's logits."""
+        seq = embeds.shape[1]
+        total = state.length + seq
+        state.reserve(total, self._limit)
+        binding = self._binding(state, None)
+        binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=self.embeds_dtype))
+        binding.bind_cpu_input("attention_mask", self._mask[:, :total])
+        self.session.run_with_iobinding(binding)
+        state.length = total
+        logits = binding.get_outputs()[0].numpy()
+        return logits[0, -1].astype(np.float32, copy=True)
+
+    def step(self, state: SharedKVState, token: int) -> np.ndarray:
+        """Append one token (embedded in place) and return its logits."""
+        total = state.length + 1
+        state.reserve(total, self._limit)
+        if self._embed_binding is not None:
+            self._token[0, 0] = token
+            self.embed.run_with_iobinding(self._embed_binding)
+        else:
+            (embeds,) = self.embed.run(None, {self._embed_input: np.array([[token]], np.int64)})
+            self._embeds[...] = embeds
+        if state.binding is None:
+            state.binding = self._binding(state, self._logits_value)
+            state.binding.bind_ortvalue_input("inputs_embeds", self._embeds_value)
+        state.binding.bind_cpu_input("attention_mask", self._mask[:, :total])
+        self.session.run_with_iobinding(state.binding)
+        state.length = total
+        return self._logits[0, 0].copy()  # the buffer is rewritten by the next step
