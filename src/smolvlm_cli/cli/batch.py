@@ -19,8 +19,11 @@ from smolvlm_cli.options import DEFAULT_PROMPT
 _INPUT = "Input"
 _OUTPUT = "Output"
 _RUN = "Batch run"
-_FORMATS = ("txt", "jsonl", "csv")
-_SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
+_FORMATS = ("txt", "jsonl", "csv", "parquet")
+_ENGINES = ("local", "ray")
+_RAY = "Ray engine (pip install 'smolvlm-cli[ray]')"
+_SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv",
+                   ".parquet": "parquet"}
 
 EXAMPLES = """Examples:\n\n
 smolvlm batch photos/   (photos/a.jpg -> photos/a.txt, and so on; re-run to resume)\n\n
@@ -63,8 +66,11 @@ def resolve_format(fmt: Optional[str], out: Optional[str], output_dir: Optional[
                                      "--output-dir): --output is for jsonl and csv",
                                      param_hint="'--output'")
         return fmt, None
+    if fmt == "parquet" and out == "-":
+        raise typer.BadParameter("parquet is a folder of files: give --output DIR",
+                                 param_hint="'--output'")
     if out is None:
-        out = str(output_dir / f"captions.{fmt}") if output_dir else "-"
+        out = str(output_dir / f"captions.{fmt}") if output_dir else ("-" if fmt != "parquet" else "captions.parquet")
     return fmt, out
 
 
@@ -127,6 +133,20 @@ def batch(
     prefetch: Annotated[int, typer.Option(
         "--prefetch-threads", min=1, rich_help_panel=_RUN,
         help="Threads decoding and preprocessing the next images during inference.")] = 2,
+    engine_name: Annotated[str, typer.Option(
+        "--engine", rich_help_panel=_RAY,
+        help="local (this machine) or ray (a Ray Data pipeline: a local Ray, or --ray-address).")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(
+        "--ray-address", rich_help_panel=_RAY,
+        help="Join this Ray cluster ('auto' on a cluster node); default: RAY_ADDRESS or a new local Ray.")] = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=1, rich_help_panel=_RAY, help="Captioning actors, each with its own model.")] = 1,
+    threads_per_worker: Annotated[Optional[int], typer.Option(
+        "--threads-per-worker", min=1, rich_help_panel=_RAY,
+        help="ONNX Runtime threads per actor (default: CPUs / workers).")] = None,
+    manifest: Annotated[Optional[str], typer.Option(
+        "--manifest", rich_help_panel=_RAY,
+        help="A JSONL or Parquet file listing image paths (ray engine).")] = None,
     model: ModelOpt = DEFAULT_MODEL,
     backend: BackendOpt = "auto",
     dtype: DtypeOpt = None,
@@ -171,6 +191,26 @@ def batch(
                            workers=prefetch, longest_edge=longest_edge,
                            split=False if no_split else None)
 
+    engine_name = engine_name.lower()
+    if engine_name not in _ENGINES:
+        raise typer.BadParameter(f"{engine_name!r} is not one of {', '.join(_ENGINES)}",
+                                 param_hint="'--engine'")
+    if engine_name == "ray":
+        from smolvlm_cli.batch.ray_engine import RaySettings, run_ray
+
+        settings = RaySettings(model=model, options=options, backend=backend, dtype=dtype,
+                               batch_size=batch_size, longest_edge=longest_edge,
+                               split=False if no_split else None, address=ray_address,
+                               workers=workers, threads_per_worker=threads_per_worker,
+                               manifest=manifest)
+        summary = run_ray(config, settings, reporter=reporter,
+                          stdin=sys.stdin if STDIN in paths else None, out=output.write)
+        if summary.exit_code:
+            raise typer.Exit(summary.exit_code)
+        return
+    if fmt == "parquet" or manifest or ray_address:
+        raise typer.BadParameter("--format parquet, --manifest and --ray-address need --engine ray",
+                                 param_hint="'--engine'")
     if STDIN in paths and sys.stdin.isatty() and not quiet:
         output.log("Reading image paths from the terminal, one per line; end with Ctrl-D.")
     summary = run_batch(config, engine, reporter=reporter,
