@@ -239,7 +239,7 @@ class RayEngine:
     def dataset(self, jobs: list[Job], *, indexed: bool = True, style: Any = None):
         """paths -> preprocessed rows -> records (columns `idx`? + records.FIELDS)."""
         import ray
-        from ray.data import ActorPoolStrategy, TaskPoolStrategy
+        from ray.data import ActorPoolStrategy
 
         from smolvlm_cli.batch.ray_workers import Captioner, preprocess, to_bytes
 
@@ -253,7 +253,7 @@ class RayEngine:
         # Preprocessing asks for no CPU slot: the actors hold them all, and decoding one image
         # is milliseconds against seconds of inference; at most one task per actor at a time.
         ds = ds.map_batches(preprocess, batch_format="pyarrow", batch_size=None, num_cpus=0,
-                            compute=TaskPoolStrategy(size=s.workers),
+                            **_task_pool(s.workers),
                             fn_kwargs={"model_dir": self.model_dir,
                                        "longest_edge": s.longest_edge, "split": s.split})
         # On a cluster Ray Data's fault tolerance stays on (a lost node's actors are restarted,
@@ -315,6 +315,16 @@ class RayEngine:
                 filename_provider=RunFilenames(stamp),
                 ray_remote_args={"num_cpus": 0},  # the actors hold every CPU slot
                 concurrency=self.settings.workers)
+
+
+def _task_pool(size: int) -> dict[str, Any]:
+    """At most `size` concurrent tasks: `compute=TaskPoolStrategy(size)` (Ray >= 2.51), else
+    the older `concurrency=size`."""
+    try:
+        from ray.data import TaskPoolStrategy
+    except ImportError:
+        return {"concurrency": size}
+    return {"compute": TaskPoolStrategy(size=size)}
 
 
 @contextlib.contextmanager

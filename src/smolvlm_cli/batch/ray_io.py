@@ -142,18 +142,23 @@ class ParquetStore:
         sweep_temps(self.folder)
         self._lock = AppendLog(self.folder / LOCK_NAME).open()
         try:
-            for record in self._read(self.files(), repair=True):
+            for record in self._read(self.files(), brief=True):
                 self.index.add(record, os.path.abspath(record.path))
         except BaseException:
             self.close(compact=False)
             raise
 
-    def _read(self, files: Sequence[Path], repair: bool = False) -> Iterator[ImageRecord]:
+    def _read(self, files: Sequence[Path], *, repair: bool = True,
+              brief: bool = False) -> Iterator[ImageRecord]:
+        """The records of `files`; `repair` deletes ours that a kill left torn (no footer),
+        `brief` reads only `path` and `error` (enough for resume)."""
         import pyarrow.parquet as pq
 
         for file in files:
             try:
-                table = pq.read_table(file)
+                names = pq.read_schema(file).names
+                columns = [c for c in ("path", "error") if c in names] if brief else None
+                table = pq.read_table(file, columns=columns) if "path" in names else None
             except Exception as exc:  # noqa: BLE001 - pyarrow's error types
                 if repair and OUR_FILE.match(file.name):
                     file.unlink()
@@ -162,7 +167,7 @@ class ParquetStore:
                     continue
                 raise SmolVLMError(f"cannot read {file}: {exc}",
                                    hint="write to a new folder with -o") from exc
-            if "path" not in table.column_names:
+            if table is None:
                 raise SmolVLMError(f"{file} does not look like a smolvlm batch Parquet file",
                                    hint="write to a new folder with -o (nothing was changed)")
             for row in table.to_pylist():
@@ -285,10 +290,13 @@ def _write(engine, jobs: list[Job], store: ParquetStore, config: BatchConfig, re
         failed = False
     finally:
         summary.work_s = time.perf_counter() - t0
+        noticed = len(store.notices)
         for record in store.records_since(before):  # what Ray finished before any stop
             summary.done += record.ok
             summary.failed += not record.ok
             reporter.advance(record)
+        for notice in store.notices[noticed:]:  # a file torn by the stop
+            reporter.info(notice)
         if failed and (summary.done or summary.failed):  # still say what was saved
             summary.elapsed_s = time.perf_counter() - started
             reporter.summary(summary)

@@ -20,6 +20,7 @@ import os
 import pickle
 import socket
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -164,12 +165,20 @@ class Captioner:
 # -- Parquet file names ---------------------------------------------------------------------------
 
 class RunFilenames(FilenameProvider):
-    """`smolvlm-<run stamp>-<write uuid>-<task>` (+ `-<i>.parquet` from Ray's writer): files
-    sort in run order, so the last record of an image read in name order is its latest."""
+    """`smolvlm-<run stamp>-<id>-<task>...parquet`: this run's files, named apart from every other
+    run's (the stamp sorts by run for a reader; resume itself goes by modification time)."""
 
-    def __init__(self, stamp: str):
-        super().__init__(file_format="parquet")
+    def __init__(self, stamp: str):  # no super().__init__: its arguments vary across Ray versions
         self.stamp = stamp
+        self.run_id = uuid.uuid4().hex[:12]
+        self.dataset_uuid = None
+        self.file_format = "parquet"
 
     def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+        """Ray >= 2.5x (the writer appends `-<i>.parquet`)."""
         return f"smolvlm-{self.stamp}-{write_uuid}-{task_index:06d}"
+
+    def get_filename_for_block(self, block: Any, *args: Any) -> str:
+        """Older Ray: `(block, task_index, block_index)`, the whole file name."""
+        task_index, block_index = args[-2], args[-1]
+        return f"smolvlm-{self.stamp}-{self.run_id}-{task_index:06d}-{block_index}.parquet"
