@@ -21,7 +21,7 @@ _OUTPUT = "Output"
 _RUN = "Batch run"
 _FORMATS = ("txt", "jsonl", "csv", "parquet")
 _ENGINES = ("local", "ray")
-_RAY = "Ray engine (pip install 'smolvlm-cli[ray]')"
+_RAY = "Ray engine (pip install 'smolvlm-cli\\[ray]')"  # \\[ keeps rich from reading [ray] as markup
 _SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv",
                    ".parquet": "parquet"}
 
@@ -75,10 +75,10 @@ def resolve_format(fmt: Optional[str], out: Optional[str], output_dir: Optional[
 
 
 def batch(
-    paths: Annotated[list[str], typer.Argument(
+    paths: Annotated[Optional[list[str]], typer.Argument(
         metavar="PATH...", show_default=False,
         help="Folders (walked recursively), image files, or '-' for a list of paths on stdin "
-             "(one per line, e.g. from find).")],
+             "(one per line, e.g. from find). Optional with --manifest.")] = None,
     prompt: Annotated[str, typer.Option(
         "--prompt", "-p", help="The instruction for every image; {filename}, {stem} and {parent} "
                                "are replaced per image.")] = DEFAULT_PROMPT,
@@ -143,7 +143,7 @@ def batch(
         "--workers", min=1, rich_help_panel=_RAY, help="Captioning actors, each with its own model.")] = 1,
     threads_per_worker: Annotated[Optional[int], typer.Option(
         "--threads-per-worker", min=1, rich_help_panel=_RAY,
-        help="ONNX Runtime threads per actor (default: CPUs / workers).")] = None,
+        help="ONNX Runtime threads per actor (default: --threads, else CPUs / workers).")] = None,
     manifest: Annotated[Optional[str], typer.Option(
         "--manifest", rich_help_panel=_RAY,
         help="A JSONL or Parquet file listing image paths (ray engine).")] = None,
@@ -168,6 +168,10 @@ def batch(
     from smolvlm_cli.batch.runner import BatchConfig, run_batch
     from smolvlm_cli.batch.templates import CaptionStyle, unknown_fields
 
+    paths = list(paths or [])
+    if not paths and manifest is None:
+        raise typer.BadParameter("give images (folders, files, '-') or --manifest",
+                                 param_hint="'PATH...'")
     fmt, target = resolve_format(fmt, out, output_dir)
     reporter = Reporter(quiet=quiet, verbose=verbose)
     for text in (prompt, prefix, suffix):
@@ -195,13 +199,17 @@ def batch(
     if engine_name not in _ENGINES:
         raise typer.BadParameter(f"{engine_name!r} is not one of {', '.join(_ENGINES)}",
                                  param_hint="'--engine'")
+    if engine_name != "ray" and (workers != 1 or threads_per_worker is not None):
+        raise typer.BadParameter("--workers and --threads-per-worker are for --engine ray (the "
+                                 "local engine's knobs are --threads and --prefetch-threads)",
+                                 param_hint="'--engine'")
     if engine_name == "ray":
         from smolvlm_cli.batch.ray_engine import RaySettings, run_ray
 
         settings = RaySettings(model=model, options=options, backend=backend, dtype=dtype,
                                batch_size=batch_size, longest_edge=longest_edge,
                                split=False if no_split else None, address=ray_address,
-                               workers=workers, threads_per_worker=threads_per_worker,
+                               workers=workers, threads_per_worker=threads_per_worker or threads,
                                manifest=manifest)
         summary = run_ray(config, settings, reporter=reporter,
                           stdin=sys.stdin if STDIN in paths else None, out=output.write)
