@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from smolvlm_cli.dtypes import default_dtypes
+
 TINY_MODEL_NAMES = ("SmolVLM2-256M-Video-Instruct", "SmolVLM-256M-Instruct")
 _ALL_DTYPES = ("fp32", "fp16", "int8", "q4")
 _REPO = Path(__file__).resolve().parents[1]
@@ -158,8 +160,12 @@ def tiny_onnx_dir(tmp_path_factory, tiny_checkpoint_factory):
         if style not in STYLES:
             raise ValueError(f"unknown export style {style!r} (choose from {', '.join(STYLES)})")
         key = (name, _dtypes(dtypes), style)
+        defaults = set(default_dtypes().values())
         for (cached_name, cached_dtypes, cached_style), path in cache.items():
-            if cached_name == name and cached_style == style and set(key[1]) <= set(cached_dtypes):
+            # a folder with more variants will do, unless the extra ones change what the default
+            # dtype loads (an fp32-only folder must not turn into an int8 one)
+            if cached_name == name and cached_style == style and set(key[1]) <= set(cached_dtypes) \
+                    and defaults & set(key[1]) == defaults & set(cached_dtypes):
                 return path
         cache[key] = build_tiny_model(name, root / f"{style}-{'-'.join(key[1])}", key[1],
                                       checkpoint=tiny_checkpoint_factory(name), style=style)

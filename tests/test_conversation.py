@@ -91,6 +91,32 @@ def test_ask_encodes_once_and_answers_each_question_independently(vlm, image, mo
         assert answer == vlm.generate(str(image), question, **OPTS)
 
 
+def test_time_to_first_token_counts_the_image_work(vlm, image, tmp_path, monkeypatch):
+    """ask and chat encode images before their stream starts; stats and TTFT must include it."""
+    import time
+
+    encode = vlm.backend.encode_images
+
+    def slow_encode(*args, **kwargs):
+        time.sleep(0.3)
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(vlm.backend, "encode_images", slow_encode)
+    first, second = list(vlm.ask_stream(str(image), ["What is this?", "And the colours?"], **OPTS))
+    first.text()
+    assert first.stats.vision_s >= 0.3 and first.stats.ttft_s >= first.stats.vision_s
+    assert first.stats.image_tiles > 0 and first.stats.preprocess_s > 0
+    second.text()
+    assert second.stats.vision_s == 0 and second.stats.image_tiles == 0  # encoded once
+
+    other = tmp_path / "fresh.png"
+    Image.new("RGB", (320, 200), "green").save(other)
+    reply = vlm.chat(**OPTS).send("What is this?", images=[str(other)])
+    reply.text()
+    assert reply.stats.vision_s >= 0.3 and reply.stats.ttft_s >= reply.stats.vision_s
+    assert reply.stats.image_tiles > 0
+
+
 def test_save_round_trips(vlm, image, tmp_path):
     chat = vlm.chat(**OPTS)
     chat.send("Describe it.", images=[str(image)]).text()

@@ -42,13 +42,16 @@ def test_files_for_a_dtype_only():
     assert "*.safetensors" in files_for("torch", None)
 
 
-def _resolve_in_subprocess(model: str, hf_home, dtype: str = "fp32"):
+def _resolve_in_subprocess(model: str, hf_home, dtype: str = "fp32", select: bool = False):
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
     env.pop("HF_HUB_CACHE", None)
+    call = (f"select_backend({model!r}, 'auto', {dtype!r})" if select
+            else f"resolve_model({model!r}, files_for('onnx', {dtype!r}))")
     code = ("import sys; from smolvlm_cli.hub import resolve_model, files_for\n"
+            "from smolvlm_cli.model import select_backend\n"
             "from smolvlm_cli.errors import SmolVLMError\n"
             "try:\n"
-            f"    print(resolve_model({model!r}, files_for('onnx', {dtype!r})))\n"
+            f"    print({call})\n"
             "except SmolVLMError as e:\n"
             "    print('ERR', e.message, '|', e.hint); sys.exit(3)\n")
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
@@ -61,8 +64,7 @@ def test_offline_and_not_cached_is_a_clear_error(tmp_path):
     assert "not in the local cache" in result.stdout and "smolvlm download" in result.stdout
 
 
-def test_offline_uses_the_hub_cache(tmp_path):
-    """A snapshot in the Hub's cache layout resolves offline to the snapshot folder."""
+def _cached_snapshot(tmp_path, graphs=("vision_encoder", "embed_tokens", "decoder_model_merged")):
     repo = tmp_path / "hub" / "models--HuggingFaceTB--SmolVLM2-256M-Video-Instruct"
     commit = "0123456789abcdef0123456789abcdef01234567"
     snapshot = repo / "snapshots" / commit
@@ -74,9 +76,24 @@ def test_offline_uses_the_hub_cache(tmp_path):
         if src.exists():
             shutil.copyfile(src, snapshot / name)
     (snapshot / "onnx").mkdir()
-    for graph in ("vision_encoder", "embed_tokens", "decoder_model_merged"):
+    for graph in graphs:
         (snapshot / "onnx" / f"{graph}.onnx").write_bytes(b"graph")
+    return snapshot
+
+
+def test_offline_uses_the_hub_cache(tmp_path):
+    """A snapshot in the Hub's cache layout resolves offline to the snapshot folder."""
+    snapshot = _cached_snapshot(tmp_path)
     result = _resolve_in_subprocess("HuggingFaceTB/SmolVLM2-256M-Video-Instruct", tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == str(snapshot)
     assert json.loads((snapshot / "config.json").read_text())["model_type"] == "smolvlm"
+
+
+def test_default_dtype_falls_back_to_the_graphs_a_hub_repo_has(tmp_path):
+    """A repo without the default (int8) graphs still runs on ONNX with the fp32 ones it has."""
+    snapshot = _cached_snapshot(tmp_path)
+    result = _resolve_in_subprocess("HuggingFaceTB/SmolVLM2-256M-Video-Instruct", tmp_path,
+                                    dtype=None, select=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == repr((snapshot, "onnx"))

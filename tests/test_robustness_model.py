@@ -112,17 +112,12 @@ def test_onnx_layer_count_does_not_match_config(model_dir, image, tmp_path):
     assert "different models" in hint(result)
 
 
-@pytest.mark.xfail(strict=True, reason="backends/onnx.py checks the number of past_key_values "
-                   "inputs but not their head count / head size against config.json: the mismatch "
-                   "surfaces as onnxruntime's InvalidArgument at the first decoder run (reported)")
 def test_onnx_kv_heads_do_not_match_config(model_dir, image, tmp_path):
     broken = clone(model_dir, tmp_path / "m")
     edit_json(broken / "config.json", lambda c: c["text_config"].update(num_key_value_heads=1))
-    result = run_cli("describe", image, "-m", broken, "-n", "2")
-    # At least a clean error today (the CLI's last-resort mapping) ...
-    assert result.returncode == 1 and "Traceback" not in stderr_of(result)
-    # ... but it should name the graph and the config at load time.
-    assert_clean_error(result, names=["decoder_model_merged.onnx", "config.json"])
+    result = run_cli("describe", image, "-m", broken, "-n", "2", "--dtype", "fp32")
+    # named at load time: the graph, the config and the numbers that disagree
+    assert_clean_error(result, names=["decoder_model_merged.onnx", "config.json", "1 key/value heads"])
 
 
 @pytest.mark.parametrize("file, change, reason", [

@@ -23,7 +23,7 @@ from smolvlm_cli.options import GenerationOptions
 from smolvlm_cli.prompt import expand_image_tokens
 
 if TYPE_CHECKING:
-    from smolvlm_cli.model import SmolVLM, TextStream
+    from smolvlm_cli.model import GenerationStats, SmolVLM, TextStream
 
 
 @dataclass
@@ -104,12 +104,16 @@ class CachedPrompt:
         return common
 
     def run(self, ids: np.ndarray, features: np.ndarray | None, opts: GenerationOptions,
-            image_token_id: int) -> TextStream:
-        """Stream the reply to the prompt `ids`, whose image tokens take `features` in order."""
+            image_token_id: int, stats: GenerationStats | None = None,
+            started: float | None = None) -> TextStream:
+        """Stream the reply to the prompt `ids`, whose image tokens take `features` in order.
+
+        `stats` may carry the image work already done for this prompt, and `started` when it
+        began, so that the time to first token counts it."""
         from smolvlm_cli.model import GenerationStats, TextStream
 
-        stats, token_ids = GenerationStats(), []
-        started = time.perf_counter()
+        stats, token_ids = stats or GenerationStats(), []
+        started = started if started is not None else time.perf_counter()
 
         def deltas() -> Iterator[str]:
             kept = self.reuse(ids.tolist())
@@ -156,11 +160,13 @@ class Conversation:
         self.messages.append({"role": "user", "content": content})
         self._turn_images.append(images)
         opts = self.options.updated(**sampling)
-        ids, features = self._prompt(opts)
-        stream = self._cache.run(ids, features, opts, self.model.config.image_token_id)
+        started = time.perf_counter()
+        ids, features, stats = self._prompt(opts)
+        stream = self._cache.run(ids, features, opts, self.model.config.image_token_id, stats, started)
         return _Recorder(stream, self)
 
-    def _prompt(self, opts: GenerationOptions) -> tuple[np.ndarray, np.ndarray | None]:
+    def _prompt(self, opts: GenerationOptions) -> tuple[np.ndarray, np.ndarray | None, GenerationStats]:
+        """The prompt ids of the whole chat, its image features, and the image work it took."""
         from smolvlm_cli.model import GenerationStats
 
         while True:
@@ -176,7 +182,7 @@ class Conversation:
                     raise ValueError(f"the prompt needs {len(ids)} tokens but the context holds "
                                      f"{self.max_context} (with {opts.max_new_tokens} new tokens)")
                 features = np.concatenate([e.features for e in encoded]) if encoded else None
-                return ids, features
+                return ids, features, stats
             dropped = 2 if len(self.messages) > 2 else 1  # a user turn and its reply
             del self.messages[:dropped], self._turn_images[:dropped]
             self.notices.append(f"context full ({len(ids)} tokens): dropped the oldest turn")
@@ -244,18 +250,11 @@ def ask_streams(model: SmolVLM, images: Sequence[Any], questions: Sequence[str],
 
     cache, prefix = ImageCache(model, longest_edge, split), CachedPrompt(model)
     for question in questions:
-        stats = GenerationStats()
+        stats, started = GenerationStats(), time.perf_counter()
         encoded = [cache.get(img, stats) for img in images]
         text = model.processor.render(build_messages(question, len(images)))
         if encoded:
             text = expand_image_tokens(text, [e.grid for e in encoded], model.config.image_seq_len)
         ids = np.asarray(model.tokenizer.encode(text), dtype=np.int64)
         features = np.concatenate([e.features for e in encoded]) if encoded else None
-        stream = prefix.run(ids, features, options, model.config.image_token_id)
-        _merge_stats(stream.stats, stats)
-        yield stream
-
-
-def _merge_stats(target, extra) -> None:
-    for name in ("preprocess_s", "vision_s", "image_tiles", "image_tokens"):
-        setattr(target, name, getattr(target, name) + getattr(extra, name))
+        yield prefix.run(ids, features, options, model.config.image_token_id, stats, started)

@@ -26,7 +26,9 @@ _ALIASES = {"vision_encoder": "vision", "embed_tokens": "embed", "decoder_model_
             "text": "decoder", "embeddings": "embed"}
 
 # The default spec: one dtype, or per component ("vision=int8,embed=fp32,decoder=int8").
-DEFAULT_DTYPE = "fp32"
+# int8 (dynamic per-tensor weights): 2x the fp32 decode speed, half its time to first token and
+# half its memory, with fp32's top-1 token in int8's top-5 at every step (README "Choosing a dtype").
+DEFAULT_DTYPE = "int8"
 # What a component falls back to when the model folder lacks its default variant (`resolve_dtype`).
 FALLBACK_DTYPE = "fp32"
 

@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from smolvlm_cli.dtypes import onnx_files
+from smolvlm_cli.dtypes import onnx_files, resolve_dtype
 from smolvlm_cli.errors import ModelNotFoundError
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
@@ -87,7 +87,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def has_onnx(model_dir: Path, dtype: str | None) -> bool:
-    return all((model_dir / f).is_file() for f in onnx_files(dtype).values())
+    """Whether `model_dir` holds every graph `dtype` loads (the default spec may fall back)."""
+    return all((model_dir / f).is_file() for f in onnx_files(resolve_dtype(dtype, model_dir)).values())
 
 
 def has_torch_weights(model_dir: Path) -> bool:

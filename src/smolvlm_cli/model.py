@@ -20,6 +20,7 @@ import numpy as np
 
 from smolvlm_cli.backends import BACKENDS
 from smolvlm_cli.backends.base import Backend, DecoderState
+from smolvlm_cli.dtypes import FALLBACK_DTYPE, format_dtype, parse_dtype
 from smolvlm_cli.errors import BackendUnavailableError
 from smolvlm_cli.generation import generate_tokens
 from smolvlm_cli.options import DEFAULT_PROMPT, GenerationOptions
@@ -107,6 +108,9 @@ def select_backend(model: str, backend: str, dtype: str | None) -> tuple[Path, s
     if backend == "torch":
         return resolve_model(model, files_for("torch", None)), "torch"
     model_dir = resolve_model(model, files_for("onnx", dtype))
+    if dtype is None and not is_local(model) and not has_onnx(model_dir, None):
+        # a Hub repo without the default variant: its fallback graphs (resolve_dtype picks them)
+        model_dir = resolve_model(model, files_for("onnx", FALLBACK_DTYPE))
     if backend == "onnx" or has_onnx(model_dir, dtype):
         return model_dir, "onnx"
     from smolvlm_cli.backends.torch import TORCH_DTYPES
@@ -118,7 +122,7 @@ def select_backend(model: str, backend: str, dtype: str | None) -> tuple[Path, s
         if has_torch_weights(model_dir):
             return model_dir, "torch"
     raise BackendUnavailableError(
-        f"{model} has no ONNX files for dtype {dtype or 'fp32'}"
+        f"{model} has no ONNX files for dtype {format_dtype(parse_dtype(dtype))}"
         + ("" if torch_available() else " and torch is not installed"),
         hint="export them with scripts/export_onnx.py, choose another --dtype, "
              "or pip install 'smolvlm-cli[torch]' for the torch backend")

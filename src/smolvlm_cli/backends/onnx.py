@@ -68,6 +68,17 @@ class OnnxBackend:
                 f"{files['decoder']} does not match config.json: expected inputs_embeds, attention_mask "
                 f"and {expected_pasts} past_key_values inputs, found {sorted(dec_inputs)[:6]}...",
                 hint="the ONNX files and config.json come from different models")
+        # [batch, kv_heads, past, head_dim]: graphs fix the two model dimensions; a mismatch would
+        # only surface as an onnxruntime shape error at the first decoder run
+        expected_kv = (self.config.num_key_value_heads, self.config.head_dim)
+        for name in self._past_names:
+            shape = dec_inputs[name].shape
+            dims = (shape[1], shape[3]) if len(shape) == 4 else (None, None)
+            if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(dims, expected_kv)):
+                raise ConfigError(
+                    f"{files['decoder']} does not match config.json: its KV cache {name} is shaped "
+                    f"{shape}, but config.json has {expected_kv[0]} key/value heads of size "
+                    f"{expected_kv[1]}", hint="the ONNX files and config.json come from different models")
         self._present_for = {_PAST_PREFIX + o.name[len(_PRESENT_PREFIX):]: o.name
                              for o in self.decoder.get_outputs() if o.name.startswith(_PRESENT_PREFIX)}
         if set(self._present_for) != set(self._past_names):
