@@ -34,7 +34,7 @@ def rels(found) -> list[str]:
 def tree(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = tmp_path / "photos"
-    for name in ("b.jpg", "A.PNG", "c.Tiff", "notes.txt", "x.heic", "sub/d.webp", "sub/deep/e.gif",
+    for name in ("b.jpg", "A.PNG", "c.Tiff", "notes.txt", "x.heic", "y.AVIF", "sub/d.webp", "sub/deep/e.gif",
                  ".hidden/h.jpg", "sub/.dot.jpg", "raw/r.jpg", "thumbs/t.jpg"):
         touch(root / name)
     return root
@@ -45,9 +45,9 @@ def tree(tmp_path, monkeypatch):
 def test_discover_recursive_sorted_filtered(tree):
     found = discover(["photos"])
     assert rels(found) == ["A.PNG", "b.jpg", "c.Tiff", "raw/r.jpg", "sub/d.webp", "sub/deep/e.gif",
-                           "thumbs/t.jpg"]
+                           "thumbs/t.jpg", "y.AVIF"]
     assert found.items[0].path == os.path.join("photos", "A.PNG")  # as the user spelled it
-    assert rels(discover(["photos"], recursive=False)) == ["A.PNG", "b.jpg", "c.Tiff"]
+    assert rels(discover(["photos"], recursive=False)) == ["A.PNG", "b.jpg", "c.Tiff", "y.AVIF"]
 
 
 def test_discover_extensions_and_globs(tree):
@@ -56,7 +56,7 @@ def test_discover_extensions_and_globs(tree):
     assert rels(discover(["photos"], include=["*.jpg", "*.png"])) == [
         "A.PNG", "b.jpg", "raw/r.jpg", "thumbs/t.jpg"]
     assert rels(discover(["photos"], exclude=["thumbs", "raw/**"])) == [
-        "A.PNG", "b.jpg", "c.Tiff", "sub/d.webp", "sub/deep/e.gif"]
+        "A.PNG", "b.jpg", "c.Tiff", "sub/d.webp", "sub/deep/e.gif", "y.AVIF"]
     assert rels(discover(["photos"], include=["sub/**"])) == ["sub/d.webp", "sub/deep/e.gif"]
     assert rels(discover(["photos"], include=["**/e.gif"])) == ["sub/deep/e.gif"]
     f = PathFilter(include=["[ab].*"])
@@ -219,7 +219,7 @@ def test_sidecars_next_to_images_and_ledger(tree):
     assert states["b.jpg"] is State.DONE and states["A.PNG"] is State.FAILED
     assert states["c.Tiff"] is State.NEW
     assert [i.rel for i in plan(items, again.state).todo] == [
-        "c.Tiff", "raw/r.jpg", "sub/d.webp", "sub/deep/e.gif", "thumbs/t.jpg"]
+        "c.Tiff", "raw/r.jpg", "sub/d.webp", "sub/deep/e.gif", "thumbs/t.jpg", "y.AVIF"]
     assert "A.PNG" in [i.rel for i in plan(items, again.state, retry_errors=True).todo]
     assert len(plan(items, again.state, overwrite=True).todo) == len(items)
     (tree / "b.txt").unlink()  # a deleted sidecar: the image is to do again

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageOps
 
 from conftest import MODEL_NAMES, fixture_dir
-from smolvlm_cli import image_processing as ip
+from smolvlm_cli import image_loading
 from smolvlm_cli.config import ModelConfig
 from smolvlm_cli.errors import ImageError
 from smolvlm_cli.image_processing import ImageProcessor, image_size, load_image, num_tiles, tile_grid
@@ -237,7 +237,7 @@ def test_exif_orientation_and_first_frame(files):
     gif = Image.open(files["anim.gif"])
     assert gif.n_frames == 3
     first = load_image(files["anim.gif"])
-    assert np.array_equal(np.asarray(first), np.asarray(ip._to_rgb(Image.open(files["anim.gif"]), "x")))
+    assert np.array_equal(np.asarray(first), np.asarray(image_loading._to_rgb(Image.open(files["anim.gif"]), "x")))
     gif.seek(1)
     assert not np.array_equal(np.asarray(first), np.asarray(gif.convert("RGB")))
 
@@ -435,7 +435,7 @@ def test_permission_denied(tmp_path, monkeypatch):
     if os.geteuid() == 0:  # root reads anything: simulate the OS refusing
         def refuse(file, *args, **kwargs):
             raise PermissionError(13, "Permission denied", str(file))
-        monkeypatch.setattr(ip, "open", refuse, raising=False)
+        monkeypatch.setattr(image_loading, "open", refuse, raising=False)
     else:
         path.chmod(0)
     err = _error(path)

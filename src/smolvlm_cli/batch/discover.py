@@ -28,7 +28,7 @@ from typing import TextIO
 from smolvlm_cli.errors import SmolVLMError
 
 STDIN = "-"
-DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "avif")
 
 
 @dataclass(frozen=True)

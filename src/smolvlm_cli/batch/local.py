@@ -51,7 +51,7 @@ class LocalEngine:
 
     # -- preprocessing (worker threads) -----------------------------------------------------
     def _prepare(self, job: Job):
-        from smolvlm_cli.image_processing import load_image
+        from smolvlm_cli.image_loading import load_image
 
         t0 = time.perf_counter()
         image = load_image(job.item.path)

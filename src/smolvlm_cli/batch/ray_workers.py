@@ -78,7 +78,7 @@ def preprocess(batch: pa.Table, model_dir: str, longest_edge: int | None,
     `file` is the absolute path (workers do not share the driver's current folder), `path` the
     one recorded and named in errors, as the user gave it."""
     from smolvlm_cli.batch.local import error_message
-    from smolvlm_cli.image_processing import load_image
+    from smolvlm_cli.image_loading import load_image
 
     vlm = _preparer(model_dir)
     out: dict[str, list] = {name: [] for name in PREPARED_SCHEMA.names}

@@ -13,6 +13,7 @@ from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DtypeOpt, LongestEdge
                                      ModelOpt, NoSplitOpt, QuietOpt, RepetitionPenaltyOpt, SeedOpt,
                                      TemperatureOpt, ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt,
                                      generation_options)
+from smolvlm_cli.batch.discover import DEFAULT_EXTENSIONS
 from smolvlm_cli.hub import DEFAULT_MODEL
 from smolvlm_cli.options import DEFAULT_PROMPT
 
@@ -95,8 +96,8 @@ def batch(
         help="Skip files (and folders) matching this glob (repeatable).")] = None,
     ext: Annotated[Optional[list[str]], typer.Option(
         "--ext", rich_help_panel=_INPUT, show_default=False,
-        help="Image extensions to pick up, comma-separated or repeated (default jpg, jpeg, png, "
-             "webp, bmp, gif, tif, tiff; any case). Files named on the command line are "
+        help=f"Image extensions to pick up, comma-separated or repeated (default "
+             f"{', '.join(DEFAULT_EXTENSIONS)}; any case). Files named on the command line are "
              "always taken.")] = None,
     null: Annotated[bool, typer.Option(
         "--null", "-0", rich_help_panel=_INPUT,

@@ -52,7 +52,7 @@ def ask(
     quiet: QuietLongOpt = False,
 ) -> None:
     """Answer several questions about the same image(s), encoding the image(s) only once."""
-    from smolvlm_cli.image_processing import load_image
+    from smolvlm_cli.image_loading import load_image
 
     loaded = [load_image(path) for path in images]  # bad files fail before the model loads
     vlm = _load(model, backend, dtype, threads, quiet)
@@ -92,7 +92,7 @@ def chat(
 ) -> None:
     """Talk about images over several turns; the model keeps the conversation in its cache."""
     from smolvlm_cli.errors import SmolVLMError
-    from smolvlm_cli.image_processing import load_image
+    from smolvlm_cli.image_loading import load_image
 
     pending = [load_image(path) for path in images or ()]
     vlm = _load(model, backend, dtype, threads, quiet)

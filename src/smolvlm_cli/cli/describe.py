@@ -94,7 +94,7 @@ def describe(
     sources, prompt = read_stdin_inputs(paths, prompt)
     status = output.Status(quiet)
 
-    from smolvlm_cli.image_processing import load_image
+    from smolvlm_cli.image_loading import load_image
     from smolvlm_cli.model import SmolVLM
 
     # Decode the images first: a bad file fails before the model loads.

@@ -1,0 +1,255 @@
+"""Opening images as RGB PIL images, with one clear `ImageError` for every way a file can be bad.
+
+Paths, encoded bytes (stdin) and PIL images are accepted. EXIF orientation is applied, the first
+frame of animations kept, transparency composited on white as transformers' `convert_to_rgb`
+does, 16-bit / 32-bit / float images scaled to 8 bits, HEIF opened through pillow-heif when it is
+installed, and decompression bombs refused before decoding. PIL + numpy only.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import warnings
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from smolvlm_cli.errors import ImageError
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
+
+_ORIENTATION_TAG = 0x0112
+_OPEN_LOCK = threading.Lock()  # warnings.catch_warnings is process-global: serialize our use
+_HINT_FORMATS = "use a JPEG, PNG, WebP, GIF, BMP or TIFF image"
+
+
+def load_image(source: ImageSource, name: str | None = None) -> Image.Image:
+    """Open `source` (a path, encoded bytes or a PIL image) as an RGB PIL image.
+
+    Applies the EXIF orientation, keeps the first frame of animations (files and bytes; a PIL
+    image is used at its current frame), composites transparency on white exactly like
+    transformers' `convert_to_rgb`, and scales 16-bit / 32-bit / float images to 8 bits instead
+    of letting Pillow clip them to white. Every failure is an `ImageError` naming the image
+    (`name`, else the path, else "<stdin>" for bytes). May return `source` itself when it is
+    already an upright RGB image.
+    """
+    if isinstance(source, Image.Image):
+        label = name or getattr(source, "filename", "") or "<image>"
+        image = source
+        if 0 in image.size:
+            raise ImageError(f"image {label} has a zero side ({image.width}x{image.height})")
+        _load_pixels(image, label)
+        if _orientation(image) not in (None, 1):
+            image = _exif_transpose(image, label, in_place=False)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        label = name or "<stdin>"
+        image = _decode(bytes(source), label)
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        label = name or str(path)
+        image = _decode(_read_file(path, label), label)
+    else:
+        raise TypeError(f"cannot load an image from a {type(source).__name__}: "
+                        "pass a path, bytes or a PIL image")
+    return _to_rgb(image, label)
+
+
+def _read_file(path: Path, label: str) -> bytes:
+    try:
+        if path.is_dir():
+            raise ImageError(f"cannot read image {label}: it is a directory")
+        if path.exists() and not path.is_file() and not path.is_fifo():  # /dev/zero, a socket
+            raise ImageError(f"cannot read image {label}: not a regular file")
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise ImageError(f"cannot read image {label}: it is a broken symbolic link "
+                             f"(to {os.readlink(path)}, which does not exist)") from None
+        raise ImageError(f"cannot read image {label}: no such file") from None
+    except PermissionError:
+        raise ImageError(f"cannot read image {label}: permission denied") from None
+    except IsADirectoryError:
+        raise ImageError(f"cannot read image {label}: it is a directory") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read image {label}: {exc.strerror or exc}") from None
+    return data
+
+
+def _bomb_error(label: str, size: tuple[int, int] | None = None, data: bytes = b"") -> ImageError:
+    if size is None:
+        size = _header_size(data)
+    what = f" ({size[0]}x{size[1]} = {size[0] * size[1]:,} pixels)" if size else ""
+    return ImageError(f"refusing image {label}: too many pixels{what}, a possible decompression bomb",
+                      hint=f"the limit is PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,}")
+
+
+def _open(data: bytes, label: str) -> Image.Image:
+    """Identify the image and check its size from the header, without decoding pixels."""
+    if not data:
+        raise ImageError(f"cannot read image {label}: the file is empty (0 bytes)")
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _bomb_error(label, data=data) from None
+    except UnidentifiedImageError:
+        if _is_heif(data):
+            return _open_heif(data, label)
+        raise ImageError(f"cannot read image {label}: not an image, or an unsupported format",
+                         hint=_HINT_FORMATS) from None
+    except Exception as exc:  # noqa: BLE001 - plugins raise OSError, SyntaxError, ValueError, ...
+        raise ImageError(f"cannot read image {label}: corrupt image header ({_one_line(exc)})") from None
+    return _check_size(image, label)
+
+
+def _check_size(image: Image.Image, label: str) -> Image.Image:
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ImageError(f"image {label} has a zero side ({width}x{height})")
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and width * height > limit:
+        raise _bomb_error(label, image.size)
+    return image
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG header, for the decompression-bomb message (None: unknown)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return None
+
+
+# ISO-BMFF `ftyp` brands of HEIC / HEIF images (Pillow's own AVIF plugin takes `avif`/`avis`).
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1",
+                b"msf1", b"mif2"}
+
+
+def _is_heif(data: bytes) -> bool:
+    return data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS
+
+
+def _open_heif(data: bytes, label: str) -> Image.Image:
+    """HEIC / HEIF through the pillow-heif plugin when it is installed, else a clear error."""
+    try:
+        import pillow_heif
+    except ImportError:
+        raise ImageError(f"cannot read image {label}: it is a HEIC/HEIF image, which this Pillow "
+                         "cannot decode",
+                         hint="pip install pillow-heif (smolvlm-cli uses it when installed), or "
+                              "convert the image to JPEG or PNG") from None
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            pillow_heif.register_heif_opener()
+            image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _bomb_error(label) from None
+    except Exception as exc:  # noqa: BLE001 - libheif errors vary
+        raise ImageError(f"cannot read image {label}: corrupt HEIC/HEIF image ({_one_line(exc)})") from None
+    return _check_size(image, label)
+
+
+def _load_pixels(image: Image.Image, label: str) -> None:
+    """Fully decode the (current) frame so truncation is caught here, not later."""
+    try:
+        image.load()
+    except Exception as exc:  # noqa: BLE001 - truncated files raise OSError, others vary
+        reason = _one_line(exc)
+        kind = "truncated image" if "truncated" in reason else "corrupt image data"
+        raise ImageError(f"cannot decode image {label}: {kind} ({reason})") from None
+
+
+def _decode(data: bytes, label: str) -> Image.Image:
+    image = _open(data, label)
+    _load_pixels(image, label)
+    if _orientation(image) not in (None, 1):
+        _exif_transpose(image, label, in_place=True)
+    return image
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _orientation(image: Image.Image) -> int | None:
+    try:
+        return image.getexif().get(_ORIENTATION_TAG)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not make the photo unusable
+        return None
+
+
+def _exif_transpose(image: Image.Image, label: str, *, in_place: bool) -> Image.Image:
+    try:
+        if in_place:
+            ImageOps.exif_transpose(image, in_place=True)
+            return image
+        return ImageOps.exif_transpose(image)
+    except Exception as exc:  # noqa: BLE001
+        raise ImageError(f"cannot apply the EXIF orientation of image {label}: {_one_line(exc)}") from None
+
+
+def _is_high_bit(mode: str) -> bool:
+    return mode in ("I", "F") or mode.startswith("I;16")
+
+
+def _to_rgb(image: Image.Image, label: str) -> Image.Image:
+    mode = image.mode
+    try:
+        if _is_high_bit(mode):
+            return Image.fromarray(_to_uint8(np.asarray(image), mode)).convert("RGB")
+        if mode == "La":  # premultiplied L + alpha: Pillow converts it to LA only
+            image = image.convert("LA")
+        # transformers' convert_to_rgb: any "A" band (also LAB's!) or a transparency entry.
+        if "A" in image.getbands() or image.info.get("transparency") is not None:
+            rgba = image.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, rgba).convert("RGB")
+        return image if mode == "RGB" else image.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise ImageError(f"cannot convert image {label} (mode {mode}) to RGB: {_one_line(exc)}") from None
+
+
+def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """Scale a 16-bit / 32-bit / float plane to 8 bits by its bit depth, else by its range."""
+    values = values.astype(np.float64)
+    if mode == "F":
+        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(values.min()), float(values.max())
+    if mode.startswith("I;16"):
+        scale, offset = 255.0 / 65535.0, 0.0
+    elif lo >= 0 and hi <= (1.0 if mode == "F" else 255.0):
+        scale, offset = (255.0 if mode == "F" else 1.0), 0.0
+    elif lo >= 0 and hi <= (255.0 if mode == "F" else 65535.0):
+        scale, offset = (1.0 if mode == "F" else 255.0 / 65535.0), 0.0
+    else:  # anything else (negative, > 16 bits): stretch the actual range
+        scale, offset = (255.0 / (hi - lo) if hi > lo else 0.0), lo
+    return np.clip(np.rint((values - offset) * scale), 0, 255).astype(np.uint8)
+
+
+def image_size(source: ImageSource, name: str | None = None) -> tuple[int, int]:
+    """(width, height) as `load_image` would return it (EXIF orientation applied), read from the
+    header only: cheap, for `tile_grid`. Errors as `load_image`, except truncated pixel data."""
+    if isinstance(source, Image.Image):
+        label, image = name or getattr(source, "filename", "") or "<image>", source
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        label = name or "<stdin>"
+        image = _open(bytes(source), label)
+    elif isinstance(source, (str, os.PathLike)):
+        label = name or str(source)
+        image = _open(_read_file(Path(source), label), label)
+    else:
+        raise TypeError(f"cannot read an image size from a {type(source).__name__}")
+    width, height = image.size
+    if 0 in image.size:
+        raise ImageError(f"image {label} has a zero side ({width}x{height})")
+    return (height, width) if _orientation(image) in (5, 6, 7, 8) else (width, height)
+
+
+__all__ = ["ImageSource", "image_size", "load_image"]
