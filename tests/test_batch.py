@@ -13,6 +13,7 @@ import json
 import os
 import struct
 import zlib
+from itertools import islice
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -68,6 +69,33 @@ class FakeVLM:
         self.calls.append(len(prepared))
         texts = [self._answer(p) for p in prepared]
         return [SimpleNamespace(text=t, stats=FakeStream(t).stats, token_ids=[]) for t in texts]
+
+
+class FakeManyVLM(FakeVLM):
+    """Also has `generate_many` (continuous batching): `batch_size` images in flight, finishing
+    in reverse order, so the engine has to put the records back in job order."""
+
+    def __init__(self, *args, step_fails_once: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.step_fails_once = step_fails_once
+        self.in_flight: list[int] = []
+
+    def generate_many(self, prepared, options=None, *, batch_size, return_exceptions=False):
+        items = iter(enumerate(prepared))
+        while group := list(islice(items, batch_size)):
+            self.in_flight.append(len(group))
+            if self.step_fails_once:  # a shared decoder step failing: every row in flight is lost
+                self.step_fails_once = False
+                raise RuntimeError("step blew up")
+            for index, item in reversed(group):
+                try:
+                    text = self._answer(item)
+                except RuntimeError as exc:
+                    if not return_exceptions:
+                        raise
+                    yield index, exc
+                    continue
+                yield index, SimpleNamespace(text=text, stats=FakeStream(text).stats, token_ids=[])
 
 
 def make_images(folder: Path, n: int, ext: str = "png") -> list[Path]:
@@ -258,6 +286,42 @@ def test_broken_model_stops_the_run(photos):
         run(BatchConfig(["photos"], fmt="jsonl", output="o.jsonl"), FakeVLM(broken=True))
     # the failures written before giving up are whole records
     assert all(r["error"] for r in read_jsonl(Path("o.jsonl")))
+
+
+@pytest.mark.parametrize("batch_size", [2, 3])
+def test_continuous_batching_keeps_job_order(photos, batch_size):
+    add_bad_files(photos)
+    run(BatchConfig(["photos"], fmt="jsonl", output="one.jsonl"))
+    _, _, vlm = run(BatchConfig(["photos"], fmt="jsonl", output="many.jsonl"), FakeManyVLM(),
+                    batch_size=batch_size)
+    assert max(vlm.in_flight) == batch_size and vlm.calls == []
+
+    def key(path):
+        return [(r["path"], r["caption"], r["error"]) for r in read_jsonl(Path(path))]
+    assert key("one.jsonl") == key("many.jsonl")  # not sorted: the same order
+    assert all(r["seconds"] > 0 for r in read_jsonl(Path("many.jsonl")) if not r["error"])
+
+
+def test_continuous_batching_failures(photos):
+    vlm = FakeManyVLM(fail_on="img01", step_fails_once=True)
+    summary, _, _ = run(BatchConfig(["photos"], prompt="{filename}", fmt="jsonl", output="o.jsonl"),
+                        vlm, batch_size=3)
+    assert (summary.done, summary.failed) == (4, 2)
+    assert vlm.calls == [1, 1, 1]  # the images of the failed step, retried one by one
+    with pytest.raises(RuntimeError, match="blew up"):
+        run(BatchConfig(["photos"], fmt="jsonl", output="b.jsonl", overwrite=True),
+            FakeManyVLM(broken=True), batch_size=2)
+
+
+def test_continuous_batching_stop_signal_finishes_in_flight(photos):
+    summary, _, _ = run(BatchConfig(["photos"], fmt="jsonl", output="o.jsonl"), FakeManyVLM(),
+                        batch_size=3, stop_after=2)
+    assert summary.signal == 15 and summary.exit_code == 143 and summary.done == 3  # 3 in flight
+    summary, _, _ = run(BatchConfig(["photos"], fmt="jsonl", output="o.jsonl"), FakeManyVLM(),
+                        batch_size=3)
+    assert (summary.done, summary.skipped_done) == (3, 3)
+    paths = [r["path"] for r in read_jsonl(Path("o.jsonl"))]
+    assert len(paths) == len(set(paths)) == 6
 
 
 def test_stop_signal_finishes_in_flight_and_resumes(photos):

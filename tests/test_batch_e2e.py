@@ -2,7 +2,7 @@
 
 Covers a kill -9 in the middle of a run and the re-run (every image captioned exactly once, no
 temp file left), SIGTERM (the images in flight finish, exit 143), bad files in the folder, a path
-list on stdin with results on stdout, and `--batch-size 2` giving the `--batch-size 1` captions.
+list on stdin with results on stdout, and `--batch-size 2` / `4` giving the `--batch-size 1` captions.
 """
 
 from __future__ import annotations
@@ -163,14 +163,22 @@ def test_stdin_path_list_to_stdout(tiny_model, tmp_path):
     assert "3 done" in result.stderr
 
 
-def test_batch_size_2_equals_batch_size_1(tiny_model, tmp_path):
-    make_images(tmp_path / "photos", 5, varied=True)
-    common = ["photos", "-n", "12", "--format", "jsonl"]
-    one = run(command(tiny_model, *common, "-o", "b1.jsonl"), tmp_path)
-    two = run(command(tiny_model, *common, "-o", "b2.jsonl", "--batch-size", "2"), tmp_path)
-    assert one.returncode == two.returncode == 0, two.stderr
+@pytest.mark.parametrize("size", ["2", "4"])
+def test_batch_size_n_equals_batch_size_1(tiny_model, tmp_path, size):
+    """Rows decoded together give the one-by-one captions, in the same order; the prompts differ
+    in length (tiling by aspect ratio, a prompt template with the file name)."""
+    images = make_images(tmp_path / "photos", 6, varied=True)
+    (tmp_path / "photos" / "x.jpg").write_bytes(b"not an image")  # a failure among the batches
+    common = ["photos", "-n", "12", "--format", "jsonl", "--longest-edge", "1024",
+              "-p", "Describe {stem}" + " in detail" * 3]
+    base = [sys.executable, "-m", "smolvlm_cli", "batch", "-m", str(tiny_model)]
+    one = run([*base, *common, "-o", "b1.jsonl"], tmp_path)
+    many = run([*base, *common, "-o", "bn.jsonl", "--batch-size", size], tmp_path)
+    assert one.returncode == many.returncode == 1, many.stderr  # 1: an image failed
 
     def key(name):
-        return [(r["path"], r["caption"], r["generated_tokens"], r["prompt_tokens"])
+        return [(r["path"], r["caption"], r["generated_tokens"], r["prompt_tokens"], r["error"])
                 for r in read_jsonl(tmp_path / name)]
-    assert key("b1.jsonl") == key("b2.jsonl")
+    assert key("b1.jsonl") == key("bn.jsonl")
+    assert len({r[3] for r in key("b1.jsonl") if r[3]}) >= 2  # prompts of different lengths
+    assert sum(r[4] is None for r in key("b1.jsonl")) == len(images)

@@ -58,6 +58,31 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
+class TokenLoop:
+    """One reply's token choices: its own sampler (seeded like a single run), history and stop.
+
+    `generate_tokens` drives one of these per reply and the batched loop one per row, so a row of
+    a batch picks exactly the tokens the same prompt would get alone.
+    """
+
+    def __init__(self, options: GenerationOptions, eos_token_ids: Sequence[int],
+                 context_ids: Sequence[int] = ()):
+        self.options = options
+        self.sampler = Sampler(options)
+        self.stops = set() if options.ignore_eos else {*eos_token_ids, *options.stop_token_ids}
+        self.history = list(context_ids)
+        self.count = 0
+        self.done = False
+
+    def pick(self, logits: np.ndarray) -> int:
+        """The next token for these logits; sets `done` after a stop token or max_new_tokens."""
+        token = self.sampler(logits, self.history)
+        self.history.append(token)
+        self.count += 1
+        self.done = token in self.stops or self.count >= self.options.max_new_tokens
+        return token
+
+
 def generate_tokens(
     first_logits: np.ndarray,
     step: Callable[[int], np.ndarray],
@@ -71,14 +96,11 @@ def generate_tokens(
     returns the next logits. A stop token is yielded too (callers decide whether to print it)
     and nothing is fed after it, so a kept KV cache ends exactly after the stop token.
     """
-    sampler = Sampler(options)
-    stops = set() if options.ignore_eos else {*eos_token_ids, *options.stop_token_ids}
-    history = list(context_ids)
+    loop = TokenLoop(options, eos_token_ids, context_ids)
     logits = first_logits
-    for i in range(options.max_new_tokens):
-        token = sampler(logits, history)
-        history.append(token)
+    while True:
+        token = loop.pick(logits)
         yield token
-        if token in stops or i + 1 == options.max_new_tokens:
+        if loop.done:
             return
         logits = step(token)

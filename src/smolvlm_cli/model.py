@@ -11,7 +11,7 @@ timings) fill in as it runs.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,6 +79,28 @@ class Generation:
     text: str
     token_ids: list[int]
     stats: GenerationStats
+
+
+class ReplyText:
+    """Token ids -> text deltas of a reply (the same for a streamed and a batched reply)."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self._detok = tokenizer.stream(skip_special_tokens=True)
+        self._at_start = True
+
+    def put(self, token: int) -> str:
+        delta = self._detok.put(token)
+        if self._at_start:  # the reply starts after "Assistant:", usually with a space
+            delta = delta.lstrip()
+            self._at_start = not delta
+        return delta
+
+    def flush(self) -> str:
+        # a reply cut inside a multi-byte character ends in U+FFFD, as decode does
+        tail = self._detok.flush()
+        if not tail or (self._at_start and not tail.strip()):
+            return ""
+        return tail.lstrip() if self._at_start else tail
 
 
 class TextStream:
@@ -214,16 +236,37 @@ class SmolVLM:
         """The whole answer as one string (see `stream` for the arguments)."""
         return self.stream(images, prompt, **kwargs).text()
 
-    def generate_batch(self, prepared: Sequence[PreparedInputs],
-                       options: GenerationOptions | None = None, **sampling) -> list[Generation]:
-        """Answer several prepared prompts; results in input order."""
+    def generate_batch(self, prepared: Sequence[PreparedInputs], options: GenerationOptions | None = None,
+                       *, batch_size: int | None = None, **sampling) -> list[Generation]:
+        """Answer several prepared prompts, decoding up to `batch_size` (default: all) together.
+
+        Results are in input order and equal to one-by-one answers (see `generate_many`).
+        """
+        prepared = list(prepared)
+        results: list[Generation | None] = [None] * len(prepared)
+        size = batch_size or max(1, len(prepared))
+        for index, generation in self.generate_many(prepared, options, batch_size=size, **sampling):
+            results[index] = generation
+        return results  # type: ignore[return-value]
+
+    def generate_many(self, prepared: Iterable[PreparedInputs], options: GenerationOptions | None = None,
+                      *, batch_size: int = 4, return_exceptions: bool = False,
+                      **sampling) -> Iterator[tuple[int, Generation | Exception]]:
+        """Answer a stream of prepared prompts, `batch_size` at a time, as `(index, Generation)`
+        pairs in the order they finish (index: position in `prepared`).
+
+        Each decode step runs every active reply at once; a finished reply's place goes to the
+        next prompt (continuous batching), which is only read from `prepared` when a place is
+        free. Every reply gets the tokens it would get alone (greedy, or seeded sampling: each
+        reply has its own sampler seeded with `seed`), except with int8 decoders, whose
+        activation quantization spans the rows of a step (see batch_generation.py). With `return_exceptions`, a prompt that
+        fails alone (vision, prefill, sampling) yields its exception instead of raising; a failed
+        shared step always raises. Backends without batched decoding answer one by one.
+        """
+        from smolvlm_cli.batch_generation import generate_many
+
         opts = (options or GenerationOptions()).updated(**sampling)
-        results = []
-        for item in prepared:
-            stream = self.stream_prepared(item, opts)
-            text = stream.text()
-            results.append(Generation(text, stream.token_ids, stream.stats))
-        return results
+        return generate_many(self, prepared, opts, batch_size, return_exceptions)
 
     # -- conversations ----------------------------------------------------------------------
     def chat(self, options: GenerationOptions | None = None, longest_edge: int | None = None,
@@ -270,10 +313,9 @@ class SmolVLM:
         t0 = time.perf_counter()
         logits = self.backend.forward(state, ids, features)
         stats.prefill_s += time.perf_counter() - t0
-        detok = self.tokenizer.stream(skip_special_tokens=True)
+        reply = ReplyText(self.tokenizer)
         eos = self.config.eos_token_ids
         first_token_at = None
-        at_start = True
         for token in generate_tokens(logits, lambda t: self.backend.forward(state, np.array([t])),
                                      opts, eos, context_ids=ids):
             now = time.perf_counter()
@@ -285,12 +327,9 @@ class SmolVLM:
             token_ids.append(token)
             stats.generated_tokens += 1
             stats.stop_reason = "stop" if token in eos and not opts.ignore_eos else "length"
-            delta = detok.put(token)
-            if at_start:  # the reply starts after "Assistant:", usually with a space
-                delta = delta.lstrip()
-                at_start = not delta
+            delta = reply.put(token)
             if delta:
                 yield delta
-        tail = detok.flush()  # a reply cut inside a multi-byte character ends in U+FFFD, as decode does
-        if tail and not (at_start and not tail.strip()):
-            yield tail.lstrip() if at_start else tail
+        tail = reply.flush()
+        if tail:
+            yield tail

@@ -6,7 +6,8 @@ take float16 caches, and decoders that derive positions from the mask have no `p
 
 Decoders exported by our GroupQueryAttention builder (metadata `smolvlm.decoder_style = gqa`)
 run through IO binding over shared, preallocated KV buffers (`SharedBufferDecoder`); every other
-graph of the official contract runs through the plain numpy loop (`ConcatDecoder`). Sessions
+graph of the official contract runs through the plain numpy loop (`ConcatDecoder`). Both can
+also decode several replies per step (`new_batch`, `prefill_row`: `onnx_batch.py`). Sessions
 come from the optimized-graph cache of `onnx_session.py`.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from smolvlm_cli.backends.onnx_batch import ConcatBatch, SharedKVBatch
 from smolvlm_cli.backends.onnx_decoder import ConcatDecoder, OnnxState, SharedBufferDecoder, SharedKVState
 from smolvlm_cli.backends.onnx_session import ORT_TYPES, default_threads, load_session, model_metadata
 from smolvlm_cli.config import ModelConfig
@@ -93,7 +95,9 @@ class OnnxBackend:
 
     # -- vision -----------------------------------------------------------------------------
     def encode_images(self, pixel_values: np.ndarray, pixel_attention_mask: np.ndarray) -> np.ndarray:
-        # One tile per call: a 13-tile call was ~25% slower and held 2.4 GB (see the reference notes).
+        # One tile per call: a 13-tile call was ~25% slower and held 2.4 GB (see the reference notes);
+        # 4 one-tile images in one call were no faster than 4 calls (fp32 and int8, 256M model), and
+        # an int8 call's results depend on the other tiles (per-tensor activation quantization).
         features = []
         for tile, mask in zip(pixel_values, pixel_attention_mask):
             feeds = {"pixel_values": tile[None, None].astype(self._pixel_dtype, copy=False)}
@@ -117,6 +121,9 @@ class OnnxBackend:
         ids = np.asarray(input_ids, dtype=np.int64).reshape(-1)
         if self.runner.shared and len(ids) == 1 and image_features is None:
             return self.runner.step(state, int(ids[0]))
+        return self.runner.run(state, self._prompt_embeds(ids, image_features))
+
+    def _prompt_embeds(self, ids: np.ndarray, image_features: np.ndarray | None) -> np.ndarray:
         embeds = self.embed_tokens(ids)
         if image_features is not None and len(image_features):
             positions = np.flatnonzero(ids == self.config.image_token_id)
@@ -124,4 +131,22 @@ class OnnxBackend:
                 raise ValueError(f"{len(positions)} image tokens in the prompt but "
                                  f"{len(image_features)} image feature rows")
             embeds[0, positions] = image_features
-        return self.runner.run(state, embeds)
+        return embeds
+
+    # -- batched decoding (see onnx_batch.py) ---------------------------------------------------
+    def new_batch(self, rows: int) -> SharedKVBatch | ConcatBatch:
+        """An empty batch of up to `rows` replies whose decode steps run together."""
+        if self.runner.shared:
+            c = self.config
+            return SharedKVBatch(self.runner, rows, c.hidden_size, c.vocab_size)
+        return ConcatBatch(self.runner, rows, self._embed_batch)
+
+    def prefill_row(self, batch: SharedKVBatch | ConcatBatch, slot: int, input_ids: np.ndarray,
+                    image_features: np.ndarray | None = None) -> np.ndarray:
+        """Start a reply in slot `slot` of `batch` (like `forward` on a new state): its logits."""
+        ids = np.asarray(input_ids, dtype=np.int64).reshape(-1)
+        return batch.prefill(slot, self._prompt_embeds(ids, image_features))
+
+    def _embed_batch(self, ids: np.ndarray) -> np.ndarray:
+        (embeds,) = self.embed.run(None, {self._embed_input: ids})
+        return embeds

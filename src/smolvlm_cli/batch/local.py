@@ -1,17 +1,19 @@
 """The local engine: one model in this process, decoding/preprocessing overlapped with inference.
 
 Worker threads run `load_image` + `SmolVLM.prepare` (PIL/numpy, thread-safe) for the next images
-while the main thread runs the model, `batch_size` images per `generate_batch` call (one image:
-`stream_prepared`). A file that cannot be decoded becomes a failed record at once; an inference
-error fails only its images (a failed batch is retried image by image), but a model that fails
-its first images without a single success stops the run: the model, not the images, is broken.
+while the main thread runs the model. With `batch_size` > 1 the model decodes that many images
+together, refilling a finished image's place at once (`SmolVLM.generate_many`; a model without it
+gets fixed groups through `generate_batch`); one image at a time goes through `stream_prepared`.
+A file that cannot be decoded becomes a failed record; an inference error fails only its images
+(the images of a failed batch step are retried one by one), but a model that fails its first
+images without a single success stops the run: the model, not the images, is broken.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -74,23 +76,30 @@ class LocalEngine:
                     return
                 pending.append((job, pool.submit(self._prepare, job)))
 
-        try:
+        def ready(failed: Emit) -> Iterator[tuple[Job, Any, float]]:
+            """Prepared jobs in order; an undecodable file goes to `failed` at once."""
             fill()
-            batch: list[tuple[Job, Any, float]] = []
             while pending and not should_stop():
                 job, future = pending.popleft()
                 fill()
                 try:
                     prepared, prep_s = future.result()
                 except Exception as exc:  # noqa: BLE001 - any undecodable file is that file's failure
-                    emit(job, ImageRecord.failure(job.item.path, error_message(exc),
-                                                  model=self.model_name, prompt=job.prompt))
-                    prepared = None
-                if prepared is not None:
-                    batch.append((job, prepared, prep_s))
-                if batch and (len(batch) >= self.batch_size or not pending):
+                    failed(job, ImageRecord.failure(job.item.path, error_message(exc),
+                                                    model=self.model_name, prompt=job.prompt))
+                    continue
+                yield job, prepared, prep_s
+
+        try:
+            if self.batch_size > 1 and hasattr(self.vlm, "generate_many"):
+                self._continuous(ready, emit)
+                return
+            batch: list[tuple[Job, Any, float]] = []
+            for item in ready(emit):
+                batch.append(item)
+                if len(batch) >= self.batch_size or not pending:
                     if should_stop():
-                        break
+                        return
                     self._infer(batch, emit)
                     batch = []
             if batch and not should_stop():
@@ -100,7 +109,71 @@ class LocalEngine:
                 future.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
 
+    def _continuous(self, ready: Callable[[Emit], Iterator[tuple[Job, Any, float]]], emit: Emit) -> None:
+        """Continuous batching (`SmolVLM.generate_many`): a finished image's place in the batch goes
+        to the next one at once. Records still go out in job order (finished ones wait for their
+        predecessors), so every batch size writes the same files."""
+        done: dict[int, tuple[Job, ImageRecord]] = {}
+        next_out = 0
+
+        def put(seq: int, job: Job, record: ImageRecord) -> None:
+            nonlocal next_out
+            done[seq] = (job, record)
+            while next_out in done:
+                emit(*done.pop(next_out))
+                next_out += 1
+
+        counter = iter(range(1 << 62))
+        feed = ((next(counter), *item) for item in
+                ready(lambda job, record: put(next(counter), job, record)))
+        inflight: dict[int, list] = {}  # seq -> [job, prepared, prep_s, seconds of inference so far]
+        feed_error: list[BaseException] = []
+        while True:
+            fed: list[int] = []  # generate_many's index -> seq
+
+            def items() -> Iterator[Any]:
+                while True:
+                    try:
+                        seq, job, prepared, prep_s = next(feed)
+                    except StopIteration:
+                        return
+                    except Exception as exc:  # noqa: BLE001 - raised once the rows in flight are done
+                        feed_error.append(exc)
+                        return
+                    fed.append(seq)
+                    inflight[seq] = [job, prepared, prep_s, 0.0]
+                    yield prepared
+
+            results = self.vlm.generate_many(items(), self.options, batch_size=self.batch_size,
+                                             return_exceptions=True)
+            mark = time.perf_counter()
+            while True:
+                try:
+                    item = next(results, None)
+                except Exception:  # noqa: BLE001 - a failed shared step: its images go one by one
+                    for seq in sorted(inflight):
+                        job, prepared, prep_s, _ = inflight.pop(seq)
+                        self._infer([(job, prepared, prep_s)], lambda j, r, seq=seq: put(seq, j, r))
+                    break
+                if item is None:
+                    if feed_error:
+                        raise feed_error[0]
+                    return
+                index, result = item
+                # the wall time since the last result, shared by the images in flight during it
+                now = time.perf_counter()
+                share, mark = (now - mark) / len(inflight), now
+                for entry in inflight.values():
+                    entry[3] += share
+                seq = fed[index]
+                job, _, prep_s, seconds = inflight.pop(seq)
+                if isinstance(result, Exception):
+                    put(seq, job, self._failure(job, result, prep_s + seconds))
+                else:
+                    put(seq, job, self._success(job, result.text, result.stats, prep_s + seconds))
+
     def _infer(self, batch: list[tuple[Job, Any, float]], emit: Emit) -> None:
+        """One call for `batch` (`generate_batch`), retried image by image if it fails."""
         t0 = time.perf_counter()
         try:
             if len(batch) == 1:
@@ -115,22 +188,28 @@ class LocalEngine:
                 for one in batch:
                     self._infer([one], emit)
                 return
-            self._failures_in_a_row += 1
-            if self._successes == 0 and self._failures_in_a_row >= FAILURES_BEFORE_GIVING_UP:
-                raise
             job, _, prep_s = batch[0]
-            emit(job, ImageRecord.failure(job.item.path, error_message(exc), model=self.model_name,
-                                          prompt=job.prompt,
-                                          seconds=prep_s + time.perf_counter() - t0))
+            emit(job, self._failure(job, exc, prep_s + time.perf_counter() - t0))
             return
         share = (time.perf_counter() - t0) / len(batch)
         for (job, _, prep_s), (text, stats) in zip(batch, results):
-            self._successes += 1
-            self._failures_in_a_row = 0
-            emit(job, ImageRecord(
-                path=job.item.path, caption=text, model=self.model_name, prompt=job.prompt,
-                prompt_tokens=int(getattr(stats, "prompt_tokens", 0)),
-                generated_tokens=int(getattr(stats, "generated_tokens", 0)),
-                image_tiles=int(getattr(stats, "image_tiles", 0)),
-                stop_reason=str(getattr(stats, "stop_reason", "") or ""),
-                seconds=round(prep_s + share, 4)))
+            emit(job, self._success(job, text, stats, prep_s + share))
+
+    def _failure(self, job: Job, exc: Exception, seconds: float) -> ImageRecord:
+        """The failed record of one image; raises instead when the model itself looks broken."""
+        self._failures_in_a_row += 1
+        if self._successes == 0 and self._failures_in_a_row >= FAILURES_BEFORE_GIVING_UP:
+            raise exc
+        return ImageRecord.failure(job.item.path, error_message(exc), model=self.model_name,
+                                   prompt=job.prompt, seconds=seconds)
+
+    def _success(self, job: Job, text: str, stats: Any, seconds: float) -> ImageRecord:
+        self._successes += 1
+        self._failures_in_a_row = 0
+        return ImageRecord(
+            path=job.item.path, caption=text, model=self.model_name, prompt=job.prompt,
+            prompt_tokens=int(getattr(stats, "prompt_tokens", 0)),
+            generated_tokens=int(getattr(stats, "generated_tokens", 0)),
+            image_tiles=int(getattr(stats, "image_tiles", 0)),
+            stop_reason=str(getattr(stats, "stop_reason", "") or ""),
+            seconds=round(seconds, 4))

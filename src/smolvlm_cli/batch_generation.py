@@ -1,0 +1,177 @@
+"""Several replies decoded together: one shared decoder step per token for all active rows.
+
+A decode step on a CPU is bound by reading the decoder's weights, so a step of N rows costs
+little more than a step of one (256M model, 2 threads: 8 rows per step gave ~3.8x the tokens/s
+of one-by-one decoding in fp32, ~3.7x in int8). The loop here is backend-agnostic; the
+backend's batch object (`backends/onnx_batch.py`) holds the rows' KV caches in slots 0..n-1:
+
+- a row is admitted alone: its images through the vision encoder (one tile per call, as for a
+  single reply: batching tiles was no faster) and its prompt through a one-row prefill into a
+  free slot; then it advances one token per shared `step`;
+- each row has its own `TokenLoop` (sampler seeded as a single run would be, its own history
+  for the repetition penalty, its own stop), so it picks exactly the tokens it would get alone
+  (fp32, fp16, q4; int8 graphs quantize a step's activations per tensor, over all its rows, so
+  their rows differ from single runs by about as much as int8 differs from fp32);
+- a finished row leaves at once. Its slot goes to the next prompt when there is one
+  (continuous batching); otherwise the tail row moves into it and the batch shrinks, because
+  stepping a finished row with a dummy token would cost ~1 ms (fp32 and int8, 4-8 rows) in
+  every later step, while a move is one copy of that row's cache, once (~0.5 ms at 150
+  positions).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from smolvlm_cli.generation import TokenLoop
+from smolvlm_cli.options import GenerationOptions
+
+if TYPE_CHECKING:
+    from smolvlm_cli.model import Generation, GenerationStats, PreparedInputs, ReplyText, SmolVLM
+
+
+@dataclass
+class _Row:
+    index: int
+    loop: TokenLoop
+    reply: ReplyText
+    stats: GenerationStats
+    started: float  # as `stream_prepared`: the row's admission minus its preprocessing time
+    eos: frozenset
+    tokens: list[int] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+
+    def add(self, token: int, now: float) -> None:
+        stats = self.stats
+        if not self.tokens:
+            stats.ttft_s = now - self.started
+        self.tokens.append(token)
+        stats.generated_tokens += 1
+        stats.stop_reason = "stop" if token in self.eos and not self.loop.options.ignore_eos else "length"
+        self.text.append(self.reply.put(token))
+
+    def finish(self) -> Generation:
+        from smolvlm_cli.model import Generation
+
+        self.text.append(self.reply.flush())
+        return Generation("".join(self.text), self.tokens, self.stats)
+
+
+def _admit(vlm: SmolVLM, batch, slot: int, index: int, prepared: PreparedInputs,
+           opts: GenerationOptions) -> _Row:
+    """Vision and prefill of one prompt into `slot`, and its first token."""
+    from smolvlm_cli.model import GenerationStats, ReplyText
+
+    started = time.perf_counter() - prepared.preprocess_s
+    stats = GenerationStats(preprocess_s=prepared.preprocess_s, prompt_tokens=len(prepared.input_ids))
+    features = vlm.encode(prepared, stats)
+    t0 = time.perf_counter()
+    logits = vlm.backend.prefill_row(batch, slot, prepared.input_ids, features)
+    stats.prefill_s = time.perf_counter() - t0
+    eos = vlm.config.eos_token_ids
+    row = _Row(index, TokenLoop(opts, eos, prepared.input_ids), ReplyText(vlm.tokenizer), stats,
+               started, frozenset(eos))
+    row.add(row.loop.pick(logits), time.perf_counter())
+    return row
+
+
+def _compact(rows: list[_Row | None], batch) -> None:
+    """Move tail rows into the holes left by finished rows: slots 0..n-1 stay contiguous."""
+    while rows and rows[-1] is None:
+        rows.pop()
+    for dst in range(len(rows)):
+        if dst >= len(rows):
+            break
+        if rows[dst] is None:
+            batch.move(len(rows) - 1, dst)
+            rows[dst] = rows.pop()
+            while rows and rows[-1] is None:
+                rows.pop()
+    batch.truncate(len(rows))
+
+
+def _one_by_one(vlm: SmolVLM, prepared: Iterable[PreparedInputs], opts: GenerationOptions,
+                return_exceptions: bool) -> Iterator[tuple[int, Generation | Exception]]:
+    from smolvlm_cli.model import Generation
+
+    for index, item in enumerate(prepared):
+        try:
+            stream = vlm.stream_prepared(item, opts)
+            text = stream.text()
+        except Exception as exc:  # noqa: BLE001 - one prompt's failure, reported with its index
+            if not return_exceptions:
+                raise
+            yield index, exc
+            continue
+        yield index, Generation(text, stream.token_ids, stream.stats)
+
+
+def generate_many(vlm: SmolVLM, prepared: Iterable[PreparedInputs], opts: GenerationOptions,
+                  batch_size: int, return_exceptions: bool = False
+                  ) -> Iterator[tuple[int, Generation | Exception]]:
+    """`SmolVLM.generate_many`: (index, Generation or exception) in the order replies finish."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    new_batch = getattr(vlm.backend, "new_batch", None)  # the torch backend (the reference) has none
+    batch = new_batch(batch_size) if batch_size > 1 and new_batch is not None else None
+    if batch is None:
+        yield from _one_by_one(vlm, prepared, opts, return_exceptions)
+        return
+
+    source = enumerate(prepared)
+    rows: list[_Row | None] = []  # rows[slot]; None: a finished row's slot, free until refilled
+    exhausted = False
+    while True:
+        # admit new prompts into free slots (holes first, then the tail); a prompt is only read
+        # from `prepared` when there is room for it
+        while not exhausted and (None in rows or len(rows) < batch_size):
+            item = next(source, None)
+            if item is None:
+                exhausted = True
+                break
+            index, one = item
+            slot = rows.index(None) if None in rows else len(rows)
+            try:
+                row = _admit(vlm, batch, slot, index, one, opts)
+            except Exception as exc:  # noqa: BLE001 - vision/prefill of one prompt
+                if not return_exceptions:
+                    raise
+                yield index, exc
+                continue
+            if row.loop.done:  # stopped at its first token: the slot stays free
+                yield index, row.finish()
+                continue
+            if slot == len(rows):
+                rows.append(row)
+            else:
+                rows[slot] = row
+        _compact(rows, batch)
+        if not rows:
+            return
+
+        stepped = list(rows)
+        t0 = time.perf_counter()
+        logits = batch.step([row.tokens[-1] for row in stepped])
+        finished: list[tuple[int, Generation | Exception]] = []
+        for slot, row in enumerate(rows):
+            try:
+                row.add(row.loop.pick(logits[slot]), time.perf_counter())
+            except Exception as exc:  # noqa: BLE001 - e.g. sampling from NaN logits
+                if not return_exceptions:
+                    raise
+                rows[slot] = None
+                finished.append((row.index, exc))
+                continue
+            if row.loop.done:
+                rows[slot] = None
+                finished.append((row.index, row.finish()))
+        # decode_s: the summed wall time of the steps a row took part in. Rows share each step,
+        # so the whole step is counted for every row in it (their decode_s add up to more than
+        # the wall time); other rows' vision and prefill in between are not counted.
+        step_s = time.perf_counter() - t0
+        for row in stepped:
+            row.stats.decode_s += step_s
+        yield from finished
