@@ -29,8 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="local model directory or Hub id")
     parser.add_argument("out_dir", type=Path, help="output directory (Hub layout)")
-    parser.add_argument("--dtype", default="fp32",
-                        help="comma-separated variants: fp32, fp16, int8, q4 (default fp32)")
+    parser.add_argument("--dtype", default="fp32,int8",
+                        help="comma-separated variants: fp32, fp16, int8, q4 (default fp32,int8: "
+                             "the exact one and the runtime's default)")
     parser.add_argument("--no-check", dest="check", action="store_false",
                         help="skip the ONNX Runtime vs transformers check")
     parser.add_argument("--decoder-style", choices=("gqa", "official"), default="gqa",
