@@ -20,28 +20,3 @@ def fail(message: str, hint: str | None = None) -> int:
     if hint:
         print(f"Hint: {hint}", file=sys.stderr)
     return 1
-
-
-def human(size: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} B"
-
-
-def print_table(root: Path, paths: list[Path], seconds: float, timings: dict[str, float] | None = None,
-                what: str = "done") -> None:
-    rows = []
-    for path in sorted(paths):
-        rel = str(path.relative_to(root))
-        size = path.stat().st_size
-        took = (timings or {}).get(path.name)
-        rows.append((rel, human(size), f"{took:.1f} s" if took is not None else ""))
-    width = max([len(r[0]) for r in rows] + [4])
-    timed = any(r[2] for r in rows)
-    print(f"{'file':<{width}}  {'size':>9}" + (f"  {'time':>7}" if timed else ""))
-    for rel, size, took in rows:
-        print(f"{rel:<{width}}  {size:>9}" + (f"  {took:>7}" if timed else ""))
-    total = sum(p.stat().st_size for p in paths)
-    print(f"{'total':<{width}}  {human(total):>9}")
-    print(f"{what} in {seconds:.1f} s: {root}")

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _script_common import fail, log, print_table  # noqa: E402
+from _script_common import fail, log  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         return fail(str(exc))
     files = [p for p in out.iterdir() if p.is_file()]
-    print_table(out, files, time.perf_counter() - started, what="checkpoint written")
+    from smolvlm_cli.cli.output import files_table
+
+    print(files_table(out, files, time.perf_counter() - started, what="checkpoint written"))
     return 0
 
 

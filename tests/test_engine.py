@@ -176,7 +176,7 @@ def test_auto_backend_selection(tiny_onnx_dir, tiny_checkpoints, tmp_path):
     assert select_backend(str(with_onnx), "auto", "fp16") == (with_onnx, "torch")
     with pytest.raises(BackendUnavailableError, match="no ONNX files for dtype q4f16") as err:
         select_backend(str(with_onnx), "auto", "q4f16")
-    assert "export_onnx.py" in err.value.hint
+    assert "smolvlm export" in err.value.hint
     # Neither graphs nor weights: a clear error saying what to do.
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -185,7 +185,7 @@ def test_auto_backend_selection(tiny_onnx_dir, tiny_checkpoints, tmp_path):
             (bare / f.name).write_bytes(f.read_bytes())
     with pytest.raises(BackendUnavailableError, match="no ONNX files") as err:
         SmolVLM.from_pretrained(bare)
-    assert "export_onnx.py" in err.value.hint
+    assert "smolvlm export" in err.value.hint
 
 
 def test_onnx_graph_that_does_not_fit_the_config(tiny_onnx_dir, tmp_path):

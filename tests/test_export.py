@@ -418,4 +418,32 @@ def test_export_script_writes_only_the_asked_variants(tmp_path, tiny_checkpoints
     assert sorted(p.name for p in (out / "onnx").iterdir()) == [f"{g}_int8.onnx" for g in sorted(GRAPHS)]
     assert not any(p.name.startswith(".") for p in out.iterdir())  # fp32 scratch removed
     assert "check decoder_model_merged.onnx" in proc.stderr and "fidelity" in proc.stderr
-    assert "onnx/decoder_model_merged_int8.onnx" in proc.stdout and "export done" in proc.stdout
+    assert "onnx/decoder_model_merged_int8.onnx" in proc.stderr and "export done" in proc.stderr
+    assert proc.stdout == f"{out}\n"  # stdout: only the result
+
+
+def test_export_command_prints_the_folder_and_the_backend_runs_it(tmp_path, tiny_checkpoints):
+    from smolvlm_cli import SmolVLM
+
+    out = tmp_path / "exported"
+    proc = subprocess.run([sys.executable, "-m", "smolvlm_cli", "export",
+                           str(tiny_checkpoints[TINY_MODEL_NAMES[0]]), str(out), "--no-check"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"{out}\n"  # stdout: only the result
+    assert "export done" in proc.stderr and "decoder_model_merged_int8.onnx" in proc.stderr
+    assert sorted(p.name for p in (out / "onnx").glob("*.onnx")) == sorted(
+        [f"{g}.onnx" for g in GRAPHS] + [f"{g}_int8.onnx" for g in GRAPHS])  # default fp32,int8
+    vlm = SmolVLM.from_pretrained(out)
+    assert vlm.backend.name == "onnx" and vlm.backend.dtype == "int8"
+    assert vlm.backend.decoder_style == "gqa"
+
+
+def test_export_command_without_the_extra_is_a_clear_error(tmp_path, tiny_checkpoints):
+    code = ("import sys; sys.modules['torch'] = None\n"  # as if torch were not installed
+            "from smolvlm_cli.cli.main import main\n"
+            f"main(['export', {str(tiny_checkpoints[TINY_MODEL_NAMES[0]])!r}, {str(tmp_path / 'o')!r}])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith("Error: the exporter needs torch") and "Traceback" not in proc.stderr
+    assert "pip install 'smolvlm-cli[export]'" in proc.stderr

@@ -146,7 +146,7 @@ def select_backend(model: str, backend: str, dtype: str | None) -> tuple[Path, s
     raise BackendUnavailableError(
         f"{model} has no ONNX files for dtype {format_dtype(parse_dtype(dtype))}"
         + ("" if torch_available() else " and torch is not installed"),
-        hint="export them with scripts/export_onnx.py, choose another --dtype, "
+        hint="export them with `smolvlm export`, choose another --dtype, "
              "or pip install 'smolvlm-cli[torch]' for the torch backend")
 
 

@@ -180,7 +180,7 @@ def load_session(path: Path, threads: int | None, *, cache: bool = True,
     """A CPU session for graph `path` (from the optimized-graph cache when possible)."""
     if not path.is_file():
         raise BackendUnavailableError(f"{path.name} not found in {path.parent}",
-                                      hint="choose another --dtype, or export it with scripts/export_onnx.py")
+                                      hint="choose another --dtype, or export it with `smolvlm export`")
     try:
         optimized = cached_graph(path) if cache else None
         opts = session_options(threads, optimize=optimized is None, arena=arena)

@@ -18,7 +18,7 @@ import typer
 
 from smolvlm_cli import __version__
 from smolvlm_cli.cli import chat, describe, models
-from smolvlm_cli.cli import batch
+from smolvlm_cli.cli import batch, export
 from smolvlm_cli.errors import SmolVLMError
 
 app = typer.Typer(
@@ -48,6 +48,7 @@ describe.register(app)
 models.register(app)
 chat.register(app)
 batch.register(app)
+export.register(app)
 
 
 def _error(message: str, hint: str | None = None) -> None:

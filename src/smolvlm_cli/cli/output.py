@@ -7,6 +7,7 @@ import json
 import re
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 
@@ -72,3 +73,24 @@ class Status:
     def update(self, message: str) -> None:
         if self._status is not None:
             self._status.update(message)
+
+
+def human_size(size: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
+def files_table(root: Path, paths: list[Path], seconds: float, timings: dict[str, float] | None = None,
+                what: str = "done") -> str:
+    """Files written under `root`: size and, when timed, seconds each; the total; `what` and the time."""
+    rows = [(str(p.relative_to(root)), human_size(p.stat().st_size),
+             f"{timings[p.name]:.1f} s" if timings and p.name in timings else "") for p in sorted(paths)]
+    width = max([len(r[0]) for r in rows] + [5])
+    timed = any(r[2] for r in rows)
+    lines = [f"{'file':<{width}}  {'size':>9}" + (f"  {'time':>7}" if timed else "")]
+    lines += [f"{rel:<{width}}  {size:>9}" + (f"  {took:>7}" if timed else "") for rel, size, took in rows]
+    lines.append(f"{'total':<{width}}  {human_size(sum(p.stat().st_size for p in paths)):>9}")
+    lines.append(f"{what} in {seconds:.1f} s: {root}")
+    return "\n".join(lines)
