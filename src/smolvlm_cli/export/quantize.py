@@ -2,7 +2,10 @@
 
 - `int8`: `quantize_dynamic`, QInt8 weights, per-tensor, MatMul only (per-tensor was both faster
   and more faithful than per-channel on the AVX2 machines here); embed_tokens also quantizes its
-  Gather (a 4x smaller table, dequantized after the lookup).
+  Gather (a 4x smaller table, dequantized after the lookup). One activation scale per run: the
+  rows of a batched decode step change each other's logits. 8-bit `MatMulNBits` (`quantize_nbits`
+  bits=8, blocks of 64) is row-independent and closer to fp32, but prefill and vision were
+  1.5-1.9x slower (compute-bound) and one-row decode 10-25% slower here (ORT 1.32, AVX-512 VNNI).
 - `q4`: `MatMulNBitsQuantizer`, 4-bit symmetric blocks of 32, accuracy_level 4 (int8 activations,
   the fast CPU kernel); embed_tokens gets a 4-bit `GatherBlockQuantized` table.
 - `fp16`: `convert_float_to_float16`. Vision and embed_tokens keep float32 inputs and outputs; the
@@ -54,16 +57,24 @@ def quantize_int8(src: Path, dst: Path, *, gather: bool = False) -> None:
                                         "DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
-def quantize_q4(src: Path, dst: Path, *, gather: bool = False) -> None:
+def quantize_nbits(src: Path, dst: Path, *, bits: int = 4, block_size: int = 32, gather: bool = False) -> None:
+    """`MatMulNBits`, symmetric blocks along K, accuracy_level 4 (the int8-activation CPU kernel,
+    which quantizes activations per row and per block: each row's result is independent of the
+    other rows of the batch; with blocks of 128 or more, onnxruntime 1.32's one-row kernel gives
+    other results than its many-row one)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     kwargs = {"op_types_to_quantize": ("Gather",), "quant_axes": (("Gather", 1),)} if gather else {}
     # all-zero blocks (e.g. a padding embedding row) divide 0 by a 0 scale; the quantizer masks it
     with _quiet(), np.errstate(invalid="ignore", divide="ignore"):
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=32, is_symmetric=True,
-                                         accuracy_level=4, **kwargs)
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=bits, block_size=block_size,
+                                         is_symmetric=True, accuracy_level=4, **kwargs)
         quantizer.process()
         quantizer.model.save_model_to_file(str(dst), use_external_data_format=_is_large(src))
+
+
+def quantize_q4(src: Path, dst: Path, *, gather: bool = False) -> None:
+    quantize_nbits(src, dst, bits=4, gather=gather)
 
 
 def convert_fp16(src: Path, dst: Path, *, keep_io_types: bool | list[str] = True) -> None:
