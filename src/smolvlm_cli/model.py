@@ -240,7 +240,7 @@ class SmolVLM:
                        *, batch_size: int | None = None, **sampling) -> list[Generation]:
         """Answer several prepared prompts, decoding up to `batch_size` (default: all) together.
 
-        Results are in input order and equal to one-by-one answers (see `generate_many`).
+        Results are in input order and equal to one-by-one answers (int8 aside, see `generate_many`).
         """
         prepared = list(prepared)
         results: list[Generation | None] = [None] * len(prepared)
