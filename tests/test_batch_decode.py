@@ -143,9 +143,9 @@ def test_rows_really_share_the_decoder_steps(vlm, prompts, monkeypatch):
     assert counter.runs == 4 + 2 * 8
 
 
-def test_step_logits_equal_single_row_logits(vlm, prompts):
-    """Per-row logits of a batched step against the same row alone: equal (fp32 GQA: bit-equal)."""
-    backend, rows = vlm.backend, prompts[:3]
+def batched_and_alone(vlm, rows):
+    """Logits of a prefill and 3 steps per row: the rows as one batch, and each row alone."""
+    backend = vlm.backend
     features = [vlm.encode(p, GenerationStats()) for p in rows]
     tokens = [[7, 300, 4000], [42, 43, 44], [5, 6, 49000]]
     alone = []
@@ -158,10 +158,16 @@ def test_step_logits_equal_single_row_logits(vlm, prompts):
     first = [backend.prefill_row(batch, b, p.input_ids, f) for b, (p, f) in enumerate(zip(rows, features))]
     steps = [batch.step([toks[i] for toks in tokens]) for i in range(3)]
     together = np.stack([np.stack([first[b]] + [s[b] for s in steps]) for b in range(3)])
+    return together, np.stack(alone)
+
+
+def test_step_logits_equal_single_row_logits(vlm, prompts):
+    """Per-row logits of a batched step against the same row alone: equal (fp32 GQA: bit-equal)."""
+    together, alone = batched_and_alone(vlm, prompts[:3])
     if vlm.backend.runner.shared:
-        np.testing.assert_array_equal(together, np.stack(alone))
+        np.testing.assert_array_equal(together, alone)
     else:  # padded attention sums in another order: float noise only
-        np.testing.assert_allclose(together, np.stack(alone), atol=2e-5, rtol=0)
+        np.testing.assert_allclose(together, alone, atol=2e-5, rtol=0)
 
 
 def test_continuous_batching_refills_free_slots(vlm, prompts, monkeypatch):

@@ -18,9 +18,8 @@ import pytest
 
 from smolvlm_cli import SmolVLM
 from smolvlm_cli.export import quantize
-from smolvlm_cli.model import GenerationStats
 from smolvlm_cli.options import GenerationOptions
-from test_batch_decode import MODEL, one_by_one, photo, summary
+from test_batch_decode import MODEL, batched_and_alone, one_by_one, photo, summary
 
 FREE = GenerationOptions(max_new_tokens=12, ignore_eos=True)
 DECODER = "onnx/decoder_model_merged_int8.onnx"
@@ -64,24 +63,6 @@ def make_prompts(vlm):
             vlm.prepare([], "Write a haiku about the sea."),
             vlm.prepare([photo(700, 700, 2)], "Caption it.", split=False),
             vlm.prepare([photo(256, 400, 3), photo(500, 260, 4)], "Compare the two images.", split=False)]
-
-
-def batched_and_alone(vlm, rows):
-    """Logits of a prefill and 3 steps per row: each row alone, and the rows as one batch."""
-    backend = vlm.backend
-    features = [vlm.encode(p, GenerationStats()) for p in rows]
-    tokens = [[7, 300, 4000], [42, 43, 44], [5, 6, 49000]]
-    alone = []
-    for p, f, toks in zip(rows, features, tokens):
-        state = backend.new_state()
-        out = [backend.forward(state, p.input_ids, f)]
-        out += [backend.forward(state, np.array([t])) for t in toks]
-        alone.append(np.stack(out))
-    batch = backend.new_batch(3)
-    first = [backend.prefill_row(batch, b, p.input_ids, f) for b, (p, f) in enumerate(zip(rows, features))]
-    steps = [batch.step([toks[i] for toks in tokens]) for i in range(3)]
-    together = np.stack([np.stack([first[b]] + [s[b] for s in steps]) for b in range(3)])
-    return together, np.stack(alone)
 
 
 def test_nbits8_decoder_graph(nbits_vlm):
