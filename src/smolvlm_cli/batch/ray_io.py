@@ -29,12 +29,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from smolvlm_cli.batch.discover import ImageItem, discover
+from smolvlm_cli.batch.discover import ImageItem
 from smolvlm_cli.batch.files import AppendLog, sweep_temps, temp_path
 from smolvlm_cli.batch.progress import Reporter, Summary
 from smolvlm_cli.batch.records import FIELDS, ImageRecord, Job
-from smolvlm_cli.batch.resume import RecordIndex, State, plan
-from smolvlm_cli.batch.runner import BatchConfig, _plan_line
+from smolvlm_cli.batch.resume import RecordIndex, State
+from smolvlm_cli.batch.runner import BatchConfig, find_images, plan_run
 from smolvlm_cli.batch.templates import render
 from smolvlm_cli.errors import SmolVLMError
 
@@ -236,15 +236,7 @@ def run_parquet(config: BatchConfig, engine_factory: Callable[[], Any], reporter
     """Discover, plan against the folder, let Ray caption and write (`engine.write_parquet`),
     then read back this run's files for the failure lines and the summary."""
     started = time.perf_counter()
-    found = discover(config.inputs, recursive=config.recursive, include=config.include,
-                     exclude=config.exclude, extensions=config.extensions, stdin=stdin,
-                     null=config.null)
-    for warning in found.warnings:
-        reporter.warn(warning)
-    if not found.items:
-        raise SmolVLMError(f"no images found in {', '.join(config.inputs)}",
-                           hint=f"images need one of the extensions {', '.join(config.extensions)} "
-                                "(--ext to change); check --include/--exclude")
+    found = find_images(config, reporter, stdin)
     if not config.output or config.output == "-":
         raise SmolVLMError("Parquet output is a folder", hint="name it with -o FOLDER")
     store = ParquetStore(Path(config.output))
@@ -252,12 +244,7 @@ def run_parquet(config: BatchConfig, engine_factory: Callable[[], Any], reporter
     finished = False
     try:
         store.open()
-        for notice in store.notices:
-            reporter.info(notice)
-        work = plan(found.items, store.state, overwrite=config.overwrite,
-                    retry_errors=config.retry_errors)
-        summary.skipped_done, summary.skipped_failed = len(work.done), len(work.failed)
-        reporter.info(_plan_line(len(found.items), work, store.describe()))
+        work = plan_run(found.items, store, config, summary, reporter)
         jobs = [Job(item, render(config.prompt, item.path)) for item in work.todo]
         if jobs:
             with reporter.status("Loading the model"):

@@ -88,26 +88,13 @@ def run_batch(config: BatchConfig, engine_factory: Callable[[], Engine], *,
     there is work. Returns the summary (its `exit_code` is the command's)."""
     reporter = reporter or Reporter()
     started = time.perf_counter()
-    found = discover(config.inputs, recursive=config.recursive, include=config.include,
-                     exclude=config.exclude, extensions=config.extensions, stdin=stdin,
-                     null=config.null)
-    for warning in found.warnings:
-        reporter.warn(warning)
-    if not found.items:
-        raise SmolVLMError(f"no images found in {', '.join(config.inputs)}",
-                           hint=f"images need one of the extensions {', '.join(config.extensions)} "
-                                "(--ext to change); check --include/--exclude")
+    found = find_images(config, reporter, stdin)
     writer = make_writer(config.fmt, output=config.output, output_dir=config.output_dir, out=out)
     summary = Summary(found=len(found.items))
     finished = False
     try:
         writer.open(found.items)
-        for notice in writer.notices:
-            reporter.info(notice)
-        work = plan(found.items, writer.state, overwrite=config.overwrite,
-                    retry_errors=config.retry_errors)
-        summary.skipped_done, summary.skipped_failed = len(work.done), len(work.failed)
-        reporter.info(_plan_line(len(found.items), work, writer.describe()))
+        work = plan_run(found.items, writer, config, summary, reporter)
 
         def emit(job: Job, record: ImageRecord) -> None:
             if record.ok:
@@ -156,6 +143,31 @@ def run_batch(config: BatchConfig, engine_factory: Callable[[], Engine], *,
     summary.elapsed_s = time.perf_counter() - started
     reporter.summary(summary)
     return summary
+
+
+def find_images(config: BatchConfig, reporter: Reporter, stdin: TextIO | None):
+    """The images `config` selects (discovery warnings reported); an error when there are none."""
+    found = discover(config.inputs, recursive=config.recursive, include=config.include,
+                     exclude=config.exclude, extensions=config.extensions, stdin=stdin,
+                     null=config.null)
+    for warning in found.warnings:
+        reporter.warn(warning)
+    if not found.items:
+        raise SmolVLMError(f"no images found in {', '.join(config.inputs)}",
+                           hint=f"images need one of the extensions {', '.join(config.extensions)} "
+                                "(--ext to change); check --include/--exclude")
+    return found
+
+
+def plan_run(items, store, config: BatchConfig, summary: Summary, reporter: Reporter):
+    """What is left to caption against an opened writer or store (its notices and the plan
+    reported, the skipped counts in `summary`)."""
+    for notice in store.notices:
+        reporter.info(notice)
+    work = plan(items, store.state, overwrite=config.overwrite, retry_errors=config.retry_errors)
+    summary.skipped_done, summary.skipped_failed = len(work.done), len(work.failed)
+    reporter.info(_plan_line(len(items), work, store.describe()))
+    return work
 
 
 def _plan_line(total: int, work, where: str) -> str:
