@@ -31,24 +31,17 @@ def _trace_front(model, opset: int):
     import onnx
     import torch
 
-    from smolvlm_cli.export.vision import VisionEmbeddings
+    from smolvlm_cli.export.vision import VisionEmbeddings, sample_inputs
 
-    size = int(model.config.vision_config.image_size)
-    gen = torch.Generator().manual_seed(0)
-    pixels = torch.randn(1, 2, 3, size, size, generator=gen)
-    mask = torch.ones(1, 2, size, size, dtype=torch.bool)
-    mask[0, 1, size // 2:, :] = False
-    images = {0: "batch_size", 1: "num_images", 3: "height", 4: "width"}
-    masks = {0: "batch_size", 1: "num_images", 2: "height", 3: "width"}
+    inputs, axes = sample_inputs(model)
     with tempfile.TemporaryDirectory(prefix="smolvlm-vision-") as tmp, warnings.catch_warnings(), \
             torch.no_grad():
         warnings.simplefilter("ignore")
         path = Path(tmp) / "front.onnx"
-        torch.onnx.export(VisionEmbeddings(model).eval(), (pixels, mask), str(path), dynamo=False,
-                          opset_version=opset, input_names=["pixel_values", "pixel_attention_mask"],
+        torch.onnx.export(VisionEmbeddings(model).eval(), inputs, str(path), dynamo=False,
+                          opset_version=opset, input_names=list(axes),
                           output_names=["embeds", "key_mask"],
-                          dynamic_axes={"pixel_values": images, "pixel_attention_mask": masks,
-                                        "embeds": {0: "num_tiles"}, "key_mask": {0: "num_tiles"}},
+                          dynamic_axes={**axes, "embeds": {0: "num_tiles"}, "key_mask": {0: "num_tiles"}},
                           do_constant_folding=True)
         return onnx.load(str(path))
 

@@ -88,20 +88,11 @@ def load_torch_model(model_dir: str | Path):
 # -- graph specifications -----------------------------------------------------------------------
 
 def _vision_spec(model):
-    import torch
+    from smolvlm_cli.export.vision import VisionEncoder, sample_inputs
 
-    from smolvlm_cli.export.vision import VisionEncoder
-
-    size = int(model.config.vision_config.image_size)
-    gen = torch.Generator().manual_seed(0)
-    pixels = torch.randn(1, 2, 3, size, size, generator=gen)
-    mask = torch.ones(1, 2, size, size, dtype=torch.bool)
-    mask[0, 1, size // 2:, :] = False
-    images = {0: "batch_size", 1: "num_images", 3: "height", 4: "width"}
-    masks = {0: "batch_size", 1: "num_images", 2: "height", 3: "width"}
-    return (VisionEncoder(model).eval(), (pixels, mask), ["pixel_values", "pixel_attention_mask"],
-            ["image_features"], {"pixel_values": images, "pixel_attention_mask": masks,
-                                 "image_features": {0: "num_tiles", 1: "tokens_per_tile"}})
+    inputs, axes = sample_inputs(model)
+    return (VisionEncoder(model).eval(), inputs, list(axes), ["image_features"],
+            {**axes, "image_features": {0: "num_tiles", 1: "tokens_per_tile"}})
 
 
 def _embed_spec(model):

@@ -99,3 +99,16 @@ class VisionEmbeddings(VisionEncoder):
     def forward(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor):
         embeds, mask = self.embed(pixel_values, pixel_attention_mask)
         return embeds, mask.reshape(mask.shape[0], -1).to(torch.int32)
+
+
+def sample_inputs(model) -> tuple[tuple[torch.Tensor, torch.Tensor], dict[str, dict[int, str]]]:
+    """Tracing inputs of the vision graphs, (pixel_values, pixel_attention_mask): two tiles, the
+    second half padding (so the masked path is traced too); and their dynamic axes."""
+    size = int(model.config.vision_config.image_size)
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.randn(1, 2, 3, size, size, generator=gen)
+    mask = torch.ones(1, 2, size, size, dtype=torch.bool)
+    mask[0, 1, size // 2:, :] = False
+    axes = {"pixel_values": {0: "batch_size", 1: "num_images", 3: "height", 4: "width"},
+            "pixel_attention_mask": {0: "batch_size", 1: "num_images", 2: "height", 3: "width"}}
+    return (pixels, mask), axes
