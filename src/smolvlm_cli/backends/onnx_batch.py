@@ -30,7 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from smolvlm_cli.backends import onnx_decoder
-from smolvlm_cli.backends.onnx_decoder import ConcatDecoder, SharedBufferDecoder
+from smolvlm_cli.backends.onnx_decoder import ConcatDecoder, SharedBufferDecoder, grown_capacity
 
 
 class _RowView:
@@ -72,12 +72,9 @@ class SharedKVBatch:
         self._steps.clear()  # their views point into the old block
 
     def _reserve(self, total: int) -> None:
-        limit = self.decoder._limit
-        if total > limit:
-            raise ValueError(f"the prompt and reply need {total} positions; the model holds {limit}")
-        if total > self.capacity:
-            growth = onnx_decoder._GROWTH  # read at run time: tests shrink it
-            self._allocate(min(limit, -(-(total + growth // 2) // growth) * growth))
+        capacity = grown_capacity(self.capacity, total, self.decoder._limit)
+        if capacity != self.capacity:
+            self._allocate(capacity)
 
     def _values(self, rows: slice) -> dict[str, ort.OrtValue]:
         # views of self._block: they stay valid while the block lives (bindings are dropped with it)

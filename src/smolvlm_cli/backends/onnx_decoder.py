@@ -35,6 +35,16 @@ class OnnxState:
         self.length = length
 
 
+def grown_capacity(capacity: int, total: int, limit: int) -> int:
+    """The cache capacity that holds `total` positions: `capacity` when it does, else `total` plus
+    half a growth step rounded up to whole steps (at most `limit`, which `total` may not pass)."""
+    if total > limit:
+        raise ValueError(f"the prompt and reply need {total} positions; the model holds {limit}")
+    if total <= capacity:
+        return capacity
+    return min(limit, -(-(total + _GROWTH // 2) // _GROWTH) * _GROWTH)
+
+
 class SharedKVState:
     """Preallocated past/present buffers: rows [0, length) hold the cache, the rest is scratch."""
 
@@ -58,10 +68,9 @@ class SharedKVState:
         self.binding = None
 
     def reserve(self, total: int, limit: int) -> None:
-        if total > limit:
-            raise ValueError(f"the prompt and reply need {total} positions; the model holds {limit}")
-        if total > self.capacity:
-            self._allocate(min(limit, -(-(total + _GROWTH // 2) // _GROWTH) * _GROWTH))
+        capacity = grown_capacity(self.capacity, total, limit)
+        if capacity != self.capacity:
+            self._allocate(capacity)
 
     def truncate(self, length: int) -> None:
         if not 0 <= length <= self.length:
