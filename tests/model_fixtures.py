@@ -130,8 +130,6 @@ class _LazyDirs(Mapping):
 @pytest.fixture(scope="session")
 def tiny_checkpoint_factory(tmp_path_factory):
     """name -> tiny random checkpoint directory, built once per session."""
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
     root = tmp_path_factory.mktemp("tiny-checkpoints")
     cache: dict[str, Path] = {}
 
@@ -152,7 +150,6 @@ def tiny_checkpoints(tiny_checkpoint_factory) -> Mapping[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_onnx_dir(tmp_path_factory, tiny_checkpoint_factory):
     """(name, dtypes=("fp32",), style="fast") -> directory with the tiny checkpoint and its ONNX graphs."""
-    pytest.importorskip("onnx")
     root = tmp_path_factory.mktemp("tiny-onnx")
     cache: dict[tuple[str, tuple[str, ...], str], Path] = {}
 

@@ -48,6 +48,10 @@ def vlm(request, tiny_onnx_dir):
 
 @pytest.fixture(scope="module")
 def prompts(vlm):
+    return five_prompts(vlm)
+
+
+def five_prompts(vlm):
     """Five prompts of different lengths: 1, 3 and 5 tiles, text only, two images."""
     return [vlm.prepare([photo(300, 200, 0)], "Describe.", split=False),
             vlm.prepare([photo(900, 500, 1)], "What is going on in this picture? Be precise.",
@@ -201,9 +205,9 @@ def test_a_failing_prompt_fails_alone(vlm, prompts):
         vlm.generate_batch(items, GREEDY)
 
 
-def test_shared_kv_batch_grows_past_its_capacity(vlm, prompts, monkeypatch):
-    if not vlm.backend.runner.shared:
-        pytest.skip("shared buffers only")
+def test_shared_kv_batch_grows_past_its_capacity(fast_vlm, monkeypatch):
+    vlm, prompts = fast_vlm, five_prompts(fast_vlm)
+    assert vlm.backend.runner.shared
     opts = GenerationOptions(max_new_tokens=20, ignore_eos=True)
     reference = one_by_one(vlm, prompts[:3], opts)
     monkeypatch.setattr(onnx_decoder, "_GROWTH", 16)  # reallocate (and copy) every few steps

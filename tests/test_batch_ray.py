@@ -39,8 +39,7 @@ ray_test = pytest.mark.ray
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray = pytest.importorskip("ray")
-    pytest.importorskip("ray.data")
+    import ray
     started = not ray.is_initialized()
     if started:
         ray.init("local", num_cpus=2, include_dashboard=False, log_to_driver=False,
@@ -154,10 +153,6 @@ def test_jsonl_csv_and_sidecars_equal_the_local_engine(ray_local, photos, tiny_m
 @ray_test
 def test_cli_engine_ray_end_to_end(ray_local, photos, tiny_model, local_jsonl):
     """The real command in a subprocess (its own local Ray): results alone on stdout."""
-    from smolvlm_cli.cli import batch as cli_batch
-
-    if "ray" not in getattr(cli_batch, "_ENGINES", ()):
-        pytest.skip("--engine ray is not wired into the CLI yet")
     cmd = [sys.executable, "-m", "smolvlm_cli", "batch", str(photos), "-m", str(tiny_model),
            "--no-split", "-n", str(OPTIONS.max_new_tokens), "-o", "-", "--engine", "ray",
            "--workers", "2", "-b", "2"]
@@ -276,7 +271,7 @@ def test_manifests(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"file": "a.jpg"}\n')
     with pytest.raises(SmolVLMError, match="line 1"):
         read_manifest(tmp_path / "bad.jsonl")
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"path": ["c.jpg", None, "d.webp"]}), tmp_path / "m.parquet")
@@ -287,7 +282,7 @@ def test_manifests(tmp_path):
 
 
 def test_parquet_folder_removes_torn_files_and_refuses_foreign_ones(tmp_path):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from smolvlm_cli.batch.discover import ImageItem
@@ -358,7 +353,6 @@ def test_missing_extra_is_one_clear_error(monkeypatch, tmp_path):
 
 
 def test_ray_client_addresses_are_refused_before_any_work(tmp_path):
-    pytest.importorskip("ray")
     from smolvlm_cli.batch.ray_engine import RaySettings, run_ray
 
     make_photos(tmp_path / "p", n=1, bad=False)

@@ -13,10 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+import torch
+import onnx
 
 from model_fixtures import TINY_MODEL_NAMES, source_dir  # noqa: E402
 from smolvlm_cli.config import ModelConfig  # noqa: E402

@@ -27,7 +27,6 @@ from smolvlm_cli.config import ModelConfig
 from smolvlm_cli.errors import ImageError
 from smolvlm_cli.image_processing import ImageProcessor, image_size, load_image, num_tiles, tile_grid
 
-pytest.importorskip("transformers")
 import transformers.image_processing_backends as tf_backends  # noqa: E402
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil  # noqa: E402
 from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil  # noqa: E402

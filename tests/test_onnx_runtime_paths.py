@@ -16,8 +16,7 @@ import os
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+import torch
 
 from test_engine import ATOL, CASES, NAMES, _our_run, _reference_run  # noqa: E402
 

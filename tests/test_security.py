@@ -120,7 +120,6 @@ def test_auto_map_code_never_runs_and_nothing_outside_is_read(model_dir, image, 
 
 
 def test_auto_map_code_never_runs_on_the_torch_backend(model_dir, tmp_path):
-    pytest.importorskip("transformers")
     from smolvlm_cli import SmolVLM
 
     hostile, _, marker = hostile_model(model_dir, tmp_path)
@@ -141,7 +140,6 @@ def test_a_custom_model_type_is_refused_before_any_code(model_dir, image, tmp_pa
 
 
 def _graph_with_external_data(location: str) -> bytes:
-    onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
     weight = numpy_helper.from_array(np.zeros(4, np.float32), "w")

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-transformers = pytest.importorskip("transformers")
+import transformers
 
 from conftest import MODEL_NAMES, fixture_dir  # noqa: E402
 from smolvlm_cli.config import ModelConfig  # noqa: E402
