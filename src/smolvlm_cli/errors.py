@@ -26,3 +26,7 @@ class BackendUnavailableError(SmolVLMError):
 
 class ImageError(SmolVLMError):
     """An input image cannot be read or decoded."""
+
+
+class ExportError(SmolVLMError):
+    """Built or exported graphs are wrong (ONNX Runtime disagrees with transformers)."""

@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from smolvlm_cli.export.onnx_export import ExportError
+from smolvlm_cli.errors import ExportError
 
 TOLERANCE = 1e-3
 PROMPT_LEN, DECODE_STEPS = 8, 8
@@ -102,7 +102,7 @@ def run_decoder(dec, embed, tokens: list[np.ndarray], num_layers: int, kv_heads:
                 head_dim: int) -> list[np.ndarray]:
     """Teacher-forced ONNX run over the given token chunks; returns the logits of each call
     ([1, seq, vocab], or [1, 1, vocab] from graphs that return only the last position's)."""
-    from smolvlm_cli.export.decoder import past_names
+    from smolvlm_cli.builder.text import past_names
 
     names = past_names(num_layers)
     pasts = {n: np.zeros((1, kv_heads, 0, head_dim), np.float32) for n in names}

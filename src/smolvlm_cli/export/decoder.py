@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 
+
 class EmbedTokens(nn.Module):
     """input_ids [B, S] int64 -> inputs_embeds [B, S, hidden]."""
 
@@ -21,14 +22,6 @@ class EmbedTokens(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.embed_tokens(input_ids)
-
-
-def past_names(num_layers: int) -> list[str]:
-    return [f"past_key_values.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
-
-
-def present_names(num_layers: int) -> list[str]:
-    return [f"present.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
 
 
 def make_cache(text_config, pasts: list[torch.Tensor] | tuple[torch.Tensor, ...]):
@@ -55,18 +48,16 @@ def flat_cache(cache) -> list[torch.Tensor]:
 class Decoder(nn.Module):
     """(inputs_embeds, attention_mask, position_ids, *past) -> (logits, *present)."""
 
-    def __init__(self, model: nn.Module, last_logits: bool = False):
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.text_model = model.model.text_model
         self.lm_head = model.lm_head
         self.text_config = model.config.text_config
-        self.last_logits = last_logits
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor, *past: torch.Tensor):
         cache = make_cache(self.text_config, past)
         out = self.text_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                               position_ids=position_ids, past_key_values=cache, use_cache=True)
-        hidden = out.last_hidden_state
-        logits = self.lm_head(hidden[:, -1:] if self.last_logits else hidden)
+        logits = self.lm_head(out.last_hidden_state)
         return (logits, *flat_cache(out.past_key_values))

@@ -92,15 +92,6 @@ class VisionEncoder(nn.Module):
         return self.projection(x)
 
 
-class VisionEmbeddings(VisionEncoder):
-    """The traced front of the fused vision graph (`fast_vision.py`): pixel_values, mask ->
-    embeddings [T, nh*nw, D] and the key mask [T, nh*nw] int32 (1 = a real patch)."""
-
-    def forward(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor):
-        embeds, mask = self.embed(pixel_values, pixel_attention_mask)
-        return embeds, mask.reshape(mask.shape[0], -1).to(torch.int32)
-
-
 def sample_inputs(model) -> tuple[tuple[torch.Tensor, torch.Tensor], dict[str, dict[int, str]]]:
     """Tracing inputs of the vision graphs, (pixel_values, pixel_attention_mask): two tiles, the
     second half padding (so the masked path is traced too); and their dynamic axes."""

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-QUANTIZED_DTYPES = ("fp16", "int8", "q4")
+from smolvlm_cli.builder.onnx_writer import save_onnx
+
 _QUANTIZER_LOGGERS = ("", "onnxruntime.quantization", "onnxruntime.quantization.matmul_nbits_quantizer")
 
 
@@ -80,8 +81,6 @@ def quantize_q4(src: Path, dst: Path, *, gather: bool = False) -> None:
 def convert_fp16(src: Path, dst: Path, *, keep_io_types: bool | list[str] = True) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    from smolvlm_cli.export.onnx_export import save_onnx
-
     model = onnx.load(str(src))
     with _quiet():
         model = convert_float_to_float16(model, keep_io_types=keep_io_types)
@@ -128,8 +127,6 @@ def _keep_io_dims(src: Path, dst: Path) -> None:
 def _hub_external_data(path: Path) -> None:
     """onnxruntime's quantizers name external data `x.onnx.data`; the Hub uses `x.onnx_data`
     (or one file when the quantized graph fits in 2 GB)."""
-    from smolvlm_cli.export.onnx_export import save_onnx
-
     scattered = path.with_name(path.name + ".data")
     if scattered.is_file():
         save_onnx(onnx.load(str(path)), path)

@@ -1,0 +1,105 @@
+"""Build the fast ONNX graphs of a SmolVLM checkpoint from its safetensors: numpy and onnx only.
+
+    build_graphs("path/to/checkpoint", "out/onnx", {"vision": "int8", "embed": "int8", "decoder": "int8"})
+
+writes the three graphs the ONNX backend loads (`vision_encoder`, `embed_tokens`,
+`decoder_model_merged`, with the Hub's variant suffixes). fp32 graphs are written layer by layer
+from the memory-mapped checkpoint; the other variants are made from them by onnxruntime's own
+quantizers (`quantize.py`), and an fp32 graph nobody asked for is deleted once its variants exist.
+Nothing here imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from smolvlm_cli.builder.architecture import Architecture
+from smolvlm_cli.builder.onnx_writer import data_files
+from smolvlm_cli.builder.quantize import make_variant
+from smolvlm_cli.builder.text import build_decoder, build_embed
+from smolvlm_cli.builder.vision import build_vision
+from smolvlm_cli.builder.weights import Checkpoint
+from smolvlm_cli.dtypes import COMPONENTS, DTYPE_SUFFIXES, EXPORT_DTYPES
+
+# Bump when the graphs this package writes change: built-graph caches are keyed by it.
+BUILDER_VERSION = "1"
+MARKER_FILE = "smolvlm-graphs.json"  # beside the graphs: written by our builder, with its version
+
+
+class Progress:
+    """What a build reports: `total(n)` units of work first, then `step(description)` after each
+    (a layer, a quantized graph). The default reports nothing."""
+
+    def total(self, units: int) -> None:
+        pass
+
+    def step(self, description: str) -> None:
+        pass
+
+
+def graph_file(component: str, dtype: str) -> str:
+    return f"{COMPONENTS[component]}{DTYPE_SUFFIXES[dtype]}.onnx"
+
+
+def _remove(path: Path) -> None:
+    for p in (path, *data_files(path)):
+        p.unlink(missing_ok=True)
+
+
+def build_graphs(model_dir: str | Path, onnx_dir: str | Path, wanted: Iterable[tuple[str, str]],
+                 progress: Progress | None = None, log: Callable[[str], None] = lambda _m: None) -> list[Path]:
+    """Write the graphs `wanted` ((component, dtype) pairs) into `onnx_dir`; returns their paths.
+
+    Graphs already in `onnx_dir` are kept (an fp32 one is quantized from, not rebuilt).
+    """
+    model_dir, onnx_dir = Path(model_dir), Path(onnx_dir)
+    wanted = sorted(set(wanted), key=lambda cd: (list(COMPONENTS).index(cd[0]), EXPORT_DTYPES.index(cd[1])))
+    for component, dtype in wanted:
+        if component not in COMPONENTS or dtype not in EXPORT_DTYPES:
+            raise ValueError(f"cannot build {component} as {dtype} (dtypes: {', '.join(EXPORT_DTYPES)})")
+    arch = Architecture.from_dir(model_dir)
+    ckpt = Checkpoint(model_dir)
+    progress = progress or Progress()
+    onnx_dir.mkdir(parents=True, exist_ok=True)
+    todo = [(c, d) for c, d in wanted if not (onnx_dir / graph_file(c, d)).is_file()]
+    components = list(dict.fromkeys(c for c, _ in todo))
+    units = {"vision": arch.vision.num_layers, "decoder": arch.text.num_layers, "embed": 1}
+    fp32_units = sum(units[c] for c in components if not (onnx_dir / graph_file(c, "fp32")).is_file())
+    progress.total(fp32_units + sum(1 for _, d in todo if d != "fp32"))
+
+    scratch = Path(tempfile.mkdtemp(dir=onnx_dir, prefix=".fp32-"))
+    try:
+        for component in components:
+            variants = [d for c, d in todo if c == component and d != "fp32"]
+            fp32 = onnx_dir / graph_file(component, "fp32")
+            if not fp32.is_file():
+                target = fp32 if (component, "fp32") in todo else scratch / fp32.name
+                _build_fp32(component, ckpt, arch, target, progress)
+                fp32 = target
+            for dtype in variants:
+                dst = onnx_dir / graph_file(component, dtype)
+                make_variant(COMPONENTS[component], dtype, fp32, dst)
+                progress.step(f"{dst.name}")
+            if fp32.parent == scratch:
+                _remove(fp32)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        ckpt.close()
+    return [onnx_dir / graph_file(c, d) for c, d in wanted]
+
+
+def _build_fp32(component: str, ckpt: Checkpoint, arch: Architecture, path: Path, progress: Progress) -> None:
+    try:
+        if component == "vision":
+            build_vision(ckpt, arch, path, lambda: progress.step("vision layer"))
+        elif component == "decoder":
+            build_decoder(ckpt, arch, path, lambda: progress.step("decoder layer"))
+        else:
+            build_embed(ckpt, arch, path)
+            progress.step("embed_tokens")
+    except BaseException:
+        _remove(path)
+        raise
