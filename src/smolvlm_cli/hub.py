@@ -24,7 +24,8 @@ CONFIG_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "chat_template.json", "chat_template.jinja",
 )
-TORCH_FILES = ("*.safetensors", "*.safetensors.index.json")
+# The checkpoint: what the torch backend loads and what our graphs are built from.
+WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -33,9 +34,11 @@ def default_model() -> str:
 
 
 def files_for(backend: str, dtype: str | None) -> list[str]:
-    """Hub file patterns a backend needs (an ONNX graph may carry an `.onnx_data` file)."""
-    if backend == "torch":
-        return [*CONFIG_FILES, *TORCH_FILES]
+    """Hub file patterns a backend needs: `torch` and `build` (our graphs, built from the
+    checkpoint) the safetensors weights, `onnx` the repo's own graphs of `dtype` (a graph may
+    carry an `.onnx_data` file)."""
+    if backend in ("torch", "build"):
+        return [*CONFIG_FILES, *WEIGHT_FILES]
     graphs = onnx_files(dtype).values()
     return [*CONFIG_FILES, *graphs, *(f"{g}_data" for g in graphs), *(f"{g}.data" for g in graphs)]
 

@@ -11,20 +11,19 @@ timings) fill in as it runs.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from smolvlm_cli.backends import BACKENDS
 from smolvlm_cli.backends.base import Backend, DecoderState
-from smolvlm_cli.dtypes import FALLBACK_DTYPE, format_dtype, parse_dtype
-from smolvlm_cli.errors import BackendUnavailableError
+from smolvlm_cli.backends.select import select_backend
+from smolvlm_cli.builder.layout import Progress
 from smolvlm_cli.generation import generate_tokens
+from smolvlm_cli.hub import default_model
 from smolvlm_cli.options import DEFAULT_PROMPT, GenerationOptions
-from smolvlm_cli.hub import default_model, files_for, has_onnx, has_torch_weights, is_local, resolve_model
 from smolvlm_cli.processor import Processor
 from smolvlm_cli.prompt import build_messages
 from smolvlm_cli.tokenizer import Tokenizer
@@ -121,35 +120,6 @@ class TextStream:
         return "".join(self._deltas)
 
 
-def select_backend(model: str, backend: str, dtype: str | None) -> tuple[Path, str]:
-    """Resolve the model and pick the backend: ONNX when it has the graphs, else torch."""
-    from smolvlm_cli.backends.torch import torch_available
-
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
-    if backend == "torch":
-        return resolve_model(model, files_for("torch", None)), "torch"
-    model_dir = resolve_model(model, files_for("onnx", dtype))
-    if dtype is None and not is_local(model) and not has_onnx(model_dir, None):
-        # a Hub repo without the default variant: its fallback graphs (resolve_dtype picks them)
-        model_dir = resolve_model(model, files_for("onnx", FALLBACK_DTYPE))
-    if backend == "onnx" or has_onnx(model_dir, dtype):
-        return model_dir, "onnx"
-    from smolvlm_cli.backends.torch import TORCH_DTYPES
-
-    # Fall back to torch only when it can honour the dtype (an explicit int8/q4 cannot be).
-    if torch_available() and (dtype is None or dtype.lower() in TORCH_DTYPES):
-        if not is_local(model):
-            model_dir = resolve_model(model, files_for("torch", None))
-        if has_torch_weights(model_dir):
-            return model_dir, "torch"
-    raise BackendUnavailableError(
-        f"{model} has no ONNX files for dtype {format_dtype(parse_dtype(dtype))}"
-        + ("" if torch_available() else " and torch is not installed"),
-        hint="export them with `smolvlm export`, choose another --dtype, "
-             "or pip install 'smolvlm-cli[torch]' for the torch backend")
-
-
 class SmolVLM:
     def __init__(self, processor: Processor, tokenizer: Tokenizer, backend: Backend,
                  model_id: str | None = None):
@@ -161,18 +131,28 @@ class SmolVLM:
 
     @classmethod
     def from_pretrained(cls, model: str | Path | None = None, backend: str = "auto",
-                        dtype: str | None = None, threads: int | None = None) -> SmolVLM:
+                        dtype: str | None = None, threads: int | None = None, *, graphs: str = "auto",
+                        progress: Progress | None = None,
+                        notice: Callable[[str], None] = lambda _m: None) -> SmolVLM:
+        """Load a model: a Hub id (downloaded into the Hugging Face cache) or a local folder.
+
+        `backend`: "auto" (ONNX Runtime, else torch), "onnx" or "torch". `dtype`: "int8" (the
+        default), "fp32", ... or per component ("vision=fp32,decoder=int8"). `graphs`: "auto",
+        "build" or "hub" (see `backends/select.py`): by default our fast graphs are built once
+        from the checkpoint's safetensors and cached; `progress` receives that build's steps and
+        `notice` one line when a damaged cache entry is rebuilt.
+        """
         model = str(model) if model is not None else default_model()
-        model_dir, chosen = select_backend(model, backend, dtype)
-        processor = Processor.from_pretrained(model_dir)
-        if chosen == "onnx":
+        chosen = select_backend(model, backend, dtype, graphs, progress=progress, notice=notice)
+        processor = Processor.from_pretrained(chosen.model_dir)
+        if chosen.backend == "onnx":
             from smolvlm_cli.backends.onnx import OnnxBackend
 
-            runner = OnnxBackend(model_dir, processor.config, dtype=dtype, threads=threads)
+            runner = OnnxBackend(chosen.graphs_dir, processor.config, dtype=dtype, threads=threads)
         else:
             from smolvlm_cli.backends.torch import TorchBackend
 
-            runner = TorchBackend(model_dir, processor.config, dtype=dtype, threads=threads)
+            runner = TorchBackend(chosen.model_dir, processor.config, dtype=dtype, threads=threads)
         return cls(processor, processor.tokenizer, runner, model_id=model)
 
     # -- inputs ---------------------------------------------------------------------------

@@ -17,32 +17,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from smolvlm_cli.builder.architecture import Architecture
-from smolvlm_cli.builder.onnx_writer import data_files
+from smolvlm_cli.builder.layout import Progress, data_files, graph_file
 from smolvlm_cli.builder.quantize import make_variant
 from smolvlm_cli.builder.text import build_decoder, build_embed
 from smolvlm_cli.builder.vision import build_vision
 from smolvlm_cli.builder.weights import Checkpoint
-from smolvlm_cli.dtypes import COMPONENTS, DTYPE_SUFFIXES, EXPORT_DTYPES
-
-# Bump when the graphs this package writes change: built-graph caches are keyed by it.
-BUILDER_VERSION = "1"
-MARKER_FILE = "smolvlm-graphs.json"  # beside the graphs: written by our builder, with its version
-
-
-class Progress:
-    """What a build reports: `total(n)` units of work first, then `step(description)` after each
-    (a layer, a quantized graph). The default reports nothing."""
-
-    def total(self, units: int) -> None:
-        pass
-
-    def step(self, description: str) -> None:
-        pass
-
-
-def graph_file(component: str, dtype: str) -> str:
-    return f"{COMPONENTS[component]}{DTYPE_SUFFIXES[dtype]}.onnx"
-
+from smolvlm_cli.dtypes import COMPONENTS, EXPORT_DTYPES
 
 def _remove(path: Path) -> None:
     for p in (path, *data_files(path)):

@@ -15,27 +15,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from smolvlm_cli.builder.layout import data_file_name
+
 DOMAIN = "com.microsoft"  # ONNX Runtime's contrib operators
 OPSET = 17
 EXTERNAL_MIN_BYTES = 1024
 _ALIGN = 4096
 _TWO_GB = 2**31 - 2**20
-
-
-def data_file_name(graph_file: str) -> str:
-    """The external data file beside a graph, as the Hub names it (`x.onnx` -> `x.onnx_data`)."""
-    return graph_file + "_data"
-
-
-def data_files(path: Path) -> list[Path]:
-    """External-data files beside a graph: ours (`x.onnx_data`) or onnxruntime's (`x.onnx.data`)."""
-    return [p for p in (path.with_name(data_file_name(path.name)), path.with_name(path.name + ".data"))
-            if p.is_file()]
-
-
-def graph_bytes(path: Path) -> int:
-    """A graph's size on disk, its external data included."""
-    return path.stat().st_size + sum(p.stat().st_size for p in data_files(path))
 
 
 class GraphWriter:

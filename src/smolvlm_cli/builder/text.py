@@ -27,7 +27,8 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from smolvlm_cli.builder.architecture import Architecture
-from smolvlm_cli.builder.onnx_writer import DOMAIN, GraphWriter, data_file_name
+from smolvlm_cli.builder.layout import data_file_name
+from smolvlm_cli.builder.onnx_writer import DOMAIN, GraphWriter
 from smolvlm_cli.builder.rope import rotary_tables
 from smolvlm_cli.builder.weights import Checkpoint
 from smolvlm_cli.errors import ConfigError

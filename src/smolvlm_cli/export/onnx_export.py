@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from smolvlm_cli.builder.build import BUILDER_VERSION, MARKER_FILE, Progress, build_graphs, graph_file
-from smolvlm_cli.builder.onnx_writer import graph_bytes
+from smolvlm_cli.builder.build import build_graphs
+from smolvlm_cli.builder.layout import BUILDER_VERSION, MARKER_FILE, Progress, graph_bytes, graph_file
 from smolvlm_cli.config import ModelConfig
 from smolvlm_cli.dtypes import COMPONENTS, DTYPE_SUFFIXES, EXPORT_DTYPES
 from smolvlm_cli.errors import ConfigError

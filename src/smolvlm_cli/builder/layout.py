@@ -1,0 +1,43 @@
+"""Names and versions of built graphs: light enough for the runtime path (no onnx import)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from smolvlm_cli.dtypes import COMPONENTS, DTYPE_SUFFIXES
+
+# Bump when the graphs the builder writes change: built-graph caches are keyed by it.
+BUILDER_VERSION = "1"
+MARKER_FILE = "smolvlm-graphs.json"  # beside graphs our builder wrote (`smolvlm export`)
+
+
+class Progress:
+    """What a build reports: `total(n)` units of work first, then `step(description)` after each
+    (a layer, a quantized graph). The base class reports nothing."""
+
+    def total(self, units: int) -> None:
+        pass
+
+    def step(self, description: str) -> None:
+        pass
+
+
+def graph_file(component: str, dtype: str) -> str:
+    """`("decoder", "int8")` -> `decoder_model_merged_int8.onnx` (the Hub's names)."""
+    return f"{COMPONENTS[component]}{DTYPE_SUFFIXES[dtype]}.onnx"
+
+
+def data_file_name(graph_file_name: str) -> str:
+    """The external data file beside a graph, as the Hub names it (`x.onnx` -> `x.onnx_data`)."""
+    return graph_file_name + "_data"
+
+
+def data_files(path: Path) -> list[Path]:
+    """External-data files beside a graph: ours (`x.onnx_data`) or onnxruntime's (`x.onnx.data`)."""
+    return [p for p in (path.with_name(data_file_name(path.name)), path.with_name(path.name + ".data"))
+            if p.is_file()]
+
+
+def graph_bytes(path: Path) -> int:
+    """A graph's size on disk, its external data included."""
+    return path.stat().st_size + sum(p.stat().st_size for p in data_files(path))
