@@ -25,6 +25,7 @@ PROCESSOR_CONFIG_FILE = "processor_config.json"
 _VISION_DEFAULTS = {"num_hidden_layers": 12, "intermediate_size": 3072, "num_attention_heads": 12,
                     "hidden_size": 768, "image_size": 512, "patch_size": 16}
 _LLAMA_DEFAULT_MAX_POSITIONS = 2048
+_LLAMA_DEFAULT_HEADS = 32  # SmolVLM2-2.2B's config.json omits its head counts
 
 
 def read_json(path: Path, *, required: bool = True) -> dict[str, Any]:
@@ -131,7 +132,7 @@ class ModelConfig:
         scale = int(cfg.get("scale_factor", 1))
         patches = (int(vision["image_size"]) // int(vision["patch_size"])) ** 2
         image_seq_len = int(proc.get("image_seq_len", patches // (scale * scale)))
-        heads = int(text["num_attention_heads"])
+        heads = int(text.get("num_attention_heads") or _LLAMA_DEFAULT_HEADS)
         hidden = int(text["hidden_size"])
         # generation_config.json is authoritative; text_config's eos (<|im_end|>) is an extra stop.
         eos = _ids(gen.get("eos_token_id")) or _ids(cfg.get("eos_token_id"))
@@ -167,7 +168,7 @@ class ModelConfig:
             hidden_size=hidden,
             num_hidden_layers=int(text["num_hidden_layers"]),
             num_attention_heads=heads,
-            num_key_value_heads=int(text.get("num_key_value_heads", heads)),
+            num_key_value_heads=int(text.get("num_key_value_heads") or heads),
             head_dim=int(text.get("head_dim") or hidden // heads),
             max_position_embeddings=int(text.get("max_position_embeddings",
                                                  _LLAMA_DEFAULT_MAX_POSITIONS)),

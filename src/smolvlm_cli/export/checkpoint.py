@@ -29,6 +29,49 @@ TINY_TEXT = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128
 TINY_VISION = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
                "num_attention_heads": 4}
 
+# SmolVLM2-2.2B-Instruct, from its published architecture: the weights and config.json cannot be
+# fetched here, and no byte-exact copy of its config was found. What a public excerpt of its
+# config.json shows: scale_factor 3, text hidden 2048 / intermediate 8192 / 24 layers / head_dim
+# 64 / max_position_embeddings 8192, no head counts (transformers' default, 32, applies), and
+# processor_config image_seq_len 81. The rest is the published SigLIP-so400m/14 at 384 px and
+# SmolLM2-1.7B (rope_theta 130000, untied head in the VLM). The tokenizer and chat template are
+# the SmolVLM2 ones.
+SMOLVLM2_2_2B = {
+    "config": {"scale_factor": 3, "tie_word_embeddings": False,
+               "text_config": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24,
+                               "head_dim": 64, "max_position_embeddings": 8192, "rope_theta": 130000,
+                               "num_attention_heads": None, "num_key_value_heads": None},
+               "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+                                 "num_attention_heads": 16, "patch_size": 14, "image_size": 384,
+                                 "max_image_size": {"longest_edge": 384}, "size": {"longest_edge": 1536}}},
+    "preprocessor_config": {"max_image_size": {"longest_edge": 384}, "size": {"longest_edge": 1536}},
+    "processor_config": {"image_seq_len": 81},
+}
+
+
+def _merge(base: dict, patch: dict) -> dict:
+    out = dict(base)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict) and key not in (
+                "max_image_size", "size"):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def write_2_2b_config(smolvlm2_dir: str | Path, out_dir: str | Path) -> Path:
+    """A SmolVLM2-2.2B-like model folder (no weights) from a SmolVLM2 fixture folder's files."""
+    src, out = Path(smolvlm2_dir), Path(out_dir)
+    copy_config_files(src, out)
+    for name, patch in SMOLVLM2_2_2B.items():
+        path = out / f"{name}.json"
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        path.write_text(json.dumps(_merge(data, patch), indent=2) + "\n", encoding="utf-8")
+    return out
+
 
 def is_weight_file(path: Path) -> bool:
     return path.name in WEIGHT_NAMES or path.name.endswith(WEIGHT_SUFFIXES)
