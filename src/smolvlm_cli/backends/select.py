@@ -16,13 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from smolvlm_cli.backends import BACKENDS
+from smolvlm_cli.backends import BACKENDS, GRAPH_SOURCES
 from smolvlm_cli.builder.layout import MARKER_FILE, Progress
 from smolvlm_cli.dtypes import EXPORT_DTYPES, FALLBACK_DTYPE, format_dtype, parse_dtype
 from smolvlm_cli.errors import BackendUnavailableError
 from smolvlm_cli.hub import files_for, has_onnx, has_torch_weights, is_local, resolve_model
-
-GRAPH_SOURCES = ("auto", "build", "hub")
 
 
 @dataclass(frozen=True)

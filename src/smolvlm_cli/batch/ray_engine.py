@@ -118,11 +118,11 @@ def run_ray(config: BatchConfig, settings: RaySettings, *, reporter: Reporter | 
     session = RaySession(settings, reporter)
 
     def engine_factory() -> RayEngine:
-        from smolvlm_cli.model import select_backend
+        from smolvlm_cli.backends.select import select_backend
 
-        model_dir, backend = select_backend(settings.model, settings.backend, settings.dtype)
+        chosen = select_backend(settings.model, settings.backend, settings.dtype)  # builds once here
         session.start()
-        return RayEngine(session, model_dir, backend)
+        return RayEngine(session, chosen.model_dir, chosen.backend)
 
     try:
         if config.fmt == "parquet":

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from smolvlm_cli.cli import output
-from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DtypeOpt, LongestEdgeOpt, MaxTokensOpt,
+from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, GraphsOpt, DtypeOpt, LongestEdgeOpt, MaxTokensOpt,
                                      ModelOpt, NoSplitOpt, QuietOpt, RepetitionPenaltyOpt, SeedOpt,
                                      TemperatureOpt, ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt,
                                      generation_options)
@@ -153,6 +153,7 @@ def batch(
     model: ModelOpt = DEFAULT_MODEL,
     backend: BackendOpt = "auto",
     dtype: DtypeOpt = None,
+    graphs: GraphsOpt = "auto",
     threads: ThreadsOpt = None,
     max_new_tokens: MaxTokensOpt = DEFAULTS.max_new_tokens,
     temperature: TemperatureOpt = DEFAULTS.temperature,
@@ -191,9 +192,9 @@ def batch(
 
     def engine():
         from smolvlm_cli.batch.local import LocalEngine
-        from smolvlm_cli.model import SmolVLM
+        from smolvlm_cli.cli.loading import load_model
 
-        vlm = SmolVLM.from_pretrained(model, backend=backend, dtype=dtype, threads=threads)
+        vlm = load_model(model, backend, dtype, threads, graphs, quiet)
         return LocalEngine(vlm, options, model_name=model, batch_size=batch_size,
                            workers=prefetch, longest_edge=longest_edge,
                            split=False if no_split else None)

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from smolvlm_cli.cli import output
-from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DtypeOpt, JsonOpt, LongestEdgeOpt,
+from smolvlm_cli.cli.loading import load_model
+from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, GraphsOpt, DtypeOpt, JsonOpt, LongestEdgeOpt,
                                      MaxTokensOpt, ModelOpt, NoSplitOpt, QuietLongOpt, QuietOpt,
                                      RepetitionPenaltyOpt, SeedOpt, TemperatureOpt, ThreadsOpt,
                                      TopKOpt, TopPOpt, generation_options)
@@ -24,13 +25,6 @@ def register(app: typer.Typer) -> None:
     app.command(epilog=CHAT_HELP)(chat)
 
 
-def _load(model, backend, dtype, threads, quiet):
-    from smolvlm_cli.model import SmolVLM
-
-    with output.Status(quiet).show(f"Loading {model}"):
-        return SmolVLM.from_pretrained(model, backend=backend, dtype=dtype, threads=threads)
-
-
 def ask(
     images: Annotated[list[str], typer.Argument(metavar="IMAGE...", help="Image paths.")],
     questions: Annotated[list[str], typer.Option(
@@ -38,6 +32,7 @@ def ask(
     model: ModelOpt = DEFAULT_MODEL,
     backend: BackendOpt = "auto",
     dtype: DtypeOpt = None,
+    graphs: GraphsOpt = "auto",
     threads: ThreadsOpt = None,
     max_new_tokens: MaxTokensOpt = DEFAULTS.max_new_tokens,
     temperature: TemperatureOpt = DEFAULTS.temperature,
@@ -55,7 +50,7 @@ def ask(
     from smolvlm_cli.image_loading import load_image
 
     loaded = [load_image(path) for path in images]  # bad files fail before the model loads
-    vlm = _load(model, backend, dtype, threads, quiet)
+    vlm = load_model(model, backend, dtype, threads, graphs, quiet)
     opts = generation_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
     streams = vlm.ask_stream(loaded, questions, options=opts, longest_edge=longest_edge,
                              split=False if no_split else None)
@@ -79,6 +74,7 @@ def chat(
     model: ModelOpt = DEFAULT_MODEL,
     backend: BackendOpt = "auto",
     dtype: DtypeOpt = None,
+    graphs: GraphsOpt = "auto",
     threads: ThreadsOpt = None,
     max_new_tokens: MaxTokensOpt = DEFAULTS.max_new_tokens,
     temperature: TemperatureOpt = DEFAULTS.temperature,
@@ -95,7 +91,7 @@ def chat(
     from smolvlm_cli.image_loading import load_image
 
     pending = [load_image(path) for path in images or ()]
-    vlm = _load(model, backend, dtype, threads, quiet)
+    vlm = load_model(model, backend, dtype, threads, graphs, quiet)
     conversation = vlm.chat(generation_options(max_new_tokens, temperature, top_k, top_p,
                                      repetition_penalty, seed),
                             longest_edge=longest_edge, split=False if no_split else None)

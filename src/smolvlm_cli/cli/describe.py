@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 import typer
 
 from smolvlm_cli.cli import output
-from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DtypeOpt, JsonOpt, LongestEdgeOpt,
+from smolvlm_cli.cli.loading import load_model
+from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, GraphsOpt, DtypeOpt, JsonOpt, LongestEdgeOpt,
                                      MaxTokensOpt, ModelOpt, NoSplitOpt, QuietOpt,
                                      RepetitionPenaltyOpt, SeedOpt, TemperatureOpt, ThreadsOpt,
                                      TopKOpt, TopPOpt, VerboseOpt, generation_options)
@@ -73,6 +74,7 @@ def describe(
     model: ModelOpt = DEFAULT_MODEL,
     backend: BackendOpt = "auto",
     dtype: DtypeOpt = None,
+    graphs: GraphsOpt = "auto",
     threads: ThreadsOpt = None,
     max_new_tokens: MaxTokensOpt = DEFAULTS.max_new_tokens,
     temperature: TemperatureOpt = DEFAULTS.temperature,
@@ -95,16 +97,13 @@ def describe(
     status = output.Status(quiet)
 
     from smolvlm_cli.image_loading import load_image
-    from smolvlm_cli.model import SmolVLM
-
     # Decode the images first: a bad file fails before the model loads.
     loaded = [load_image(s, name="<stdin>" if isinstance(s, bytes) else None) for s in sources]
     opts = generation_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
     startup_s = started - _process_start()
-    with status.show(f"Loading {model}"):
-        t0 = time.perf_counter()
-        vlm = SmolVLM.from_pretrained(model, backend=backend, dtype=dtype, threads=threads)
-        load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    vlm = load_model(model, backend, dtype, threads, graphs, quiet, status)
+    load_s = time.perf_counter() - t0
     prepared = vlm.prepare(loaded, prompt or DEFAULT_PROMPT, longest_edge=longest_edge,
                            split=False if no_split else None)
     stream = vlm.stream_prepared(prepared, opts)

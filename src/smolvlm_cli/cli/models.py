@@ -9,10 +9,10 @@ from typing import Annotated
 import typer
 
 from smolvlm_cli.cli import output
-from smolvlm_cli.cli.options import BackendOpt, DtypeOpt, JsonOpt, LongestEdgeOpt, ModelOpt, NoSplitOpt
+from smolvlm_cli.cli.options import (BackendOpt, DtypeOpt, GraphsOpt, JsonOpt, LongestEdgeOpt, ModelOpt,
+                                     NoSplitOpt, QuietOpt)
+from smolvlm_cli.config import SUPPORTED_MODEL_TYPES
 from smolvlm_cli.hub import CONFIG_FILES, DEFAULT_MODEL
-
-SUPPORTED_TYPES = ("smolvlm", "idefics3")
 
 
 def register(app: typer.Typer) -> None:
@@ -25,14 +25,21 @@ def download(
     model: Annotated[str, typer.Argument(help="Hub id, e.g. HuggingFaceTB/SmolVLM2-256M-Video-Instruct.")],
     dtype: DtypeOpt = None,
     backend: BackendOpt = "onnx",
+    graphs: GraphsOpt = "auto",
+    quiet: QuietOpt = False,
 ) -> None:
-    """Download only the files a dtype needs into the Hugging Face cache; print the folder."""
-    from smolvlm_cli.hub import files_for, resolve_model
+    """Download what a run needs and build its fast graphs, so later runs work offline; print
+    the downloaded folder."""
+    from smolvlm_cli.backends.select import select_backend
+    from smolvlm_cli.cli.loading import BuildProgress
 
-    status = output.Status()
+    status = output.Status(quiet)
     with status.show(f"Downloading {model}"):
-        path = resolve_model(model, files_for("torch" if backend == "torch" else "onnx", dtype))
-    output.write(f"{path}\n")
+        chosen = select_backend(model, backend, dtype, graphs, progress=BuildProgress(status, model, quiet),
+                                notice=lambda m: output.log(f"Note: {m}"))
+    if not quiet and chosen.graphs_dir is not None and chosen.graphs_dir != chosen.model_dir:
+        output.log(f"Graphs: {chosen.graphs_dir / 'onnx'}")
+    output.write(f"{chosen.model_dir}\n")
 
 
 def _variants(snapshot: Path) -> dict[str, int]:
@@ -44,8 +51,7 @@ def _variants(snapshot: Path) -> dict[str, int]:
     return found
 
 
-def list_models(json_out: JsonOpt = False) -> None:
-    """List the SmolVLM models in the Hugging Face cache, with their ONNX variants and sizes."""
+def _hub_rows() -> list[dict]:
     from huggingface_hub import scan_cache_dir
     from huggingface_hub.errors import CacheNotFound
 
@@ -63,11 +69,29 @@ def list_models(json_out: JsonOpt = False) -> None:
                 model_type = json.loads((snapshot / "config.json").read_text()).get("model_type")
             except (OSError, ValueError):
                 continue
-            if model_type not in SUPPORTED_TYPES:
+            if model_type not in SUPPORTED_MODEL_TYPES:
                 continue
+            weights = sum(f.stat().st_size for f in snapshot.glob("*.safetensors") if f.is_file())
             rows.append({"model": repo.repo_id, "revision": revision.commit_hash[:12],
                          "path": str(snapshot), "size_bytes": revision.size_on_disk,
-                         "onnx": _variants(snapshot)})
+                         "weights_bytes": weights, "onnx": _variants(snapshot), "built": []})
+    return rows
+
+
+def list_models(json_out: JsonOpt = False) -> None:
+    """List the SmolVLM models downloaded (Hugging Face cache) and the graphs built from them
+    (our cache), with sizes."""
+    from smolvlm_cli.builder.cache import built_entries, graphs_root
+
+    rows = _hub_rows()
+    by_model = {row["model"]: row for row in rows}
+    for entry in built_entries():
+        row = by_model.get(entry["model"])
+        if row is None:  # built from a local folder
+            row = by_model[entry["model"]] = {"model": entry["model"], "revision": None, "path": None,
+                                              "size_bytes": 0, "weights_bytes": 0, "onnx": {}, "built": []}
+            rows.append(row)
+        row["built"].append(entry)
     if json_out:
         output.write_json(rows)
         return
@@ -75,9 +99,19 @@ def list_models(json_out: JsonOpt = False) -> None:
         output.log("No SmolVLM models in the cache. Try: smolvlm download " + DEFAULT_MODEL)
         return
     for row in rows:
-        output.write(f"{row['model']}  ({row['revision']}, {_mb(row['size_bytes'])})\n")
+        head = f"{row['model']}"
+        if row["revision"]:
+            head += f"  ({row['revision']}, {_mb(row['size_bytes'])} downloaded)"
+        output.write(head + "\n")
+        if row["weights_bytes"]:
+            output.write(f"  safetensors  {_mb(row['weights_bytes'])}\n")
         for name, size in row["onnx"].items():
             output.write(f"  onnx/{name}  {_mb(size)}\n")
+        for entry in row["built"]:
+            graphs = ", ".join(entry["graphs"]) or "none finished"
+            output.write(f"  built: {graphs}  ({_mb(entry['bytes'])} in {entry['path']})\n")
+    output.log(f"Built graphs live in {graphs_root()} (delete a folder there to reclaim its space; "
+               "it is rebuilt when needed).")
 
 
 def _mb(size: int) -> str:

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from smolvlm_cli.backends import BACKENDS
+from smolvlm_cli.backends import BACKENDS, GRAPH_SOURCES
 from smolvlm_cli.dtypes import DEFAULT_DTYPE, parse_dtype
 from smolvlm_cli.hub import DEFAULT_MODEL, MODEL_ENV
 from smolvlm_cli.options import GenerationOptions
@@ -43,6 +43,13 @@ def _check_penalty(value: float) -> float:
     return value
 
 
+def _check_graphs(value: str) -> str:
+    value = value.lower()
+    if value not in GRAPH_SOURCES:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(GRAPH_SOURCES)}")
+    return value
+
+
 def _check_backend(value: str) -> str:
     value = value.lower()
     if value not in BACKENDS:
@@ -52,13 +59,19 @@ def _check_backend(value: str) -> str:
 
 ModelOpt = Annotated[str, typer.Option(
     "--model", "-m", envvar=MODEL_ENV, show_envvar=True, rich_help_panel=_MODEL_PANEL,
-    help="Hub id or local directory (Hugging Face layout, ONNX graphs under onnx/).")]
+    help="Hub id or local directory (Hugging Face layout: config, tokenizer and safetensors "
+         "weights, or ONNX graphs under onnx/).")]
 BackendOpt = Annotated[str, typer.Option(
     "--backend", callback=_check_backend, rich_help_panel=_MODEL_PANEL, help="auto (ONNX when the model has the graphs, else torch), onnx or torch.")]
 DtypeOpt = Annotated[Optional[str], typer.Option(
     "--dtype", callback=_check_dtype, rich_help_panel=_MODEL_PANEL,
     help=f"ONNX variant: fp32, fp16, int8, q4 (default {DEFAULT_DTYPE}), or per component, "
          "e.g. 'vision=fp32,decoder=int8'. The torch backend takes fp32, bf16 or fp16.")]
+GraphsOpt = Annotated[str, typer.Option(
+    "--graphs", callback=_check_graphs, rich_help_panel=_MODEL_PANEL,
+    help="Which ONNX graphs run: auto (our fast graphs, built once from the model's safetensors "
+         "and cached; a folder from `smolvlm export` runs its own), build (always ours), or hub "
+         "(the repo's own onnx/ graphs: a smaller download, slower).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(
     "--threads", min=1, rich_help_panel=_MODEL_PANEL, help="CPU threads (default: all cores).")]
 

@@ -74,6 +74,17 @@ class Status:
         if self._status is not None:
             self._status.update(message)
 
+    def pause(self):
+        """Stop the spinner for another live display; returns the console to draw it on
+        (None when stderr is not a terminal)."""
+        if self._status is not None:
+            self._status.stop()
+        return self._console
+
+    def resume(self) -> None:
+        if self._status is not None:
+            self._status.start()
+
 
 def human_size(size: int) -> str:
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):

@@ -193,6 +193,8 @@ def check_export(model, fp32: dict[str, Path], variants: dict[str, dict[str, Pat
             extra = ""
             if graph == "decoder_model_merged":
                 fidelity[name]["top1"] = float((got.argmax(-1) == want.argmax(-1)).mean())
-                extra = f", top-1 agreement {fidelity[name]['top1']:.0%} over {len(got)} positions"
+                extra = (f", same top-1 token as fp32 at {fidelity[name]['top1']:.0%} of {len(got)} "
+                         "positions (random or tiny weights have near-ties: low figures are normal "
+                         "there; README's dtype table has real-caption figures)")
             log(f"fidelity {name}.onnx: cosine to fp32 {fidelity[name]['cosine']:.5f}{extra}")
     return diffs, fidelity
