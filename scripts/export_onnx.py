@@ -1,16 +1,13 @@
 #!/usr/bin/env python
-"""Export a SmolVLM / SmolVLM2 checkpoint to ONNX in the Hugging Face `onnx/` layout.
+"""Build our fast ONNX graphs from a SmolVLM / SmolVLM2 checkpoint, in the Hub's `onnx/` layout.
 
-    scripts/export_onnx.py MODEL OUT_DIR [--dtype fp32,fp16,int8,q4] [--no-check]
-                           [--decoder-style gqa|official] [--vision-style fused|plain]
-                           [--all-logits | --last-logits]
+    scripts/export_onnx.py MODEL OUT_DIR [--dtype fp32,fp16,int8,q4] [--check] [--quiet]
 
 The same as `smolvlm export` (see `smolvlm export --help`), runnable from a checkout. MODEL is a
-local model directory (with model.safetensors) or a Hub id. OUT_DIR gets every
+local checkpoint directory (config, tokenizer and safetensors) or a Hub id. OUT_DIR gets every
 config/tokenizer/processor file plus onnx/vision_encoder*.onnx, onnx/embed_tokens*.onnx and
-onnx/decoder_model_merged*.onnx for each dtype (default fp32 and int8). The fp32 graphs are
-checked in ONNX Runtime against transformers unless --no-check; quantized variants report their
-fidelity. Needs the `export` extra (torch, transformers, onnx).
+onnx/decoder_model_merged*.onnx for each dtype (default fp32 and int8). No torch is needed;
+`--check` holds the fp32 graphs against transformers (the `export` extra).
 """
 
 from __future__ import annotations

@@ -15,6 +15,19 @@ MODEL_NAMES = ("SmolVLM2-256M-Video-Instruct", "SmolVLM2-500M-Video-Instruct", "
 from model_fixtures import *  # noqa: E402,F401,F403
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _graph_cache(tmp_path_factory):
+    """Graphs the runtime builds go to a per-session cache, never the user's ~/.cache (the
+    variable reaches the CLI subprocesses too)."""
+    saved = os.environ.get("SMOLVLM_CACHE")
+    os.environ["SMOLVLM_CACHE"] = str(tmp_path_factory.mktemp("smolvlm-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("SMOLVLM_CACHE", None)
+    else:
+        os.environ["SMOLVLM_CACHE"] = saved
+
+
 def fixture_dir(name: str) -> Path:
     path = FIXTURES / name
     if not (path / "config.json").is_file():

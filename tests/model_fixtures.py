@@ -8,9 +8,10 @@ special tokens) are built once per session, lazily, and only for what a test ask
 - `tiny_onnx_dir(name, dtypes=("fp32",), style="fast")`: a directory in the Hub layout holding
   the tiny checkpoint *and* `onnx/` graphs for `dtypes` (so the torch and ONNX backends load the
   same directory), cached by (name, dtypes, style); a cached export with more dtypes is reused.
-  `style="fast"` is the exporter's default (GroupQueryAttention decoder with last-position
-  logits, fused vision graph); `style="official"` gives graphs of exactly the Hub's contract
-  (traced decoder with position_ids and concatenated presents, plain vision graph).
+  `style="fast"` is our builder's graphs (GroupQueryAttention decoder with last-position
+  logits, fused vision graph, no torch); `style="official"` gives graphs of exactly the Hub's
+  contract (traced decoder with position_ids and concatenated presents, plain vision graph): run
+  them with `graphs="hub"`, since by default a folder with safetensors runs our built graphs.
 - `tiny_onnx[name]`: `tiny_onnx_dir(name, ("fp32", "int8", "q4"))`.
 
 `name` is a fixture model name: "SmolVLM2-256M-Video-Instruct" (smolvlm) or
@@ -85,7 +86,7 @@ def build_tiny_checkpoint(name: str, out_dir: str | Path, seed: int = 0) -> Path
     return make_random_checkpoint(source_dir(name), out_dir, tiny=True, seed=seed)
 
 
-STYLES = {"fast": {}, "official": {"decoder_style": "official", "vision_style": "plain"}}
+STYLES = {"fast": {}, "official": {"style": "official"}}
 
 
 def build_tiny_model(name: str, out_root: str | Path, dtypes=("fp32",), *, check: bool = False,

@@ -17,7 +17,7 @@ from smolvlm_cli import SmolVLM
 from smolvlm_cli.backends.onnx import OnnxBackend
 from smolvlm_cli.backends.torch import TorchBackend
 from smolvlm_cli.errors import BackendUnavailableError, ConfigError
-from smolvlm_cli.model import select_backend
+from smolvlm_cli.backends.select import Selection, select_backend
 from smolvlm_cli.options import GenerationOptions
 from smolvlm_cli.prompt import build_messages
 
@@ -163,20 +163,30 @@ def test_stops_on_the_generation_config_eos(tiny_onnx_dir, monkeypatch):
 def test_auto_backend_selection(tiny_onnx_dir, tiny_checkpoints, tmp_path):
     import shutil
 
+    from smolvlm_cli.builder.cache import graphs_root
+
     # the session fixture may hand back a folder built with more dtypes (test_export.py asks for
     # fp16 too): copy its fp32 graphs only, so that fp16 is really missing below
     with_onnx = tmp_path / "fp32-only"
     shutil.copytree(tiny_onnx_dir(NAMES[0]), with_onnx,
                     ignore=shutil.ignore_patterns("*_fp16.onnx*", "*_int8.onnx*", "*_q4.onnx*", ".smolvlm-cache"))
-    assert select_backend(str(with_onnx), "auto", None) == (with_onnx, "onnx")
+    # a folder holding our graphs runs them
+    assert select_backend(str(with_onnx), "auto", "fp32") == Selection("onnx", with_onnx, with_onnx)
+    # a checkpoint alone: our graphs are built from its safetensors into the cache
     torch_only = tiny_checkpoints[NAMES[0]]
-    assert select_backend(str(torch_only), "auto", None) == (torch_only, "torch")
-    assert SmolVLM.from_pretrained(torch_only).backend.name == "torch"
-    # No graphs of that dtype: torch takes over where it can run the dtype, else a clear error.
-    assert select_backend(str(with_onnx), "auto", "fp16") == (with_onnx, "torch")
+    built = select_backend(str(torch_only), "auto", None)
+    assert (built.backend, built.model_dir) == ("onnx", torch_only)
+    assert built.graphs_dir.parent.parent == graphs_root()
+    assert SmolVLM.from_pretrained(torch_only).backend.name == "onnx"
+    # the repo's own graphs asked for, and it has none: torch takes over where it can run the dtype
+    assert select_backend(str(torch_only), "auto", None, graphs="hub") == Selection("torch", torch_only)
+    # a dtype our folder lacks is built from its safetensors, not run by torch
+    fp16 = select_backend(str(with_onnx), "auto", "fp16")
+    assert fp16.backend == "onnx" and fp16.graphs_dir != with_onnx
+    # a variant only the Hub publishes (q4f16): the folder's own graphs, else a clear error
     with pytest.raises(BackendUnavailableError, match="no ONNX files for dtype q4f16") as err:
         select_backend(str(with_onnx), "auto", "q4f16")
-    assert "smolvlm export" in err.value.hint
+    assert "--dtype" in err.value.hint
     # Neither graphs nor weights: a clear error saying what to do.
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -185,7 +195,7 @@ def test_auto_backend_selection(tiny_onnx_dir, tiny_checkpoints, tmp_path):
             (bare / f.name).write_bytes(f.read_bytes())
     with pytest.raises(BackendUnavailableError, match="no ONNX files") as err:
         SmolVLM.from_pretrained(bare)
-    assert "smolvlm export" in err.value.hint
+    assert "safetensors" in err.value.hint
 
 
 def test_onnx_graph_that_does_not_fit_the_config(tiny_onnx_dir, tmp_path):

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from conftest import fixture_dir
+from smolvlm_cli.backends.select import Selection
 from smolvlm_cli.errors import ModelNotFoundError
 from smolvlm_cli.hub import CONFIG_FILES, files_for, resolve_model
 
@@ -48,7 +49,7 @@ def _resolve_in_subprocess(model: str, hf_home, dtype: str = "fp32", select: boo
     call = (f"select_backend({model!r}, 'auto', {dtype!r})" if select
             else f"resolve_model({model!r}, files_for('onnx', {dtype!r}))")
     code = ("import sys; from smolvlm_cli.hub import resolve_model, files_for\n"
-            "from smolvlm_cli.model import select_backend\n"
+            "from smolvlm_cli.backends.select import select_backend\n"
             "from smolvlm_cli.errors import SmolVLMError\n"
             "try:\n"
             f"    print({call})\n"
@@ -96,4 +97,4 @@ def test_default_dtype_falls_back_to_the_graphs_a_hub_repo_has(tmp_path):
     result = _resolve_in_subprocess("HuggingFaceTB/SmolVLM2-256M-Video-Instruct", tmp_path,
                                     dtype=None, select=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip() == repr((snapshot, "onnx"))
+    assert result.stdout.strip() == repr(Selection("onnx", snapshot, snapshot))

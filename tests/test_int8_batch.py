@@ -49,7 +49,7 @@ def nbits_vlm(style, tiny_onnx_dir, tmp_path_factory):
     fp32 = model_dir / "onnx/decoder_model_merged.onnx"
     quantize.quantize_nbits(fp32, model_dir / DECODER, bits=8, block_size=64)
     quantize._keep_io_dims(fp32, model_dir / DECODER)
-    return SmolVLM.from_pretrained(model_dir, backend="onnx", dtype="int8")
+    return SmolVLM.from_pretrained(model_dir, backend="onnx", dtype="int8", graphs="hub")
 
 
 @pytest.fixture(scope="module")

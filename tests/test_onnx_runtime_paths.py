@@ -53,7 +53,7 @@ def _inputs(vlm, case):
 @pytest.mark.parametrize("name", NAMES)
 def test_official_contract_graphs_load_and_match_transformers(tiny_onnx_dir, reference_model, name, case):
     model_dir = tiny_onnx_dir(name, style="official")
-    vlm = SmolVLM.from_pretrained(model_dir, backend="onnx")
+    vlm = SmolVLM.from_pretrained(model_dir, backend="onnx", graphs="hub")
     assert vlm.backend.decoder_style == "official" and not vlm.backend.runner.shared
     assert "position_ids" in {i.name for i in vlm.backend.decoder.get_inputs()}
     inputs = _inputs(vlm, case)
@@ -72,7 +72,7 @@ def fast_dir(request, tiny_onnx_dir):
 
 
 def _backends(model_dir):
-    vlm = SmolVLM.from_pretrained(model_dir, backend="onnx")
+    vlm = SmolVLM.from_pretrained(model_dir, backend="onnx", graphs="hub")
     concat = OnnxBackend(model_dir, vlm.config, shared_kv=False)
     return vlm, vlm.backend, concat
 
@@ -92,7 +92,7 @@ def test_gqa_graph_uses_shared_buffers_and_matches_the_numpy_loop(fast_dir):
 
 def test_float16_caches_go_through_shared_buffers_too(tiny_onnx_dir):
     model_dir = tiny_onnx_dir(NAMES[1], ("fp32", "fp16"))
-    vlm = SmolVLM.from_pretrained(model_dir, backend="onnx", dtype="fp16")
+    vlm = SmolVLM.from_pretrained(model_dir, backend="onnx", dtype="fp16", graphs="hub")
     assert vlm.backend.runner.shared
     state = vlm.backend.new_state()
     assert state.cache_view("past_key_values.0.key").dtype == np.float16

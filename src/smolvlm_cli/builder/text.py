@@ -55,14 +55,15 @@ def _matmul(w: GraphWriter, ckpt: Checkpoint, x: str, names: list[str], base: st
 
 
 def lm_head_weight(ckpt: Checkpoint, arch: Architecture) -> np.ndarray:
-    """[vocab, hidden]: `lm_head.weight`, or the embeddings when the config ties them."""
+    """[vocab, hidden]: `lm_head.weight` when the checkpoint has one (transformers keeps a stored
+    head even when the config asks to tie it), else the embeddings if the config ties them."""
+    if "lm_head.weight" in ckpt:
+        return ckpt.get("lm_head.weight")
     if arch.tie_word_embeddings:
         return ckpt.get(EMBED)
-    if "lm_head.weight" not in ckpt:
-        raise ConfigError(f"the checkpoint {ckpt.model_dir} has no lm_head.weight and config.json "
-                          "does not tie it to the embeddings (tie_word_embeddings)",
-                          hint="the weights are incomplete: download the model again")
-    return ckpt.get("lm_head.weight")
+    raise ConfigError(f"the checkpoint {ckpt.model_dir} has no lm_head.weight and config.json "
+                      "does not tie it to the embeddings (tie_word_embeddings)",
+                      hint="the weights are incomplete: download the model again")
 
 
 def build_embed(ckpt: Checkpoint, arch: Architecture, path: Path) -> None:

@@ -84,9 +84,9 @@ class Checkpoint:
             for name, info in header.items():
                 begin, end = info["data_offsets"]
                 if info["dtype"] not in _DTYPES or start + end > size:
-                    raise ConfigError(f"{path.name}: tensor {name} is {info['dtype']} at bytes "
-                                      f"{begin}-{end} of a {size}-byte file",
-                                      hint="the file is truncated or damaged: download the model again")
+                    raise ConfigError(f"{path} is truncated or damaged: tensor {name} ({info['dtype']}) "
+                                      f"needs bytes {begin}-{end} of a {size}-byte file",
+                                      hint="download the model again")
                 self._where[self._canonical(name)] = (path, info, start)
                 self.dtypes.add(info["dtype"])
         self._maps: dict[Path, np.memmap] = {}
