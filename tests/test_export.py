@@ -1,6 +1,8 @@
-"""The ONNX exporter: the Hub's graph contract, ONNX Runtime vs transformers, variants, scripts.
+"""`smolvlm export`: our built graphs and the traced Hub-contract ones, ONNX Runtime vs
+transformers, variants, scripts.
 
-Runs on tiny random checkpoints of both formats (smolvlm = SmolVLM2, idefics3 = SmolVLM).
+Runs on tiny random checkpoints of both formats (smolvlm = SmolVLM2, idefics3 = SmolVLM). The
+builder's step-by-step parity on every architecture is in test_builder.py.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from model_fixtures import TINY_MODEL_NAMES, source_dir  # noqa: E402
 from smolvlm_cli.config import ModelConfig  # noqa: E402
 from smolvlm_cli.dtypes import DTYPE_SUFFIXES  # noqa: E402
 from smolvlm_cli.export import check as chk  # noqa: E402
-from smolvlm_cli.export.decoder import past_names  # noqa: E402
-from smolvlm_cli.export.onnx_export import ExportError, export_graph, load_torch_model  # noqa: E402
+from smolvlm_cli.builder.text import past_names  # noqa: E402
+from smolvlm_cli.errors import ExportError  # noqa: E402
+from smolvlm_cli.export.traced import export_traced_graph, load_torch_model  # noqa: E402
 
 ALL_DTYPES = ("fp32", "fp16", "int8", "q4")
 GRAPHS = ("vision_encoder", "embed_tokens", "decoder_model_merged")
@@ -127,23 +130,6 @@ def test_fast_graphs_say_what_they_are(exported_style):
             assert {p.key: p.value for p in props.metadata_props}.get("smolvlm.decoder_style") == "gqa"
     else:
         assert meta == {"vision_encoder": {}, "decoder_model_merged": {}}
-
-
-def test_last_logits_is_an_export_option_of_both_decoder_styles(tmp_path, tiny_checkpoints):
-    from smolvlm_cli.export.onnx_export import export_graph
-
-    model = torch_model(tiny_checkpoints[TINY_MODEL_NAMES[1]])
-    prompt = np.random.default_rng(5).integers(3, 49000, (1, 9))
-    tokens, ref = chk.decoder_reference(model, prompt, steps=2)
-    emb = tmp_path / "embed_tokens.onnx"
-    export_graph(model, "embed_tokens", emb)
-    for style, last, rows in (("official", True, 1), ("gqa", False, 9)):
-        path = tmp_path / f"decoder_{style}.onnx"
-        export_graph(model, "decoder_model_merged", path, decoder_style=style, last_logits=last)
-        logits = chk.run_decoder(chk.session(path), chk.session(emb), tokens, *_dims(model))
-        assert logits[0].shape[1] == rows
-        for got, want in zip(logits, ref):
-            np.testing.assert_allclose(got, want[:, -got.shape[1]:], atol=1e-4)
 
 
 def test_export_copies_every_config_file(exported):
@@ -289,11 +275,12 @@ def test_variants_load_and_stay_close_to_fp32(exported, dtype):
 
 
 def test_graphs_above_the_protobuf_limit_use_one_onnx_data_file(tmp_path, monkeypatch, tiny_checkpoints):
-    import smolvlm_cli.export.onnx_export as onnx_export
+    import smolvlm_cli.builder.onnx_writer as onnx_writer
+    from smolvlm_cli.export.onnx_export import export_onnx
 
-    monkeypatch.setattr(onnx_export, "_TWO_GB", 1_000_000)  # pretend every graph is large
-    result = onnx_export.export_onnx(tiny_checkpoints[TINY_MODEL_NAMES[0]], tmp_path, ("fp32", "int8"),
-                                     log=lambda _m: None)
+    monkeypatch.setattr(onnx_writer, "_TWO_GB", 1_000_000)  # pretend every graph is large
+    result = export_onnx(tiny_checkpoints[TINY_MODEL_NAMES[0]], tmp_path, ("fp32", "int8"), check=True,
+                         log=lambda _m: None)
     names = sorted(p.name for p in (tmp_path / "onnx").iterdir())
     assert "decoder_model_merged.onnx_data" in names and "decoder_model_merged_int8.onnx_data" in names
     assert not any(n.endswith(".data") for n in names)  # the quantizers' own naming is rewritten
@@ -305,6 +292,8 @@ def test_graphs_above_the_protobuf_limit_use_one_onnx_data_file(tmp_path, monkey
 
 @pytest.mark.parametrize("vision_style", ["fused", "plain"])
 def test_vision_geometry_comes_from_the_config(tmp_path, vision_style):
+    from smolvlm_cli.builder.build import build_graphs
+
     src = tmp_path / "src"
     src.mkdir()
     for path in source_dir("SmolVLM-256M-Instruct").iterdir():
@@ -315,12 +304,16 @@ def test_vision_geometry_comes_from_the_config(tmp_path, vision_style):
     (src / "config.json").write_text(json.dumps(config))
     from smolvlm_cli.export.checkpoint import make_random_checkpoint
 
-    model = load_torch_model(make_random_checkpoint(src, tmp_path / "ckpt", tiny=True))
+    ckpt = make_random_checkpoint(src, tmp_path / "ckpt", tiny=True)
+    model = load_torch_model(ckpt)
     pixels, mask = chk.vision_inputs(model)
     ref = chk.vision_reference(model, pixels, mask)
     assert ref.shape[1] == 81  # (384 // 14) ** 2 / 3 ** 2
     path = tmp_path / "vision_encoder.onnx"
-    export_graph(model, "vision_encoder", path, vision_style=vision_style)
+    if vision_style == "fused":
+        build_graphs(ckpt, tmp_path, [("vision", "fp32")])
+    else:
+        export_traced_graph(model, "vision_encoder", path)
     (feats,) = chk.session(path).run(None, {"pixel_values": pixels.numpy(),
                                             "pixel_attention_mask": mask.numpy()})
     np.testing.assert_allclose(feats[:2], ref, atol=1e-4)
@@ -398,22 +391,24 @@ def test_scripts_fail_with_one_error_line(tmp_path, argv):
     assert not (tmp_path / "out").exists()
 
 
-def test_export_script_can_write_the_official_contract(tmp_path, tiny_checkpoints):
+def test_official_style_writes_the_hub_contract(tmp_path, tiny_checkpoints):
+    from smolvlm_cli.export.onnx_export import export_onnx
+
     out = tmp_path / "out"
-    proc = _script(str(SCRIPTS / "export_onnx.py"), str(tiny_checkpoints[TINY_MODEL_NAMES[0]]), str(out),
-                   "--decoder-style", "official", "--vision-style", "plain", "--no-check")
-    assert proc.returncode == 0, proc.stderr
+    export_onnx(tiny_checkpoints[TINY_MODEL_NAMES[0]], out, ("fp32",), style="official", log=lambda _m: None)
     config = ModelConfig.from_dir(out)
     proto = onnx.load(str(graph(out, "decoder_model_merged")), load_external_data=False)
     assert _io(proto.graph.input) == expected_io(config, "decoder_model_merged", "fp32", "official")[0]
+    assert not (out / "onnx" / "smolvlm-graphs.json").exists()  # not ours: the runtime may rebuild
 
 
 def test_export_script_writes_only_the_asked_variants(tmp_path, tiny_checkpoints):
     out = tmp_path / "out"
     proc = _script(str(SCRIPTS / "export_onnx.py"), str(tiny_checkpoints[TINY_MODEL_NAMES[1]]),
-                   str(out), "--dtype", "int8")
+                   str(out), "--dtype", "int8", "--check")
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in (out / "onnx").iterdir()) == [f"{g}_int8.onnx" for g in sorted(GRAPHS)]
+    assert sorted(p.name for p in (out / "onnx").glob("*.onnx*")) == [f"{g}_int8.onnx" for g in sorted(GRAPHS)]
+    assert json.loads((out / "onnx" / "smolvlm-graphs.json").read_text())["dtypes"] == ["int8"]
     assert not any(p.name.startswith(".") for p in out.iterdir())  # fp32 scratch removed
     assert "check decoder_model_merged.onnx" in proc.stderr and "fidelity" in proc.stderr
     assert "onnx/decoder_model_merged_int8.onnx" in proc.stderr and "export done" in proc.stderr
@@ -425,7 +420,7 @@ def test_export_command_prints_the_folder_and_the_backend_runs_it(tmp_path, tiny
 
     out = tmp_path / "exported"
     proc = subprocess.run([sys.executable, "-m", "smolvlm_cli", "export",
-                           str(tiny_checkpoints[TINY_MODEL_NAMES[0]]), str(out), "--no-check"],
+                           str(tiny_checkpoints[TINY_MODEL_NAMES[0]]), str(out)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"{out}\n"  # stdout: only the result
@@ -437,11 +432,19 @@ def test_export_command_prints_the_folder_and_the_backend_runs_it(tmp_path, tiny
     assert vlm.backend.decoder_style == "gqa"
 
 
-def test_export_command_without_the_extra_is_a_clear_error(tmp_path, tiny_checkpoints):
-    code = ("import sys; sys.modules['torch'] = None\n"  # as if torch were not installed
-            "from smolvlm_cli.cli.main import main\n"
-            f"main(['export', {str(tiny_checkpoints[TINY_MODEL_NAMES[0]])!r}, {str(tmp_path / 'o')!r}])")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1 and proc.stdout == ""
-    assert proc.stderr.startswith("Error: the exporter needs torch") and "Traceback" not in proc.stderr
-    assert "pip install 'smolvlm-cli[export]'" in proc.stderr
+def test_export_needs_no_torch_but_check_does(tmp_path, tiny_checkpoints):
+    def run(*extra):
+        code = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+                "from smolvlm_cli.cli.main import main\n"
+                f"main(['export', {str(tiny_checkpoints[TINY_MODEL_NAMES[0]])!r}, {str(tmp_path / 'o')!r}"
+                f"{''.join(', ' + repr(e) for e in extra)}])")
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+    checked = run("--check")
+    assert checked.returncode == 1 and checked.stdout == ""
+    assert checked.stderr.startswith("Error: --check needs torch") and "Traceback" not in checked.stderr
+    assert "pip install 'smolvlm-cli[export]'" in checked.stderr
+    plain = run("--dtype", "fp32")
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout == f"{tmp_path / 'o'}\n"
+    assert (tmp_path / "o" / "onnx" / "decoder_model_merged.onnx").is_file()
