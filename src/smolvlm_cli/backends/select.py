@@ -93,18 +93,18 @@ def _hub_graphs(model: str, backend: str, dtype: str | None, torch_ok: bool) -> 
     if dtype is None and not is_local(model) and not has_onnx(model_dir, None):
         # a Hub repo without the default variant: its fallback graphs (resolve_dtype picks them)
         model_dir = resolve_model(model, files_for("onnx", FALLBACK_DTYPE))
-    if backend == "onnx" or has_onnx(model_dir, dtype):
+    if has_onnx(model_dir, dtype):
         return Selection("onnx", model_dir, model_dir)
     from smolvlm_cli.backends.torch import TORCH_DTYPES
 
     # Fall back to torch only when it can honour the dtype (an explicit int8/q4 cannot be).
-    if torch_ok and (dtype is None or dtype.lower() in TORCH_DTYPES):
+    if backend == "auto" and torch_ok and (dtype is None or dtype.lower() in TORCH_DTYPES):
         if not is_local(model):
             model_dir = resolve_model(model, files_for("torch", None))
         if has_torch_weights(model_dir):
             return Selection("torch", model_dir)
     raise BackendUnavailableError(
         f"{model} has no ONNX files for dtype {format_dtype(parse_dtype(dtype))}"
-        + ("" if torch_ok else " and torch is not installed"),
-        hint="choose another --dtype, build graphs from a checkpoint folder with safetensors, "
+        + ("" if torch_ok or backend == "onnx" else " and torch is not installed"),
+        hint="choose another --dtype, let --graphs auto build them from the safetensors, "
              "or pip install 'smolvlm-cli[torch]' for the torch backend")

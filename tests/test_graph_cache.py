@@ -1,0 +1,179 @@
+"""The default path from a Hub cache holding only safetensors: build once, then load; faults.
+
+A temporary HF_HOME holds a snapshot in the Hub's own layout (blobs, symlinks, refs/main) with the
+config, tokenizer and processor files and `model.safetensors` of a tiny random checkpoint, and no
+ONNX file. Runs are offline (HF_HUB_OFFLINE=1) through the real CLI in subprocesses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from model_fixtures import TINY_MODEL_NAMES
+
+REPO_ID = "someone/tiny-smolvlm"
+NO_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+pytestmark = pytest.mark.slow  # CLI subprocesses
+
+
+@pytest.fixture(scope="module")
+def hf_home(tmp_path_factory, tiny_checkpoints) -> Path:
+    home = tmp_path_factory.mktemp("hf")
+    repo = home / "hub" / f"models--{REPO_ID.replace('/', '--')}"
+    commit = "c0ffee" + "0" * 34
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    for src in tiny_checkpoints[TINY_MODEL_NAMES[0]].iterdir():
+        data = src.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snapshot / src.name).symlink_to(os.path.relpath(blob, snapshot))
+    assert not list(snapshot.glob("**/*.onnx"))
+    return home
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("img") / "photo.jpg"
+    Image.new("RGB", (64, 48), (200, 120, 40)).save(path)
+    return path
+
+
+def _env(hf_home: Path, cache: Path) -> dict:
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "SMOLVLM_CACHE": str(cache)}
+    env.pop("HF_HUB_CACHE", None)
+    return env
+
+
+def _describe_cmd(image: Path, *extra: str, no_torch: bool = False) -> list[str]:
+    args = ["describe", str(image), "-m", REPO_ID, "-n", "6", "--no-split", *extra]
+    if no_torch:
+        return [sys.executable, "-c", NO_TORCH + f"from smolvlm_cli.cli.main import main\nmain({args!r})"]
+    return [sys.executable, "-m", "smolvlm_cli", *args]
+
+
+def _describe(env, image, *extra, no_torch=False) -> subprocess.CompletedProcess:
+    return subprocess.run(_describe_cmd(image, *extra, no_torch=no_torch), env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _entry(cache: Path) -> Path:
+    (entry,) = (cache / "graphs").glob("*/*/source.json")
+    return entry.parent
+
+
+@pytest.fixture(scope="module")
+def reference_answer(hf_home, image, tmp_path_factory) -> str:
+    """The first run on a fresh cache, without torch or transformers importable: it builds the
+    graphs (status on stderr), and stdout holds only the answer."""
+    cache = tmp_path_factory.mktemp("first")
+    first = _describe(_env(hf_home, cache), image, no_torch=True)
+    assert first.returncode == 0, first.stderr
+    assert "Building fast ONNX graphs" in first.stderr and "Built the graphs" in first.stderr
+    assert first.stdout.strip() and "Building" not in first.stdout and first.stdout.count("\n") == 1
+    entry = _entry(cache)
+    assert json.loads((entry / "source.json").read_text())["model"] == REPO_ID
+    assert sorted(p.name for p in (entry / "onnx").glob("*.onnx")) == [
+        "decoder_model_merged_int8.onnx", "embed_tokens_int8.onnx", "vision_encoder_int8.onnx"]
+    second = _describe(_env(hf_home, cache), image)
+    assert second.returncode == 0, second.stderr
+    assert "Building" not in second.stderr and second.stdout == first.stdout
+    return first.stdout
+
+
+def test_first_run_builds_and_later_runs_load(reference_answer):
+    assert reference_answer.strip()
+
+
+def test_a_killed_build_leaves_nothing_that_looks_finished(hf_home, image, reference_answer, tmp_path):
+    cache = tmp_path / "cache"
+    env = _env(hf_home, cache)
+    killer = (NO_TORCH +  # SIGKILL from inside the build, after a few layers were written
+              "import os, signal\n"
+              "from smolvlm_cli.backends.select import select_backend\n"
+              "from smolvlm_cli.builder.layout import Progress\n"
+              "class Kill(Progress):\n"
+              "    n = 0\n"
+              "    def step(self, d):\n"
+              "        self.n += 1\n"
+              "        if self.n == 3: os.kill(os.getpid(), signal.SIGKILL)\n"
+              f"select_backend({REPO_ID!r}, progress=Kill())\n")
+    killed = subprocess.run([sys.executable, "-c", killer], env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    onnx_dir = next((cache / "graphs").glob("*/*")) / "onnx"
+    assert not list(onnx_dir.glob("*.built"))  # no graph counts as finished
+    again = _describe(env, image)
+    assert again.returncode == 0, again.stderr
+    assert "Building" in again.stderr and again.stdout == reference_answer
+    assert not list(_entry(cache).glob(".build-*"))  # the killed build's scratch is gone
+
+
+def test_a_damaged_graph_is_rebuilt_with_a_notice(hf_home, image, reference_answer, tmp_path):
+    cache = tmp_path / "cache"
+    env = _env(hf_home, cache)
+    assert _describe(env, image).returncode == 0
+    graph = _entry(cache) / "onnx" / "decoder_model_merged_int8.onnx"
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 4096] = b"\0" * 4096  # same size, other bytes
+    graph.write_bytes(bytes(data))
+    damaged = _describe(env, image)
+    assert damaged.returncode == 0, damaged.stderr
+    assert "decoder_model_merged_int8.onnx" in damaged.stderr and "damaged: rebuilding" in damaged.stderr
+    assert damaged.stdout == reference_answer
+    graph.write_bytes(graph.read_bytes()[:1000])  # truncated
+    truncated = _describe(env, image)
+    assert truncated.returncode == 0 and "damaged: rebuilding" in truncated.stderr
+    assert truncated.stdout == reference_answer
+
+
+def test_two_first_runs_at_once_both_succeed(hf_home, image, reference_answer, tmp_path):
+    env = _env(hf_home, tmp_path / "cache")
+    procs = [subprocess.Popen(_describe_cmd(image), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    for code, out, err in results:
+        assert code == 0, err
+        assert out == reference_answer
+    assert sum("Building" in err for _, _, err in results) == 1  # one built, the other waited
+
+
+def test_download_builds_and_models_lists_it(hf_home, tmp_path, reference_answer):
+    env = _env(hf_home, tmp_path / "cache")
+    fetched = subprocess.run([sys.executable, "-m", "smolvlm_cli", "download", REPO_ID], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert fetched.returncode == 0, fetched.stderr
+    assert fetched.stdout.strip().endswith("snapshots/c0ffee" + "0" * 34) and "Graphs:" in fetched.stderr
+    listed = subprocess.run([sys.executable, "-m", "smolvlm_cli", "models", "--json"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    (row,) = json.loads(listed.stdout)
+    assert row["model"] == REPO_ID and row["weights_bytes"] > 0 and row["onnx"] == {}
+    (built,) = row["built"]
+    assert set(built["graphs"]) == {"vision_encoder_int8.onnx", "embed_tokens_int8.onnx",
+                                    "decoder_model_merged_int8.onnx"}
+
+
+def test_offline_first_run_without_the_files_is_one_clear_error(image, tmp_path):
+    env = _env(tmp_path / "empty-hf", tmp_path / "cache")
+    result = _describe(env, image)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("Error: ") and "not in the local cache" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_hub_graphs_option_keeps_the_repos_own_graphs(hf_home, image, tmp_path):
+    """--graphs hub never builds: a repo without onnx/ graphs is then an error naming the way out."""
+    result = _describe(_env(hf_home, tmp_path / "cache"), image, "--graphs", "hub", "--backend", "onnx")
+    assert result.returncode == 1 and "Building" not in result.stderr
+    assert result.stderr.startswith("Error: ") and "no ONNX files" in result.stderr
+    assert not (tmp_path / "cache").exists()
