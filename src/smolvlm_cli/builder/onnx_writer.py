@@ -98,6 +98,12 @@ class GraphWriter:
             self._data.close()
             self._data = None
 
+    def __enter__(self) -> GraphWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.abort()  # a no-op after finish(); closes the data file when building failed
+
 
 def write_proto(proto: onnx.ModelProto, path: Path) -> None:
     with open(path, "wb") as f:

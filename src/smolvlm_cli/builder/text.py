@@ -68,8 +68,7 @@ def lm_head_weight(ckpt: Checkpoint, arch: Architecture) -> np.ndarray:
 
 def build_embed(ckpt: Checkpoint, arch: Architecture, path: Path) -> None:
     """input_ids int64 [batch, seq] -> inputs_embeds [batch, seq, hidden] (a Gather)."""
-    w = GraphWriter(path.with_name(data_file_name(path.name)))
-    try:
+    with GraphWriter(path.with_name(data_file_name(path.name))) as w:
         table = ckpt.get(EMBED)
         w.nodes.append(helper.make_node("Gather", [w.const("embed_tokens.weight", table), "input_ids"],
                                         ["inputs_embeds"], name="embed_tokens"))
@@ -78,20 +77,13 @@ def build_embed(ckpt: Checkpoint, arch: Architecture, path: Path) -> None:
                  [helper.make_tensor_value_info("input_ids", TensorProto.INT64, axes)],
                  [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, [*axes, table.shape[1]])],
                  path, {}, doc=f"smolvlm-cli build: embed_tokens ({arch.model_type})")
-    except BaseException:
-        w.abort()
-        raise
 
 
 def build_decoder(ckpt: Checkpoint, arch: Architecture, path: Path,
                   progress: Callable[[], None] = lambda: None) -> None:
     """The GroupQueryAttention decoder; `progress()` is called once per layer written."""
-    w = GraphWriter(path.with_name(data_file_name(path.name)))
-    try:
+    with GraphWriter(path.with_name(data_file_name(path.name))) as w:
         _decoder(w, ckpt, arch, path, progress)
-    except BaseException:
-        w.abort()
-        raise
 
 
 def _decoder(w: GraphWriter, ckpt: Checkpoint, arch: Architecture, path: Path, progress) -> None:

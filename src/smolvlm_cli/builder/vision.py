@@ -157,12 +157,8 @@ def _residual_norm(w: GraphWriter, ckpt: Checkpoint, residual: str, x: str, bias
 def build_vision(ckpt: Checkpoint, arch: Architecture, path: Path,
                  progress: Callable[[], None] = lambda: None) -> None:
     """The fused vision graph; `progress()` is called once per encoder layer written."""
-    w = GraphWriter(path.with_name(data_file_name(path.name)))
-    try:
+    with GraphWriter(path.with_name(data_file_name(path.name))) as w:
         _vision(w, ckpt, arch, path, progress)
-    except BaseException:
-        w.abort()
-        raise
 
 
 def _vision(w: GraphWriter, ckpt: Checkpoint, arch: Architecture, path: Path, progress) -> None:
