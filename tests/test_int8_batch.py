@@ -17,7 +17,7 @@ import onnx
 import pytest
 
 from smolvlm_cli import SmolVLM
-from smolvlm_cli.export import quantize
+from smolvlm_cli.builder import quantize
 from smolvlm_cli.options import GenerationOptions
 from test_batch_decode import MODEL, batched_and_alone, one_by_one, photo, summary
 

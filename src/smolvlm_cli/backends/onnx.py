@@ -20,6 +20,7 @@ import numpy as np
 from smolvlm_cli.backends.onnx_batch import ConcatBatch, SharedKVBatch
 from smolvlm_cli.backends.onnx_decoder import ConcatDecoder, OnnxState, SharedBufferDecoder, SharedKVState
 from smolvlm_cli.backends.onnx_session import ORT_TYPES, default_threads, load_session, model_metadata
+from smolvlm_cli.builder.layout import DECODER_STYLE_KEY
 from smolvlm_cli.config import ModelConfig
 from smolvlm_cli.dtypes import format_dtype, onnx_files, resolve_dtype
 from smolvlm_cli.errors import ConfigError
@@ -27,7 +28,6 @@ from smolvlm_cli.errors import ConfigError
 __all__ = ["OnnxBackend", "OnnxState", "SharedKVState", "default_threads"]
 
 _PAST_PREFIX, _PRESENT_PREFIX = "past_key_values.", "present."
-STYLE_KEY = "smolvlm.decoder_style"  # written by export/gqa_decoder.py
 
 
 class OnnxBackend:
@@ -46,7 +46,7 @@ class OnnxBackend:
         self.decoder = load_session(self.model_dir / files["decoder"], threads, cache=cache)
         self.vision = load_session(self.model_dir / files["vision"], threads, cache=cache)
         self._check_contract(files)
-        self.decoder_style = model_metadata(self.decoder).get(STYLE_KEY, "official")
+        self.decoder_style = model_metadata(self.decoder).get(DECODER_STYLE_KEY, "official")
         c = config
         past_names = self._past_names
         if shared_kv is None:

@@ -3,7 +3,7 @@
 - `ConcatDecoder` runs any graph of the official contract (Hugging Face's own exports, our
   `--decoder-style official`): numpy pasts in, presents = concat(past, new) out, `position_ids`
   when the graph takes them. Every step reallocates and copies the whole cache.
-- `SharedBufferDecoder` runs our GroupQueryAttention graphs (`export/gqa_decoder.py`) through IO
+- `SharedBufferDecoder` runs our GroupQueryAttention graphs (`builder/text.py`) through IO
   binding: one preallocated [1, kv_heads, capacity, head_dim] buffer per past/present pair, bound
   as both input and output, so the attention kernel appends each new row in place; the token's
   embedding is written straight into the decoder's input buffer and the logits into a reused

@@ -9,6 +9,10 @@ from smolvlm_cli.dtypes import COMPONENTS, DTYPE_SUFFIXES
 # Bump when the graphs the builder writes change: built-graph caches are keyed by it.
 BUILDER_VERSION = "1"
 MARKER_FILE = "smolvlm-graphs.json"  # beside graphs our builder wrote (`smolvlm export`)
+# Metadata of our graphs: the runtime runs a `gqa` decoder over shared KV buffers.
+DECODER_STYLE_KEY, DECODER_STYLE = "smolvlm.decoder_style", "gqa"
+VISION_STYLE_KEY, VISION_STYLE = "smolvlm.vision_style", "fused"
+LOGITS_KEY = "smolvlm.logits"
 
 
 class Progress:

@@ -27,14 +27,12 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from smolvlm_cli.builder.architecture import Architecture
-from smolvlm_cli.builder.layout import data_file_name
+from smolvlm_cli.builder.layout import DECODER_STYLE, DECODER_STYLE_KEY, LOGITS_KEY, data_file_name
 from smolvlm_cli.builder.onnx_writer import DOMAIN, GraphWriter
 from smolvlm_cli.builder.rope import rotary_tables
 from smolvlm_cli.builder.weights import Checkpoint
 from smolvlm_cli.errors import ConfigError
 
-DECODER_STYLE_KEY, DECODER_STYLE = "smolvlm.decoder_style", "gqa"
-LOGITS_KEY = "smolvlm.logits"
 TEXT = "model.text_model."
 EMBED = TEXT + "embed_tokens.weight"
 

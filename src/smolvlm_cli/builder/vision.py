@@ -26,11 +26,10 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from smolvlm_cli.builder.architecture import Architecture
-from smolvlm_cli.builder.layout import data_file_name
+from smolvlm_cli.builder.layout import VISION_STYLE, VISION_STYLE_KEY, data_file_name
 from smolvlm_cli.builder.onnx_writer import DOMAIN, GraphWriter
 from smolvlm_cli.builder.weights import Checkpoint
 
-VISION_STYLE_KEY, VISION_STYLE = "smolvlm.vision_style", "fused"
 VISION = "model.vision_model."
 CONNECTOR = "model.connector.modality_projection.proj."
 
