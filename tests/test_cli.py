@@ -171,7 +171,7 @@ def test_model_errors(model_dir, image_path, tmp_path):
 
     missing_dtype = run("describe", image_path, "-m", model_dir, "--dtype", "q4f16", "--backend", "onnx")
     assert missing_dtype.returncode == 1
-    assert re.search(r"^Error: (vision_encoder|embed_tokens|decoder_model_merged)_q4f16\.onnx not found",
+    assert re.search(r"^Error: .* has no ONNX files for dtype q4f16",
                      err(missing_dtype))
 
 
@@ -278,10 +278,11 @@ def test_download_and_models_use_the_hub_cache(model_dir, tmp_path):
     for f in model_dir.iterdir():
         if f.is_file() and f.suffix == ".json":
             (snapshot / f.name).write_bytes(f.read_bytes())
-    (snapshot / "onnx" / "decoder_model_merged_int8.onnx").write_bytes(b"x" * 1000)
+    for graph in ("vision_encoder", "embed_tokens", "decoder_model_merged"):  # the repo's own graphs
+        (snapshot / "onnx" / f"{graph}_int8.onnx").write_bytes(b"x" * 1000)
     listed = json.loads(out(run("models", "--json", env=env)))
     assert [m["model"] for m in listed] == ["someone/tiny-smolvlm"]
-    assert listed[0]["onnx"] == {"decoder_model_merged_int8.onnx": 1000}
+    assert listed[0]["onnx"]["decoder_model_merged_int8.onnx"] == 1000 and listed[0]["built"] == []
     assert "someone/tiny-smolvlm" in out(run("models", env=env))
     fetched = run("download", "someone/tiny-smolvlm", "--dtype", "int8", env=env)
     assert fetched.returncode == 0, err(fetched)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import os
+import shutil
 
 import numpy as np
 import onnx
@@ -26,12 +27,16 @@ DECODER = "onnx/decoder_model_merged_int8.onnx"
 
 
 def _link_tree(src, dst):
-    """A copy of an exported model folder whose files are hard links (the cache folder left out)."""
+    """A copy of an exported model folder whose files are hard links (the cache folder left out),
+    except external weights: onnx refuses to read those through a second hard link."""
     for path in src.rglob("*"):
         if path.is_file() and ".smolvlm-cache" not in path.parts:
             target = dst / path.relative_to(src)
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(path, target)
+            if path.name.endswith("_data"):
+                shutil.copyfile(path, target)
+            else:
+                os.link(path, target)
 
 
 @pytest.fixture(scope="module", params=["fast", "official"])

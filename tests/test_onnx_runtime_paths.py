@@ -22,6 +22,7 @@ from test_engine import ATOL, CASES, NAMES, _our_run, _reference_run  # noqa: E4
 
 from smolvlm_cli import SmolVLM  # noqa: E402
 from smolvlm_cli.backends import onnx_decoder, onnx_session  # noqa: E402
+from smolvlm_cli.builder.layout import data_files  # noqa: E402
 from smolvlm_cli.backends.onnx import OnnxBackend  # noqa: E402
 from smolvlm_cli.prompt import build_messages  # noqa: E402
 
@@ -172,6 +173,8 @@ def test_sessions_are_cached_as_optimized_graphs_next_to_the_model(tmp_path, tin
     graph = tmp_path / "onnx" / "embed_tokens.onnx"
     graph.parent.mkdir()
     shutil.copyfile(src, graph)
+    for data in data_files(src):  # our graphs keep their weights beside them
+        shutil.copyfile(data, graph.parent / data.name)
     ids = {"input_ids": np.array([[1, 2, 3]], np.int64)}
     expected = onnx_session.load_session(graph, 1, cache=False).run(None, ids)[0]
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from smolvlm_cli.builder.layout import data_files
 from smolvlm_cli.errors import BackendUnavailableError, ConfigError
 
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
@@ -99,17 +100,12 @@ def _cpu_signature() -> str:
     return f"{platform.machine()}:{','.join(present)}"
 
 
-def _data_files(path: Path) -> list[Path]:
-    return [p for p in (path.with_name(path.name + "_data"), path.with_name(path.name + ".data"))
-            if p.is_file()]
-
-
 _CACHE_FORMAT = "prepacked-1"  # bump when what the cache stores changes
 
 
 def cache_key(path: Path) -> str:
     parts = [ort.__version__, _cpu_signature(), str(int(_OPT_LEVEL)), _CACHE_FORMAT]
-    for p in (path, *_data_files(path)):
+    for p in (path, *data_files(path)):
         st = p.stat()
         parts.append(f"{p.name}:{st.st_size}:{st.st_mtime_ns}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]

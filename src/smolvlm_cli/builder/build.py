@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 from smolvlm_cli.builder.architecture import Architecture
@@ -30,10 +30,11 @@ def _remove(path: Path) -> None:
 
 
 def build_graphs(model_dir: str | Path, onnx_dir: str | Path, wanted: Iterable[tuple[str, str]],
-                 progress: Progress | None = None, log: Callable[[str], None] = lambda _m: None) -> list[Path]:
+                 progress: Progress | None = None, fp32_from: Path | None = None) -> list[Path]:
     """Write the graphs `wanted` ((component, dtype) pairs) into `onnx_dir`; returns their paths.
 
-    Graphs already in `onnx_dir` are kept (an fp32 one is quantized from, not rebuilt).
+    Graphs already in `onnx_dir` are kept; a variant is quantized from the fp32 graph in
+    `onnx_dir`, else from the one in `fp32_from` when there is one, else from a new fp32 build.
     """
     model_dir, onnx_dir = Path(model_dir), Path(onnx_dir)
     wanted = sorted(set(wanted), key=lambda cd: (list(COMPONENTS).index(cd[0]), EXPORT_DTYPES.index(cd[1])))
@@ -46,19 +47,26 @@ def build_graphs(model_dir: str | Path, onnx_dir: str | Path, wanted: Iterable[t
     onnx_dir.mkdir(parents=True, exist_ok=True)
     todo = [(c, d) for c, d in wanted if not (onnx_dir / graph_file(c, d)).is_file()]
     components = list(dict.fromkeys(c for c, _ in todo))
+
+    def existing_fp32(component: str) -> Path | None:
+        for folder in (onnx_dir, fp32_from):
+            if folder is not None and (folder / graph_file(component, "fp32")).is_file():
+                return folder / graph_file(component, "fp32")
+        return None
+
     units = {"vision": arch.vision.num_layers, "decoder": arch.text.num_layers, "embed": 1}
-    fp32_units = sum(units[c] for c in components if not (onnx_dir / graph_file(c, "fp32")).is_file())
+    fp32_units = sum(units[c] for c in components if existing_fp32(c) is None or (c, "fp32") in todo)
     progress.total(fp32_units + sum(1 for _, d in todo if d != "fp32"))
 
     scratch = Path(tempfile.mkdtemp(dir=onnx_dir, prefix=".fp32-"))
     try:
         for component in components:
             variants = [d for c, d in todo if c == component and d != "fp32"]
-            fp32 = onnx_dir / graph_file(component, "fp32")
-            if not fp32.is_file():
-                target = fp32 if (component, "fp32") in todo else scratch / fp32.name
-                _build_fp32(component, ckpt, arch, target, progress)
-                fp32 = target
+            fp32 = existing_fp32(component)
+            if fp32 is None or (component, "fp32") in todo:
+                name = graph_file(component, "fp32")
+                fp32 = onnx_dir / name if (component, "fp32") in todo else scratch / name
+                _build_fp32(component, ckpt, arch, fp32, progress)
             for dtype in variants:
                 dst = onnx_dir / graph_file(component, dtype)
                 make_variant(COMPONENTS[component], dtype, fp32, dst)

@@ -169,13 +169,13 @@ def _build_into(model_dir: Path, entry: Path, onnx_dir: Path, todo, progress) ->
 
     scratch = Path(tempfile.mkdtemp(dir=entry, prefix=".build-"))
     try:
-        # a finished fp32 graph of the entry spares rebuilding it for its variants
+        # a finished fp32 graph of the entry spares rebuilding it for its variants; an unfinished
+        # one (a killed build's leftover) must not be quantized from
         for component, _ in todo:
             fp32 = onnx_dir / graph_file(component, "fp32")
-            if graph_state(fp32) == "ok":
-                for p in _graph_files(fp32):
-                    os.link(p, scratch / p.name)
-        built = build_graphs(model_dir, scratch, todo, progress)
+            if graph_state(fp32) != "ok":
+                _discard(fp32)
+        built = build_graphs(model_dir, scratch, todo, progress, fp32_from=onnx_dir)
         for graph in built:
             for p in reversed(_graph_files(graph)):  # data first, the graph last
                 os.replace(p, onnx_dir / p.name)
