@@ -151,7 +151,7 @@ def test_unknown_dtype_is_a_usage_error(model_dir, image, dtype, message):
 
 def test_known_dtype_without_its_files(model_dir, image):
     result = run_cli("describe", image, "-m", model_dir, "--dtype", "q4f16", "--backend", "onnx")
-    assert_clean_error(result, reason="q4f16.onnx not found")
+    assert_clean_error(result, reason="no ONNX files for dtype q4f16")
     assert "--dtype" in hint(result)
 
 
