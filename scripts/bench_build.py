@@ -111,8 +111,10 @@ def worker(checkpoint: Path, out_dir: Path, dtype: str) -> dict:
     started = time.perf_counter()
     sampler.take_window()
     clock[0] = started
-    paths = build_graphs(checkpoint, out_dir, [(c, dtype) for c in COMPONENTS], Recorder())
+    recorder = Recorder()
+    paths = build_graphs(checkpoint, out_dir, [(c, dtype) for c in COMPONENTS], recorder)
     seconds = time.perf_counter() - started
+    recorder.step("after the last step")  # the last graph's tail (final norm, lm_head, save)
     sampler.stop()
     return {"dtype": dtype, "build_s": seconds,
             "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
