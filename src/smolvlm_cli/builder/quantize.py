@@ -47,12 +47,11 @@ def _is_large(src: Path) -> bool:
 
 
 def _infer_value_info_in_place(model: onnx.ModelProto) -> onnx.ModelProto:
-    """What onnxruntime's `save_and_reload_model_with_shape_infer` gives the dynamic quantizer
-    (the model, its value_info re-inferred, tagged as inferred), without its copies: it deep-copies
-    the model and loads the copy back, so three copies of the fp32 weights are alive at once (the
-    256M decoder: +1.0 GB over its 0.54 GB; a 2.2B decoder of 7.2 GB would need ~22 GB). Shape
-    inference reads the dims of large initializers, not their data, so it runs here on a skeleton
-    whose initializers of 1 MB or more carry dims only; small ones (shape constants) keep theirs."""
+    """What onnxruntime's `save_and_reload_model_with_shape_infer` gives its quantizer (the model
+    with value_info, inputs and outputs re-inferred, tagged as inferred) without its copies (it
+    deep-copies the model, saves the copy and loads it back). Shape inference reads the dims of
+    large initializers, not their data, so it runs on a skeleton whose initializers of 1 MB or
+    more (or still on disk) carry dims only; small ones (shape constants) keep their data."""
     from onnxruntime.quantization.quant_utils import add_infer_metadata
 
     skeleton = onnx.ModelProto(ir_version=model.ir_version)
@@ -103,15 +102,17 @@ def _patched(patches: list[tuple[object, str, object]]):
 
 
 def _quantize_dynamic_streaming(src: Path, dst: Path, ops: list[str], extra_options: dict) -> None:
-    """onnxruntime's `quantize_dynamic` (its own ONNXQuantizer, the same steps and arguments),
-    with the fp32 weights left on disk. `quantize_dynamic` loads all of them into the protobuf and
-    its ONNXQuantizer re-infers shapes on a deep copy that it saves and loads back, and the removed
-    fp32 initializers are copied out once more when they are dropped: 1.8-2.2x the fp32 graph at
-    the peak (256M decoder 1.1 GB, 500M 2.5 GB; a 2.2B decoder of 7.2 GB would need ~13 GB). Here
-    the graph is loaded without its external data, shapes are inferred in place on a weightless
-    skeleton, each weight is read from disk only when the quantizer asks for it, and the
-    initializers left unquantized (norms, biases) are loaded before saving: the peak is the int8
-    weights plus one fp32 matrix. The output is byte-identical (tests/test_builder_quantize_memory.py)."""
+    """onnxruntime's `quantize_dynamic` (its own ONNXQuantizer, the same steps and arguments) with
+    the fp32 weights left on disk until the quantizer asks for each one. `quantize_dynamic` loads
+    every weight into the protobuf, re-infers shapes on a deep copy that it saves and loads back,
+    and copies the fp32 initializers out once more as it drops them: 3.3-3.5x the fp32 graph at
+    the peak (256M decoder 1.87 GB for 0.54 GB of weights, 500M decoder 4.76 GB for 1.35 GB,
+    2.2B vision 5.36 GB for 1.62 GB; the 2.2B decoder's 6.4 GB would need ~22 GB). Here the
+    graph is loaded without its external data, shapes are inferred on a weightless skeleton, each
+    weight is read from disk when asked for, and the initializers left unquantized (norms,
+    biases) are loaded before saving: the peak is the int8 weights plus one fp32 matrix's
+    temporaries (0.67, 1.23 and 0.90 GB for those three graphs), and it runs 2-4x faster. The
+    output is byte-identical (tests/test_builder_quantize_memory.py)."""
     from onnxruntime.quantization import base_quantizer, onnx_quantizer
     from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
     from onnxruntime.quantization.quant_utils import QuantizationMode, QuantType, update_opset_version
