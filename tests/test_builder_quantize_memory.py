@@ -66,3 +66,14 @@ def test_streaming_int8_of_a_traced_graph_with_inline_weights(fp32_graphs, tmp_p
     quantize.quantize_int8(src, tmp_path / "ours.onnx")
     quantize.quantize_int8(src, tmp_path / "ort.onnx", streaming=False)
     assert _normalized(tmp_path / "ours.onnx") == _normalized(tmp_path / "ort.onnx")
+
+
+def test_streaming_int8_reads_a_hard_linked_fp32_graph(fp32_graphs, tmp_path):
+    """The graph cache hard-links a finished fp32 graph into its build folder; onnx's own
+    external-data loader refuses hard-linked files (onnx >= 1.20), so quantize_dynamic fails there."""
+    import os
+
+    for name in ("vision_encoder.onnx", "vision_encoder.onnx_data"):
+        os.link(fp32_graphs / name, tmp_path / name)
+    quantize.make_variant("vision_encoder", "int8", tmp_path / "vision_encoder.onnx", tmp_path / "v.onnx")
+    assert onnx.load(str(tmp_path / "v.onnx")).graph.node

@@ -74,17 +74,33 @@ def _infer_value_info_in_place(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _read_external(base_dir: Path, initializer: onnx.TensorProto) -> np.ndarray:
-    """An initializer's array straight from its external data file (a plain read: no map whose
-    pages would stay in the process's RSS)."""
-    info = {entry.key: entry.value for entry in initializer.external_data}
-    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(initializer.data_type))
+def _external_bytes(base_dir: Path, tensor: onnx.TensorProto) -> np.ndarray:
+    """A tensor's bytes straight from its external data file: a plain read (no map whose pages
+    would stay in the process's RSS), and no refusal of hard-linked files, unlike onnx's loader
+    (the graph cache hard-links a finished fp32 graph into the folder its variants are built in)."""
+    info = {entry.key: entry.value for entry in tensor.external_data}
     location = base_dir / info["location"]
     if location.resolve().parent != base_dir.resolve():
-        raise ValueError(f"external data of {initializer.name} outside {base_dir}: {info['location']}")
-    count = int(info["length"]) // dtype.itemsize
-    array = np.fromfile(location, dtype=dtype, count=count, offset=int(info.get("offset", 0)))
-    return array.reshape(tuple(initializer.dims))
+        raise ValueError(f"external data of {tensor.name} outside {base_dir}: {info['location']}")
+    return np.fromfile(location, dtype=np.uint8, count=int(info["length"]), offset=int(info.get("offset", 0)))
+
+
+def _read_external(base_dir: Path, initializer: onnx.TensorProto) -> np.ndarray:
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(initializer.data_type))
+    return _external_bytes(base_dir, initializer).view(dtype).reshape(tuple(initializer.dims))
+
+
+def _load_external(model: onnx.ModelProto, base_dir: Path) -> None:
+    """`onnx.external_data_helper.load_external_data_for_model` for the initializers (the same
+    fields set), read by `_external_bytes`; anything else still on disk goes to onnx's loader."""
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+
+    for tensor in model.graph.initializer:
+        if uses_external_data(tensor):
+            tensor.raw_data = _external_bytes(base_dir, tensor).tobytes()
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+    load_external_data_for_model(model, str(base_dir))  # a no-op for the graphs we build
 
 
 @contextlib.contextmanager
@@ -137,7 +153,7 @@ def _quantize_dynamic_streaming(src: Path, dst: Path, ops: list[str], extra_opti
         quantizer = ONNXQuantizer(model, False, False, QuantizationMode.IntegerOps, False, QuantType.QInt8,
                                   QuantType.QUInt8, None, [], [], ops, extra_options)
         quantizer.quantize_model()
-    onnx.external_data_helper.load_external_data_for_model(quantizer.model.model, str(base_dir))
+    _load_external(quantizer.model.model, base_dir)
     quantizer.model.save_model_to_file(str(dst), _is_large(src))
 
 
