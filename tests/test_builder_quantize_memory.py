@@ -69,8 +69,8 @@ def test_streaming_int8_of_a_traced_graph_with_inline_weights(fp32_graphs, tmp_p
 
 
 def test_streaming_int8_reads_a_hard_linked_fp32_graph(fp32_graphs, tmp_path):
-    """The graph cache hard-links a finished fp32 graph into its build folder; onnx's own
-    external-data loader refuses hard-linked files (onnx >= 1.20), so quantize_dynamic fails there."""
+    """onnx's own external-data loader refuses hard-linked files (onnx 1.23), so quantize_dynamic
+    fails on a graph folder copied with `cp -l`; the streaming path reads the data itself."""
     import os
 
     for name in ("vision_encoder.onnx", "vision_encoder.onnx_data"):

@@ -77,7 +77,7 @@ def _infer_value_info_in_place(model: onnx.ModelProto) -> onnx.ModelProto:
 def _external_bytes(base_dir: Path, tensor: onnx.TensorProto) -> np.ndarray:
     """A tensor's bytes straight from its external data file: a plain read (no map whose pages
     would stay in the process's RSS), and no refusal of hard-linked files, unlike onnx's loader
-    (the graph cache hard-links a finished fp32 graph into the folder its variants are built in)."""
+    (so a graph folder copied with `cp -l` quantizes too)."""
     info = {entry.key: entry.value for entry in tensor.external_data}
     location = base_dir / info["location"]
     if location.resolve().parent != base_dir.resolve():
