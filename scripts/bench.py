@@ -33,11 +33,17 @@ the default, build or hub). `MODEL@HF_HOME` is a Hub id read offline from that H
 (HF_HOME=..., HF_HUB_OFFLINE=1), the way a user's default run finds it. Every worker gets one
 SMOLVLM_CACHE made for the run, so a source that builds does it in its first load (reported in
 the footer) and its rows load from the cache. The `x` columns are ratios to the row of the same
-dtype of `--baseline` (default: the first `hub:` source), not to torch. For issue #14's W1:
+dtype of `--baseline` (default: the first `hub:` source), not to torch. For issue #14's W1
+(three sources made from one random 256M checkpoint; the Hub-contract export needs torch):
 
-    scripts/bench.py --threads 2 --dtype fp32,int8 --backend onnx \
-        --source default=org/smolvlm-256m@/work/models/hf-home \
-        --source export=/work/models/256m-export --source hub=hub:/work/models/256m-hub
+    scripts/random_checkpoint.py ../shared/fixtures/SmolVLM2-256M-Video-Instruct models/256m --numpy
+    scripts/fake_hub_cache.py models/256m models/hf-home --repo bench/SmolVLM2-256M
+    python -m smolvlm_cli export models/256m models/256m-export --dtype fp32,int8
+    python -c "from smolvlm_cli.export import export_onnx; export_onnx('models/256m', \\
+        'models/256m-hub', dtypes=('fp32', 'int8'), style='official')"
+    scripts/bench.py --threads 2 --dtype fp32,int8 --backend onnx --wait-idle 300 \\
+        --source default=bench/SmolVLM2-256M@models/hf-home \\
+        --source export=models/256m-export --source hub=hub:models/256m-hub
 
 To reproduce the reference numbers (the full-size SmolVLM2-256M architecture, random weights):
 
