@@ -21,7 +21,8 @@ from smolvlm_cli.backends.onnx import OnnxBackend
 from smolvlm_cli.batch.local import LocalEngine
 from smolvlm_cli.batch.discover import ImageItem
 from smolvlm_cli.batch.records import Job
-from smolvlm_cli.model import GenerationStats
+from smolvlm_cli.reply import Replier
+from smolvlm_cli.values import GenerationStats
 from smolvlm_cli.options import GenerationOptions
 
 MODEL = "SmolVLM2-256M-Video-Instruct"
@@ -150,7 +151,8 @@ def test_rows_really_share_the_decoder_steps(vlm, prompts, monkeypatch):
 def batched_and_alone(vlm, rows):
     """Logits of a prefill and 3 steps per row: the rows as one batch, and each row alone."""
     backend = vlm.backend
-    features = [vlm.encode(p, GenerationStats()) for p in rows]
+    replier = Replier(backend, vlm.tokenizer, vlm.config)
+    features = [replier.image_features(p, GenerationStats()) for p in rows]
     tokens = [[7, 300, 4000], [42, 43, 44], [5, 6, 49000]]
     alone = []
     for p, f, toks in zip(rows, features, tokens):
@@ -159,7 +161,7 @@ def batched_and_alone(vlm, rows):
         out += [backend.forward(state, np.array([t])) for t in toks]
         alone.append(np.stack(out))
     batch = backend.new_batch(3)
-    first = [backend.prefill_row(batch, b, p.input_ids, f) for b, (p, f) in enumerate(zip(rows, features))]
+    first = [batch.prefill(b, p.input_ids, f) for b, (p, f) in enumerate(zip(rows, features))]
     steps = [batch.step([toks[i] for toks in tokens]) for i in range(3)]
     together = np.stack([np.stack([first[b]] + [s[b] for s in steps]) for b in range(3)])
     return together, np.stack(alone)
@@ -252,7 +254,7 @@ def test_local_engine_with_real_batches_equals_one_by_one(fast_vlm, tmp_path):
 def test_torch_backend_answers_one_by_one(tiny_checkpoints):
     """The reference backend has no batched decoding: generate_batch/generate_many still work."""
     vlm = SmolVLM.from_pretrained(tiny_checkpoints[MODEL], backend="torch")
-    assert not hasattr(vlm.backend, "new_batch")
+    assert vlm.backend.new_batch(2) is None
     items = [vlm.prepare([photo(300, 200, 0)], "Describe.", split=False), vlm.prepare([], "Hello.")]
     assert summary(vlm.generate_batch(items, GREEDY)) == one_by_one(vlm, items, GREEDY)
     assert [i for i, _ in vlm.generate_many(items, GREEDY, batch_size=2)] == [0, 1]

@@ -7,7 +7,7 @@ take float16 caches, and decoders that derive positions from the mask have no `p
 Decoders exported by our GroupQueryAttention builder (metadata `smolvlm.decoder_style = gqa`)
 run through IO binding over shared, preallocated KV buffers (`SharedBufferDecoder`); every other
 graph of the official contract runs through the plain numpy loop (`ConcatDecoder`). Both can
-also decode several replies per step (`new_batch`, `prefill_row`: `onnx_batch.py`). Sessions
+also decode several replies per step (`new_batch`: `onnx_batch.py`). Sessions
 come from the optimized-graph cache of `onnx_session.py`.
 """
 
@@ -138,14 +138,8 @@ class OnnxBackend:
         """An empty batch of up to `rows` replies whose decode steps run together."""
         if self.runner.shared:
             c = self.config
-            return SharedKVBatch(self.runner, rows, c.hidden_size, c.vocab_size)
-        return ConcatBatch(self.runner, rows, self._embed_batch)
-
-    def prefill_row(self, batch: SharedKVBatch | ConcatBatch, slot: int, input_ids: np.ndarray,
-                    image_features: np.ndarray | None = None) -> np.ndarray:
-        """Start a reply in slot `slot` of `batch` (like `forward` on a new state): its logits."""
-        ids = np.asarray(input_ids, dtype=np.int64).reshape(-1)
-        return batch.prefill(slot, self._prompt_embeds(ids, image_features))
+            return SharedKVBatch(self.runner, rows, c.hidden_size, c.vocab_size, self._prompt_embeds)
+        return ConcatBatch(self.runner, rows, self._prompt_embeds, self._embed_batch)
 
     def _embed_batch(self, ids: np.ndarray) -> np.ndarray:
         (embeds,) = self.embed.run(None, {self._embed_input: ids})

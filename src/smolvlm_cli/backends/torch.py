@@ -104,3 +104,7 @@ class TorchBackend:
                              use_cache=True, logits_to_keep=1)
             state.cache = out.past_key_values
         return out.logits[0, -1].float().cpu().numpy()
+
+    def new_batch(self, rows: int) -> None:
+        """None: the reference backend answers one reply at a time."""
+        return None
