@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from smolvlm_cli import SmolVLM
+from conftest import invoke_cli
+from smolvlm_cli import SmolVLM, TextStream
 from smolvlm_cli.options import GenerationOptions
 
 NAME = "SmolVLM2-256M-Video-Instruct"
@@ -52,6 +53,7 @@ class Spy:
 def test_second_turn_with_kept_cache_equals_a_fresh_run(vlm, image, monkeypatch):
     chat = vlm.chat(**OPTS)
     first = chat.send("What is in this picture?", images=[str(image)])
+    assert isinstance(first, TextStream)
     first.text()
     spy = Spy(vlm, monkeypatch)
     second = chat.send("Tell me more about the colours.")
@@ -177,3 +179,30 @@ def test_ask_cli_prints_answers_in_order_and_jsonl(tiny_onnx_dir, image):
     assert [r["question"] for r in records] == questions
     assert [r["text"] for r in records] == expected
     assert records[0]["vision_s"] > 0 and records[1]["vision_s"] == 0  # encoded once
+
+
+# -- too long an edge: the vocabulary has <row_r_col_c> markers up to 6x6 ---------------------------
+
+def test_ask_and_chat_refuse_too_long_an_edge_as_describe_does(vlm, image, monkeypatch):
+    with pytest.raises(ValueError, match="cuts the image into 6x8 tiles") as describe:
+        vlm.generate(str(image), "hi", longest_edge=4096, **OPTS)
+    spy = Spy(vlm, monkeypatch)
+    with pytest.raises(ValueError) as ask:
+        vlm.ask(str(image), ["hi"], longest_edge=4096, **OPTS)
+    chat = vlm.chat(longest_edge=4096, **OPTS)
+    with pytest.raises(ValueError) as send:
+        chat.send("hi", images=[str(image)]).text()
+    assert str(ask.value) == str(send.value) == str(describe.value)
+    assert spy.vision == 0 and spy.fed == []  # refused before any model work
+
+
+def test_cli_ask_and_chat_refuse_too_long_an_edge_as_describe_does(tiny_onnx_dir, image):
+    common = ["-m", str(tiny_onnx_dir(NAME)), "-n", "4", "--longest-edge", "4096"]
+    results = [invoke_cli("describe", str(image), "hi", *common),
+               invoke_cli("ask", str(image), "-q", "hi", *common),
+               invoke_cli("chat", str(image), *common, input="hi\n")]
+    for result in results:
+        assert result.returncode == 1 and result.stdout == b"", result.stderr
+    errors = [result.stderr.decode().splitlines()[0] for result in results]
+    assert errors[0].startswith("Error: a longest edge of 4096 px cuts the image into 6x8 tiles")
+    assert errors[1] == errors[2] == errors[0]

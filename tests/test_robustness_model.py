@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bad_files import assert_clean_error, run_cli, stderr_of
+from conftest import assert_clean_error, run_cli, stderr_of
 
 NAME = "SmolVLM2-256M-Video-Instruct"
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bad_files import assert_clean_error, run_cli, stderr_of
+from conftest import assert_clean_error, run_cli, stderr_of
 from test_robustness_model import clone, edit_json, replace
 
 NAME = "SmolVLM2-256M-Video-Instruct"
