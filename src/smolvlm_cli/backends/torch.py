@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from smolvlm_cli.config import ModelConfig
-from smolvlm_cli.errors import BackendUnavailableError, ConfigError
+from smolvlm_cli.errors import BackendUnavailableError, ConfigError, first_line
 
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -64,7 +64,7 @@ class TorchBackend:
             model = AutoModelForImageTextToText.from_pretrained(
                 str(model_dir), dtype=getattr(torch, TORCH_DTYPES[dtype]))
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot load the torch model from {model_dir}: {str(exc).splitlines()[0]}",
+            raise ConfigError(f"cannot load the torch model from {model_dir}: {first_line(exc)}",
                               hint="the directory needs config.json and *.safetensors weights") from exc
         self.model = model.to(self.device).eval()
         self._float = next(self.model.parameters()).dtype

@@ -29,7 +29,7 @@ from ray.data.datasource import FilenameProvider
 
 from smolvlm_cli.batch.discover import ImageItem
 from smolvlm_cli.batch.records import FIELDS, ImageRecord, Job
-from smolvlm_cli.errors import ModelNotFoundError
+from smolvlm_cli.errors import ModelNotFoundError, error_message
 from smolvlm_cli.processor import Processor
 
 PREPARED_SCHEMA = pa.schema([
@@ -74,7 +74,6 @@ def preprocess(batch: pa.Table, model_dir: str, longest_edge: int | None,
 
     `file` is the absolute path (workers do not share the driver's current folder), `path` the
     one recorded and named in errors, as the user gave it."""
-    from smolvlm_cli.batch.local import error_message
     from smolvlm_cli.image_loading import load_image
 
     processor = _processor(model_dir)
@@ -141,7 +140,7 @@ class Captioner:
 
             # the local engine's inference step: a batch call, one by one after an error,
             # giving up (raising) when the model fails its first images without a success
-            self.engine._infer(ready, collect)
+            self.engine.caption_prepared(ready, collect)
         return self._table(records)
 
     def _table(self, records: dict[int, ImageRecord]) -> pa.Table:

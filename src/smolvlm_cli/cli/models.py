@@ -10,9 +10,8 @@ import typer
 
 from smolvlm_cli.cli import output
 from smolvlm_cli.cli.options import BackendOpt, DtypeOpt, JsonOpt, LongestEdgeOpt, ModelOpt, NoSplitOpt
+from smolvlm_cli.config import SUPPORTED_MODEL_TYPES as SUPPORTED_TYPES
 from smolvlm_cli.hub import CONFIG_FILES, DEFAULT_MODEL
-
-SUPPORTED_TYPES = ("smolvlm", "idefics3")
 
 
 def register(app: typer.Typer) -> None:

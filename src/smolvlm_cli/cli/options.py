@@ -99,7 +99,6 @@ VerboseOpt = Annotated[bool, typer.Option(
     "--verbose", "-v", rich_help_panel=_OUTPUT_PANEL, help="Timings and details on stderr.")]
 
 DEFAULTS = _DEFAULTS
-DEFAULT_MODEL_ID = DEFAULT_MODEL
 
 
 def generation_options(max_new_tokens: int, temperature: float, top_k: int, top_p: float,
