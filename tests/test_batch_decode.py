@@ -160,7 +160,7 @@ def batched_and_alone(vlm, rows):
         out = [backend.forward(state, p.input_ids, f)]
         out += [backend.forward(state, np.array([t])) for t in toks]
         alone.append(np.stack(out))
-    batch = backend.new_batch(3)
+    batch = backend.new_rows(3)
     first = [batch.prefill(b, p.input_ids, f) for b, (p, f) in enumerate(zip(rows, features))]
     steps = [batch.step([toks[i] for toks in tokens]) for i in range(3)]
     together = np.stack([np.stack([first[b]] + [s[b] for s in steps]) for b in range(3)])
@@ -254,7 +254,7 @@ def test_local_engine_with_real_batches_equals_one_by_one(fast_vlm, tmp_path):
 def test_torch_backend_answers_one_by_one(tiny_checkpoints):
     """The reference backend has no batched decoding: generate_batch/generate_many still work."""
     vlm = SmolVLM.from_pretrained(tiny_checkpoints[MODEL], backend="torch")
-    assert vlm.backend.new_batch(2) is None
+    assert vlm.backend.new_rows(2) is None
     items = [vlm.prepare([photo(300, 200, 0)], "Describe.", split=False), vlm.prepare([], "Hello.")]
     assert summary(vlm.generate_batch(items, GREEDY)) == one_by_one(vlm, items, GREEDY)
     assert [i for i, _ in vlm.generate_many(items, GREEDY, batch_size=2)] == [0, 1]

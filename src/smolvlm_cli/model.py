@@ -18,7 +18,7 @@ from typing import Any
 
 from smolvlm_cli.backends import BACKENDS
 from smolvlm_cli.backends.base import Backend
-from smolvlm_cli.batched_decoding import generate_many
+from smolvlm_cli.row_decoding import generate_many
 from smolvlm_cli.conversation import Conversation, ask_streams
 from smolvlm_cli.dtypes import FALLBACK_DTYPE, format_dtype, parse_dtype
 from smolvlm_cli.errors import BackendUnavailableError
@@ -196,7 +196,7 @@ class SmolVLM:
         next prompt (continuous batching), which is only read from `prepared` when a place is
         free. Every reply gets the tokens it would get alone (greedy, or seeded sampling: each
         reply has its own sampler seeded with `seed`), except with int8 decoders, whose
-        activation quantization spans the rows of a step (see batched_decoding.py). With
+        activation quantization spans the rows of a step (see row_decoding.py). With
         `return_exceptions`, a prompt that fails alone (vision, prefill, sampling) yields its
         exception instead of raising; a failed shared step always raises. Backends without
         batched decoding answer one by one.

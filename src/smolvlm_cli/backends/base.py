@@ -5,7 +5,7 @@ the text decoder over a growing KV cache held in a `DecoderState`. `forward` app
 the state and returns the logits of the last one; `truncate` rewinds the state to a prefix, so
 several questions can share one encoded image and a chat can keep its history.
 
-Batched decoding is part of the protocol: `new_batch` gives a `DecoderBatch` whose rows advance
+Batched decoding is part of the protocol: `new_rows` gives `DecoderRows` whose rows advance
 together, one shared decoder step per token, or None when the backend answers one at a time
 (the torch reference).
 """
@@ -29,7 +29,7 @@ class DecoderState(Protocol):
 
 
 @runtime_checkable
-class DecoderBatch(Protocol):
+class DecoderRows(Protocol):
     """Up to `rows` replies in slots 0..n-1, kept contiguous by the caller (`move`, `truncate`)."""
 
     rows: int
@@ -70,5 +70,5 @@ class Backend(Protocol):
         positions of `input_ids`, in order.
         """
 
-    def new_batch(self, rows: int) -> DecoderBatch | None:
-        """An empty batch of up to `rows` replies, or None without batched decoding."""
+    def new_rows(self, rows: int) -> DecoderRows | None:
+        """Empty rows for up to `rows` replies, or None without batched decoding."""

@@ -88,7 +88,7 @@ def _io_types(session: ort.InferenceSession, ort_types: dict) -> dict[str, type]
 class ConcatDecoder:
     """`sess.run` with numpy pasts: works for every graph of the official contract.
 
-    Public surface (for batched decoding, `onnx_batch.py`): the cache layout (`cache_names`,
+    Public surface (for batched decoding, `onnx_rows.py`): the cache layout (`cache_names`,
     `kv_heads`, `head_dim`, `cache_dtype`), `has_position_ids`, and `run_feeds`."""
 
     shared = False
@@ -145,7 +145,7 @@ class StepBinding:
 class SharedBufferDecoder:
     """IO binding over preallocated KV buffers, grown on demand (GroupQueryAttention graphs).
 
-    Public surface (for batched decoding, `onnx_batch.py`): the cache layout (`past_names`,
+    Public surface (for batched decoding, `onnx_rows.py`): the cache layout (`past_names`,
     `kv_heads`, `head_dim`, `cache_dtype`, `max_positions`, `initial_capacity`), `run` for a
     prompt chunk, and `bind_step`/`run_step` for decode steps over caller-owned buffers."""
 

@@ -3,7 +3,7 @@
 A decode step on a CPU is bound by reading the decoder's weights, so a step of N rows costs
 little more than a step of one (256M model, 2 threads: 8 rows per step gave ~3.8x the tokens/s
 of one-by-one decoding in fp32, ~3.7x in int8). The loop here is backend-agnostic; the
-backend's `DecoderBatch` (`backends/onnx_batch.py`) holds the rows' KV caches in slots 0..n-1:
+backend's `DecoderRows` (`backends/onnx_rows.py`) holds the rows' KV caches in slots 0..n-1:
 
 - a row is admitted alone: its images through the vision encoder (one tile per call, as for a
   single reply: batching tiles was no faster) and its prompt through a one-row prefill into a
@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from smolvlm_cli.backends.base import DecoderBatch
+from smolvlm_cli.backends.base import DecoderRows
 from smolvlm_cli.generation import TokenLoop
 from smolvlm_cli.options import GenerationOptions
 from smolvlm_cli.reply import Replier
@@ -56,14 +56,14 @@ class _Row:
         return Generation("".join(self.text), self.tokens, self.stats)
 
 
-def _admit(replier: Replier, batch: DecoderBatch, slot: int, index: int, prepared: PreparedInputs,
+def _admit(replier: Replier, slots: DecoderRows, slot: int, index: int, prepared: PreparedInputs,
            opts: GenerationOptions) -> _Row:
     """Vision and prefill of one prompt into `slot`, and its first token."""
     started = time.perf_counter() - prepared.preprocess_s
     stats = GenerationStats(preprocess_s=prepared.preprocess_s, prompt_tokens=len(prepared.input_ids))
     features = replier.image_features(prepared, stats)
     t0 = time.perf_counter()
-    logits = batch.prefill(slot, prepared.input_ids, features)
+    logits = slots.prefill(slot, prepared.input_ids, features)
     stats.prefill_s = time.perf_counter() - t0
     eos = replier.eos_token_ids
     row = _Row(index, TokenLoop(opts, eos, prepared.input_ids), ReplyText(replier.tokenizer), stats,
@@ -72,7 +72,7 @@ def _admit(replier: Replier, batch: DecoderBatch, slot: int, index: int, prepare
     return row
 
 
-def _compact(rows: list[_Row | None], batch: DecoderBatch) -> None:
+def _compact(rows: list[_Row | None], slots: DecoderRows) -> None:
     """Move tail rows into the holes left by finished rows: slots 0..n-1 stay contiguous."""
     while rows and rows[-1] is None:
         rows.pop()
@@ -80,11 +80,11 @@ def _compact(rows: list[_Row | None], batch: DecoderBatch) -> None:
         if dst >= len(rows):
             break
         if rows[dst] is None:
-            batch.move(len(rows) - 1, dst)
+            slots.move(len(rows) - 1, dst)
             rows[dst] = rows.pop()
             while rows and rows[-1] is None:
                 rows.pop()
-    batch.truncate(len(rows))
+    slots.truncate(len(rows))
 
 
 def _one_by_one(replier: Replier, prepared: Iterable[PreparedInputs], opts: GenerationOptions,
@@ -108,8 +108,8 @@ def generate_many(replier: Replier, prepared: Iterable[PreparedInputs], opts: Ge
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     # None: the backend (torch, the reference) has no batched decoding
-    batch = replier.backend.new_batch(batch_size) if batch_size > 1 else None
-    if batch is None:
+    slots = replier.backend.new_rows(batch_size) if batch_size > 1 else None
+    if slots is None:
         yield from _one_by_one(replier, prepared, opts, return_exceptions)
         return
 
@@ -127,7 +127,7 @@ def generate_many(replier: Replier, prepared: Iterable[PreparedInputs], opts: Ge
             index, one = item
             slot = rows.index(None) if None in rows else len(rows)
             try:
-                row = _admit(replier, batch, slot, index, one, opts)
+                row = _admit(replier, slots, slot, index, one, opts)
             except Exception as exc:  # noqa: BLE001 - vision/prefill of one prompt
                 if not return_exceptions:
                     raise
@@ -140,13 +140,13 @@ def generate_many(replier: Replier, prepared: Iterable[PreparedInputs], opts: Ge
                 rows.append(row)
             else:
                 rows[slot] = row
-        _compact(rows, batch)
+        _compact(rows, slots)
         if not rows:
             return
 
         stepped = list(rows)
         t0 = time.perf_counter()
-        logits = batch.step([row.tokens[-1] for row in stepped])
+        logits = slots.step([row.tokens[-1] for row in stepped])
         finished: list[tuple[int, Generation | Exception]] = []
         for slot, row in enumerate(rows):
             try:

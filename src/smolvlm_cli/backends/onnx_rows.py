@@ -5,17 +5,17 @@ int8 for the 256M model) to produce one token. Stepping N rows at once reads the
 N. Prefills stay one row at a time: they are compute-bound (no gain from batching), and a
 batch-1 prefill is exactly the single-reply one.
 
-The rows of a batch live in slots 0..n-1 and the caller keeps them contiguous (`move` a tail row
+The rows live in slots 0..n-1 and the caller keeps them contiguous (`move` a tail row
 into a finished row's slot, then `truncate`), so a step binds one contiguous [n, ...] view and
 finished rows cost nothing.
 
-- `SharedKVBatch` (our GroupQueryAttention graphs, `SharedBufferDecoder`): one block
+- `SharedKVRows` (our GroupQueryAttention graphs, `SharedBufferDecoder`): one block
   [2*layers, rows, kv_heads, capacity, head_dim]. Slot b's prefill binds the contiguous view
   block[i, b:b+1] as past *and* present (a plain one-row prefill); a step binds block[i, :n] with
   a right-padded mask (row b: ones over its own length + 1). GroupQueryAttention takes each
   row's length from the mask (seqlens_k = sum - 1) and writes that row's new K/V at its own
   position, so every row computes what it would alone (bit-identical in fp32, see the tests).
-- `ConcatBatch` (`ConcatDecoder`, e.g. Hugging Face's official graphs): the rows' caches padded
+- `ConcatRows` (`ConcatDecoder`, e.g. Hugging Face's official graphs): the rows' caches padded
   into [n, kv_heads, width, head_dim] arrays, fed as pasts; presents come back one column wider.
   Graphs taking `position_ids` get left padding (positions per row, pads masked); graphs that
   derive positions from the mask (GroupQueryAttention without shared buffers) need right
@@ -36,8 +36,8 @@ PromptEmbeds = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
 
 
 class _RowView:
-    """Slot b of a `SharedKVBatch` as an empty one-row state: `SharedBufferDecoder.run` prefills
-    it unchanged (the batch has already reserved the capacity)."""
+    """Slot b of a `SharedKVRows` as an empty one-row state: `SharedBufferDecoder.run` prefills
+    it unchanged (`SharedKVRows` has already reserved the capacity)."""
 
     binding = None
 
@@ -48,7 +48,7 @@ class _RowView:
         pass
 
 
-class SharedKVBatch:
+class SharedKVRows:
     """Up to `rows` replies over one shared KV block (GroupQueryAttention graphs)."""
 
     def __init__(self, decoder: SharedBufferDecoder, rows: int, hidden: int, vocab: int,
@@ -127,7 +127,7 @@ class SharedKVBatch:
         return self._logits[:n, 0].copy()  # the buffer is rewritten by the next step
 
 
-class ConcatBatch:
+class ConcatRows:
     """Up to `rows` replies through `sess.run` with padded numpy caches (official contract)."""
 
     def __init__(self, decoder: ConcatDecoder, rows: int, prompt_embeds: PromptEmbeds,
