@@ -17,6 +17,17 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("SMOLVLM_FIXTURES", REPO.parent / "shared" / "fixtures"))
 MODEL_NAMES = ("SmolVLM2-256M-Video-Instruct", "SmolVLM2-500M-Video-Instruct", "SmolVLM-256M-Instruct")
 
+def special_id(tokenizer, name: str) -> int | None:
+    """The id of a named special token ("bos_token", "eos_token", ...) of our `Tokenizer`."""
+    token = tokenizer.special_tokens.get(name)
+    return None if token is None else tokenizer.token_to_id(token)
+
+
+def special_ids(tokenizer) -> frozenset[int]:
+    """The added tokens tokenizer.json flags special: the ids `skip_special_tokens` drops."""
+    return frozenset(i for i, t in tokenizer.backend.get_added_tokens_decoder().items() if t.special)
+
+
 # Model-building fixtures (tiny random checkpoints, their ONNX exports) live in model_fixtures.py.
 from model_fixtures import *  # noqa: E402,F401,F403
 
