@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -150,9 +148,7 @@ def test_scripted_chat_on_stdin(tiny_onnx_dir, image, tmp_path):
     model_dir = tiny_onnx_dir(NAME)
     transcript = tmp_path / "t.json"
     script = f"What is this?\n/save {transcript}\nAnd the colours?\n/exit\nnever sent\n"
-    result = subprocess.run([sys.executable, "-m", "smolvlm_cli", "chat", str(image), "-m",
-                             str(model_dir), "-n", "8"], input=script.encode(), capture_output=True,
-                            timeout=120)
+    result = invoke_cli("chat", str(image), "-m", str(model_dir), "-n", "8", input=script.encode())
     assert result.returncode == 0, result.stderr.decode()
     answers = result.stdout.decode().splitlines()
     vlm = SmolVLM.from_pretrained(model_dir)
@@ -166,15 +162,15 @@ def test_scripted_chat_on_stdin(tiny_onnx_dir, image, tmp_path):
 def test_ask_cli_prints_answers_in_order_and_jsonl(tiny_onnx_dir, image):
     model_dir = tiny_onnx_dir(NAME)
     questions = ["What is this?", "Where is it?"]
-    args = [sys.executable, "-m", "smolvlm_cli", "ask", str(image), "-m", str(model_dir), "-n", "8"]
+    args = ["ask", str(image), "-m", str(model_dir), "-n", "8"]
     for q in questions:
         args += ["-q", q]
-    text = subprocess.run(args, capture_output=True, timeout=120)
+    text = invoke_cli(*args)
     assert text.returncode == 0, text.stderr.decode()
     vlm = SmolVLM.from_pretrained(model_dir)
     expected = [vlm.generate(str(image), q, max_new_tokens=8) for q in questions]
     assert text.stdout.decode().splitlines() == expected
-    as_json = subprocess.run(args + ["--json"], capture_output=True, timeout=120)
+    as_json = invoke_cli(*args, "--json")
     records = [json.loads(line) for line in as_json.stdout.decode().splitlines()]
     assert [r["question"] for r in records] == questions
     assert [r["text"] for r in records] == expected

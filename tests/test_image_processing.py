@@ -497,6 +497,7 @@ def test_bad_source_type():
 
 # -- import hygiene --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_import_does_not_pull_torch_or_transformers():
     code = ("import sys, smolvlm_cli.image_processing; "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")

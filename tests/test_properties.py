@@ -26,6 +26,8 @@ from smolvlm_cli.processor import Processor
 from smolvlm_cli.prompt import build_messages
 from smolvlm_cli.tokenizer import Tokenizer
 
+pytestmark = pytest.mark.slow  # hypothesis-heavy
+
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB",
          "HSV", "I", "I;16", "I;16B", "I;16L", "F")

@@ -22,6 +22,8 @@ from conftest import assert_clean_error, permissions_enforced, run_cli, stderr_o
 from smolvlm_cli.config import ModelConfig
 from smolvlm_cli.image_processing import num_tiles, tile_grid
 
+pytestmark = pytest.mark.slow  # real CLI subprocesses: exit codes and error lines per bad input
+
 NAME = "SmolVLM2-256M-Video-Instruct"
 BAD_CASES = ("zero_bytes", "truncated_jpeg", "truncated_png", "text_as_jpg", "unreadable",
              "broken_symlink", "decompression_bomb", "heic", "directory", "tiff_bad_header")

@@ -18,6 +18,8 @@ from PIL import Image
 
 from conftest import assert_clean_error, run_cli, stderr_of
 
+pytestmark = pytest.mark.slow  # real CLI subprocesses: exit codes and error lines per broken model
+
 NAME = "SmolVLM2-256M-Video-Instruct"
 
 

@@ -29,6 +29,8 @@ from PIL import Image
 from conftest import (assert_clean_error, permissions_enforced, run_cli, stderr_of,
                       without_root_file_powers)
 
+pytestmark = pytest.mark.slow  # real CLI subprocesses: signals, ENOSPC, permissions
+
 NAME = "SmolVLM2-256M-Video-Instruct"
 LEDGER = ".smolvlm-batch.jsonl"
 

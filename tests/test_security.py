@@ -23,6 +23,8 @@ from PIL import Image
 from conftest import assert_clean_error, run_cli, stderr_of
 from test_robustness_model import clone, edit_json, replace
 
+pytestmark = pytest.mark.slow  # real CLI subprocesses, audit hooks, permissions
+
 NAME = "SmolVLM2-256M-Video-Instruct"
 SRC = Path(__file__).resolve().parents[1] / "src" / "smolvlm_cli"
 

@@ -369,6 +369,7 @@ def test_legacy_special_tokens_map_wins_like_transformers(tmp_path):
                                                                       ref.unk_token_id)
 
 
+@pytest.mark.slow
 def test_modules_import_neither_torch_nor_transformers():
     fixture = fixture_dir(MODEL_NAMES[0])
     code = f"""
