@@ -24,7 +24,7 @@ from smolvlm_cli.dtypes import FALLBACK_DTYPE, format_dtype, parse_dtype
 from smolvlm_cli.errors import BackendUnavailableError
 from smolvlm_cli.hub import default_model, files_for, has_onnx, has_torch_weights, is_local, resolve_model
 from smolvlm_cli.options import GenerationOptions
-from smolvlm_cli.processor import Processor
+from smolvlm_cli.processor import Processor, image_list
 from smolvlm_cli.reply import Replier
 from smolvlm_cli.tokenizer import Tokenizer
 from smolvlm_cli.values import Generation, PreparedInputs, TextStream
@@ -232,10 +232,8 @@ class SmolVLM:
         Returns:
             An iterator of `TextStream`s, one per question; consume each before the next.
         """
-        if isinstance(images, (str, Path, bytes)) or hasattr(images, "mode"):
-            images = [images]
         opts = (options or GenerationOptions()).updated(**sampling)
-        return ask_streams(self._replier, self.processor, list(images), list(questions), opts,
+        return ask_streams(self._replier, self.processor, image_list(images), list(questions), opts,
                            longest_edge, split)
 
     def ask(self, images: Sequence[Any] | Any, questions: Sequence[str], **kwargs) -> list[str]:

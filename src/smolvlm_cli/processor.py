@@ -45,6 +45,13 @@ def images_in_messages(messages: Sequence[dict]) -> tuple[int, list[Any]]:
     return count, inline
 
 
+def image_list(images: Sequence[Any] | Any) -> list[Any]:
+    """One image (a path, bytes or a PIL image) or a sequence of them, as a list."""
+    if isinstance(images, (str, Path, bytes)) or hasattr(images, "mode"):
+        return [images]
+    return list(images)
+
+
 def drop_padding_tiles(pixel_values: np.ndarray, pixel_attention_mask: np.ndarray
                        ) -> tuple[np.ndarray, np.ndarray]:
     """One prompt's tiles ([tiles, ...]) without the all-padding tiles of a padded batch, and the
@@ -160,9 +167,7 @@ class Processor:
             `PreparedInputs`: the prompt ids and the real (unpadded) tiles.
         """
         t0 = time.perf_counter()
-        if isinstance(images, (str, Path, bytes)) or hasattr(images, "mode"):
-            images = [images]
-        images = list(images)
+        images = image_list(images)
         if messages is None:
             messages = build_messages(prompt or DEFAULT_PROMPT, len(images))
         inputs = self.prepare_inputs(messages, images or None, longest_edge=longest_edge, split=split)
