@@ -40,7 +40,14 @@ def fixture_dir(name: str) -> Path:
     return path
 
 
-@pytest.fixture(params=MODEL_NAMES)
+def fast_first(values, fast: int = 1) -> list:
+    """Parameters of which the first `fast` stay in the fast loop (`pytest -m "not slow"`) and
+    the rest are marked slow: the fast loop checks one model (or case) of each matrix, the full
+    suite all of them. Test ids are unchanged."""
+    return [v if i < fast else pytest.param(v, marks=pytest.mark.slow) for i, v in enumerate(values)]
+
+
+@pytest.fixture(params=fast_first(MODEL_NAMES))
 def model_files(request) -> Path:
     """A real model directory (config, tokenizer, processor files; no weights), one per fixture."""
     return fixture_dir(request.param)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import fast_first
 from smolvlm_cli import SmolVLM
 from smolvlm_cli.backends import onnx_decoder
 from smolvlm_cli.backends.onnx import OnnxBackend
@@ -38,7 +39,7 @@ def photo(width: int, height: int, seed: int) -> Image.Image:
     return Image.fromarray(np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8))
 
 
-@pytest.fixture(scope="module", params=["fast", "official", "fast-numpy"])
+@pytest.fixture(scope="module", params=fast_first(["fast", "official", "fast-numpy"]))
 def vlm(request, tiny_onnx_dir):
     style = request.param.split("-")[0]
     model = SmolVLM.from_pretrained(tiny_onnx_dir(MODEL, style=style), backend="onnx")

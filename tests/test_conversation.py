@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import invoke_cli
+from conftest import fast_first, invoke_cli
 from smolvlm_cli import SmolVLM, TextStream
 from smolvlm_cli.options import GenerationOptions
 
@@ -16,7 +16,7 @@ NAME = "SmolVLM2-256M-Video-Instruct"
 OPTS = dict(max_new_tokens=12)
 
 
-@pytest.fixture(scope="module", params=["onnx", "torch"])
+@pytest.fixture(scope="module", params=fast_first(["onnx", "torch"]))
 def vlm(request, tiny_onnx_dir):
     return SmolVLM.from_pretrained(tiny_onnx_dir(NAME), backend=request.param)
 

@@ -85,9 +85,14 @@ def _our_run(vlm, inputs, steps):
     return tokens, all_logits
 
 
-@pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("backend", ["onnx", "torch"])
+# the fast loop compares one split and one unsplit run; the full suite every combination
+FAST_MATRIX = {("onnx", NAMES[0], "split"), ("torch", NAMES[0], "no-split")}
+
+
+@pytest.mark.parametrize("backend, name, case", [
+    pytest.param(backend, name, case, id=f"{backend}-{name}-{case}",
+                 marks=() if (backend, name, case) in FAST_MATRIX else pytest.mark.slow)
+    for backend in ("onnx", "torch") for name in NAMES for case in CASES])
 def test_logits_and_tokens_match_transformers(tiny_onnx_dir, references, name, case, backend):
     model_dir = tiny_onnx_dir(name)
     vlm = SmolVLM.from_pretrained(model_dir, backend=backend)

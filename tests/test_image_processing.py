@@ -154,7 +154,9 @@ MODES = _modes()
 def _every_model_for(core: list[str], extra: list[str]) -> list:
     """The brief's core cases on every fixture model, extra ones on the default model only (the
     three fixtures share one preprocessing config; this keeps the file fast)."""
-    cases = [pytest.param(model, name, id=f"{model}-{name}") for model in MODEL_NAMES for name in core]
+    cases = [pytest.param(model, name, id=f"{model}-{name}",
+                          marks=() if model == DEFAULT_MODEL else pytest.mark.slow)  # see fast_first
+             for model in MODEL_NAMES for name in core]
     return cases + [pytest.param(DEFAULT_MODEL, name, id=f"{DEFAULT_MODEL}-{name}") for name in extra]
 
 
