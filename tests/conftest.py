@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import json
 import os
 import shutil
 import subprocess
@@ -27,6 +28,33 @@ def special_id(tokenizer, name: str) -> int | None:
 def special_ids(tokenizer) -> frozenset[int]:
     """The added tokens tokenizer.json flags special: the ids `skip_special_tokens` drops."""
     return frozenset(i for i, t in tokenizer.backend.get_added_tokens_decoder().items() if t.special)
+
+
+# -- broken copies of a model directory ------------------------------------------------------
+
+def clone(src: Path, dst: Path) -> Path:
+    """A copy of a model directory made of hard links (fast); `replace` writes a file anew, so
+    the shared original is never modified."""
+    for path in src.rglob("*"):
+        target = dst / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, target)
+    return dst
+
+
+def replace(path: Path, data: bytes | str | None) -> None:
+    path.unlink()
+    if data is not None:
+        path.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+def edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    replace(path, json.dumps(data))
 
 
 # Model-building fixtures (tiny random checkpoints, their ONNX exports) live in model_fixtures.py.

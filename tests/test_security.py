@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import assert_clean_error, run_cli, stderr_of
-from test_robustness_model import clone, edit_json, replace
+from conftest import assert_clean_error, clone, edit_json, replace, run_cli, stderr_of
 
 pytestmark = pytest.mark.slow  # real CLI subprocesses, audit hooks, permissions
 

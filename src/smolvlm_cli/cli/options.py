@@ -12,7 +12,7 @@ import typer
 
 from smolvlm_cli.backends import BACKENDS
 from smolvlm_cli.dtypes import DEFAULT_DTYPE, parse_dtype
-from smolvlm_cli.hub import DEFAULT_MODEL, MODEL_ENV
+from smolvlm_cli.hub import MODEL_ENV
 from smolvlm_cli.options import GenerationOptions
 
 _DEFAULTS = GenerationOptions()
