@@ -222,6 +222,7 @@ def fast_vlm(tiny_onnx_dir):
     return SmolVLM.from_pretrained(tiny_onnx_dir(MODEL), backend="onnx")
 
 
+@pytest.mark.slow  # ten engine runs over five images
 def test_local_engine_with_real_batches_equals_one_by_one(fast_vlm, tmp_path):
     """The engine feeds `generate_many` (continuous batching); records come out in job order."""
     vlm, paths = fast_vlm, []
@@ -252,6 +253,7 @@ def test_local_engine_with_real_batches_equals_one_by_one(fast_vlm, tmp_path):
     assert runs(3, stops) == staggered
 
 
+@pytest.mark.slow  # loads the torch model
 def test_torch_backend_answers_one_by_one(tiny_checkpoints):
     """The reference backend has no batched decoding: generate_batch/generate_many still work."""
     vlm = SmolVLM.from_pretrained(tiny_checkpoints[MODEL], backend="torch")

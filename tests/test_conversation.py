@@ -159,6 +159,7 @@ def test_scripted_chat_on_stdin(tiny_onnx_dir, image, tmp_path):
     assert json.loads(transcript.read_text())[1]["content"][0]["text"] == expected[0]
 
 
+@pytest.mark.slow  # three model loads
 def test_ask_cli_prints_answers_in_order_and_jsonl(tiny_onnx_dir, image):
     model_dir = tiny_onnx_dir(NAME)
     questions = ["What is this?", "Where is it?"]

@@ -131,6 +131,7 @@ def test_seeded_sampling_is_reproducible(tiny_onnx_dir):
     assert first.token_ids != other.token_ids
 
 
+@pytest.mark.slow  # int8 and q4 exports
 @pytest.mark.parametrize("dtype", ["int8", "q4", "vision=fp32,decoder=int8"])
 def test_quantized_variants_load_and_generate(tiny_onnx, dtype):
     model_dir = tiny_onnx[NAMES[0]]
