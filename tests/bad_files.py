@@ -7,20 +7,15 @@ must be captioned, and the bad ones (empty, truncated JPEG/PNG, text, directory,
 broken symlink, a TIFF with an absurd header, decompression bomb, HEIC without a HEIF plugin)
 that must fail with an `Error:` naming the file and the reason.
 
-`without_root_file_powers()` gives the command prefix that makes a root process obey file
-permissions (we run as root in CI, where a chmod-000 file is still readable).
+Running the CLI (`run_cli`, `invoke_cli`, `assert_clean_error`) lives in conftest.py.
 """
 
 from __future__ import annotations
 
 import base64
-import ctypes
-import functools
 import io
 import os
-import shutil
 import struct
-import subprocess
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,90 +201,3 @@ def make_directory_case(folder: Path) -> InputCase:
     path = folder / "album.jpg"
     path.mkdir(parents=True, exist_ok=True)
     return InputCase(path, False, "directory", "a directory given as an image")
-
-
-# -- running as a process that obeys file permissions ---------------------------------------
-
-_CAPS = ("dac_override", "dac_read_search")
-_CAP_NUMBERS = {"dac_override": 1, "dac_read_search": 2}
-_PR_CAPBSET_DROP = 24
-
-
-@functools.lru_cache(maxsize=None)
-def without_root_file_powers() -> tuple[list[str], object]:
-    """(command prefix, preexec_fn) that run a child without CAP_DAC_OVERRIDE and
-    CAP_DAC_READ_SEARCH, so that even root gets EACCES on a chmod-000 file.
-
-    The capabilities are dropped from the bounding set before exec (util-linux's setpriv, else
-    prctl in the child), so the exec'd interpreter never regains them; everything else (uid 0,
-    the owner bits of root's own files) is as before. Not root: nothing to do, the permission
-    bits already apply. Root without the right to drop them (no CAP_SETPCAP): ([], None), and
-    `permissions_enforced()` says False.
-    """
-    if os.geteuid() != 0:
-        return [], None
-    setpriv = shutil.which("setpriv")
-    if setpriv:
-        prefix = [setpriv, "--bounding-set", ",".join(f"-{c}" for c in _CAPS), "--"]
-        if subprocess.run([*prefix, "true"], capture_output=True).returncode == 0:
-            return prefix, None
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def drop() -> None:  # pragma: no cover - only where util-linux's setpriv is missing
-        for cap in _CAPS:
-            if libc.prctl(_PR_CAPBSET_DROP, _CAP_NUMBERS[cap], 0, 0, 0) != 0:
-                raise OSError(ctypes.get_errno(), f"cannot drop CAP_{cap.upper()}")
-
-    if subprocess.run(["true"], preexec_fn=drop, capture_output=True).returncode == 0:
-        return [], drop
-    return [], None
-
-
-def permissions_enforced() -> bool:
-    """Whether the CLI runs of `run_cli` get EACCES on a chmod-000 file."""
-    prefix, preexec = without_root_file_powers()
-    return os.geteuid() != 0 or bool(prefix) or preexec is not None
-
-
-# -- running the CLI ------------------------------------------------------------------------
-
-def run_cli(*args, input: bytes | str | None = b"", env: dict | None = None, timeout: float = 120,
-            cwd: str | Path | None = None):
-    """`python -m smolvlm_cli ARGS` as a user runs it: a real subprocess obeying file
-    permissions even as root (see `without_root_file_powers`), stdin given (default empty),
-    SMOLVLM_DEBUG unset, output captured as bytes."""
-    import sys
-
-    prefix, preexec = without_root_file_powers()
-    full_env = {**os.environ, "PYTHONIOENCODING": "utf-8", **(env or {})}
-    if "SMOLVLM_DEBUG" not in (env or {}):
-        full_env.pop("SMOLVLM_DEBUG", None)
-    data = input.encode() if isinstance(input, str) else input
-    return subprocess.run([*prefix, sys.executable, "-m", "smolvlm_cli", *map(os.fsdecode, args)],
-                          input=data, capture_output=True, env=full_env, timeout=timeout,
-                          preexec_fn=preexec, cwd=cwd)
-
-
-def stderr_of(result) -> str:
-    return result.stderr.decode("utf-8", "backslashreplace")
-
-
-def stdout_of(result) -> str:
-    return result.stdout.decode("utf-8", "backslashreplace")
-
-
-def assert_clean_error(result, *, code: int = 1, names=(), reason: str = "") -> str:
-    """Exit `code`, stdout empty, no traceback, and one `Error: ` line (the first line of
-    stderr, or after a batch run's status lines) naming each of `names` and holding `reason`
-    (case-insensitive). Returns that line."""
-    err = stderr_of(result)
-    assert result.returncode == code, f"exit {result.returncode}, expected {code}:\n{err}"
-    assert "Traceback" not in err, err
-    assert result.stdout == b"", stdout_of(result)
-    errors = [line for line in err.splitlines() if line.startswith("Error: ")]
-    assert len(errors) == 1, err
-    line = errors[0]
-    for name in names:
-        assert str(name) in line, f"{name!r} not in {line!r}"
-    assert reason.lower() in line.lower(), f"{reason!r} not in {line!r}"
-    return line

@@ -15,13 +15,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import fast_first
 from smolvlm_cli import SmolVLM
 from smolvlm_cli.backends import onnx_decoder
 from smolvlm_cli.backends.onnx import OnnxBackend
 from smolvlm_cli.batch.local import LocalEngine
 from smolvlm_cli.batch.discover import ImageItem
 from smolvlm_cli.batch.records import Job
-from smolvlm_cli.model import GenerationStats
+from smolvlm_cli.reply import Replier
+from smolvlm_cli.values import GenerationStats
 from smolvlm_cli.options import GenerationOptions
 
 MODEL = "SmolVLM2-256M-Video-Instruct"
@@ -37,7 +39,7 @@ def photo(width: int, height: int, seed: int) -> Image.Image:
     return Image.fromarray(np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8))
 
 
-@pytest.fixture(scope="module", params=["fast", "official", "fast-numpy"])
+@pytest.fixture(scope="module", params=fast_first(["fast", "official", "fast-numpy"]))
 def vlm(request, tiny_onnx_dir):
     style = request.param.split("-")[0]
     model = SmolVLM.from_pretrained(tiny_onnx_dir(MODEL, style=style), backend="onnx", graphs="hub")
@@ -150,7 +152,8 @@ def test_rows_really_share_the_decoder_steps(vlm, prompts, monkeypatch):
 def batched_and_alone(vlm, rows):
     """Logits of a prefill and 3 steps per row: the rows as one batch, and each row alone."""
     backend = vlm.backend
-    features = [vlm.encode(p, GenerationStats()) for p in rows]
+    replier = Replier(backend, vlm.tokenizer, vlm.config)
+    features = [replier.image_features(p, GenerationStats()) for p in rows]
     tokens = [[7, 300, 4000], [42, 43, 44], [5, 6, 49000]]
     alone = []
     for p, f, toks in zip(rows, features, tokens):
@@ -158,8 +161,8 @@ def batched_and_alone(vlm, rows):
         out = [backend.forward(state, p.input_ids, f)]
         out += [backend.forward(state, np.array([t])) for t in toks]
         alone.append(np.stack(out))
-    batch = backend.new_batch(3)
-    first = [backend.prefill_row(batch, b, p.input_ids, f) for b, (p, f) in enumerate(zip(rows, features))]
+    batch = backend.new_rows(3)
+    first = [batch.prefill(b, p.input_ids, f) for b, (p, f) in enumerate(zip(rows, features))]
     steps = [batch.step([toks[i] for toks in tokens]) for i in range(3)]
     together = np.stack([np.stack([first[b]] + [s[b] for s in steps]) for b in range(3)])
     return together, np.stack(alone)
@@ -219,6 +222,7 @@ def fast_vlm(tiny_onnx_dir):
     return SmolVLM.from_pretrained(tiny_onnx_dir(MODEL), backend="onnx")
 
 
+@pytest.mark.slow  # ten engine runs over five images
 def test_local_engine_with_real_batches_equals_one_by_one(fast_vlm, tmp_path):
     """The engine feeds `generate_many` (continuous batching); records come out in job order."""
     vlm, paths = fast_vlm, []
@@ -249,10 +253,11 @@ def test_local_engine_with_real_batches_equals_one_by_one(fast_vlm, tmp_path):
     assert runs(3, stops) == staggered
 
 
+@pytest.mark.slow  # loads the torch model
 def test_torch_backend_answers_one_by_one(tiny_checkpoints):
     """The reference backend has no batched decoding: generate_batch/generate_many still work."""
     vlm = SmolVLM.from_pretrained(tiny_checkpoints[MODEL], backend="torch")
-    assert not hasattr(vlm.backend, "new_batch")
+    assert vlm.backend.new_rows(2) is None
     items = [vlm.prepare([photo(300, 200, 0)], "Describe.", split=False), vlm.prepare([], "Hello.")]
     assert summary(vlm.generate_batch(items, GREEDY)) == one_by_one(vlm, items, GREEDY)
     assert [i for i, _ in vlm.generate_many(items, GREEDY, batch_size=2)] == [0, 1]

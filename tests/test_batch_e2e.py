@@ -22,6 +22,8 @@ from PIL import Image
 
 from smolvlm_cli.batch.resume import LEDGER_NAME
 
+pytestmark = pytest.mark.slow  # real CLI subprocesses, signals and kill -9
+
 MODEL = "SmolVLM2-256M-Video-Instruct"
 
 

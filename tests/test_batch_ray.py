@@ -28,6 +28,8 @@ from smolvlm_cli.batch.templates import CaptionStyle
 from smolvlm_cli.errors import SmolVLMError
 from smolvlm_cli.options import GenerationOptions
 
+pytestmark = pytest.mark.slow  # Ray clusters
+
 MODEL = "SmolVLM2-256M-Video-Instruct"
 OPTIONS = GenerationOptions(max_new_tokens=10)  # greedy
 KEYS = ("path", "caption", "error", "model", "prompt", "prompt_tokens", "generated_tokens",

@@ -290,7 +290,7 @@ def test_record_file_torn_tail_repaired_not_duplicated(tree, tmp_path, cls):
     writer.write(items[0], ok(items[0].path))
     writer.close()
     whole = out.read_bytes()
-    record = cls(None).encode(ok(items[1].path, "a long caption\nwith a line break")).encode()
+    record = cls(None).format_record(ok(items[1].path, "a long caption\nwith a line break")).encode()
     out.write_bytes(whole + record[: len(record) // 2])  # killed mid-write
     again = cls(out)
     again.open(items)
@@ -308,7 +308,7 @@ def _read(path: Path, cls) -> list[ImageRecord]:
     writer = cls(path)
     if cls is CsvWriter:
         records = records[1:]
-    return [writer.decode(raw) for raw in records]
+    return [writer.parse_record(raw) for raw in records]
 
 
 def test_foreign_files_are_refused_and_junk_lines_kept(tree, tmp_path):

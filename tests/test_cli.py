@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import invoke_cli, run_cli
 from smolvlm_cli import SmolVLM
 from smolvlm_cli.image_processing import tile_grid
 from smolvlm_cli.config import ModelConfig
@@ -34,12 +35,13 @@ NO_TORCH_CHECK = ("import atexit, sys\n"
 
 def run(*args, input: bytes | str | None = None, env: dict | None = None, timeout: float = 120,
         check_no_torch: bool = False) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONIOENCODING": "utf-8", **(env or {})}
-    full_env.pop("SMOLVLM_DEBUG", None) if "SMOLVLM_DEBUG" not in (env or {}) else None
-    cmd = [sys.executable, "-c", NO_TORCH_CHECK] if check_no_torch else [sys.executable, "-m", "smolvlm_cli"]
-    data = input.encode() if isinstance(input, str) else input
-    return subprocess.run([*cmd, *map(str, args)], input=data if data is not None else b"",
-                          capture_output=True, env=full_env, timeout=timeout)
+    """The CLI in this process (`invoke_cli`), or in a real one (`run_cli`) where the test needs
+    it: to see which modules a fresh process imports, or with Hub settings (huggingface_hub
+    reads them at import)."""
+    if check_no_torch or set(env or ()) - {"SMOLVLM_DEBUG"}:
+        return run_cli(*args, input=b"" if input is None else input, env=env, timeout=timeout,
+                       python_code=NO_TORCH_CHECK if check_no_torch else None)
+    return invoke_cli(*args, input=input, env=env)
 
 
 def out(result) -> str:
@@ -68,6 +70,7 @@ def image_path(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_help_and_version_do_not_load_torch():
     result = run("--help", check_no_torch=True)
     assert result.returncode == 0
@@ -77,6 +80,7 @@ def test_help_and_version_do_not_load_torch():
     assert version.returncode == 0 and out(version).startswith("smolvlm-cli ")
 
 
+@pytest.mark.slow
 def test_describe_streams_exactly_what_generate_returns(model_dir, vlm, image_path):
     result = run("describe", image_path, "What is this?", "-m", model_dir, "-n", "12",
                  check_no_torch=True)
@@ -152,6 +156,7 @@ def test_bad_images_are_one_line_errors(model_dir, tmp_path, make, reason):
     assert "Traceback" not in err(result) and out(result) == ""
 
 
+@pytest.mark.slow
 def test_model_errors(model_dir, image_path, tmp_path):
     unknown = run("describe", image_path, "-m", tmp_path / "no-such-model")
     assert unknown.returncode == 1 and "Error: " in err(unknown) and "neither a local directory" in err(unknown)
@@ -199,6 +204,7 @@ def test_debug_shows_the_traceback(model_dir, tmp_path):
     assert result.returncode != 0 and "Traceback" in err(result)
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_output_and_exits_130(model_dir, image_path):
     # a shell starts background jobs with SIGINT ignored, and Python then keeps ignoring it: give
     # the child the disposition of a command typed at a terminal, wherever the tests run
@@ -215,6 +221,7 @@ def test_ctrl_c_keeps_the_output_and_exits_130(model_dir, image_path):
     assert len(first + rest) > 0
 
 
+@pytest.mark.slow
 def test_closed_pipe_exits_quietly(model_dir, image_path):
     proc = subprocess.Popen([sys.executable, "-m", "smolvlm_cli", "describe", str(image_path), "-m",
                              str(model_dir), "-n", "100000", "--no-split"],
@@ -265,6 +272,7 @@ def test_inspect(model_dir, image_path, tmp_path):
     assert (smaller["rows"], smaller["cols"], smaller["tiles"]) == (rows, cols, rows * cols + 1) == (2, 2, 5)
 
 
+@pytest.mark.slow
 def test_download_and_models_use_the_hub_cache(model_dir, tmp_path):
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     empty = run("models", env=env)

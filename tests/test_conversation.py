@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from smolvlm_cli import SmolVLM
+from conftest import fast_first, invoke_cli
+from smolvlm_cli import SmolVLM, TextStream
 from smolvlm_cli.options import GenerationOptions
 
 NAME = "SmolVLM2-256M-Video-Instruct"
 OPTS = dict(max_new_tokens=12)
 
 
-@pytest.fixture(scope="module", params=["onnx", "torch"])
+@pytest.fixture(scope="module", params=fast_first(["onnx", "torch"]))
 def vlm(request, tiny_onnx_dir):
     return SmolVLM.from_pretrained(tiny_onnx_dir(NAME), backend=request.param)
 
@@ -52,6 +51,7 @@ class Spy:
 def test_second_turn_with_kept_cache_equals_a_fresh_run(vlm, image, monkeypatch):
     chat = vlm.chat(**OPTS)
     first = chat.send("What is in this picture?", images=[str(image)])
+    assert isinstance(first, TextStream)
     first.text()
     spy = Spy(vlm, monkeypatch)
     second = chat.send("Tell me more about the colours.")
@@ -148,9 +148,7 @@ def test_scripted_chat_on_stdin(tiny_onnx_dir, image, tmp_path):
     model_dir = tiny_onnx_dir(NAME)
     transcript = tmp_path / "t.json"
     script = f"What is this?\n/save {transcript}\nAnd the colours?\n/exit\nnever sent\n"
-    result = subprocess.run([sys.executable, "-m", "smolvlm_cli", "chat", str(image), "-m",
-                             str(model_dir), "-n", "8"], input=script.encode(), capture_output=True,
-                            timeout=120)
+    result = invoke_cli("chat", str(image), "-m", str(model_dir), "-n", "8", input=script.encode())
     assert result.returncode == 0, result.stderr.decode()
     answers = result.stdout.decode().splitlines()
     vlm = SmolVLM.from_pretrained(model_dir)
@@ -161,19 +159,47 @@ def test_scripted_chat_on_stdin(tiny_onnx_dir, image, tmp_path):
     assert json.loads(transcript.read_text())[1]["content"][0]["text"] == expected[0]
 
 
+@pytest.mark.slow  # three model loads
 def test_ask_cli_prints_answers_in_order_and_jsonl(tiny_onnx_dir, image):
     model_dir = tiny_onnx_dir(NAME)
     questions = ["What is this?", "Where is it?"]
-    args = [sys.executable, "-m", "smolvlm_cli", "ask", str(image), "-m", str(model_dir), "-n", "8"]
+    args = ["ask", str(image), "-m", str(model_dir), "-n", "8"]
     for q in questions:
         args += ["-q", q]
-    text = subprocess.run(args, capture_output=True, timeout=120)
+    text = invoke_cli(*args)
     assert text.returncode == 0, text.stderr.decode()
     vlm = SmolVLM.from_pretrained(model_dir)
     expected = [vlm.generate(str(image), q, max_new_tokens=8) for q in questions]
     assert text.stdout.decode().splitlines() == expected
-    as_json = subprocess.run(args + ["--json"], capture_output=True, timeout=120)
+    as_json = invoke_cli(*args, "--json")
     records = [json.loads(line) for line in as_json.stdout.decode().splitlines()]
     assert [r["question"] for r in records] == questions
     assert [r["text"] for r in records] == expected
     assert records[0]["vision_s"] > 0 and records[1]["vision_s"] == 0  # encoded once
+
+
+# -- too long an edge: the vocabulary has <row_r_col_c> markers up to 6x6 ---------------------------
+
+def test_ask_and_chat_refuse_too_long_an_edge_as_describe_does(vlm, image, monkeypatch):
+    with pytest.raises(ValueError, match="cuts the image into 6x8 tiles") as describe:
+        vlm.generate(str(image), "hi", longest_edge=4096, **OPTS)
+    spy = Spy(vlm, monkeypatch)
+    with pytest.raises(ValueError) as ask:
+        vlm.ask(str(image), ["hi"], longest_edge=4096, **OPTS)
+    chat = vlm.chat(longest_edge=4096, **OPTS)
+    with pytest.raises(ValueError) as send:
+        chat.send("hi", images=[str(image)]).text()
+    assert str(ask.value) == str(send.value) == str(describe.value)
+    assert spy.vision == 0 and spy.fed == []  # refused before any model work
+
+
+def test_cli_ask_and_chat_refuse_too_long_an_edge_as_describe_does(tiny_onnx_dir, image):
+    common = ["-m", str(tiny_onnx_dir(NAME)), "-n", "4", "--longest-edge", "4096"]
+    results = [invoke_cli("describe", str(image), "hi", *common),
+               invoke_cli("ask", str(image), "-q", "hi", *common),
+               invoke_cli("chat", str(image), *common, input="hi\n")]
+    for result in results:
+        assert result.returncode == 1 and result.stdout == b"", result.stderr
+    errors = [result.stderr.decode().splitlines()[0] for result in results]
+    assert errors[0].startswith("Error: a longest edge of 4096 px cuts the image into 6x8 tiles")
+    assert errors[1] == errors[2] == errors[0]

@@ -56,6 +56,19 @@ def references():
     return load
 
 
+@pytest.fixture(scope="module")
+def loaded():
+    """(model dir, backend) -> SmolVLM, loaded once for the cases that only read it."""
+    cache = {}
+
+    def load(model_dir, backend):
+        if (model_dir, backend) not in cache:
+            cache[model_dir, backend] = SmolVLM.from_pretrained(model_dir, backend=backend)
+        return cache[model_dir, backend]
+
+    return load
+
+
 def _reference_run(model, inputs, steps):
     """transformers' greedy generate: the token ids and the raw logits of every step."""
     feeds = {k: torch.from_numpy(v) for k, v in inputs.items()}
@@ -85,12 +98,17 @@ def _our_run(vlm, inputs, steps):
     return tokens, all_logits
 
 
-@pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("backend", ["onnx", "torch"])
-def test_logits_and_tokens_match_transformers(tiny_onnx_dir, references, name, case, backend):
+# the fast loop compares one split and one unsplit run; the full suite every combination
+FAST_MATRIX = {("onnx", NAMES[0], "split"), ("torch", NAMES[0], "no-split")}
+
+
+@pytest.mark.parametrize("backend, name, case", [
+    pytest.param(backend, name, case, id=f"{backend}-{name}-{case}",
+                 marks=() if (backend, name, case) in FAST_MATRIX else pytest.mark.slow)
+    for backend in ("onnx", "torch") for name in NAMES for case in CASES])
+def test_logits_and_tokens_match_transformers(tiny_onnx_dir, references, loaded, name, case, backend):
     model_dir = tiny_onnx_dir(name)
-    vlm = SmolVLM.from_pretrained(model_dir, backend=backend)
+    vlm = loaded(model_dir, backend)
     assert vlm.backend.name == backend
     images, prompt, split = CASES[case]
     inputs = vlm.processor.prepare_inputs(build_messages(prompt, len(images)), images, split=split)
@@ -126,6 +144,7 @@ def test_seeded_sampling_is_reproducible(tiny_onnx_dir):
     assert first.token_ids != other.token_ids
 
 
+@pytest.mark.slow  # int8 and q4 exports
 @pytest.mark.parametrize("dtype", ["int8", "q4", "vision=fp32,decoder=int8"])
 def test_quantized_variants_load_and_generate(tiny_onnx, dtype):
     model_dir = tiny_onnx[NAMES[0]]

@@ -26,6 +26,8 @@ from smolvlm_cli.builder.text import past_names  # noqa: E402
 from smolvlm_cli.errors import ExportError  # noqa: E402
 from smolvlm_cli.export.traced import export_traced_graph, load_torch_model  # noqa: E402
 
+pytestmark = pytest.mark.slow  # ONNX exports and exporter subprocesses
+
 ALL_DTYPES = ("fp32", "fp16", "int8", "q4")
 GRAPHS = ("vision_encoder", "embed_tokens", "decoder_model_merged")
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"

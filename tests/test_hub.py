@@ -59,6 +59,7 @@ def _resolve_in_subprocess(model: str, hf_home, dtype: str = "fp32", select: boo
                           timeout=60)
 
 
+@pytest.mark.slow
 def test_offline_and_not_cached_is_a_clear_error(tmp_path):
     result = _resolve_in_subprocess("HuggingFaceTB/SmolVLM2-256M-Video-Instruct", tmp_path)
     assert result.returncode == 3, result.stderr
@@ -82,6 +83,7 @@ def _cached_snapshot(tmp_path, graphs=("vision_encoder", "embed_tokens", "decode
     return snapshot
 
 
+@pytest.mark.slow
 def test_offline_uses_the_hub_cache(tmp_path):
     """A snapshot in the Hub's cache layout resolves offline to the snapshot folder."""
     snapshot = _cached_snapshot(tmp_path)
@@ -91,6 +93,7 @@ def test_offline_uses_the_hub_cache(tmp_path):
     assert json.loads((snapshot / "config.json").read_text())["model_type"] == "smolvlm"
 
 
+@pytest.mark.slow
 def test_default_dtype_falls_back_to_the_graphs_a_hub_repo_has(tmp_path):
     """A repo without the default (int8) graphs still runs on ONNX with the fp32 ones it has."""
     snapshot = _cached_snapshot(tmp_path)

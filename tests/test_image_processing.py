@@ -153,9 +153,13 @@ MODES = _modes()
 
 def _every_model_for(core: list[str], extra: list[str]) -> list:
     """The brief's core cases on every fixture model, extra ones on the default model only (the
-    three fixtures share one preprocessing config; this keeps the file fast)."""
-    cases = [pytest.param(model, name, id=f"{model}-{name}") for model in MODEL_NAMES for name in core]
-    return cases + [pytest.param(DEFAULT_MODEL, name, id=f"{DEFAULT_MODEL}-{name}") for name in extra]
+    three fixtures share one preprocessing config; this keeps the file fast). The fast loop
+    runs the core cases on the default model."""
+    cases = [pytest.param(model, name, id=f"{model}-{name}",
+                          marks=() if model == DEFAULT_MODEL else pytest.mark.slow)  # see fast_first
+             for model in MODEL_NAMES for name in core]
+    return cases + [pytest.param(DEFAULT_MODEL, name, id=f"{DEFAULT_MODEL}-{name}", marks=pytest.mark.slow)
+                    for name in extra]
 
 
 CORE_MODES = ["RGB", "RGBA", "LA", "L", "1", "P", "P-transparency", "CMYK"]
@@ -255,7 +259,8 @@ def test_sources_are_equivalent(files):
 
 # -- overrides, batches, geometry ------------------------------------------------------------
 
-@pytest.mark.parametrize("longest_edge", [512, 768, 1000, 1536, 300, 5000])
+@pytest.mark.parametrize("longest_edge", [512, 768, 1000, 1536, 300,
+                                          pytest.param(5000, marks=pytest.mark.slow)])  # 10x10 tiles
 def test_longest_edge_override(longest_edge):
     model = fixture_dir(DEFAULT_MODEL)
     for size in [(1024, 768), (4000, 300)]:
@@ -497,6 +502,7 @@ def test_bad_source_type():
 
 # -- import hygiene --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_import_does_not_pull_torch_or_transformers():
     code = ("import sys, smolvlm_cli.image_processing; "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")

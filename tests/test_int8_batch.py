@@ -22,6 +22,8 @@ from smolvlm_cli.builder import quantize
 from smolvlm_cli.options import GenerationOptions
 from test_batch_decode import MODEL, batched_and_alone, one_by_one, photo, summary
 
+pytestmark = pytest.mark.slow  # int8 and 8-bit exports of their own
+
 FREE = GenerationOptions(max_new_tokens=12, ignore_eos=True)
 DECODER = "onnx/decoder_model_merged_int8.onnx"
 

@@ -18,6 +18,7 @@ import pytest
 
 import torch
 
+from conftest import fast_first  # noqa: E402
 from test_engine import ATOL, CASES, NAMES, _our_run, _reference_run  # noqa: E402
 
 from smolvlm_cli import SmolVLM  # noqa: E402
@@ -50,6 +51,7 @@ def _inputs(vlm, case):
 
 # -- the official contract --------------------------------------------------------------------------
 
+@pytest.mark.slow  # official-style exports of their own
 @pytest.mark.parametrize("case", ["split", "text-only"])
 @pytest.mark.parametrize("name", NAMES)
 def test_official_contract_graphs_load_and_match_transformers(tiny_onnx_dir, reference_model, name, case):
@@ -67,7 +69,7 @@ def test_official_contract_graphs_load_and_match_transformers(tiny_onnx_dir, ref
 
 # -- shared buffers vs the numpy loop on the GQA graph ------------------------------------------------
 
-@pytest.fixture(scope="module", params=NAMES)
+@pytest.fixture(scope="module", params=fast_first(NAMES))
 def fast_dir(request, tiny_onnx_dir):
     return tiny_onnx_dir(request.param)
 
@@ -91,6 +93,7 @@ def test_gqa_graph_uses_shared_buffers_and_matches_the_numpy_loop(fast_dir):
     assert len({id(x) for x in logits}) == len(logits)  # each step's logits are its own array
 
 
+@pytest.mark.slow  # an fp16 export of its own
 def test_float16_caches_go_through_shared_buffers_too(tiny_onnx_dir):
     model_dir = tiny_onnx_dir(NAMES[1], ("fp32", "fp16"))
     vlm = SmolVLM.from_pretrained(model_dir, backend="onnx", dtype="fp16", graphs="hub")

@@ -19,7 +19,7 @@ import pytest
 
 import transformers
 
-from conftest import MODEL_NAMES, fixture_dir  # noqa: E402
+from conftest import MODEL_NAMES, fixture_dir, special_id, special_ids  # noqa: E402
 from smolvlm_cli.config import ModelConfig  # noqa: E402
 from smolvlm_cli.errors import ConfigError  # noqa: E402
 from smolvlm_cli.prompt import (  # noqa: E402
@@ -209,7 +209,8 @@ def test_token_constants_are_in_the_vocabulary(model_files):
     ours, ref = our_tokenizer(str(model_files)), hf_tokenizer(str(model_files))
     config = ModelConfig.from_dir(model_files)
     assert ours.token_to_id(IMAGE_TOKEN) == config.image_token_id == ref.convert_tokens_to_ids(IMAGE_TOKEN)
-    assert (ours.image_token, ours.fake_image_token, ours.global_image_token, ours.end_of_utterance_token) \
+    names = ("image_token", "fake_image_token", "global_image_token", "end_of_utterance_token")
+    assert tuple(ours.special_tokens.get(name) for name in names) \
         == (IMAGE_TOKEN, FAKE_IMAGE_TOKEN, GLOBAL_IMAGE_TOKEN, END_OF_UTTERANCE_TOKEN)
     tokens = [IMAGE_TOKEN, FAKE_IMAGE_TOKEN, GLOBAL_IMAGE_TOKEN, END_OF_UTTERANCE_TOKEN]
     tokens += [row_col_token(r, c) for r in range(1, 7) for c in range(1, 7)]
@@ -218,7 +219,7 @@ def test_token_constants_are_in_the_vocabulary(model_files):
     assert ids == ref.convert_tokens_to_ids(tokens)
     for token, token_id in zip(tokens, ids):
         assert ours.encode(token) == [token_id]  # each marker is one token
-        assert ours.is_special(token_id)
+        assert token_id in special_ids(ours)
 
 
 # -- prompt ids -----------------------------------------------------------------------------------
@@ -244,7 +245,7 @@ def test_input_ids_match_the_processor_tokenization(model_files):
         assert ours.encode(ours_text, add_special_tokens=False) == ref_ids
         image_ids = [i for i in ref_ids if i == ours.image_token_id]
         assert len(image_ids) == sum(count_image_tokens(r, c, seq) for r, c in grids)
-        assert ref_ids[0] == ours.bos_token_id  # from the template, not added by the tokenizer
+        assert ref_ids[0] == special_id(ours, "bos_token")  # from the template, not added by the tokenizer
 
 
 @lru_cache(maxsize=None)

@@ -19,12 +19,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import fixture_dir
+from conftest import fixture_dir, special_ids
 from smolvlm_cli.errors import ImageError
 from smolvlm_cli.image_processing import image_size, load_image, num_tiles
 from smolvlm_cli.processor import Processor
 from smolvlm_cli.prompt import build_messages
 from smolvlm_cli.tokenizer import Tokenizer
+
+pytestmark = pytest.mark.slow  # hypothesis-heavy
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB",
@@ -177,7 +179,7 @@ def _ids(tokenizer: Tokenizer) -> st.SearchStrategy:
     """Id sequences: any id, low ids (byte-level tokens, which split multibyte characters),
     special ids, and runs of ids of real text (emoji, CJK, accents)."""
     if id(tokenizer) not in _ID_STRATEGIES:
-        special = sorted(tokenizer.all_special_ids)
+        special = sorted(special_ids(tokenizer))
         text_ids = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)),
                            max_size=12).map(tokenizer.encode)
         single = st.one_of(st.integers(0, tokenizer.vocab_size - 1), st.integers(0, 300),

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from bad_files import (InputCase, assert_clean_error, bomb_png, heic_supported, make_bad_inputs,
-                       make_directory_case, make_good_inputs, permissions_enforced, run_cli,
-                       stderr_of, stdout_of)
+from bad_files import (InputCase, bomb_png, heic_supported, make_bad_inputs, make_directory_case,
+                       make_good_inputs)
+from conftest import assert_clean_error, permissions_enforced, run_cli, stderr_of, stdout_of
 from smolvlm_cli.config import ModelConfig
 from smolvlm_cli.image_processing import num_tiles, tile_grid
+
+pytestmark = pytest.mark.slow  # real CLI subprocesses: exit codes and error lines per bad input
 
 NAME = "SmolVLM2-256M-Video-Instruct"
 BAD_CASES = ("zero_bytes", "truncated_jpeg", "truncated_png", "text_as_jpg", "unreadable",

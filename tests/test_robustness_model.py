@@ -7,16 +7,14 @@ Each must be exit 1 (exit 2 for a bad option value), an `Error: ...` line saying
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from bad_files import assert_clean_error, run_cli, stderr_of
+from conftest import assert_clean_error, clone, edit_json, replace, run_cli, stderr_of
+
+pytestmark = pytest.mark.slow  # real CLI subprocesses: exit codes and error lines per broken model
 
 NAME = "SmolVLM2-256M-Video-Instruct"
 
@@ -31,31 +29,6 @@ def image(tmp_path_factory):
     path = tmp_path_factory.mktemp("model-faults") / "photo.png"
     Image.new("RGB", (40, 30), "teal").save(path)
     return path
-
-
-def clone(src: Path, dst: Path) -> Path:
-    """A copy of a model directory made of hard links (fast); `replace` writes a file anew, so
-    the shared original is never modified."""
-    for path in src.rglob("*"):
-        target = dst / path.relative_to(src)
-        if path.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(path, target)
-    return dst
-
-
-def replace(path: Path, data: bytes | str | None) -> None:
-    path.unlink()
-    if data is not None:
-        path.write_bytes(data.encode() if isinstance(data, str) else data)
-
-
-def edit_json(path: Path, change) -> None:
-    data = json.loads(path.read_text())
-    change(data)
-    replace(path, json.dumps(data))
 
 
 def hint(result) -> str:

@@ -26,8 +26,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bad_files import (assert_clean_error, permissions_enforced, run_cli, stderr_of,
-                       without_root_file_powers)
+from conftest import (assert_clean_error, permissions_enforced, run_cli, stderr_of,
+                      without_root_file_powers)
+
+pytestmark = pytest.mark.slow  # real CLI subprocesses: signals, ENOSPC, permissions
 
 NAME = "SmolVLM2-256M-Video-Instruct"
 LEDGER = ".smolvlm-batch.jsonl"

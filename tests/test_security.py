@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bad_files import assert_clean_error, run_cli, stderr_of
-from test_robustness_model import clone, edit_json, replace
+from conftest import assert_clean_error, clone, edit_json, replace, run_cli, stderr_of
+
+pytestmark = pytest.mark.slow  # real CLI subprocesses, audit hooks, permissions
 
 NAME = "SmolVLM2-256M-Video-Instruct"
 SRC = Path(__file__).resolve().parents[1] / "src" / "smolvlm_cli"

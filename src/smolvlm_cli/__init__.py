@@ -16,8 +16,11 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "SmolVLM": "smolvlm_cli.model",
-    "TextStream": "smolvlm_cli.model",
-    "GenerationStats": "smolvlm_cli.model",
+    "Conversation": "smolvlm_cli.conversation",
+    "TextStream": "smolvlm_cli.values",
+    "GenerationStats": "smolvlm_cli.values",
+    "Generation": "smolvlm_cli.values",
+    "PreparedInputs": "smolvlm_cli.values",
     "Processor": "smolvlm_cli.processor",
     "ImageProcessor": "smolvlm_cli.image_processing",
     "Tokenizer": "smolvlm_cli.tokenizer",
@@ -29,12 +32,14 @@ __all__ = [*_EXPORTS, "__version__"]
 
 if TYPE_CHECKING:
     from smolvlm_cli.config import ModelConfig
+    from smolvlm_cli.conversation import Conversation
     from smolvlm_cli.errors import SmolVLMError
     from smolvlm_cli.image_processing import ImageProcessor
-    from smolvlm_cli.model import GenerationStats, SmolVLM, TextStream
+    from smolvlm_cli.model import SmolVLM
     from smolvlm_cli.options import GenerationOptions
     from smolvlm_cli.processor import Processor
     from smolvlm_cli.tokenizer import Tokenizer
+    from smolvlm_cli.values import Generation, GenerationStats, PreparedInputs, TextStream
 
 
 def __getattr__(name: str):

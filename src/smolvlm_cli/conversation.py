@@ -15,15 +15,15 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from smolvlm_cli.options import GenerationOptions
-from smolvlm_cli.prompt import expand_image_tokens
-
-if TYPE_CHECKING:
-    from smolvlm_cli.model import GenerationStats, SmolVLM, TextStream
+from smolvlm_cli.processor import Processor
+from smolvlm_cli.prompt import build_messages
+from smolvlm_cli.reply import Replier
+from smolvlm_cli.values import GenerationStats, TextStream
 
 
 @dataclass
@@ -35,36 +35,33 @@ class EncodedImage:
 class ImageCache:
     """Tiles and features per image: preprocessing by source, vision by pixel content."""
 
-    def __init__(self, model: SmolVLM, longest_edge: int | None, split: bool | None):
-        self.model = model
+    def __init__(self, replier: Replier, processor: Processor, longest_edge: int | None,
+                 split: bool | None):
+        self.replier, self.processor = replier, processor
         self.longest_edge, self.split = longest_edge, split
         self._by_source: dict[Any, EncodedImage] = {}
         self._by_content: dict[bytes, np.ndarray] = {}
         self.vision_calls = 0
 
-    def get(self, image: Any, stats) -> EncodedImage:
+    def get(self, image: Any, stats: GenerationStats) -> EncodedImage:
         key = _source_key(image)
         if key is not None and key in self._by_source:
             return self._by_source[key]
         t0 = time.perf_counter()
-        pixels = self.model.processor.image_processor.preprocess(
-            [image], longest_edge=self.longest_edge, split=self.split)
+        values, mask, grid = self.processor.tile_image(image, self.longest_edge, self.split)
         stats.preprocess_s += time.perf_counter() - t0
-        values, mask = pixels["pixel_values"][0], pixels["pixel_attention_mask"][0]
-        real = mask.any(axis=(-1, -2))
-        values, mask = values[real], mask[real]
         digest = hashlib.blake2b(values.tobytes(), digest_size=16).digest()
         features = self._by_content.get(digest)
         if features is None:
             t1 = time.perf_counter()
-            features = self.model.backend.encode_images(values, mask)
+            features = self.replier.backend.encode_images(values, mask)
             features = features.reshape(-1, features.shape[-1])
             stats.vision_s += time.perf_counter() - t1
             self.vision_calls += 1
             self._by_content[digest] = features
         stats.image_tiles += len(values)
         stats.image_tokens += len(features)
-        encoded = EncodedImage((pixels["rows"][0][0], pixels["cols"][0][0]), features)
+        encoded = EncodedImage(grid, features)
         if key is not None:
             self._by_source[key] = encoded
         return encoded
@@ -87,9 +84,9 @@ def _source_key(image: Any):
 class CachedPrompt:
     """A decoder state and the ids it holds; `extend` reuses the longest common prefix."""
 
-    def __init__(self, model: SmolVLM):
-        self.model = model
-        self.state = model.backend.new_state()
+    def __init__(self, replier: Replier):
+        self.replier = replier
+        self.state = replier.backend.new_state()
         self.ids: list[int] = []
 
     def reuse(self, ids: Sequence[int]) -> int:
@@ -104,14 +101,11 @@ class CachedPrompt:
         return common
 
     def run(self, ids: np.ndarray, features: np.ndarray | None, opts: GenerationOptions,
-            image_token_id: int, stats: GenerationStats | None = None,
-            started: float | None = None) -> TextStream:
+            stats: GenerationStats | None = None, started: float | None = None) -> TextStream:
         """Stream the reply to the prompt `ids`, whose image tokens take `features` in order.
 
         `stats` may carry the image work already done for this prompt, and `started` when it
         began, so that the time to first token counts it."""
-        from smolvlm_cli.model import GenerationStats, TextStream
-
         stats, token_ids = stats or GenerationStats(), []
         started = started if started is not None else time.perf_counter()
 
@@ -120,12 +114,12 @@ class CachedPrompt:
             rest = ids[kept:]
             rest_features = None
             if features is not None:
-                skipped = int(np.count_nonzero(ids[:kept] == image_token_id))
+                skipped = int(np.count_nonzero(ids[:kept] == self.replier.image_token_id))
                 rest_features = features[skipped:]
             stats.prompt_tokens = len(ids)
             try:
-                yield from self.model.decode(self.state, rest, rest_features, opts, stats,
-                                             token_ids, started)
+                yield from self.replier.reply_on(self.state, rest, rest_features, opts, stats,
+                                                 token_ids, started)
             finally:
                 # The state now holds the prompt and every generated token but the last.
                 self.ids = ids.tolist() + token_ids[:-1]
@@ -137,24 +131,51 @@ class CachedPrompt:
 
 
 class Conversation:
-    """A multi-turn chat: `send(text, images)` streams the reply and keeps the history."""
+    """A multi-turn chat: `send(text, images)` streams the reply and keeps the history.
 
-    def __init__(self, model: SmolVLM, options: GenerationOptions | None = None,
+    Made by `SmolVLM.chat`. Every turn re-renders the whole chat and feeds only what the kept
+    KV cache does not hold; when the chat outgrows the context, the oldest turns are dropped
+    (with a note in `notices`).
+
+    Args:
+        replier: runs the replies (`SmolVLM`'s).
+        processor: builds the prompts and tiles the images.
+        options: generation options of every turn (`send` keywords override them).
+        longest_edge, split: how images are tiled (default: the model's settings).
+        max_context: the token budget of prompt and reply (default: the model's context).
+    """
+
+    def __init__(self, replier: Replier, processor: Processor, options: GenerationOptions | None = None,
                  longest_edge: int | None = None, split: bool | None = None,
                  max_context: int | None = None):
-        self.model = model
+        self.replier, self.processor = replier, processor
         self.options = options or GenerationOptions()
-        self.images = ImageCache(model, longest_edge, split)
-        self.max_context = max_context or model.config.max_position_embeddings
+        self.longest_edge = longest_edge
+        self.images = ImageCache(replier, processor, longest_edge, split)
+        self.max_context = max_context or processor.config.max_position_embeddings
         self.notices: list[str] = []  # e.g. dropped turns; the CLI prints them on stderr
         self.reset()
 
     def reset(self) -> None:
         self.messages: list[dict] = []
         self._turn_images: list[list[Any]] = []  # images of each message, in order
-        self._cache = CachedPrompt(self.model)
+        self._cache = CachedPrompt(self.replier)
 
     def send(self, text: str, images: Sequence[Any] = (), **sampling) -> TextStream:
+        """Add a user turn and stream the reply; the reply joins the history once consumed.
+
+        Args:
+            text: the user's message.
+            images: images shown with it (paths, bytes or PIL images), before the text.
+            **sampling: generation options for this turn only (e.g. `max_new_tokens`).
+
+        Returns:
+            A `TextStream` of the reply's text deltas, with `stats` and `token_ids`.
+
+        Raises:
+            ValueError: the turn alone does not fit the context, or an image is cut into more
+                tiles than the model has positions for (too long an edge).
+        """
         images = list(images)
         content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
         self.messages.append({"role": "user", "content": content})
@@ -162,20 +183,21 @@ class Conversation:
         opts = self.options.updated(**sampling)
         started = time.perf_counter()
         ids, features, stats = self._prompt(opts)
-        stream = self._cache.run(ids, features, opts, self.model.config.image_token_id, stats, started)
-        return _Recorder(stream, self)
+        stream = self._cache.run(ids, features, opts, stats, started)
+
+        def recorded() -> Iterator[str]:
+            yield from stream
+            self._finish(stream.token_ids)  # only a reply read to its end joins the history
+
+        return TextStream(recorded(), stream.stats, stream.token_ids)
 
     def _prompt(self, opts: GenerationOptions) -> tuple[np.ndarray, np.ndarray | None, GenerationStats]:
         """The prompt ids of the whole chat, its image features, and the image work it took."""
-        from smolvlm_cli.model import GenerationStats
-
         while True:
             stats = GenerationStats()
             encoded = [self.images.get(img, stats) for turn in self._turn_images for img in turn]
-            text = self.model.processor.render(self.messages)
-            if encoded:
-                text = expand_image_tokens(text, [e.grid for e in encoded], self.model.config.image_seq_len)
-            ids = np.asarray(self.model.tokenizer.encode(text), dtype=np.int64)
+            ids = np.asarray(self.processor.prompt_ids(self.messages, [e.grid for e in encoded],
+                                                       self.longest_edge), dtype=np.int64)
             budget = self.max_context - opts.max_new_tokens
             if len(ids) <= budget or len(self.messages) <= 1:
                 if len(ids) > budget:
@@ -188,7 +210,7 @@ class Conversation:
             self.notices.append(f"context full ({len(ids)} tokens): dropped the oldest turn")
 
     def _finish(self, reply_ids: list[int]) -> None:
-        reply = self.model.tokenizer.decode(reply_ids, skip_special_tokens=True).strip()
+        reply = self.processor.tokenizer.decode(reply_ids, skip_special_tokens=True).strip()
         self.messages.append({"role": "assistant", "content": [{"type": "text", "text": reply}]})
         self._turn_images.append([])
 
@@ -208,36 +230,8 @@ class Conversation:
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
 
-    @classmethod
-    def load_messages(cls, path: str | Path) -> list[dict]:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
 
-
-class _Recorder:
-    """Passes a reply through and records it in the conversation once it is complete."""
-
-    def __init__(self, stream: TextStream, conversation: Conversation):
-        self._stream, self._conversation = stream, conversation
-        self.stats, self.token_ids = stream.stats, stream.token_ids
-        self._done = False
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> str:
-        try:
-            return next(self._stream)
-        except StopIteration:
-            if not self._done:
-                self._done = True
-                self._conversation._finish(self.token_ids)
-            raise
-
-    def text(self) -> str:
-        return "".join(self)
-
-
-def ask_streams(model: SmolVLM, images: Sequence[Any], questions: Sequence[str],
+def ask_streams(replier: Replier, processor: Processor, images: Sequence[Any], questions: Sequence[str],
                 options: GenerationOptions, longest_edge: int | None = None,
                 split: bool | None = None) -> Iterator[TextStream]:
     """One reply stream per question, each answered independently about the same images.
@@ -245,16 +239,11 @@ def ask_streams(model: SmolVLM, images: Sequence[Any], questions: Sequence[str],
     The images are tiled and encoded once; every question after the first reuses the cached
     prompt prefix (everything up to the question's own text).
     """
-    from smolvlm_cli.model import GenerationStats
-    from smolvlm_cli.prompt import build_messages
-
-    cache, prefix = ImageCache(model, longest_edge, split), CachedPrompt(model)
+    cache, prefix = ImageCache(replier, processor, longest_edge, split), CachedPrompt(replier)
     for question in questions:
         stats, started = GenerationStats(), time.perf_counter()
         encoded = [cache.get(img, stats) for img in images]
-        text = model.processor.render(build_messages(question, len(images)))
-        if encoded:
-            text = expand_image_tokens(text, [e.grid for e in encoded], model.config.image_seq_len)
-        ids = np.asarray(model.tokenizer.encode(text), dtype=np.int64)
+        ids = np.asarray(processor.prompt_ids(build_messages(question, len(images)),
+                                              [e.grid for e in encoded], longest_edge), dtype=np.int64)
         features = np.concatenate([e.features for e in encoded]) if encoded else None
-        yield prefix.run(ids, features, options, model.config.image_token_id, stats, started)
+        yield prefix.run(ids, features, options, stats, started)

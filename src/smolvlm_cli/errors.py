@@ -30,3 +30,18 @@ class ImageError(SmolVLMError):
 
 class ExportError(SmolVLMError):
     """Built or exported graphs are wrong (ONNX Runtime disagrees with transformers)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's text (library messages may go on for pages), or its
+    type name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def error_message(exc: BaseException) -> str:
+    """One line for a record or a report: the message of our errors, `Type: first line` of others."""
+    message = getattr(exc, "message", None)
+    if message:
+        return str(message)
+    return f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__

@@ -5,142 +5,84 @@
         print(delta, end="", flush=True)
 
 `stream` returns a `TextStream`: iterate it for text deltas; its `stats` (token counts, tiles,
-timings) fill in as it runs.
+timings) fill in as it runs. The replies themselves run in `reply.Replier`, which conversations
+and batched decoding share.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
-
-from smolvlm_cli.backends.base import Backend, DecoderState
+from smolvlm_cli.backends.base import Backend
 from smolvlm_cli.backends.select import select_backend
 from smolvlm_cli.builder.layout import Progress
-from smolvlm_cli.generation import generate_tokens
+from smolvlm_cli.conversation import Conversation, ask_streams
 from smolvlm_cli.hub import default_model
-from smolvlm_cli.options import DEFAULT_PROMPT, GenerationOptions
-from smolvlm_cli.processor import Processor
-from smolvlm_cli.prompt import build_messages
+from smolvlm_cli.options import GenerationOptions
+from smolvlm_cli.processor import Processor, image_list
+from smolvlm_cli.reply import Replier
+from smolvlm_cli.row_decoding import generate_many
 from smolvlm_cli.tokenizer import Tokenizer
-
-if TYPE_CHECKING:
-    from smolvlm_cli.conversation import Conversation
-
-
-
-
-@dataclass
-class GenerationStats:
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
-    image_tiles: int = 0
-    image_tokens: int = 0
-    preprocess_s: float = 0.0
-    vision_s: float = 0.0
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
-    ttft_s: float = 0.0  # from the call to the first generated token
-    stop_reason: str = ""  # "stop" (an end-of-turn token) or "length" (max_new_tokens)
-
-    @property
-    def decode_tokens_per_s(self) -> float:
-        steps = self.generated_tokens - 1  # the first token comes from the prefill
-        return steps / self.decode_s if steps > 0 and self.decode_s > 0 else 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "decode_tokens_per_s": round(self.decode_tokens_per_s, 3)}
-
-
-@dataclass
-class PreparedInputs:
-    """A prompt ready for the backend: ids and the real (unpadded) tiles of its images."""
-
-    messages: list[dict]
-    input_ids: np.ndarray  # [seq] int64
-    pixel_values: np.ndarray | None  # [tiles, 3, T, T] float32
-    pixel_attention_mask: np.ndarray | None  # [tiles, T, T] bool (the processor gives int64, as transformers)
-    preprocess_s: float = 0.0
-
-    @property
-    def num_tiles(self) -> int:
-        return 0 if self.pixel_values is None else len(self.pixel_values)
-
-
-@dataclass
-class Generation:
-    """A finished answer."""
-
-    text: str
-    token_ids: list[int]
-    stats: GenerationStats
-
-
-class ReplyText:
-    """Token ids -> text deltas of a reply (the same for a streamed and a batched reply)."""
-
-    def __init__(self, tokenizer: Tokenizer):
-        self._detok = tokenizer.stream(skip_special_tokens=True)
-        self._at_start = True
-
-    def put(self, token: int) -> str:
-        delta = self._detok.put(token)
-        if self._at_start:  # the reply starts after "Assistant:", usually with a space
-            delta = delta.lstrip()
-            self._at_start = not delta
-        return delta
-
-    def flush(self) -> str:
-        # a reply cut inside a multi-byte character ends in U+FFFD, as decode does
-        tail = self._detok.flush()
-        if not tail or (self._at_start and not tail.strip()):
-            return ""
-        return tail.lstrip() if self._at_start else tail
-
-
-class TextStream:
-    """An iterator of text deltas whose `stats` and `token_ids` fill in as it is consumed."""
-
-    def __init__(self, deltas: Iterator[str], stats: GenerationStats, token_ids: list[int]):
-        self._deltas = deltas
-        self.stats = stats
-        self.token_ids = token_ids
-
-    def __iter__(self) -> Iterator[str]:
-        return self._deltas
-
-    def __next__(self) -> str:
-        return next(self._deltas)
-
-    def text(self) -> str:
-        return "".join(self._deltas)
+from smolvlm_cli.values import Generation, PreparedInputs, TextStream
 
 
 class SmolVLM:
+    """A SmolVLM / Idefics3 model ready to answer: its processor, tokenizer and backend.
+
+    Make one with `SmolVLM.from_pretrained`. The methods take images as paths, bytes or PIL
+    images (one, or a sequence), and sampling keywords (`max_new_tokens`, `temperature`,
+    `top_k`, `top_p`, `repetition_penalty`, `seed`, ...) that override an `options` object.
+
+    Args:
+        processor: turns messages and images into model inputs.
+        tokenizer: the processor's tokenizer.
+        backend: the runner of the vision encoder and decoder (`backends.base.Backend`).
+        model_id: the Hub id or directory it came from (recorded in batch outputs).
+    """
+
     def __init__(self, processor: Processor, tokenizer: Tokenizer, backend: Backend,
                  model_id: str | None = None):
         self.processor = processor
         self.tokenizer = tokenizer
-        self.backend = backend
         self.config = processor.config
         self.model_id = model_id
+        self.backend = backend
+
+    @property
+    def _replier(self) -> Replier:
+        # made per call (four attributes): a replaced backend or config takes effect at once
+        return Replier(self.backend, self.tokenizer, self.config)
 
     @classmethod
     def from_pretrained(cls, model: str | Path | None = None, backend: str = "auto",
                         dtype: str | None = None, threads: int | None = None, *, graphs: str = "auto",
                         progress: Progress | None = None,
                         notice: Callable[[str], None] = lambda _m: None) -> SmolVLM:
-        """Load a model: a Hub id (downloaded into the Hugging Face cache) or a local folder.
+        """Load a model from the Hub or a local directory.
 
-        `backend`: "auto" (ONNX Runtime, else torch), "onnx" or "torch". `dtype`: "int8" (the
-        default), "fp32", ... or per component ("vision=fp32,decoder=int8"). `graphs`: "auto",
-        "build" or "hub" (see `backends/select.py`): by default our fast graphs are built once
-        from the checkpoint's safetensors and cached; `progress` receives that build's steps and
-        `notice` one line when a damaged cache entry is rebuilt.
+        By default our fast ONNX graphs are built once from the checkpoint's safetensors and
+        cached (`builder/cache.py`); a folder made by `smolvlm export` runs its own graphs.
+
+        Args:
+            model: a Hub id or a directory (default: `$SMOLVLM_MODEL`, else `hub.DEFAULT_MODEL`).
+            backend: "auto" (ONNX, else torch when the graphs cannot be had), "onnx" or "torch".
+            dtype: the ONNX variant, e.g. "fp32", "int8" (the default), "q4" or
+                "vision=fp32,decoder=int8"; torch takes fp32, bf16 or fp16.
+            threads: onnxruntime / torch threads (default: the CPUs this process may use).
+            graphs: "auto", "build" (always ours) or "hub" (the repo's own `onnx/` graphs); see
+                `backends/select.py`.
+            progress: receives the steps of a graph build (`builder.layout.Progress`).
+            notice: gets one line when a damaged cache entry is rebuilt.
+
+        Returns:
+            A ready `SmolVLM`.
+
+        Raises:
+            ModelNotFoundError, BackendUnavailableError, ConfigError: no such model, no files for
+            this backend and dtype, or files that do not fit together.
         """
         model = str(model) if model is not None else default_model()
         chosen = select_backend(model, backend, dtype, graphs, progress=progress, notice=notice)
@@ -159,35 +101,9 @@ class SmolVLM:
     def prepare(self, images: Sequence[Any] | Any = (), prompt: str | None = None, *,
                 messages: Sequence[dict] | None = None, longest_edge: int | None = None,
                 split: bool | None = None) -> PreparedInputs:
-        """Load, tile and tokenize (numpy/PIL only, thread-safe): run it ahead of inference."""
-        t0 = time.perf_counter()
-        if isinstance(images, (str, Path, bytes)) or hasattr(images, "mode"):
-            images = [images]
-        images = list(images)
-        if messages is None:
-            messages = build_messages(prompt or DEFAULT_PROMPT, len(images))
-        inputs = self.processor.prepare_inputs(messages, images or None, longest_edge=longest_edge,
-                                               split=split)
-        pixels = masks = None
-        if "pixel_values" in inputs:
-            pixels, masks = inputs["pixel_values"][0], inputs["pixel_attention_mask"][0]
-            real = masks.any(axis=(-1, -2))
-            if not real.all():  # drop batch-padding tiles (a copy; one prompt has none)
-                pixels, masks = pixels[real], masks[real]
-            masks = masks.astype(np.bool_)  # what the graphs take: an eighth of int64's memory
-        return PreparedInputs(list(messages), inputs["input_ids"][0], pixels, masks,
-                              time.perf_counter() - t0)
-
-    def encode(self, prepared: PreparedInputs, stats: GenerationStats) -> np.ndarray | None:
-        """Image features for the prepared prompt's image tokens ([n, hidden]), None without images."""
-        if prepared.pixel_values is None:
-            return None
-        t0 = time.perf_counter()
-        features = self.backend.encode_images(prepared.pixel_values, prepared.pixel_attention_mask)
-        stats.vision_s += time.perf_counter() - t0
-        stats.image_tiles += len(prepared.pixel_values)
-        stats.image_tokens += int(features.shape[0] * features.shape[1])
-        return features.reshape(-1, features.shape[-1])
+        """`Processor.prepare`: load, tile and tokenize ahead of inference (thread-safe)."""
+        return self.processor.prepare(images, prompt, messages=messages, longest_edge=longest_edge,
+                                      split=split)
 
     # -- generation ---------------------------------------------------------------------
     def stream(self, images: Sequence[Any] | Any = (), prompt: str | None = None, *,
@@ -196,8 +112,20 @@ class SmolVLM:
                **sampling) -> TextStream:
         """Stream the answer to `prompt` about `images` (or to chat `messages`) as text deltas.
 
-        Sampling keywords (max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
-        override `options`. Preprocessing starts when the stream is first iterated.
+        Args:
+            images: an image or a sequence of them (paths, bytes or PIL images); may be empty.
+            prompt: the question (default: "Describe this image in detail.").
+            messages: Hugging Face chat messages instead of `prompt`, one image placeholder per image.
+            longest_edge: resize the longest image edge to this many pixels (default: the model's).
+            split: cut images into tiles (default: the model's setting).
+            options: generation options; `**sampling` keywords override them.
+
+        Returns:
+            A `TextStream`: iterate it for text deltas; its `stats` and `token_ids` fill in as it
+            runs. Preprocessing starts when it is first iterated.
+
+        Raises:
+            ValueError: e.g. a longest edge the model has no tile positions for.
         """
         opts = (options or GenerationOptions()).updated(**sampling)
         started = time.perf_counter()
@@ -206,17 +134,23 @@ class SmolVLM:
             return self.prepare(images, prompt, messages=messages, longest_edge=longest_edge,
                                 split=split)
 
-        return self._stream(prepared, opts, started)
+        return self._replier.stream(prepared, opts, started)
 
     def stream_prepared(self, prepared: PreparedInputs, options: GenerationOptions | None = None,
                         **sampling) -> TextStream:
         """Like `stream`, for inputs already made by `prepare` (e.g. in a background thread)."""
         opts = (options or GenerationOptions()).updated(**sampling)
-        # Time to first token counts the preprocessing, wherever it ran.
-        return self._stream(lambda: prepared, opts, time.perf_counter() - prepared.preprocess_s)
+        return self._replier.stream_prepared(prepared, opts)
 
     def generate(self, images: Sequence[Any] | Any = (), prompt: str | None = None, **kwargs) -> str:
-        """The whole answer as one string (see `stream` for the arguments)."""
+        """The whole answer as one string.
+
+        Args:
+            images, prompt, **kwargs: as for `stream`.
+
+        Returns:
+            The answer's text.
+        """
         return self.stream(images, prompt, **kwargs).text()
 
     def generate_batch(self, prepared: Sequence[PreparedInputs], options: GenerationOptions | None = None,
@@ -242,77 +176,53 @@ class SmolVLM:
         next prompt (continuous batching), which is only read from `prepared` when a place is
         free. Every reply gets the tokens it would get alone (greedy, or seeded sampling: each
         reply has its own sampler seeded with `seed`), except with int8 decoders, whose
-        activation quantization spans the rows of a step (see batch_generation.py). With `return_exceptions`, a prompt that
-        fails alone (vision, prefill, sampling) yields its exception instead of raising; a failed
-        shared step always raises. Backends without batched decoding answer one by one.
+        activation quantization spans the rows of a step (see row_decoding.py). With
+        `return_exceptions`, a prompt that fails alone (vision, prefill, sampling) yields its
+        exception instead of raising; a failed shared step always raises. Backends without
+        batched decoding answer one by one.
         """
-        from smolvlm_cli.batch_generation import generate_many
-
         opts = (options or GenerationOptions()).updated(**sampling)
-        return generate_many(self, prepared, opts, batch_size, return_exceptions)
+        return generate_many(self._replier, prepared, opts, batch_size, return_exceptions)
 
     # -- conversations ----------------------------------------------------------------------
     def chat(self, options: GenerationOptions | None = None, longest_edge: int | None = None,
              split: bool | None = None, **sampling) -> Conversation:
-        """A conversation that keeps its KV cache across turns: `chat().send(text, images)`."""
-        from smolvlm_cli.conversation import Conversation
+        """A conversation that keeps its KV cache across turns: `chat().send(text, images)`.
 
+        Args:
+            options: generation options for every turn; `**sampling` keywords override them.
+            longest_edge, split: how the conversation's images are tiled (as for `stream`).
+
+        Returns:
+            A `Conversation`.
+        """
         opts = (options or GenerationOptions()).updated(**sampling)
-        return Conversation(self, opts, longest_edge=longest_edge, split=split)
+        return Conversation(self._replier, self.processor, opts, longest_edge=longest_edge, split=split)
 
     def ask_stream(self, images: Sequence[Any] | Any, questions: Sequence[str],
                    options: GenerationOptions | None = None, longest_edge: int | None = None,
                    split: bool | None = None, **sampling) -> Iterator[TextStream]:
-        """One streamed answer per question; the images are encoded once for all of them."""
-        from smolvlm_cli.conversation import ask_streams
+        """One streamed answer per question; the images are encoded once for all of them.
 
-        if isinstance(images, (str, Path, bytes)) or hasattr(images, "mode"):
-            images = [images]
+        Args:
+            images: an image or a sequence of them, shared by every question.
+            questions: each is answered independently (not as a conversation).
+            options, longest_edge, split, **sampling: as for `stream`.
+
+        Returns:
+            An iterator of `TextStream`s, one per question; consume each before the next.
+        """
         opts = (options or GenerationOptions()).updated(**sampling)
-        return ask_streams(self, list(images), list(questions), opts, longest_edge, split)
+        return ask_streams(self._replier, self.processor, image_list(images), list(questions), opts,
+                           longest_edge, split)
 
     def ask(self, images: Sequence[Any] | Any, questions: Sequence[str], **kwargs) -> list[str]:
-        """Independent answers to each question about the same image(s)."""
+        """Independent answers to each question about the same image(s).
+
+        Args:
+            images, questions, **kwargs: as for `ask_stream`.
+
+        Returns:
+            The answers' texts, in the order of `questions`.
+        """
         return [stream.text() for stream in self.ask_stream(images, questions, **kwargs)]
-
-    def _stream(self, get_prepared, opts: GenerationOptions, started: float) -> TextStream:
-        stats, token_ids = GenerationStats(), []
-
-        def run() -> Iterator[str]:
-            prepared = get_prepared()
-            stats.preprocess_s += prepared.preprocess_s
-            stats.prompt_tokens += len(prepared.input_ids)
-            features = self.encode(prepared, stats)
-            state = self.backend.new_state()
-            yield from self.decode(state, prepared.input_ids, features, opts, stats, token_ids, started)
-
-        return TextStream(run(), stats, token_ids)
-
-    def decode(self, state: DecoderState, ids: np.ndarray, features: np.ndarray | None,
-               opts: GenerationOptions, stats: GenerationStats, token_ids: list[int],
-               started: float | None = None) -> Iterator[str]:
-        """Prefill `ids` onto `state`, then decode: the loop shared by describe, ask and chat."""
-        started = started if started is not None else time.perf_counter()
-        t0 = time.perf_counter()
-        logits = self.backend.forward(state, ids, features)
-        stats.prefill_s += time.perf_counter() - t0
-        reply = ReplyText(self.tokenizer)
-        eos = self.config.eos_token_ids
-        first_token_at = None
-        for token in generate_tokens(logits, lambda t: self.backend.forward(state, np.array([t])),
-                                     opts, eos, context_ids=ids):
-            now = time.perf_counter()
-            if first_token_at is None:
-                stats.ttft_s = now - started
-                first_token_at = now
-            else:
-                stats.decode_s = now - first_token_at
-            token_ids.append(token)
-            stats.generated_tokens += 1
-            stats.stop_reason = "stop" if token in eos and not opts.ignore_eos else "length"
-            delta = reply.put(token)
-            if delta:
-                yield delta
-        tail = reply.flush()
-        if tail:
-            yield tail

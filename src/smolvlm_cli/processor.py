@@ -3,10 +3,14 @@
 Joins the image processor (pixels, tiles) and the tokenizer with the chat template (prompt ids):
 each `<image>` of the rendered prompt expands to the row/column/global markers and image tokens
 of its tile grid, so the prompt's image-token count always equals the encoded tiles' rows.
+
+`prompt_ids` is the one place a prompt is built (render, grid check, `<image>` expansion,
+encode): describe, ask, chat, batch and the Ray workers all go through it.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,8 +20,10 @@ import numpy as np
 from smolvlm_cli.config import ModelConfig
 from smolvlm_cli.errors import ConfigError
 from smolvlm_cli.image_processing import ImageProcessor
-from smolvlm_cli.prompt import ChatTemplate, expand_image_tokens, normalize_messages, row_col_token
+from smolvlm_cli.options import DEFAULT_PROMPT
+from smolvlm_cli.prompt import ChatTemplate, build_messages, expand_image_tokens, normalize_messages, row_col_token
 from smolvlm_cli.tokenizer import Tokenizer
+from smolvlm_cli.values import PreparedInputs
 
 _IMAGE_KEYS = ("image", "path", "url")
 
@@ -39,7 +45,34 @@ def images_in_messages(messages: Sequence[dict]) -> tuple[int, list[Any]]:
     return count, inline
 
 
+def image_list(images: Sequence[Any] | Any) -> list[Any]:
+    """One image (a path, bytes or a PIL image) or a sequence of them, as a list."""
+    if isinstance(images, (str, Path, bytes)) or hasattr(images, "mode"):
+        return [images]
+    return list(images)
+
+
+def drop_padding_tiles(pixel_values: np.ndarray, pixel_attention_mask: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """One prompt's tiles ([tiles, ...]) without the all-padding tiles of a padded batch, and the
+    mask as bool (what the graphs take: an eighth of int64's memory)."""
+    real = pixel_attention_mask.any(axis=(-1, -2))
+    if not real.all():  # a copy; one prompt's tiles have no padding
+        pixel_values, pixel_attention_mask = pixel_values[real], pixel_attention_mask[real]
+    return pixel_values, pixel_attention_mask.astype(np.bool_)
+
+
 class Processor:
+    """Chat messages and images -> model inputs: the chat template, the image processor and
+    the tokenizer of one model directory.
+
+    Args:
+        config: the model's configuration (`ModelConfig.from_dir`).
+        image_processor: resizes and tiles images (`ImageProcessor(config)`).
+        tokenizer: the model's tokenizer.
+        chat_template: renders chat messages to the prompt text.
+    """
+
     def __init__(self, config: ModelConfig, image_processor: ImageProcessor, tokenizer: Tokenizer,
                  chat_template: ChatTemplate):
         self.config = config
@@ -63,6 +96,30 @@ class Processor:
     def render(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
         return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
 
+    def prompt_ids(self, messages: Sequence[dict], grids: Sequence[tuple[int, int]],
+                   longest_edge: int | None = None, add_generation_prompt: bool = True) -> list[int]:
+        """The prompt's token ids: `messages` rendered, each `<image>` expanded for its tile grid
+        (`(rows, cols)`, `(0, 0)` unsplit, in order), then encoded.
+
+        Raises ValueError when a grid has more rows or columns than the vocabulary has markers
+        for (`longest_edge`, the one that cut the images, goes into the message)."""
+        text = self.render(messages, add_generation_prompt=add_generation_prompt)
+        if grids:
+            self._check_grids(grids, longest_edge)
+            text = expand_image_tokens(text, grids, self.config.image_seq_len)
+        return self.tokenizer.encode(text)
+
+    def tile_image(self, image: Any, longest_edge: int | None = None, split: bool | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        """One image's tiles [tiles, 3, T, T], their bool mask and its grid `(rows, cols)`.
+
+        Checks the grid as `prompt_ids` will, before any vision work is spent on the tiles."""
+        pixels = self.image_processor.preprocess([image], longest_edge=longest_edge, split=split)
+        grid = (pixels["rows"][0][0], pixels["cols"][0][0])
+        self._check_grids([grid], longest_edge)
+        values, mask = drop_padding_tiles(pixels["pixel_values"][0], pixels["pixel_attention_mask"][0])
+        return values, mask, grid
+
     def _check_grids(self, grids: list[tuple[int, int]], longest_edge: int | None) -> None:
         """The vocabulary has <row_r_col_c> markers up to 6x6: a larger grid would be garbage."""
         for rows, cols in grids:
@@ -83,14 +140,39 @@ class Processor:
         if placeholders != len(images):
             raise ValueError(f"the messages have {placeholders} image placeholder(s) "
                              f"but {len(images)} image(s) were given")
-        text = self.render(messages, add_generation_prompt=add_generation_prompt)
         inputs: dict[str, np.ndarray] = {}
+        grids: list[tuple[int, int]] = []
         if images:
             pixels = self.image_processor.preprocess(images, longest_edge=longest_edge, split=split)
             grids = list(zip(pixels["rows"][0], pixels["cols"][0]))
-            self._check_grids(grids, longest_edge)
-            text = expand_image_tokens(text, grids, self.config.image_seq_len)
             inputs["pixel_values"] = pixels["pixel_values"]
             inputs["pixel_attention_mask"] = pixels["pixel_attention_mask"]
-        ids = np.asarray([self.tokenizer.encode(text)], dtype=np.int64)
+        ids = np.asarray([self.prompt_ids(messages, grids, longest_edge, add_generation_prompt)],
+                         dtype=np.int64)
         return {"input_ids": ids, "attention_mask": np.ones_like(ids), **inputs}
+
+    def prepare(self, images: Sequence[Any] | Any = (), prompt: str | None = None, *,
+                messages: Sequence[dict] | None = None, longest_edge: int | None = None,
+                split: bool | None = None) -> PreparedInputs:
+        """Load, tile and tokenize one prompt (numpy/PIL only, thread-safe): run it ahead of inference.
+
+        Args:
+            images: an image or a sequence of them (paths, bytes or PIL images).
+            prompt: the question; `DEFAULT_PROMPT` when None. Ignored when `messages` is given.
+            messages: Hugging Face chat messages with one image placeholder per image.
+            longest_edge: resize the longest edge to this (default: the model's).
+            split: cut the image into tiles (default: the model's setting).
+
+        Returns:
+            `PreparedInputs`: the prompt ids and the real (unpadded) tiles.
+        """
+        t0 = time.perf_counter()
+        images = image_list(images)
+        if messages is None:
+            messages = build_messages(prompt or DEFAULT_PROMPT, len(images))
+        inputs = self.prepare_inputs(messages, images or None, longest_edge=longest_edge, split=split)
+        pixels = masks = None
+        if "pixel_values" in inputs:
+            pixels, masks = drop_padding_tiles(inputs["pixel_values"][0], inputs["pixel_attention_mask"][0])
+        return PreparedInputs(list(messages), inputs["input_ids"][0], pixels, masks,
+                              time.perf_counter() - t0)

@@ -111,8 +111,6 @@ class Tokenizer:
         self._tokenizer = tokenizer
         self.special_tokens: dict[str, str] = dict(MODEL_SPECIAL_TOKEN_DEFAULTS)
         self.special_tokens.update(special_tokens or {})
-        added = tokenizer.get_added_tokens_decoder()
-        self._special_ids = frozenset(i for i, tok in added.items() if tok.special)
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> Tokenizer:
@@ -178,86 +176,15 @@ class Tokenizer:
     def get_vocab(self) -> dict[str, int]:
         return self._tokenizer.get_vocab(with_added_tokens=True)
 
-    @property
-    def all_special_ids(self) -> frozenset[int]:
-        """Ids of the added tokens flagged special: the ids `skip_special_tokens` drops."""
-        return self._special_ids
-
-    def is_special(self, token_id: int) -> bool:
-        return int(token_id) in self._special_ids
-
     # -- named special tokens ---------------------------------------------------------------
-
-    def _id(self, name: str) -> int | None:
-        token = self.special_tokens.get(name)
-        return None if token is None else self._tokenizer.token_to_id(token)
-
-    @property
-    def bos_token(self) -> str | None:
-        return self.special_tokens.get("bos_token")
-
-    @property
-    def eos_token(self) -> str | None:
-        return self.special_tokens.get("eos_token")
-
-    @property
-    def pad_token(self) -> str | None:
-        return self.special_tokens.get("pad_token")
-
-    @property
-    def unk_token(self) -> str | None:
-        return self.special_tokens.get("unk_token")
 
     @property
     def image_token(self) -> str:
         return self.special_tokens["image_token"]
 
     @property
-    def fake_image_token(self) -> str:
-        return self.special_tokens["fake_image_token"]
-
-    @property
-    def global_image_token(self) -> str:
-        return self.special_tokens["global_image_token"]
-
-    @property
-    def end_of_utterance_token(self) -> str:
-        return self.special_tokens["end_of_utterance_token"]
-
-    @property
-    def bos_token_id(self) -> int | None:
-        """`<|im_start|>` for SmolVLM (generation_config.json's bos id 0 is `<|endoftext|>`)."""
-        return self._id("bos_token")
-
-    @property
-    def eos_token_id(self) -> int | None:
-        """The tokenizer's eos (`<end_of_utterance>` for SmolVLM). Generation stops on
-        `ModelConfig.eos_token_ids`, which includes it."""
-        return self._id("eos_token")
-
-    @property
-    def pad_token_id(self) -> int | None:
-        return self._id("pad_token")
-
-    @property
-    def unk_token_id(self) -> int | None:
-        return self._id("unk_token")
-
-    @property
     def image_token_id(self) -> int | None:
-        return self._id("image_token")
-
-    @property
-    def fake_image_token_id(self) -> int | None:
-        return self._id("fake_image_token")
-
-    @property
-    def global_image_token_id(self) -> int | None:
-        return self._id("global_image_token")
-
-    @property
-    def end_of_utterance_token_id(self) -> int | None:
-        return self._id("end_of_utterance_token")
+        return self._tokenizer.token_to_id(self.image_token)
 
 
 def _as_ids(ids: Iterable[int]) -> list[int]:

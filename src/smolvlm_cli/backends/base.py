@@ -4,10 +4,15 @@ A backend runs the three parts of the model: the vision encoder (tiles -> image 
 the text decoder over a growing KV cache held in a `DecoderState`. `forward` appends tokens to
 the state and returns the logits of the last one; `truncate` rewinds the state to a prefix, so
 several questions can share one encoded image and a chat can keep its history.
+
+Batched decoding is part of the protocol: `new_rows` gives `DecoderRows` whose rows advance
+together, one shared decoder step per token, or None when the backend answers one at a time
+(the torch reference).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -21,6 +26,26 @@ class DecoderState(Protocol):
 
     def truncate(self, length: int) -> None:
         """Forget every position from `length` on."""
+
+
+@runtime_checkable
+class DecoderRows(Protocol):
+    """Up to `rows` replies in slots 0..n-1, kept contiguous by the caller (`move`, `truncate`)."""
+
+    rows: int
+
+    def prefill(self, slot: int, input_ids: np.ndarray, image_features: np.ndarray | None = None
+                ) -> np.ndarray:
+        """Start a reply in `slot` (at most n), as `Backend.forward` on a new state: its logits."""
+
+    def step(self, tokens: Sequence[int]) -> np.ndarray:
+        """Append one token to each of slots 0..n-1 (n = len(tokens)): logits [n, vocab]."""
+
+    def move(self, src: int, dst: int) -> None:
+        """Copy slot `src`'s cache into slot `dst`."""
+
+    def truncate(self, n: int) -> None:
+        """Keep slots 0..n-1."""
 
 
 @runtime_checkable
@@ -45,3 +70,5 @@ class Backend(Protocol):
         positions of `input_ids`, in order.
         """
 
+    def new_rows(self, rows: int) -> DecoderRows | None:
+        """Empty rows for up to `rows` replies, or None without batched decoding."""

@@ -7,7 +7,7 @@ take float16 caches, and decoders that derive positions from the mask have no `p
 Decoders exported by our GroupQueryAttention builder (metadata `smolvlm.decoder_style = gqa`)
 run through IO binding over shared, preallocated KV buffers (`SharedBufferDecoder`); every other
 graph of the official contract runs through the plain numpy loop (`ConcatDecoder`). Both can
-also decode several replies per step (`new_batch`, `prefill_row`: `onnx_batch.py`). Sessions
+also decode several replies per step (`new_rows`: `onnx_rows.py`). Sessions
 come from the optimized-graph cache of `onnx_session.py`.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smolvlm_cli.backends.onnx_batch import ConcatBatch, SharedKVBatch
+from smolvlm_cli.backends.onnx_rows import ConcatRows, SharedKVRows
 from smolvlm_cli.backends.onnx_decoder import ConcatDecoder, OnnxState, SharedBufferDecoder, SharedKVState
 from smolvlm_cli.backends.onnx_session import ORT_TYPES, default_threads, load_session, model_metadata
 from smolvlm_cli.builder.layout import DECODER_STYLE_KEY
@@ -133,20 +133,14 @@ class OnnxBackend:
             embeds[0, positions] = image_features
         return embeds
 
-    # -- batched decoding (see onnx_batch.py) ---------------------------------------------------
-    def new_batch(self, rows: int) -> SharedKVBatch | ConcatBatch:
-        """An empty batch of up to `rows` replies whose decode steps run together."""
+    # -- batched decoding (see onnx_rows.py) ---------------------------------------------------
+    def new_rows(self, rows: int) -> SharedKVRows | ConcatRows:
+        """Empty `DecoderRows` for up to `rows` replies whose decode steps run together."""
         if self.runner.shared:
             c = self.config
-            return SharedKVBatch(self.runner, rows, c.hidden_size, c.vocab_size)
-        return ConcatBatch(self.runner, rows, self._embed_batch)
+            return SharedKVRows(self.runner, rows, c.hidden_size, c.vocab_size, self._prompt_embeds)
+        return ConcatRows(self.runner, rows, self._prompt_embeds, self._embed_step_tokens)
 
-    def prefill_row(self, batch: SharedKVBatch | ConcatBatch, slot: int, input_ids: np.ndarray,
-                    image_features: np.ndarray | None = None) -> np.ndarray:
-        """Start a reply in slot `slot` of `batch` (like `forward` on a new state): its logits."""
-        ids = np.asarray(input_ids, dtype=np.int64).reshape(-1)
-        return batch.prefill(slot, self._prompt_embeds(ids, image_features))
-
-    def _embed_batch(self, ids: np.ndarray) -> np.ndarray:
+    def _embed_step_tokens(self, ids: np.ndarray) -> np.ndarray:
         (embeds,) = self.embed.run(None, {self._embed_input: ids})
         return embeds

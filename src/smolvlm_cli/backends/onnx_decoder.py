@@ -17,7 +17,6 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-_PAST_PREFIX, _PRESENT_PREFIX = "past_key_values.", "present."
 _GROWTH = 1024  # cache capacity grows in steps of this many positions
 
 
@@ -87,7 +86,10 @@ def _io_types(session: ort.InferenceSession, ort_types: dict) -> dict[str, type]
 
 
 class ConcatDecoder:
-    """`sess.run` with numpy pasts: works for every graph of the official contract."""
+    """`sess.run` with numpy pasts: works for every graph of the official contract.
+
+    Public surface (for batched decoding, `onnx_rows.py`): the cache layout (`cache_names`,
+    `kv_heads`, `head_dim`, `cache_dtype`), `has_position_ids`, and `run_feeds`."""
 
     shared = False
 
@@ -95,33 +97,57 @@ class ConcatDecoder:
                  kv_heads: int, head_dim: int, ort_types: dict):
         self.session = session
         types = _io_types(session, ort_types)
-        self._past_names, self._present_for = past_names, present_for
-        self._has_position_ids = "position_ids" in types
-        self._cache_dtype = types[past_names[0]]
+        self.past_names = past_names
+        self.cache_names = list(present_for)  # past names in the order `run_feeds` returns presents
+        self.has_position_ids = "position_ids" in types
+        self.cache_dtype = types[past_names[0]]
         self.embeds_dtype = types["inputs_embeds"]
         self._output_names = ["logits", *present_for.values()]
-        self._kv = (kv_heads, head_dim)
+        self.kv_heads, self.head_dim = kv_heads, head_dim
 
     def new_state(self) -> OnnxState:
-        empty = np.zeros((1, *self._kv[:1], 0, self._kv[1]), dtype=self._cache_dtype)
-        return OnnxState({name: empty for name in self._past_names})
+        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=self.cache_dtype)
+        return OnnxState({name: empty for name in self.past_names})
+
+    def run_feeds(self, embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+                  pasts: dict[str, np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One decoder run: logits [rows, seq, vocab] and the presents in `cache_names` order.
+        `position_ids` is dropped for graphs that derive positions from the mask."""
+        feeds = {"inputs_embeds": embeds.astype(self.embeds_dtype, copy=False),
+                 "attention_mask": attention_mask}
+        if self.has_position_ids:
+            feeds["position_ids"] = position_ids
+        feeds.update(pasts)
+        logits, *presents = self.session.run(self._output_names, feeds)
+        return logits, presents
 
     def run(self, state: OnnxState, embeds: np.ndarray) -> np.ndarray:
         seq, past = embeds.shape[1], state.length
-        feeds = {"inputs_embeds": embeds.astype(self.embeds_dtype, copy=False),
-                 # the full-length mask: a length-1 mask in decode steps gives garbage
-                 "attention_mask": np.ones((1, past + seq), dtype=np.int64)}
-        if self._has_position_ids:
-            feeds["position_ids"] = np.arange(past, past + seq, dtype=np.int64)[None]
-        feeds.update(state.pasts)
-        logits, *presents = self.session.run(self._output_names, feeds)
-        state.pasts = dict(zip(self._present_for, presents))
+        # the full-length mask: a length-1 mask in decode steps gives garbage
+        logits, presents = self.run_feeds(embeds, np.ones((1, past + seq), dtype=np.int64),
+                                          np.arange(past, past + seq, dtype=np.int64)[None], state.pasts)
+        state.pasts = dict(zip(self.cache_names, presents))
         state.length = past + seq
         return logits[0, -1].astype(np.float32, copy=True)
 
 
+class StepBinding:
+    """The IO bindings of one decode step over fixed buffers: `tokens` [n, 1] are embedded into
+    `embeds` [n, 1, hidden] (in place when the embedding graph's output type allows), which the
+    decoder binding reads."""
+
+    def __init__(self, tokens: np.ndarray, embeds: np.ndarray, embed_binding: ort.IOBinding | None,
+                 binding: ort.IOBinding):
+        self.tokens, self.embeds = tokens, embeds
+        self.embed_binding, self.binding = embed_binding, binding
+
+
 class SharedBufferDecoder:
-    """IO binding over shared past/present buffers (GroupQueryAttention graphs only)."""
+    """IO binding over preallocated KV buffers, grown on demand (GroupQueryAttention graphs).
+
+    Public surface (for batched decoding, `onnx_rows.py`): the cache layout (`past_names`,
+    `kv_heads`, `head_dim`, `cache_dtype`, `max_positions`, `initial_capacity`), `run` for a
+    prompt chunk, and `bind_step`/`run_step` for decode steps over caller-owned buffers."""
 
     shared = True
 
@@ -130,46 +156,43 @@ class SharedBufferDecoder:
                  hidden: int, vocab: int, max_positions: int, ort_types: dict):
         self.session, self.embed = session, embed
         types = _io_types(session, ort_types)
-        self._past_names, self._present_for = past_names, present_for
-        self._cache_dtype = types[past_names[0]]
+        self.past_names, self._present_for = past_names, present_for
+        self.cache_dtype = types[past_names[0]]
         self.embeds_dtype = types["inputs_embeds"]
-        self._kv, self._limit = (kv_heads, head_dim), max_positions
+        self.kv_heads, self.head_dim, self.max_positions = kv_heads, head_dim, max_positions
         self._mask = np.ones((1, max_positions), np.int64)
         # decode-step buffers, reused by every step of every state
         self._token = np.zeros((1, 1), np.int64)
         self._embeds = np.zeros((1, 1, hidden), self.embeds_dtype)
         self._logits = np.zeros((1, 1, vocab), np.float32)
-        self._embeds_value = ort.OrtValue.ortvalue_from_numpy(self._embeds)
-        self._logits_value = ort.OrtValue.ortvalue_from_numpy(self._logits)
-        self._embed_binding = None
         embed_out = embed.get_outputs()[0]
-        if ort_types.get(embed_out.type) == self.embeds_dtype:  # the lookup writes into our input
-            self._embed_binding = embed.io_binding()
-            self._embed_binding.bind_cpu_input(embed.get_inputs()[0].name, self._token)
-            self._embed_binding.bind_ortvalue_output(embed_out.name, self._embeds_value)
-        self._embed_input = embed.get_inputs()[0].name
+        self._embed_in_place = ort_types.get(embed_out.type) == self.embeds_dtype
+        self._embed_input, self._embed_output = embed.get_inputs()[0].name, embed_out.name
+
+    def initial_capacity(self) -> int:
+        return min(_GROWTH, self.max_positions)
 
     def new_state(self, capacity: int | None = None) -> SharedKVState:
-        return SharedKVState(self._past_names, *self._kv, self._cache_dtype,
-                             min(capacity or _GROWTH, self._limit))
+        return SharedKVState(self.past_names, self.kv_heads, self.head_dim, self.cache_dtype,
+                             min(capacity or _GROWTH, self.max_positions))
 
-    def _binding(self, state: SharedKVState, logits: ort.OrtValue | None) -> ort.IOBinding:
+    def _binding(self, values: dict[str, ort.OrtValue], logits: ort.OrtValue | None) -> ort.IOBinding:
         binding = self.session.io_binding()
         if logits is None:  # let ONNX Runtime allocate (graphs returning every position's logits)
             binding.bind_output("logits")
         else:
             binding.bind_ortvalue_output("logits", logits)  # first: get_outputs() follows binding order
         for past, present in self._present_for.items():
-            binding.bind_ortvalue_input(past, state.values[past])
-            binding.bind_ortvalue_output(present, state.values[past])
+            binding.bind_ortvalue_input(past, values[past])
+            binding.bind_ortvalue_output(present, values[past])
         return binding
 
     def run(self, state: SharedKVState, embeds: np.ndarray) -> np.ndarray:
         """Append a prompt chunk ([1, seq, hidden]) to the cache; the last position's logits."""
         seq = embeds.shape[1]
         total = state.length + seq
-        state.reserve(total, self._limit)
-        binding = self._binding(state, None)
+        state.reserve(total, self.max_positions)
+        binding = self._binding(state.values, None)
         binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=self.embeds_dtype))
         binding.bind_cpu_input("attention_mask", self._mask[:, :total])
         self.session.run_with_iobinding(binding)
@@ -177,20 +200,37 @@ class SharedBufferDecoder:
         logits = binding.get_outputs()[0].numpy()
         return logits[0, -1].astype(np.float32, copy=True)
 
+    def bind_step(self, values: dict[str, ort.OrtValue], tokens: np.ndarray, embeds: np.ndarray,
+                  logits: np.ndarray) -> StepBinding:
+        """Bindings for decode steps of the caches `values` (past = present, updated in place),
+        reading token ids from `tokens` and writing the logits into `logits` [n, 1, vocab]."""
+        embeds_value = ort.OrtValue.ortvalue_from_numpy(embeds)
+        embed_binding = None
+        if self._embed_in_place:  # the lookup writes straight into the decoder's input
+            embed_binding = self.embed.io_binding()
+            embed_binding.bind_cpu_input(self._embed_input, tokens)
+            embed_binding.bind_ortvalue_output(self._embed_output, embeds_value)
+        binding = self._binding(values, ort.OrtValue.ortvalue_from_numpy(logits))
+        binding.bind_ortvalue_input("inputs_embeds", embeds_value)
+        return StepBinding(tokens, embeds, embed_binding, binding)
+
+    def run_step(self, step: StepBinding, attention_mask: np.ndarray) -> None:
+        """Embed `step.tokens` and run the decoder over them; the logits land in the bound buffer."""
+        if step.embed_binding is not None:
+            self.embed.run_with_iobinding(step.embed_binding)
+        else:
+            (embeds,) = self.embed.run(None, {self._embed_input: step.tokens})
+            step.embeds[...] = embeds
+        step.binding.bind_cpu_input("attention_mask", attention_mask)
+        self.session.run_with_iobinding(step.binding)
+
     def step(self, state: SharedKVState, token: int) -> np.ndarray:
         """Append one token (embedded in place) and return its logits."""
         total = state.length + 1
-        state.reserve(total, self._limit)
-        if self._embed_binding is not None:
-            self._token[0, 0] = token
-            self.embed.run_with_iobinding(self._embed_binding)
-        else:
-            (embeds,) = self.embed.run(None, {self._embed_input: np.array([[token]], np.int64)})
-            self._embeds[...] = embeds
+        state.reserve(total, self.max_positions)
         if state.binding is None:
-            state.binding = self._binding(state, self._logits_value)
-            state.binding.bind_ortvalue_input("inputs_embeds", self._embeds_value)
-        state.binding.bind_cpu_input("attention_mask", self._mask[:, :total])
-        self.session.run_with_iobinding(state.binding)
+            state.binding = self.bind_step(state.values, self._token, self._embeds, self._logits)
+        self._token[0, 0] = token
+        self.run_step(state.binding, self._mask[:, :total])
         state.length = total
         return self._logits[0, 0].copy()  # the buffer is rewritten by the next step

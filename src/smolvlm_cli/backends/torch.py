@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from smolvlm_cli.config import ModelConfig
-from smolvlm_cli.errors import BackendUnavailableError, ConfigError
+from smolvlm_cli.errors import BackendUnavailableError, ConfigError, first_line
 
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -64,17 +64,17 @@ class TorchBackend:
             model = AutoModelForImageTextToText.from_pretrained(
                 str(model_dir), dtype=getattr(torch, TORCH_DTYPES[dtype]))
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot load the torch model from {model_dir}: {str(exc).splitlines()[0]}",
+            raise ConfigError(f"cannot load the torch model from {model_dir}: {first_line(exc)}",
                               hint="the directory needs config.json and *.safetensors weights") from exc
-        self.model = model.to(self.device).eval()
-        self._float = next(self.model.parameters()).dtype
+        self.torch_model = model.to(self.device).eval()
+        self._float = next(self.torch_model.parameters()).dtype
 
     def encode_images(self, pixel_values: np.ndarray, pixel_attention_mask: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():
             pv = torch.from_numpy(np.ascontiguousarray(pixel_values))[None].to(self.device, self._float)
             mask = torch.from_numpy(np.ascontiguousarray(pixel_attention_mask))[None].to(self.device)
-            out = self.model.model.get_image_features(pv, mask)
+            out = self.torch_model.model.get_image_features(pv, mask)
             features = out.pooler_output if hasattr(out, "pooler_output") else out
             if isinstance(features, (list, tuple)):
                 features = torch.cat(list(features))
@@ -84,14 +84,14 @@ class TorchBackend:
     def new_state(self) -> TorchState:
         from transformers import DynamicCache
 
-        return TorchState(DynamicCache(config=self.model.config.get_text_config()))
+        return TorchState(DynamicCache(config=self.torch_model.config.get_text_config()))
 
     def forward(self, state: TorchState, input_ids: np.ndarray,
                 image_features: np.ndarray | None = None) -> np.ndarray:
         torch = self._torch
         ids = torch.from_numpy(np.asarray(input_ids, dtype=np.int64).reshape(1, -1)).to(self.device)
         with torch.inference_mode():
-            embeds = self.model.get_input_embeddings()(ids)
+            embeds = self.torch_model.get_input_embeddings()(ids)
             if image_features is not None and len(image_features):
                 positions = (ids[0] == self.config.image_token_id).nonzero().flatten()
                 if len(positions) != len(image_features):
@@ -100,7 +100,11 @@ class TorchBackend:
                 embeds[0, positions] = torch.from_numpy(np.asarray(image_features)).to(embeds)
             past = state.length
             mask = torch.ones((1, past + ids.shape[1]), dtype=torch.long, device=self.device)
-            out = self.model(inputs_embeds=embeds, attention_mask=mask, past_key_values=state.cache,
+            out = self.torch_model(inputs_embeds=embeds, attention_mask=mask, past_key_values=state.cache,
                              use_cache=True, logits_to_keep=1)
             state.cache = out.past_key_values
         return out.logits[0, -1].float().cpu().numpy()
+
+    def new_rows(self, rows: int) -> None:
+        """None: the reference backend answers one reply at a time."""
+        return None

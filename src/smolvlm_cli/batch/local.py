@@ -11,13 +11,16 @@ images without a single success stops the run: the model, not the images, is bro
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from smolvlm_cli.batch.records import ImageRecord, Job
+from smolvlm_cli.errors import error_message
 
 FAILURES_BEFORE_GIVING_UP = 3
 
@@ -25,13 +28,29 @@ FAILURES_BEFORE_GIVING_UP = 3
 Emit = Callable[[Job, ImageRecord], None]
 
 
-def error_message(exc: BaseException) -> str:
-    """One line for the record: the message of our errors, `Type: first line` of others."""
-    message = getattr(exc, "message", None)
-    if message:
-        return str(message)
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+class _ReorderBuffer:
+    """Emits records in job order (`seq` 0, 1, 2, ...): a finished one waits for those before it."""
+
+    def __init__(self, emit: Emit):
+        self._emit = emit
+        self._waiting: dict[int, tuple[Job, ImageRecord]] = {}
+        self._next = 0
+
+    def put(self, seq: int, job: Job, record: ImageRecord) -> None:
+        self._waiting[seq] = (job, record)
+        while self._next in self._waiting:
+            self._emit(*self._waiting.pop(self._next))
+            self._next += 1
+
+
+@dataclass
+class _InFlight:
+    """An image handed to `generate_many` and not finished yet."""
+
+    job: Job
+    prepared: Any
+    prep_s: float  # its preprocessing time
+    inference_s: float = 0.0  # its share of the wall time while in flight
 
 
 class LocalEngine:
@@ -100,10 +119,10 @@ class LocalEngine:
                 if len(batch) >= self.batch_size or not pending:
                     if should_stop():
                         return
-                    self._infer(batch, emit)
+                    self.caption_prepared(batch, emit)
                     batch = []
             if batch and not should_stop():
-                self._infer(batch, emit)
+                self.caption_prepared(batch, emit)
         finally:
             for _, future in pending:
                 future.cancel()
@@ -113,66 +132,63 @@ class LocalEngine:
         """Continuous batching (`SmolVLM.generate_many`): a finished image's place in the batch goes
         to the next one at once. Records still go out in job order (finished ones wait for their
         predecessors), so every batch size writes the same files."""
-        done: dict[int, tuple[Job, ImageRecord]] = {}
-        next_out = 0
+        out = _ReorderBuffer(emit)
+        seqs = itertools.count()  # job order, undecodable files included
+        feed = ((next(seqs), *item) for item in ready(lambda job, record: out.put(next(seqs), job, record)))
+        inflight: dict[int, _InFlight] = {}
+        feed_errors: list[BaseException] = []
+        while self._generate_many(feed, inflight, out, feed_errors):
+            pass  # a shared step failed: its images went one by one, the rest start a new run
+        if feed_errors:
+            raise feed_errors[0]
 
-        def put(seq: int, job: Job, record: ImageRecord) -> None:
-            nonlocal next_out
-            done[seq] = (job, record)
-            while next_out in done:
-                emit(*done.pop(next_out))
-                next_out += 1
+    def _generate_many(self, feed: Iterator[tuple[int, Job, Any, float]], inflight: dict[int, _InFlight],
+                       out: _ReorderBuffer, feed_errors: list[BaseException]) -> bool:
+        """One `generate_many` run over `feed`; True when a failed shared step cut it short."""
+        fed: list[int] = []  # generate_many's index -> seq
 
-        counter = iter(range(1 << 62))
-        feed = ((next(counter), *item) for item in
-                ready(lambda job, record: put(next(counter), job, record)))
-        inflight: dict[int, list] = {}  # seq -> [job, prepared, prep_s, seconds of inference so far]
-        feed_error: list[BaseException] = []
-        while True:
-            fed: list[int] = []  # generate_many's index -> seq
-
-            def items() -> Iterator[Any]:
-                while True:
-                    try:
-                        seq, job, prepared, prep_s = next(feed)
-                    except StopIteration:
-                        return
-                    except Exception as exc:  # noqa: BLE001 - raised once the rows in flight are done
-                        feed_error.append(exc)
-                        return
-                    fed.append(seq)
-                    inflight[seq] = [job, prepared, prep_s, 0.0]
-                    yield prepared
-
-            results = self.vlm.generate_many(items(), self.options, batch_size=self.batch_size,
-                                             return_exceptions=True)
-            mark = time.perf_counter()
+        def items() -> Iterator[Any]:
             while True:
                 try:
-                    item = next(results, None)
-                except Exception:  # noqa: BLE001 - a failed shared step: its images go one by one
-                    for seq in sorted(inflight):
-                        job, prepared, prep_s, _ = inflight.pop(seq)
-                        self._infer([(job, prepared, prep_s)], lambda j, r, seq=seq: put(seq, j, r))
-                    break
-                if item is None:
-                    if feed_error:
-                        raise feed_error[0]
+                    seq, job, prepared, prep_s = next(feed)
+                except StopIteration:
                     return
-                index, result = item
-                # the wall time since the last result, shared by the images in flight during it
-                now = time.perf_counter()
-                share, mark = (now - mark) / len(inflight), now
-                for entry in inflight.values():
-                    entry[3] += share
-                seq = fed[index]
-                job, _, prep_s, seconds = inflight.pop(seq)
-                if isinstance(result, Exception):
-                    put(seq, job, self._failure(job, result, prep_s + seconds))
-                else:
-                    put(seq, job, self._success(job, result.text, result.stats, prep_s + seconds))
+                except Exception as exc:  # noqa: BLE001 - raised once the rows in flight are done
+                    feed_errors.append(exc)
+                    return
+                fed.append(seq)
+                inflight[seq] = _InFlight(job, prepared, prep_s)
+                yield prepared
 
-    def _infer(self, batch: list[tuple[Job, Any, float]], emit: Emit) -> None:
+        results = self.vlm.generate_many(items(), self.options, batch_size=self.batch_size,
+                                         return_exceptions=True)
+        mark = time.perf_counter()
+        while True:
+            try:
+                item = next(results, None)
+            except Exception:  # noqa: BLE001 - a failed shared step: its images go one by one
+                for seq in sorted(inflight):
+                    one = inflight.pop(seq)
+                    self.caption_prepared([(one.job, one.prepared, one.prep_s)],
+                                lambda job, record, seq=seq: out.put(seq, job, record))
+                return True
+            if item is None:
+                return False
+            index, result = item
+            # the wall time since the last result, shared by the images in flight during it
+            now = time.perf_counter()
+            share, mark = (now - mark) / len(inflight), now
+            for one in inflight.values():
+                one.inference_s += share
+            seq = fed[index]
+            one = inflight.pop(seq)
+            seconds = one.prep_s + one.inference_s
+            if isinstance(result, Exception):
+                out.put(seq, one.job, self._failure(one.job, result, seconds))
+            else:
+                out.put(seq, one.job, self._success(one.job, result.text, result.stats, seconds))
+
+    def caption_prepared(self, batch: list[tuple[Job, Any, float]], emit: Emit) -> None:
         """One call for `batch` (`generate_batch`), retried image by image if it fails."""
         t0 = time.perf_counter()
         try:
@@ -186,7 +202,7 @@ class LocalEngine:
         except Exception as exc:  # noqa: BLE001
             if len(batch) > 1:
                 for one in batch:
-                    self._infer([one], emit)
+                    self.caption_prepared([one], emit)
                 return
             job, _, prep_s = batch[0]
             emit(job, self._failure(job, exc, prep_s + time.perf_counter() - t0))

@@ -41,11 +41,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from smolvlm_cli.batch.discover import STDIN
-from smolvlm_cli.batch.local import error_message
 from smolvlm_cli.batch.progress import Reporter, Summary
 from smolvlm_cli.batch.records import ImageRecord, Job
 from smolvlm_cli.batch.runner import BatchConfig, run_batch
-from smolvlm_cli.errors import BackendUnavailableError, SmolVLMError
+from smolvlm_cli.errors import BackendUnavailableError, SmolVLMError, error_message
 from smolvlm_cli.options import GenerationOptions
 
 MAX_ROWS_PER_BLOCK = 16  # what a killed job can lose per actor; also a Parquet file's rows

@@ -29,7 +29,8 @@ from ray.data.datasource import FilenameProvider
 
 from smolvlm_cli.batch.discover import ImageItem
 from smolvlm_cli.batch.records import FIELDS, ImageRecord, Job
-from smolvlm_cli.errors import ModelNotFoundError
+from smolvlm_cli.errors import ModelNotFoundError, error_message
+from smolvlm_cli.processor import Processor
 
 PREPARED_SCHEMA = pa.schema([
     ("idx", pa.int64()), ("path", pa.binary()), ("file", pa.binary()), ("prompt", pa.binary()),
@@ -57,18 +58,14 @@ def arrow_text(text: str | None) -> str | None:
 
 # -- the stateless map ----------------------------------------------------------------------------
 
-_PREPARERS: dict[str, Any] = {}  # model dir -> a SmolVLM without a backend, one per worker process
+_PROCESSORS: dict[str, Processor] = {}  # model dir -> its processor, one per worker process
 
 
-def _preparer(model_dir: str):
-    vlm = _PREPARERS.get(model_dir)
-    if vlm is None:
-        from smolvlm_cli.model import SmolVLM
-        from smolvlm_cli.processor import Processor
-
-        processor = Processor.from_pretrained(Path(model_dir))
-        vlm = _PREPARERS[model_dir] = SmolVLM(processor, processor.tokenizer, backend=None)
-    return vlm
+def _processor(model_dir: str) -> Processor:
+    processor = _PROCESSORS.get(model_dir)
+    if processor is None:
+        processor = _PROCESSORS[model_dir] = Processor.from_pretrained(Path(model_dir))
+    return processor
 
 
 def preprocess(batch: pa.Table, model_dir: str, longest_edge: int | None,
@@ -77,10 +74,9 @@ def preprocess(batch: pa.Table, model_dir: str, longest_edge: int | None,
 
     `file` is the absolute path (workers do not share the driver's current folder), `path` the
     one recorded and named in errors, as the user gave it."""
-    from smolvlm_cli.batch.local import error_message
     from smolvlm_cli.image_loading import load_image
 
-    vlm = _preparer(model_dir)
+    processor = _processor(model_dir)
     out: dict[str, list] = {name: [] for name in PREPARED_SCHEMA.names}
     for row in batch.to_pylist():
         path, prompt = from_bytes(row["path"]), from_bytes(row["prompt"])
@@ -88,7 +84,7 @@ def preprocess(batch: pa.Table, model_dir: str, longest_edge: int | None,
         prepared, error = None, None
         try:
             image = load_image(from_bytes(row["file"]), name=str(Path(path)))
-            prepared = pickle.dumps(vlm.prepare([image], prompt, longest_edge=longest_edge,
+            prepared = pickle.dumps(processor.prepare([image], prompt, longest_edge=longest_edge,
                                                 split=split), protocol=5)
         except Exception as exc:  # noqa: BLE001 - an unreadable file is that file's failure
             error = error_message(exc)
@@ -144,7 +140,7 @@ class Captioner:
 
             # the local engine's inference step: a batch call, one by one after an error,
             # giving up (raising) when the model fails its first images without a success
-            self.engine._infer(ready, collect)
+            self.engine.caption_prepared(ready, collect)
         return self._table(records)
 
     def _table(self, records: dict[int, ImageRecord]) -> pa.Table:

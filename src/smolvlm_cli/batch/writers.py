@@ -21,7 +21,6 @@ from smolvlm_cli.batch.records import FIELDS, ImageRecord, csv_line, loads
 from smolvlm_cli.batch.resume import Ledger, RecordIndex, State
 from smolvlm_cli.errors import SmolVLMError
 
-FORMATS = ("txt", "jsonl", "csv")
 SIDECAR_SUFFIX = ".txt"
 MAX_NAME_BYTES = 255  # most file systems' limit on one name
 
@@ -141,10 +140,10 @@ class RecordFileWriter:
         return f"{self.name.upper()} to {self.path}" if self.path else f"{self.name.upper()} to stdout"
 
     # format hooks -------------------------------------------------------------------------
-    def encode(self, record: ImageRecord) -> str:
+    def format_record(self, record: ImageRecord) -> str:
         return record.to_json() + "\n"
 
-    def decode(self, raw: bytes) -> ImageRecord:
+    def parse_record(self, raw: bytes) -> ImageRecord:
         return ImageRecord.from_dict(loads(raw))
 
     def start(self) -> str:
@@ -180,7 +179,7 @@ class RecordFileWriter:
             records = records[1:]
         for raw in records:
             try:
-                record = self.decode(raw)
+                record = self.parse_record(raw)
             except (ValueError, TypeError):
                 self.index.unreadable += 1
                 continue
@@ -201,7 +200,7 @@ class RecordFileWriter:
 
     def _opens_a_record(self, tail: bytes) -> bool:
         """A file holding only a torn first write: is it the start of one of ours?"""
-        opening = (self.start() or self.encode(ImageRecord("x"))[:10]).encode()
+        opening = (self.start() or self.format_record(ImageRecord("x"))[:10]).encode()
         size = min(len(tail), len(opening))
         return size > 0 and tail[:size] == opening[:size]
 
@@ -212,7 +211,7 @@ class RecordFileWriter:
         return self.index.state(item.abspath)
 
     def write(self, item: ImageItem, record: ImageRecord) -> None:
-        text = self.encode(record)
+        text = self.format_record(record)
         if not self._started:
             text = self.start() + text
             self._started = True
@@ -239,7 +238,7 @@ class RecordFileWriter:
         order: dict[object, bytes] = {}
         for n, raw in enumerate(records):
             try:
-                key: object = os.path.abspath(self.decode(raw).path)
+                key: object = os.path.abspath(self.parse_record(raw).path)
             except (ValueError, TypeError):
                 key = n  # not a record: kept where it is
             order[key] = raw  # dicts keep the first position, the update takes the last content
@@ -255,13 +254,13 @@ class CsvWriter(RecordFileWriter):
 
     name = kind = "csv"
 
-    def encode(self, record: ImageRecord) -> str:
+    def format_record(self, record: ImageRecord) -> str:
         return csv_line(record.to_row())
 
     def _header(self, raw: bytes) -> list[str]:
         return next(csv.reader([raw.decode("utf-8", "surrogateescape").rstrip("\r\n")]), [])
 
-    def decode(self, raw: bytes) -> ImageRecord:
+    def parse_record(self, raw: bytes) -> ImageRecord:
         row = next(csv.reader(io.StringIO(raw.decode("utf-8", "surrogateescape"), newline="")), None)
         if row is None:
             raise ValueError("empty row")

@@ -12,7 +12,7 @@ import typer
 
 from smolvlm_cli.backends import BACKENDS, GRAPH_SOURCES
 from smolvlm_cli.dtypes import DEFAULT_DTYPE, parse_dtype
-from smolvlm_cli.hub import DEFAULT_MODEL, MODEL_ENV
+from smolvlm_cli.hub import MODEL_ENV
 from smolvlm_cli.options import GenerationOptions
 
 _DEFAULTS = GenerationOptions()
@@ -112,7 +112,6 @@ VerboseOpt = Annotated[bool, typer.Option(
     "--verbose", "-v", rich_help_panel=_OUTPUT_PANEL, help="Timings and details on stderr.")]
 
 DEFAULTS = _DEFAULTS
-DEFAULT_MODEL_ID = DEFAULT_MODEL
 
 
 def generation_options(max_new_tokens: int, temperature: float, top_k: int, top_p: float,

@@ -3,7 +3,7 @@
 A decode step on a CPU is bound by reading the decoder's weights, so a step of N rows costs
 little more than a step of one (256M model, 2 threads: 8 rows per step gave ~3.8x the tokens/s
 of one-by-one decoding in fp32, ~3.7x in int8). The loop here is backend-agnostic; the
-backend's batch object (`backends/onnx_batch.py`) holds the rows' KV caches in slots 0..n-1:
+backend's `DecoderRows` (`backends/onnx_rows.py`) holds the rows' KV caches in slots 0..n-1:
 
 - a row is admitted alone: its images through the vision encoder (one tile per call, as for a
   single reply: batching tiles was no faster) and its prompt through a one-row prefill into a
@@ -24,13 +24,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from smolvlm_cli.backends.base import DecoderRows
 from smolvlm_cli.generation import TokenLoop
 from smolvlm_cli.options import GenerationOptions
-
-if TYPE_CHECKING:
-    from smolvlm_cli.model import Generation, GenerationStats, PreparedInputs, ReplyText, SmolVLM
+from smolvlm_cli.reply import Replier
+from smolvlm_cli.values import Generation, GenerationStats, PreparedInputs, ReplyText
 
 
 @dataclass
@@ -49,36 +48,31 @@ class _Row:
         if not self.tokens:
             stats.ttft_s = now - self.started
         self.tokens.append(token)
-        stats.generated_tokens += 1
-        stats.stop_reason = "stop" if token in self.eos and not self.loop.options.ignore_eos else "length"
+        stats.count_token(token, self.eos, self.loop.options.ignore_eos)
         self.text.append(self.reply.put(token))
 
     def finish(self) -> Generation:
-        from smolvlm_cli.model import Generation
-
         self.text.append(self.reply.flush())
         return Generation("".join(self.text), self.tokens, self.stats)
 
 
-def _admit(vlm: SmolVLM, batch, slot: int, index: int, prepared: PreparedInputs,
+def _admit(replier: Replier, slots: DecoderRows, slot: int, index: int, prepared: PreparedInputs,
            opts: GenerationOptions) -> _Row:
     """Vision and prefill of one prompt into `slot`, and its first token."""
-    from smolvlm_cli.model import GenerationStats, ReplyText
-
     started = time.perf_counter() - prepared.preprocess_s
     stats = GenerationStats(preprocess_s=prepared.preprocess_s, prompt_tokens=len(prepared.input_ids))
-    features = vlm.encode(prepared, stats)
+    features = replier.image_features(prepared, stats)
     t0 = time.perf_counter()
-    logits = vlm.backend.prefill_row(batch, slot, prepared.input_ids, features)
+    logits = slots.prefill(slot, prepared.input_ids, features)
     stats.prefill_s = time.perf_counter() - t0
-    eos = vlm.config.eos_token_ids
-    row = _Row(index, TokenLoop(opts, eos, prepared.input_ids), ReplyText(vlm.tokenizer), stats,
+    eos = replier.eos_token_ids
+    row = _Row(index, TokenLoop(opts, eos, prepared.input_ids), ReplyText(replier.tokenizer), stats,
                started, frozenset(eos))
     row.add(row.loop.pick(logits), time.perf_counter())
     return row
 
 
-def _compact(rows: list[_Row | None], batch) -> None:
+def _compact(rows: list[_Row | None], slots: DecoderRows) -> None:
     """Move tail rows into the holes left by finished rows: slots 0..n-1 stay contiguous."""
     while rows and rows[-1] is None:
         rows.pop()
@@ -86,20 +80,18 @@ def _compact(rows: list[_Row | None], batch) -> None:
         if dst >= len(rows):
             break
         if rows[dst] is None:
-            batch.move(len(rows) - 1, dst)
+            slots.move(len(rows) - 1, dst)
             rows[dst] = rows.pop()
             while rows and rows[-1] is None:
                 rows.pop()
-    batch.truncate(len(rows))
+    slots.truncate(len(rows))
 
 
-def _one_by_one(vlm: SmolVLM, prepared: Iterable[PreparedInputs], opts: GenerationOptions,
+def _one_by_one(replier: Replier, prepared: Iterable[PreparedInputs], opts: GenerationOptions,
                 return_exceptions: bool) -> Iterator[tuple[int, Generation | Exception]]:
-    from smolvlm_cli.model import Generation
-
     for index, item in enumerate(prepared):
         try:
-            stream = vlm.stream_prepared(item, opts)
+            stream = replier.stream_prepared(item, opts)
             text = stream.text()
         except Exception as exc:  # noqa: BLE001 - one prompt's failure, reported with its index
             if not return_exceptions:
@@ -109,16 +101,16 @@ def _one_by_one(vlm: SmolVLM, prepared: Iterable[PreparedInputs], opts: Generati
         yield index, Generation(text, stream.token_ids, stream.stats)
 
 
-def generate_many(vlm: SmolVLM, prepared: Iterable[PreparedInputs], opts: GenerationOptions,
+def generate_many(replier: Replier, prepared: Iterable[PreparedInputs], opts: GenerationOptions,
                   batch_size: int, return_exceptions: bool = False
                   ) -> Iterator[tuple[int, Generation | Exception]]:
     """`SmolVLM.generate_many`: (index, Generation or exception) in the order replies finish."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    new_batch = getattr(vlm.backend, "new_batch", None)  # the torch backend (the reference) has none
-    batch = new_batch(batch_size) if batch_size > 1 and new_batch is not None else None
-    if batch is None:
-        yield from _one_by_one(vlm, prepared, opts, return_exceptions)
+    # None: the backend (torch, the reference) has no batched decoding
+    slots = replier.backend.new_rows(batch_size) if batch_size > 1 else None
+    if slots is None:
+        yield from _one_by_one(replier, prepared, opts, return_exceptions)
         return
 
     source = enumerate(prepared)
@@ -135,7 +127,7 @@ def generate_many(vlm: SmolVLM, prepared: Iterable[PreparedInputs], opts: Genera
             index, one = item
             slot = rows.index(None) if None in rows else len(rows)
             try:
-                row = _admit(vlm, batch, slot, index, one, opts)
+                row = _admit(replier, slots, slot, index, one, opts)
             except Exception as exc:  # noqa: BLE001 - vision/prefill of one prompt
                 if not return_exceptions:
                     raise
@@ -148,13 +140,13 @@ def generate_many(vlm: SmolVLM, prepared: Iterable[PreparedInputs], opts: Genera
                 rows.append(row)
             else:
                 rows[slot] = row
-        _compact(rows, batch)
+        _compact(rows, slots)
         if not rows:
             return
 
         stepped = list(rows)
         t0 = time.perf_counter()
-        logits = batch.step([row.tokens[-1] for row in stepped])
+        logits = slots.step([row.tokens[-1] for row in stepped])
         finished: list[tuple[int, Generation | Exception]] = []
         for slot, row in enumerate(rows):
             try:

@@ -5,17 +5,17 @@ int8 for the 256M model) to produce one token. Stepping N rows at once reads the
 N. Prefills stay one row at a time: they are compute-bound (no gain from batching), and a
 batch-1 prefill is exactly the single-reply one.
 
-The rows of a batch live in slots 0..n-1 and the caller keeps them contiguous (`move` a tail row
+The rows live in slots 0..n-1 and the caller keeps them contiguous (`move` a tail row
 into a finished row's slot, then `truncate`), so a step binds one contiguous [n, ...] view and
 finished rows cost nothing.
 
-- `SharedKVBatch` (our GroupQueryAttention graphs, `SharedBufferDecoder`): one block
+- `SharedKVRows` (our GroupQueryAttention graphs, `SharedBufferDecoder`): one block
   [2*layers, rows, kv_heads, capacity, head_dim]. Slot b's prefill binds the contiguous view
   block[i, b:b+1] as past *and* present (a plain one-row prefill); a step binds block[i, :n] with
   a right-padded mask (row b: ones over its own length + 1). GroupQueryAttention takes each
   row's length from the mask (seqlens_k = sum - 1) and writes that row's new K/V at its own
   position, so every row computes what it would alone (bit-identical in fp32, see the tests).
-- `ConcatBatch` (`ConcatDecoder`, e.g. Hugging Face's official graphs): the rows' caches padded
+- `ConcatRows` (`ConcatDecoder`, e.g. Hugging Face's official graphs): the rows' caches padded
   into [n, kv_heads, width, head_dim] arrays, fed as pasts; presents come back one column wider.
   Graphs taking `position_ids` get left padding (positions per row, pads masked); graphs that
   derive positions from the mask (GroupQueryAttention without shared buffers) need right
@@ -29,13 +29,15 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from smolvlm_cli.backends import onnx_decoder
-from smolvlm_cli.backends.onnx_decoder import ConcatDecoder, SharedBufferDecoder, grown_capacity
+from smolvlm_cli.backends.onnx_decoder import ConcatDecoder, SharedBufferDecoder, StepBinding, grown_capacity
+
+# (input_ids [seq], image features or None) -> the prompt's embeddings [1, seq, hidden]
+PromptEmbeds = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
 
 
 class _RowView:
-    """Slot b of a `SharedKVBatch` as an empty one-row state: `SharedBufferDecoder.run` prefills
-    it unchanged (the batch has already reserved the capacity)."""
+    """Slot b of a `SharedKVRows` as an empty one-row state: `SharedBufferDecoder.run` prefills
+    it unchanged (`SharedKVRows` has already reserved the capacity)."""
 
     binding = None
 
@@ -46,25 +48,25 @@ class _RowView:
         pass
 
 
-class SharedKVBatch:
+class SharedKVRows:
     """Up to `rows` replies over one shared KV block (GroupQueryAttention graphs)."""
 
-    def __init__(self, decoder: SharedBufferDecoder, rows: int, hidden: int, vocab: int):
-        self.decoder, self.rows = decoder, rows
+    def __init__(self, decoder: SharedBufferDecoder, rows: int, hidden: int, vocab: int,
+                 prompt_embeds: PromptEmbeds):
+        self.decoder, self.rows, self._prompt_embeds = decoder, rows, prompt_embeds
         self.lengths: list[int] = []  # cached positions of slots 0..n-1
         self._tokens = np.zeros((rows, 1), np.int64)
         self._embeds = np.zeros((rows, 1, hidden), decoder.embeds_dtype)
         self._logits = np.zeros((rows, 1, vocab), np.float32)
-        self._steps: dict[int, tuple] = {}  # n -> the step bindings for slots 0..n-1
+        self._steps: dict[int, StepBinding] = {}  # n -> the step bindings for slots 0..n-1
         self._block: np.ndarray | None = None
         self.capacity = 0
-        self._allocate(min(onnx_decoder._GROWTH, decoder._limit))
+        self._allocate(decoder.initial_capacity())
 
     def _allocate(self, capacity: int) -> None:
-        kv_heads, head_dim = self.decoder._kv
+        d = self.decoder
         # np.zeros maps fresh pages: only the rows actually written commit memory
-        block = np.zeros((len(self.decoder._past_names), self.rows, kv_heads, capacity, head_dim),
-                         self.decoder._cache_dtype)
+        block = np.zeros((len(d.past_names), self.rows, d.kv_heads, capacity, d.head_dim), d.cache_dtype)
         if self._block is not None and self.lengths:
             used = max(self.lengths)
             block[:, :len(self.lengths), :, :used] = self._block[:, :len(self.lengths), :, :used]
@@ -72,17 +74,19 @@ class SharedKVBatch:
         self._steps.clear()  # their views point into the old block
 
     def _reserve(self, total: int) -> None:
-        capacity = grown_capacity(self.capacity, total, self.decoder._limit)
+        capacity = grown_capacity(self.capacity, total, self.decoder.max_positions)
         if capacity != self.capacity:
             self._allocate(capacity)
 
     def _values(self, rows: slice) -> dict[str, ort.OrtValue]:
         # views of self._block: they stay valid while the block lives (bindings are dropped with it)
         return {name: ort.OrtValue.ortvalue_from_numpy(self._block[i, rows])
-                for i, name in enumerate(self.decoder._past_names)}
+                for i, name in enumerate(self.decoder.past_names)}
 
-    def prefill(self, slot: int, embeds: np.ndarray) -> np.ndarray:
-        """Replace slot `slot` (at most n) by a new prompt ([1, seq, hidden]); its last logits."""
+    def prefill(self, slot: int, input_ids: np.ndarray, image_features: np.ndarray | None = None
+                ) -> np.ndarray:
+        """Replace slot `slot` (at most n) by a new prompt; its last logits."""
+        embeds = self._prompt_embeds(input_ids, image_features)
         self._reserve(embeds.shape[1])
         row = _RowView(self._values(slice(slot, slot + 1)))
         logits = self.decoder.run(row, embeds)
@@ -104,23 +108,6 @@ class SharedKVBatch:
     def truncate(self, n: int) -> None:
         del self.lengths[n:]
 
-    def _step_bindings(self, n: int) -> tuple:
-        d = self.decoder
-        embeds = ort.OrtValue.ortvalue_from_numpy(self._embeds[:n])
-        embed_binding = None
-        if d._embed_binding is not None:  # the lookup writes straight into the decoder's input
-            embed_binding = d.embed.io_binding()
-            embed_binding.bind_cpu_input(d._embed_input, self._tokens[:n])
-            embed_binding.bind_ortvalue_output(d.embed.get_outputs()[0].name, embeds)
-        binding = d.session.io_binding()
-        binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self._logits[:n]))
-        for past, value in self._values(slice(0, n)).items():
-            binding.bind_ortvalue_input(past, value)
-            binding.bind_ortvalue_output(d._present_for[past], value)
-        binding.bind_ortvalue_input("inputs_embeds", embeds)
-        self._steps[n] = (embed_binding, binding)
-        return self._steps[n]
-
     def step(self, tokens: Sequence[int]) -> np.ndarray:
         """Append one token to each of slots 0..n-1 (n = len(tokens)); logits [n, vocab]."""
         n = len(tokens)
@@ -129,37 +116,36 @@ class SharedKVBatch:
         lengths = np.asarray(self.lengths, np.int64)
         width = int(lengths.max()) + 1
         self._reserve(width)
-        embed_binding, binding = self._steps.get(n) or self._step_bindings(n)
-        d = self.decoder
+        step = self._steps.get(n)
+        if step is None:
+            step = self._steps[n] = self.decoder.bind_step(self._values(slice(0, n)), self._tokens[:n],
+                                                           self._embeds[:n], self._logits[:n])
         self._tokens[:n, 0] = tokens
-        if embed_binding is not None:
-            d.embed.run_with_iobinding(embed_binding)
-        else:
-            (embeds,) = d.embed.run(None, {d._embed_input: self._tokens[:n]})
-            self._embeds[:n] = embeds
         mask = (np.arange(width) <= lengths[:, None]).astype(np.int64)  # right padding
-        binding.bind_cpu_input("attention_mask", mask)
-        d.session.run_with_iobinding(binding)
+        self.decoder.run_step(step, mask)
         self.lengths = [length + 1 for length in self.lengths]
         return self._logits[:n, 0].copy()  # the buffer is rewritten by the next step
 
 
-class ConcatBatch:
+class ConcatRows:
     """Up to `rows` replies through `sess.run` with padded numpy caches (official contract)."""
 
-    def __init__(self, decoder: ConcatDecoder, rows: int, embed: Callable[[np.ndarray], np.ndarray]):
-        self.decoder, self.rows, self._embed = decoder, rows, embed
-        self.left = decoder._has_position_ids
-        self._names = list(decoder._present_for)  # the order presents come back in
+    def __init__(self, decoder: ConcatDecoder, rows: int, prompt_embeds: PromptEmbeds,
+                 embed: Callable[[np.ndarray], np.ndarray]):
+        self.decoder, self.rows = decoder, rows
+        self._prompt_embeds, self._embed = prompt_embeds, embed
+        self.left = decoder.has_position_ids
+        self._names = decoder.cache_names  # the order presents come back in
         self.lengths: list[int] = []
         self._cache: list[np.ndarray] = []  # per past name [n, kv_heads, width, head_dim]
         self._width = 0
         self._pieces: dict[int, list[np.ndarray]] = {}  # slot -> its cache, not yet in self._cache
         self._dirty = True
 
-    def prefill(self, slot: int, embeds: np.ndarray) -> np.ndarray:
+    def prefill(self, slot: int, input_ids: np.ndarray, image_features: np.ndarray | None = None
+                ) -> np.ndarray:
         state = self.decoder.new_state()
-        logits = self.decoder.run(state, embeds)
+        logits = self.decoder.run(state, self._prompt_embeds(input_ids, image_features))
         self._pieces[slot] = [state.pasts[name][0] for name in self._names]
         if slot == len(self.lengths):
             self.lengths.append(state.length)
@@ -167,7 +153,6 @@ class ConcatBatch:
             self.lengths[slot] = state.length
         self._dirty = True
         return logits
-
     def _row(self, slot: int) -> list[np.ndarray]:
         if slot in self._pieces:
             return self._pieces[slot]
@@ -190,10 +175,10 @@ class ConcatBatch:
     def _rebuild(self) -> None:
         rows = [self._row(b) for b in range(len(self.lengths))]
         width = max(self.lengths)  # all-padding columns left behind by finished rows go
-        kv_heads, head_dim = self.decoder._kv
+        d = self.decoder
         arrays = []
         for j in range(len(self._names)):
-            a = np.zeros((len(rows), kv_heads, width, head_dim), self.decoder._cache_dtype)
+            a = np.zeros((len(rows), d.kv_heads, width, d.head_dim), d.cache_dtype)
             for b, row in enumerate(rows):
                 length = self.lengths[b]
                 if self.left:
@@ -211,20 +196,14 @@ class ConcatBatch:
             raise ValueError(f"{n} tokens for {len(self.lengths)} rows")
         if self._dirty:
             self._rebuild()
-        d = self.decoder
         lengths = np.asarray(self.lengths, np.int64)
         cols = np.arange(self._width + 1)
         # left: a row's cached positions end at the new column; right: the graph writes each row's
         # new K/V right after its own positions (seqlens_k), so the mask is a prefix of ones
         valid = cols >= (self._width - lengths)[:, None] if self.left else cols <= lengths[:, None]
         embeds = self._embed(np.asarray(tokens, np.int64).reshape(n, 1))
-        feeds = {"inputs_embeds": embeds.astype(d.embeds_dtype, copy=False),
-                 "attention_mask": valid.astype(np.int64)}
-        if d._has_position_ids:
-            feeds["position_ids"] = lengths[:, None]
-        feeds.update(zip(self._names, self._cache))
-        logits, *presents = d.session.run(d._output_names, feeds)
-        self._cache = presents
+        logits, self._cache = self.decoder.run_feeds(embeds, valid.astype(np.int64), lengths[:, None],
+                                                     dict(zip(self._names, self._cache)))
         self._width += 1
         self.lengths = [length + 1 for length in self.lengths]
         return logits[:, -1].astype(np.float32, copy=True)
