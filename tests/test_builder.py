@@ -18,6 +18,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
+from conftest import fast_first
 from model_fixtures import build_tiny_checkpoint, source_dir
 from smolvlm_cli import SmolVLM
 from smolvlm_cli.backends.onnx import OnnxBackend
@@ -120,8 +121,8 @@ def _ours(vlm, inputs, forced=None):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("fmt", [FORMATS[0], pytest.param(FORMATS[1], marks=pytest.mark.slow)])
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("fmt", fast_first(FORMATS))
+@pytest.mark.parametrize("name", fast_first(MODELS))
 def test_built_graphs_match_transformers_step_by_step(built, name, fmt, case):
     ckpt, graphs, reference = built(name, fmt)
     vlm = _vlm(ckpt, graphs)
@@ -134,7 +135,7 @@ def test_built_graphs_match_transformers_step_by_step(built, name, fmt, case):
     assert tokens == ref_tokens
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", fast_first(MODELS[::-1]))  # the fast loop: the 2.2B geometry
 def test_vision_graph_takes_partial_patch_masks_as_transformers_does(built, name):
     ckpt, graphs, reference = built(name, FORMATS[0])
     pixels, mask = chk.vision_inputs(reference, seed=2)  # a full tile, a partial one, a padding tile
@@ -145,7 +146,7 @@ def test_vision_graph_takes_partial_patch_masks_as_transformers_does(built, name
     np.testing.assert_allclose(got[:2], want, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", fast_first(MODELS))
 def test_int8_graphs_stay_close_to_fp32(built, name):
     """The int8 variants are onnxruntime's quantizer over our fp32 graphs, as `smolvlm export`
     made them: decoder logits (teacher-forced on fp32's tokens) and vision features stay close."""

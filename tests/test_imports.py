@@ -15,10 +15,6 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "smolvlm_cli"
-# export cycle: owned by #14 rewrite (onnx_export imports check and quantize inside functions,
-# and both import onnx_export)
-KNOWN_CYCLE_EDGES = {("smolvlm_cli.export.onnx_export", "smolvlm_cli.export.check"),
-                     ("smolvlm_cli.export.onnx_export", "smolvlm_cli.export.quantize")}
 
 
 def module_files() -> dict[str, Path]:
@@ -88,8 +84,6 @@ def test_the_module_graph_has_no_cycle():
     assert f"{PACKAGE}.export.onnx_export" in modules and f"{PACKAGE}.model" in modules
     graph = {name: imported_modules(name, path, modules) for name, path in modules.items()}
     assert f"{PACKAGE}.values" in graph[f"{PACKAGE}.model"]  # the parser sees imports
-    for a, b in KNOWN_CYCLE_EDGES:
-        graph[a].discard(b)
     assert find_cycle(graph) is None
 
 
