@@ -141,8 +141,9 @@ class Conversation:
 
     def __init__(self, model: SmolVLM, options: GenerationOptions | None = None,
                  longest_edge: int | None = None, split: bool | None = None,
-                 max_context: int | None = None):
+                 max_context: int | None = None, system: str | None = None):
         self.model = model
+        self.system = system  # kept through /reset and context trimming
         self.options = options or GenerationOptions()
         self.images = ImageCache(model, longest_edge, split)
         self.max_context = max_context or model.config.max_position_embeddings
@@ -150,8 +151,10 @@ class Conversation:
         self.reset()
 
     def reset(self) -> None:
-        self.messages: list[dict] = []
-        self._turn_images: list[list[Any]] = []  # images of each message, in order
+        from smolvlm_cli.prompt import system_messages
+
+        self.messages: list[dict] = system_messages(self.system)
+        self._turn_images: list[list[Any]] = [[] for _ in self.messages]  # images of each message
         self._cache = CachedPrompt(self.model)
 
     def send(self, text: str, images: Sequence[Any] = (), **sampling) -> TextStream:
@@ -177,14 +180,15 @@ class Conversation:
                 text = expand_image_tokens(text, [e.grid for e in encoded], self.model.config.image_seq_len)
             ids = np.asarray(self.model.tokenizer.encode(text), dtype=np.int64)
             budget = self.max_context - opts.max_new_tokens
-            if len(ids) <= budget or len(self.messages) <= 1:
+            first = 1 if self.system else 0  # the system turn is never dropped
+            if len(ids) <= budget or len(self.messages) <= first + 1:
                 if len(ids) > budget:
                     raise ValueError(f"the prompt needs {len(ids)} tokens but the context holds "
                                      f"{self.max_context} (with {opts.max_new_tokens} new tokens)")
                 features = np.concatenate([e.features for e in encoded]) if encoded else None
                 return ids, features, stats
-            dropped = 2 if len(self.messages) > 2 else 1  # a user turn and its reply
-            del self.messages[:dropped], self._turn_images[:dropped]
+            dropped = 2 if len(self.messages) > first + 2 else 1  # a user turn and its reply
+            del self.messages[first:first + dropped], self._turn_images[first:first + dropped]
             self.notices.append(f"context full ({len(ids)} tokens): dropped the oldest turn")
 
     def _finish(self, reply_ids: list[int]) -> None:
@@ -239,7 +243,7 @@ class _Recorder:
 
 def ask_streams(model: SmolVLM, images: Sequence[Any], questions: Sequence[str],
                 options: GenerationOptions, longest_edge: int | None = None,
-                split: bool | None = None) -> Iterator[TextStream]:
+                split: bool | None = None, system: str | None = None) -> Iterator[TextStream]:
     """One reply stream per question, each answered independently about the same images.
 
     The images are tiled and encoded once; every question after the first reuses the cached
@@ -252,7 +256,7 @@ def ask_streams(model: SmolVLM, images: Sequence[Any], questions: Sequence[str],
     for question in questions:
         stats, started = GenerationStats(), time.perf_counter()
         encoded = [cache.get(img, stats) for img in images]
-        text = model.processor.render(build_messages(question, len(images)))
+        text = model.processor.render(build_messages(question, len(images), system))
         if encoded:
             text = expand_image_tokens(text, [e.grid for e in encoded], model.config.image_seq_len)
         ids = np.asarray(model.tokenizer.encode(text), dtype=np.int64)

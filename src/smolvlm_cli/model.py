@@ -273,23 +273,24 @@ class SmolVLM:
 
     # -- conversations ----------------------------------------------------------------------
     def chat(self, options: GenerationOptions | None = None, longest_edge: int | None = None,
-             split: bool | None = None, **sampling) -> Conversation:
+             split: bool | None = None, system: str | None = None, **sampling) -> Conversation:
         """A conversation that keeps its KV cache across turns: `chat().send(text, images)`."""
         from smolvlm_cli.conversation import Conversation
 
         opts = (options or GenerationOptions()).updated(**sampling)
-        return Conversation(self, opts, longest_edge=longest_edge, split=split)
+        return Conversation(self, opts, longest_edge=longest_edge, split=split, system=system)
 
     def ask_stream(self, images: Sequence[Any] | Any, questions: Sequence[str],
                    options: GenerationOptions | None = None, longest_edge: int | None = None,
-                   split: bool | None = None, **sampling) -> Iterator[TextStream]:
+                   split: bool | None = None, system: str | None = None,
+                   **sampling) -> Iterator[TextStream]:
         """One streamed answer per question; the images are encoded once for all of them."""
         from smolvlm_cli.conversation import ask_streams
 
         if isinstance(images, (str, Path, bytes)) or hasattr(images, "mode"):
             images = [images]
         opts = (options or GenerationOptions()).updated(**sampling)
-        return ask_streams(self, list(images), list(questions), opts, longest_edge, split)
+        return ask_streams(self, list(images), list(questions), opts, longest_edge, split, system)
 
     def ask(self, images: Sequence[Any] | Any, questions: Sequence[str], **kwargs) -> list[str]:
         """Independent answers to each question about the same image(s)."""
