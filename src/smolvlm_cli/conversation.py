@@ -204,7 +204,8 @@ class Conversation:
             for part in message["content"]:
                 if part["type"] == "image":
                     source = next(images)
-                    part = {"type": "image", **({"path": str(source)} if isinstance(source, (str, Path)) else {})}
+                    name = source if isinstance(source, (str, Path)) else getattr(source, "filename", "")
+                    part = {"type": "image", **({"path": str(name)} if name else {})}
                 content.append(part)
             out.append({"role": message["role"], "content": content})
         return json.dumps(out, ensure_ascii=False, indent=2)
