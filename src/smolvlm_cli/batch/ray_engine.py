@@ -34,6 +34,8 @@ import logging
 import math
 import os
 import re
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -141,6 +143,7 @@ class RaySession:
         self.settings = settings
         self.reporter = reporter
         self.owned = False  # we called ray.init: we call ray.shutdown
+        self._temp_dir: str | None = None
         self._saved: dict[str, Any] | None = None
         self._console: list[tuple[logging.Handler, int]] = []
 
@@ -158,8 +161,9 @@ class RaySession:
             try:
                 if address:
                     ray.init(address, **kwargs)
-                else:
-                    ray.init(include_dashboard=False, **kwargs)
+                else:  # a session folder of our own, removed after the run (not left in /tmp)
+                    self._temp_dir = tempfile.mkdtemp(prefix="smolvlm-ray-")
+                    ray.init(include_dashboard=False, _temp_dir=self._temp_dir, **kwargs)
             except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
                 where = f"join the Ray cluster at {address}" if address else "start a local Ray"
                 hint = ("start one with `ray start --head` (then --ray-address auto), or leave "
@@ -218,6 +222,9 @@ class RaySession:
         if self.owned:
             import_ray().shutdown()
             self.owned = False
+        if self._temp_dir is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            self._temp_dir = None
 
 
 class RayEngine:
