@@ -85,9 +85,11 @@ class StopFlag:
 
 def run_batch(config: BatchConfig, engine_factory: Callable[[], Engine], *,
               reporter: Reporter | None = None, stdin: TextIO | None = None,
-              out: Callable[[str], None] | None = None) -> Summary:
+              out: Callable[[str], None] | None = None,
+              advise: Callable[[list], str | None] | None = None) -> Summary:
     """Caption what `config` selects; `engine_factory` is called (the model loaded) only when
-    there is work. Returns the summary (its `exit_code` is the command's)."""
+    there is work. `advise(items)` may return a line said before the work starts (a speed
+    warning). Returns the summary (its `exit_code` is the command's)."""
     reporter = reporter or Reporter()
     started = time.perf_counter()
     found = find_images(config, reporter, stdin)
@@ -116,6 +118,10 @@ def run_batch(config: BatchConfig, engine_factory: Callable[[], Engine], *,
                 emit(job, ImageRecord.failure(item.path, problem, prompt=job.prompt))
             else:
                 jobs.append(job)
+        if jobs and advise is not None:
+            advice = advise([job.item for job in jobs])
+            if advice:
+                reporter.info(advice)
         if jobs:
             with reporter.status("Loading the model"):
                 t0 = time.perf_counter()

@@ -9,10 +9,11 @@ from typing import Annotated, Optional
 import typer
 
 from smolvlm_cli.cli import output
-from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DtypeOpt, LongestEdgeOpt, MaxTokensOpt,
-                                     ModelOpt, NoSplitOpt, QuietOpt, RepetitionPenaltyOpt, SeedOpt,
-                                     TemperatureOpt, ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt,
-                                     generation_options)
+from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DetailOpt, DtypeOpt, LongestEdgeOpt,
+                                     MaxTokensOpt, ModelOpt, NoSplitOpt, QuietOpt,
+                                     RepetitionPenaltyOpt, SeedOpt, TemperatureOpt, ThreadsOpt,
+                                     TopKOpt, TopPOpt, VerboseOpt, check_tiling,
+                                     generation_options, tiling)
 from smolvlm_cli.batch.discover import DEFAULT_EXTENSIONS
 from smolvlm_cli.hub import DEFAULT_MODEL
 from smolvlm_cli.options import DEFAULT_PROMPT
@@ -34,7 +35,9 @@ find . -name '*.png' -mtime -1 | smolvlm batch - -o - | jq -r .caption\n\n
 smolvlm batch photos/ -o captions.csv -p 'Describe {filename} in one sentence.'"""
 
 EPILOG = EXAMPLES + """\n\n
-Re-running skips images that already have a result (--overwrite redoes all, --retry-errors the failures).
+Re-running skips images that already have a result (--overwrite redoes all, --retry-errors the
+failures). A re-run with another prompt or model is refused while results made with the old
+one exist: --overwrite redoes them, --resume-any keeps them.
 Failures of txt runs are listed in .smolvlm-batch.jsonl beside the sidecars.\n\n
 Exit code 0 when every image has a caption, 1 when some failed, 130/143 when stopped by Ctrl-C /
 SIGTERM (the images in flight are finished and saved first)."""
@@ -128,6 +131,10 @@ def batch(
     retry_errors: Annotated[bool, typer.Option(
         "--retry-errors", rich_help_panel=_RUN,
         help="Caption again the images that failed in an earlier run.")] = False,
+    resume_any: Annotated[bool, typer.Option(
+        "--resume-any", rich_help_panel=_RUN,
+        help="Keep earlier results even when they were made with another prompt or model "
+             "(by default such a re-run is refused).")] = False,
     batch_size: Annotated[int, typer.Option(
         "--batch-size", "-b", min=1, rich_help_panel=_RUN,
         help="Images decoded together: each decoder step serves them all (8: up to ~2x the "
@@ -160,6 +167,7 @@ def batch(
     top_p: TopPOpt = DEFAULTS.top_p,
     repetition_penalty: RepetitionPenaltyOpt = DEFAULTS.repetition_penalty,
     seed: SeedOpt = DEFAULTS.seed,
+    detail: DetailOpt = None,
     longest_edge: LongestEdgeOpt = None,
     no_split: NoSplitOpt = False,
     quiet: QuietOpt = False,
@@ -171,6 +179,7 @@ def batch(
     from smolvlm_cli.batch.runner import BatchConfig, run_batch
     from smolvlm_cli.batch.templates import CaptionStyle, unknown_fields
 
+    check_tiling(detail, longest_edge, no_split)
     paths = list(paths or [])
     if not paths and manifest is None:
         raise typer.BadParameter("give images (folders, files, '-') or --manifest",
@@ -187,16 +196,31 @@ def batch(
         include=tuple(include or ()), exclude=tuple(exclude or ()),
         extensions=parse_extensions(ext), null=null, fmt=fmt, output=target,
         output_dir=output_dir, style=CaptionStyle(prefix, suffix, single_line),
-        overwrite=overwrite, retry_errors=retry_errors)
+        overwrite=overwrite, retry_errors=retry_errors, resume_any=resume_any, model=model)
 
     def engine():
         from smolvlm_cli.batch.local import LocalEngine
         from smolvlm_cli.model import SmolVLM
 
         vlm = SmolVLM.from_pretrained(model, backend=backend, dtype=dtype, threads=threads)
+        edge, split = tiling(detail, longest_edge, no_split, vlm.config)
         return LocalEngine(vlm, options, model_name=model, batch_size=batch_size,
-                           workers=prefetch, longest_edge=longest_edge,
-                           split=False if no_split else None)
+                           workers=prefetch, longest_edge=edge, split=split)
+
+    def advise(items) -> Optional[str]:
+        """The slow-default warning, for runs that left the tiling to the model."""
+        if detail is not None or longest_edge is not None or no_split:
+            return None
+        from smolvlm_cli.batch.estimate import slow_run_line
+        from smolvlm_cli.config import ModelConfig
+        from smolvlm_cli.errors import SmolVLMError
+        from smolvlm_cli.hub import CONFIG_FILES, resolve_model
+
+        try:
+            config = ModelConfig.from_dir(resolve_model(model, list(CONFIG_FILES)))
+        except (SmolVLMError, OSError, ValueError):
+            return None  # the model load reports it
+        return slow_run_line(items, config)
 
     engine_name = engine_name.lower()
     if engine_name not in _ENGINES:
@@ -209,9 +233,16 @@ def batch(
     if engine_name == "ray":
         from smolvlm_cli.batch.ray_engine import RaySettings, run_ray
 
+        edge, split = longest_edge, (False if no_split else None)
+        if detail is not None:
+            from smolvlm_cli.config import ModelConfig
+            from smolvlm_cli.hub import CONFIG_FILES, resolve_model
+
+            edge, split = tiling(detail, None, False,
+                                 ModelConfig.from_dir(resolve_model(model, list(CONFIG_FILES))))
         settings = RaySettings(model=model, options=options, backend=backend, dtype=dtype,
-                               batch_size=batch_size, longest_edge=longest_edge,
-                               split=False if no_split else None, address=ray_address,
+                               batch_size=batch_size, longest_edge=edge,
+                               split=split, address=ray_address,
                                workers=workers, threads_per_worker=threads_per_worker or threads,
                                manifest=manifest)
         summary = run_ray(config, settings, reporter=reporter,
@@ -225,6 +256,7 @@ def batch(
     if STDIN in paths and sys.stdin.isatty() and not quiet:
         output.log("Reading image paths from the terminal, one per line; end with Ctrl-D.")
     summary = run_batch(config, engine, reporter=reporter,
-                        stdin=sys.stdin if STDIN in paths else None, out=output.write)
+                        stdin=sys.stdin if STDIN in paths else None, out=output.write,
+                        advise=advise)
     if summary.exit_code:
         raise typer.Exit(summary.exit_code)
