@@ -20,7 +20,8 @@ def _label(param, ctx) -> str:
         return ""
     if param.metavar:
         return param.metavar
-    raw = type(param).display_type(param, ctx).strip("<>")
+    typed = getattr(type(param), "display_type", None)
+    raw = typed(param, ctx).strip("<>") if typed else "value"
     if raw.startswith("list[") and raw.endswith("]"):
         raw = raw[5:-1]
     return _TYPE_LABELS.get(raw, raw if "|" in raw else raw.upper())
