@@ -84,7 +84,7 @@ def _read_url(url: str, label: str) -> bytes:
 
     hint = "check the address and the network, or download the image and give the file"
     deadline = time.monotonic() + URL_TIMEOUT_S
-    too_big = ImageError(f"cannot download image {label}: larger than {URL_MAX_BYTES // 1_000_000} MB",
+    too_big = ImageError(f"cannot download image {label}: larger than {URL_MAX_BYTES / 1e6:g} MB",
                          hint="download it and give the file (or a smaller version)")
     try:
         with httpx.stream("GET", url, follow_redirects=True, timeout=URL_TIMEOUT_S,
@@ -105,7 +105,7 @@ def _read_url(url: str, label: str) -> bytes:
                 chunks.append(chunk)
     except httpx.TimeoutException:
         raise ImageError(f"cannot download image {label}: no complete answer within "
-                         f"{URL_TIMEOUT_S:.0f} s", hint=hint) from None
+                         f"{URL_TIMEOUT_S:g} s", hint=hint) from None
     except httpx.HTTPError as exc:
         raise ImageError(f"cannot download image {label}: {_one_line(exc)}", hint=hint) from None
     return b"".join(chunks)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -71,6 +72,20 @@ def _thinking(status: output.Status, stream):
         yield from stream
 
 
+def labeled_answer(question: str, deltas) -> Iterator[str]:
+    """`Q: question` / `A: answer`, the answer's further lines indented under it, so a
+    multi-line reply cannot be mistaken for the next question."""
+    yield f"Q: {question}\nA:"
+    separator = " "
+    for delta in deltas:
+        if separator:  # the reply's own leading space would double A:'s
+            delta = delta.lstrip(" ")
+            if not delta:
+                continue
+            delta, separator = separator + delta, ""
+        yield delta.replace("\n", "\n   ")
+
+
 def ask(
     images: Annotated[list[str], typer.Argument(metavar="IMAGE...", help="Image paths or URLs.")],
     questions: Annotated[list[str], typer.Option(
@@ -123,12 +138,9 @@ def ask(
                                "vision_s": round(s.vision_s, 4), "prefill_s": round(s.prefill_s, 4),
                                "ttft_s": round(s.ttft_s, 4), "decode_s": round(s.decode_s, 4)})
         elif labeled:
-            output.write(("\n" if number else "") + f"Q: {question}\nA:")
-            at_start = True
-            for delta in _thinking(status, stream):
-                if at_start:  # the reply's own leading space would double A:'s
-                    delta, at_start = " " + delta.lstrip(" "), not delta.strip(" ")
-                output.write(delta.replace("\n", "\n   "))
+            output.write("\n" if number else "")
+            for text in labeled_answer(question, _thinking(status, stream)):
+                output.write(text)
             output.write("\n")
         else:
             for delta in _thinking(status, stream):

@@ -33,8 +33,8 @@ def _tidy(param) -> None:
     param._smolvlm_tidy = True
     param._get_number_range_help_str = lambda: None  # the range is enforced, not advertised
     if isinstance(param, TyperArgument):
-        name = (param.metavar or param.name.upper()).removesuffix("...")
-        many = "..." if param.nargs != 1 else ""
+        name = param.metavar or param.name.upper()
+        many = "..." if param.nargs != 1 and "..." not in name else ""
         param.display_type_rich = lambda ctx: ""
         param._rich_display_name = lambda: name + many
         param._usage_display_name = lambda: f"{name}{many}" if param.required else f"[{name}{many}]"
