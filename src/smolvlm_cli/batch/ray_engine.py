@@ -35,6 +35,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -136,6 +137,16 @@ def run_ray(config: BatchConfig, settings: RaySettings, *, reporter: Reporter | 
         session.stop()
 
 
+def _ray_temp_root() -> str | None:
+    """Where Ray itself keeps sessions (RAY_TMPDIR, else TMPDIR on Linux, else /tmp): its
+    socket paths must stay under 107 bytes, so not the long per-user TMPDIR of macOS."""
+    if os.environ.get("RAY_TMPDIR"):
+        return os.environ["RAY_TMPDIR"]
+    if sys.platform.startswith("linux") and os.environ.get("TMPDIR"):
+        return os.environ["TMPDIR"]
+    return "/tmp" if os.path.isdir("/tmp") else None
+
+
 class RaySession:
     """Joins or starts Ray for one run, sets Ray Data up for it, and undoes both after."""
 
@@ -162,7 +173,7 @@ class RaySession:
                 if address:
                     ray.init(address, **kwargs)
                 else:  # a session folder of our own, removed after the run (not left in /tmp)
-                    self._temp_dir = tempfile.mkdtemp(prefix="smolvlm-ray-")
+                    self._temp_dir = tempfile.mkdtemp(prefix="smolvlm-ray-", dir=_ray_temp_root())
                     ray.init(include_dashboard=False, _temp_dir=self._temp_dir, **kwargs)
             except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
                 where = f"join the Ray cluster at {address}" if address else "start a local Ray"
