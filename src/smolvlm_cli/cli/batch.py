@@ -29,7 +29,7 @@ _SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".cs
 
 EXAMPLES = """Examples:\n\n
 smolvlm batch photos/   (photos/a.jpg -> photos/a.txt, and so on; re-run to resume)\n\n
-smolvlm batch photos/ --prefix 'ohwx,' --no-split -n 60   (training captions, a trigger word)\n\n
+smolvlm batch photos/ --prefix 'ohwx,' --detail low -n 60   (training captions, a trigger word)\n\n
 smolvlm batch photos/ -o captions.jsonl   (one JSON record per image)\n\n
 find . -name '*.png' -mtime -1 | smolvlm batch - -o - | jq -r .caption\n\n
 smolvlm batch photos/ -o captions.csv -p 'Describe {filename} in one sentence.'"""

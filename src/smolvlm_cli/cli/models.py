@@ -104,6 +104,9 @@ def inspect(
 
     check_tiling(detail, longest_edge, no_split)
     config = ModelConfig.from_dir(resolve_model(model, list(CONFIG_FILES)))
+    if image == "-" and sys.stdin.isatty():
+        raise typer.BadParameter("'-' reads image bytes from standard input, which is a "
+                                 "terminal: pipe an image in (smolvlm inspect - < photo.jpg)")
     source = sys.stdin.buffer.read() if image == "-" else image
     width, height = image_size(source, name="<stdin>" if image == "-" else None)  # header only
     longest_edge, split = tiling(detail, longest_edge, no_split, config)
