@@ -47,6 +47,23 @@ def register(app: typer.Typer) -> None:
     app.command(no_args_is_help=True, epilog=EPILOG)(batch)
 
 
+def _config_at_hand(model: str):
+    """The model's config from a local folder or the Hub cache, never the network (a first
+    run downloads the model when it loads); None when not at hand."""
+    from smolvlm_cli.config import ModelConfig
+    from smolvlm_cli.hub import CONFIG_FILES, is_local
+
+    try:
+        if is_local(model):
+            return ModelConfig.from_dir(Path(model).expanduser())
+        from huggingface_hub import snapshot_download
+
+        return ModelConfig.from_dir(Path(snapshot_download(
+            model, allow_patterns=list(CONFIG_FILES), local_files_only=True)))
+    except Exception:  # noqa: BLE001 - no estimate then; the model load reports real problems
+        return None
+
+
 def resolve_format(fmt: Optional[str], out: Optional[str], output_dir: Optional[Path]
                    ) -> tuple[str, Optional[str]]:
     """(format, output target) from --format / --output / --output-dir."""
@@ -212,15 +229,9 @@ def batch(
         if detail is not None or longest_edge is not None or no_split:
             return None
         from smolvlm_cli.batch.estimate import slow_run_line
-        from smolvlm_cli.config import ModelConfig
-        from smolvlm_cli.errors import SmolVLMError
-        from smolvlm_cli.hub import CONFIG_FILES, resolve_model
 
-        try:
-            config = ModelConfig.from_dir(resolve_model(model, list(CONFIG_FILES)))
-        except (SmolVLMError, OSError, ValueError):
-            return None  # the model load reports it
-        return slow_run_line(items, config)
+        config = _config_at_hand(model)
+        return slow_run_line(items, config) if config is not None else None
 
     engine_name = engine_name.lower()
     if engine_name not in _ENGINES:
