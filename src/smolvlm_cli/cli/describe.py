@@ -16,7 +16,6 @@ from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DetailOpt, DtypeOpt, 
                                      ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt, check_tiling,
                                      generation_options, tiling)
 from smolvlm_cli.hub import DEFAULT_MODEL
-from smolvlm_cli.image_loading import is_url
 from smolvlm_cli.options import DEFAULT_PROMPT
 
 STDIN = "-"
@@ -31,6 +30,8 @@ PROMPT_RULE = ("The last argument is the prompt when it is not '-', a URL or an 
 
 def is_prompt(arg: str) -> bool:
     """Whether the last positional argument is the prompt (see PROMPT_RULE)."""
+    from smolvlm_cli.image_loading import is_url
+
     if arg == STDIN or is_url(arg) or Path(arg).exists():
         return False
     return any(c.isspace() for c in arg.strip()) or Path(arg).suffix.lower() not in IMAGE_SUFFIXES
@@ -124,7 +125,7 @@ def describe(
     sources, prompt = read_stdin_inputs(paths, prompt, quiet)
     status = output.Status(quiet)
 
-    from smolvlm_cli.image_loading import load_image
+    from smolvlm_cli.image_loading import is_url, load_image
     from smolvlm_cli.model import SmolVLM
     from smolvlm_cli.prompt import build_messages
 
