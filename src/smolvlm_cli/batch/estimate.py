@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from smolvlm_cli.batch.discover import ImageItem
 from smolvlm_cli.errors import SmolVLMError
 
-# Seconds per tile of a caption (vision, prefill and a short reply), measured with the 256M
-# model, int8, on a 2-core AVX2 CPU (README, Performance). Other CPUs differ: it is a guide.
+# Seconds per tile of a caption (vision, prefill and a short reply) on a 2-core AVX2 laptop with
+# the 256M model, int8: 3.3 images/min at 13 tiles (issue #19). Newer CPUs are up to 2-3x
+# faster (README, Performance): a cautious guide, not a promise.
 SECONDS_PER_TILE = 1.4
 SLOW_RUN_S = 600.0  # warn when the run would take longer than this
 SAMPLE = 24  # image headers read for the estimate
@@ -52,5 +53,5 @@ def slow_run_line(items: Sequence[ImageItem], config) -> str | None:
     if total < SLOW_RUN_S:
         return None
     return (f"~{tiles:.0f} tiles an image: about {_duration(total)} for these {len(items)} "
-            f"images on a 2-core CPU (~{_duration(tiles * SECONDS_PER_TILE * 100)} per 100); "
+            f"images on a 2-core laptop CPU (~{_duration(tiles * SECONDS_PER_TILE * 100)} per 100); "
             f"--detail low (1 tile) is ~{tiles:.0f}x faster")
