@@ -220,7 +220,7 @@ def batch(
         from smolvlm_cli.model import SmolVLM
 
         vlm = SmolVLM.from_pretrained(model, backend=backend, dtype=dtype, threads=threads)
-        edge, split = tiling(detail, longest_edge, no_split, vlm.config)
+        edge, split = tiling(detail, longest_edge, no_split, lambda: vlm.config)
         return LocalEngine(vlm, options, model_name=model, batch_size=batch_size,
                            workers=prefetch, longest_edge=edge, split=split)
 
@@ -250,7 +250,7 @@ def batch(
             from smolvlm_cli.hub import CONFIG_FILES, resolve_model
 
             edge, split = tiling(detail, None, False,
-                                 ModelConfig.from_dir(resolve_model(model, list(CONFIG_FILES))))
+                                 lambda: ModelConfig.from_dir(resolve_model(model, list(CONFIG_FILES))))
         settings = RaySettings(model=model, options=options, backend=backend, dtype=dtype,
                                batch_size=batch_size, longest_edge=edge,
                                split=split, address=ray_address,

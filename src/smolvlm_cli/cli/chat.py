@@ -124,7 +124,7 @@ def ask(
     questions = _read_questions(list(questions), quiet)
     loaded = [load_image(path) for path in images]  # bad files fail before the model loads
     vlm = _load(model, backend, dtype, threads, quiet)
-    edge, split = tiling(detail, longest_edge, no_split, vlm.config)
+    edge, split = tiling(detail, longest_edge, no_split, lambda: vlm.config)
     opts = generation_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
     streams = vlm.ask_stream(loaded, questions, options=opts, longest_edge=edge, split=split,
                              system=system)
@@ -178,7 +178,7 @@ def chat(
     check_tiling(detail, longest_edge, no_split)
     pending = [_open(path) for path in images or ()]
     vlm = _load(model, backend, dtype, threads, quiet)
-    edge, split = tiling(detail, longest_edge, no_split, vlm.config)
+    edge, split = tiling(detail, longest_edge, no_split, lambda: vlm.config)
     conversation = vlm.chat(generation_options(max_new_tokens, temperature, top_k, top_p,
                                                repetition_penalty, seed),
                             longest_edge=edge, split=split, system=system)

@@ -138,7 +138,7 @@ def describe(
         t0 = time.perf_counter()
         vlm = SmolVLM.from_pretrained(model, backend=backend, dtype=dtype, threads=threads)
         load_s = time.perf_counter() - t0
-    edge, split = tiling(detail, longest_edge, no_split, vlm.config)
+    edge, split = tiling(detail, longest_edge, no_split, lambda: vlm.config)
     prompt = prompt or DEFAULT_PROMPT
     prepared = vlm.prepare(loaded, messages=build_messages(prompt, len(loaded), system),
                            longest_edge=edge, split=split)

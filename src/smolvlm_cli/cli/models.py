@@ -109,7 +109,7 @@ def inspect(
                                  "terminal: pipe an image in (smolvlm inspect - < photo.jpg)")
     source = sys.stdin.buffer.read() if image == "-" else image
     width, height = image_size(source, name="<stdin>" if image == "-" else None)  # header only
-    longest_edge, split = tiling(detail, longest_edge, no_split, config)
+    longest_edge, split = tiling(detail, longest_edge, no_split, lambda: config)
     rows, cols = tile_grid(width, height, config, longest_edge=longest_edge, split=split)
     tiles = num_tiles(rows, cols)
     info = {"image": image, "width": width, "height": height, "rows": rows, "cols": cols,

@@ -6,7 +6,8 @@ imports numpy or onnxruntime, so `smolvlm --help` stays fast.
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from collections.abc import Callable
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -126,10 +127,12 @@ def check_tiling(detail: Optional[str], longest_edge: Optional[int], no_split: b
 
 
 def tiling(detail: Optional[str], longest_edge: Optional[int], no_split: bool,
-           config) -> tuple[Optional[int], Optional[bool]]:
-    """(longest_edge, split) for the model `config`, from --detail or the fine options."""
+           config: Callable[[], Any]) -> tuple[Optional[int], Optional[bool]]:
+    """(longest_edge, split) from --detail (for the model config `config()` returns, asked
+    for only then) or the fine options."""
     if detail is not None:
-        return detail_tiling(detail, config.longest_edge, config.tile_size)
+        model_config = config()
+        return detail_tiling(detail, model_config.longest_edge, model_config.tile_size)
     return longest_edge, (False if no_split else None)
 
 
