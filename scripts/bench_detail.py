@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from _bench_machine import wait_idle
+
 LEVELS = ("low", "auto", "high")
 
 
@@ -41,6 +43,8 @@ def main() -> None:
     parser.add_argument("--images", default="low=24,auto=8,high=4",
                         help="batch images per level")
     parser.add_argument("--threads", default="2")
+    parser.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
+                        help="before each measurement, wait up to this long for idle CPUs")
     args = parser.parse_args()
     width, height = map(int, args.size.split("x"))
     counts = dict(part.split("=") for part in args.images.split(","))
@@ -54,6 +58,7 @@ def main() -> None:
     for level in LEVELS:
         ttfts, tiles = [], 0
         for _ in range(args.runs):
+            wait_idle(args.wait_idle)
             data = json.loads(smolvlm("describe", str(image), "--detail", level, "--json",
                                       *common).stdout)
             ttfts.append(data["timings"]["ttft_s"])
@@ -62,6 +67,7 @@ def main() -> None:
         folder.mkdir()
         for i in range(int(counts[level])):
             (folder / f"{i:03}.jpg").write_bytes(image.read_bytes())
+        wait_idle(args.wait_idle)
         stderr = smolvlm("batch", str(folder), "--detail", level, "-o", str(work / f"{level}.jsonl"),
                          *common).stderr
         rate = float(re.findall(r"([\d.]+) images/min", stderr)[-1])

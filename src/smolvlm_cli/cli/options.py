@@ -102,7 +102,7 @@ NoSplitOpt = Annotated[bool, typer.Option(
     "--no-split", rich_help_panel=_IMAGE_PANEL,
     help="Do not cut the image into tiles (the same as --detail low).")]
 SystemOpt = Annotated[Optional[str], typer.Option(
-    "--system", "-s", metavar="PROMPT", rich_help_panel=_SAMPLING_PANEL,
+    "--system", "-s", metavar="PROMPT",
     help="A system prompt: instructions that frame every answer (e.g. 'Answer in French.').")]
 
 JsonOpt = Annotated[bool, typer.Option(
