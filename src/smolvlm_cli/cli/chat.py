@@ -62,10 +62,10 @@ def _read_questions(questions: list[str], quiet: bool) -> list[str]:
     return result
 
 
-def _thinking(status: output.Status, stream):
-    """The first delta of `stream` behind a spinner (image encoding and prefill come first),
-    then the rest."""
-    with status.show("Looking at the image(s)"):
+def _thinking(status: output.Status, stream, images: bool):
+    """The first delta of `stream` behind a spinner (image encoding and prefill come first,
+    ~13 s for a 13-tile image on a laptop), then the rest."""
+    with status.show("Looking at the image(s)" if images else "Thinking"):
         first = next(stream, None)
     if first is not None:
         yield first
@@ -131,7 +131,7 @@ def ask(
     status, labeled = output.Status(quiet), len(questions) > 1
     for number, (question, stream) in enumerate(zip(questions, streams)):
         if json_out:
-            text = "".join(_thinking(status, stream))
+            text = "".join(_thinking(status, stream, not number))
             s = stream.stats
             output.write_json({"question": question, "text": text, "prompt_tokens": s.prompt_tokens,
                                "generated_tokens": s.generated_tokens, "image_tiles": s.image_tiles,
@@ -139,11 +139,11 @@ def ask(
                                "ttft_s": round(s.ttft_s, 4), "decode_s": round(s.decode_s, 4)})
         elif labeled:
             output.write("\n" if number else "")
-            for text in labeled_answer(question, _thinking(status, stream)):
+            for text in labeled_answer(question, _thinking(status, stream, not number)):
                 output.write(text)
             output.write("\n")
         else:
-            for delta in _thinking(status, stream):
+            for delta in _thinking(status, stream, not number):
                 output.write(delta)
             output.write("\n")
         if verbose:
@@ -207,8 +207,8 @@ def chat(
                 output.log(f"Error: {message}" + (f" ({hint})" if hint else ""))
             continue
         stream = conversation.send(text, pending)
-        pending = []
-        for delta in _thinking(status, iter(stream)):
+        looking, pending = bool(pending), []
+        for delta in _thinking(status, iter(stream), looking):
             output.write(delta)
         output.write("\n")
         for notice in conversation.notices:
