@@ -136,8 +136,8 @@ def test_describe_detail_low_is_one_tile_and_help_has_numbers(capsys, monkeypatc
     assert json.loads(out)["image_tiles"] == 1
     code, out, _ = cli(capsys, monkeypatch, "describe", "--help")
     assert code == 0
-    assert re.search(r"low: one 512-px view \(~[\d.]+ s to the first token, ~\d+ images/min",
-                     flat(out))
+    assert re.search(r"auto [\d.]+ s to the first token and [\d.]+ images/min in batch, low "
+                     r"[\d-]+ images/min", flat(out))
 
 
 def test_batch_warns_when_the_default_would_be_slow(capsys, monkeypatch, thumb, tmp_path):

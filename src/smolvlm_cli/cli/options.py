@@ -86,11 +86,13 @@ def _check_detail(value: Optional[str]) -> Optional[str]:
     return value.lower() if value else value
 
 
-# The speed figures: 256M model, int8, 2 threads of a 2-core AVX2 CPU (see README, Performance).
-DETAIL_HELP = ("How closely to look, the main speed knob. low: one 512-px view (~1.5 s to the "
-               "first token, ~45 images/min in batch); auto: the model's own tiling, as "
-               "transformers does it (a 1024x768 photo or a small thumbnail = 13 tiles, ~14 s, "
-               "~3.5 images/min); high: a 1.5x longer edge, up to 37 tiles, for small print.")
+# Measured figures (README: Performance, where this VM's own table is): the 256M model, int8,
+# on the 2-core AVX2 laptop of issue #19.
+DETAIL_HELP = ("How closely to look, the main speed knob. low: one 512-px view; auto: the model's "
+               "own tiling, as transformers does it (any 4:3 photo, even a thumbnail: 13 "
+               "tiles; a square one 17); high: a 1.5x longer edge, up to 37 tiles, for small "
+               "print. Measured with the 256M model (int8) on a 2-core AVX2 laptop: auto 13.8 s "
+               "to the first token and 3.3 images/min in batch, low 43-48 images/min.")
 DetailOpt = Annotated[Optional[str], typer.Option(
     "--detail", metavar="low|auto|high", callback=_check_detail, show_default="auto",
     rich_help_panel=_IMAGE_PANEL, help=DETAIL_HELP)]
