@@ -119,7 +119,7 @@ def test_image_from_stdin_and_prompt_from_pipe(model_dir, vlm, image_path):
     assert result.returncode == 0, err(result)
     assert out(result) == vlm.generate(data, "Describe.", max_new_tokens=6) + "\n"
 
-    piped = run("describe", image_path, "-m", model_dir, "-n", "6", input="Is there a cat?\n")
+    piped = run("describe", image_path, "-p", "-", "-m", model_dir, "-n", "6", input="Is there a cat?\n")
     assert piped.returncode == 0, err(piped)
     assert out(piped) == vlm.generate(str(image_path), "Is there a cat?", max_new_tokens=6) + "\n"
 

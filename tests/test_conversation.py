@@ -170,7 +170,9 @@ def test_ask_cli_prints_answers_in_order_and_jsonl(tiny_onnx_dir, image):
     assert text.returncode == 0, text.stderr.decode()
     vlm = SmolVLM.from_pretrained(model_dir)
     expected = [vlm.generate(str(image), q, max_new_tokens=8) for q in questions]
-    assert text.stdout.decode().splitlines() == expected
+    # several questions: each answer labeled (tests/test_user_trust.py covers multi-line replies)
+    assert text.stdout.decode() == "\n".join(
+        f"Q: {q}\nA: " + a.lstrip(" ").replace("\n", "\n   ") + "\n" for q, a in zip(questions, expected))
     as_json = invoke_cli(*args, "--json")
     records = [json.loads(line) for line in as_json.stdout.decode().splitlines()]
     assert [r["question"] for r in records] == questions

@@ -143,7 +143,7 @@ def test_describe_prompt_with_invalid_utf8(model_dir, inputs):
     would do, instead of failing in the tokenizer."""
     image = inputs["webp"].path
     argv = run_cli("describe", image, b"Is it \xff?", "-m", model_dir, "-n", "3", "--no-split")
-    piped = run_cli("describe", image, "-m", model_dir, "-n", "3", "--no-split",
+    piped = run_cli("describe", image, "-p", "-", "-m", model_dir, "-n", "3", "--no-split",
                     input=b"Is it \xff?\n")
     clean = run_cli("describe", image, "Is it \ufffd?", "-m", model_dir, "-n", "3", "--no-split")
     for result in (argv, piped, clean):

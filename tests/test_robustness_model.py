@@ -132,7 +132,7 @@ def test_unknown_hub_id_offline(image, tmp_path):
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     result = run_cli("describe", image, "-m", "nobody-here/no-such-smolvlm", env=env)
     assert_clean_error(result, names=["nobody-here/no-such-smolvlm"],
-                       reason="not in the local cache and the Hub cannot be reached")
+                       reason="not in the local cache, and HF_HUB_OFFLINE is set")
     assert "HF_HUB_OFFLINE" in hint(result) and "smolvlm download" in hint(result)
     result = run_cli("describe", image, "-m", "not a model id", env=env)
     assert_clean_error(result, names=["not a model id"], reason="neither a local directory nor a Hub id")

@@ -21,7 +21,7 @@ import numpy as np
 
 from smolvlm_cli.options import GenerationOptions
 from smolvlm_cli.processor import Processor
-from smolvlm_cli.prompt import build_messages
+from smolvlm_cli.prompt import build_messages, system_messages
 from smolvlm_cli.reply import Replier
 from smolvlm_cli.values import GenerationStats, TextStream
 
@@ -143,12 +143,14 @@ class Conversation:
         options: generation options of every turn (`send` keywords override them).
         longest_edge, split: how images are tiled (default: the model's settings).
         max_context: the token budget of prompt and reply (default: the model's context).
+        system: a system prompt that opens the chat (kept through `reset` and trimming).
     """
 
     def __init__(self, replier: Replier, processor: Processor, options: GenerationOptions | None = None,
                  longest_edge: int | None = None, split: bool | None = None,
-                 max_context: int | None = None):
+                 max_context: int | None = None, system: str | None = None):
         self.replier, self.processor = replier, processor
+        self.system = system  # kept through /reset and context trimming
         self.options = options or GenerationOptions()
         self.longest_edge = longest_edge
         self.images = ImageCache(replier, processor, longest_edge, split)
@@ -157,8 +159,8 @@ class Conversation:
         self.reset()
 
     def reset(self) -> None:
-        self.messages: list[dict] = []
-        self._turn_images: list[list[Any]] = []  # images of each message, in order
+        self.messages: list[dict] = system_messages(self.system)
+        self._turn_images: list[list[Any]] = [[] for _ in self.messages]  # images of each message
         self._cache = CachedPrompt(self.replier)
 
     def send(self, text: str, images: Sequence[Any] = (), **sampling) -> TextStream:
@@ -199,14 +201,15 @@ class Conversation:
             ids = np.asarray(self.processor.prompt_ids(self.messages, [e.grid for e in encoded],
                                                        self.longest_edge), dtype=np.int64)
             budget = self.max_context - opts.max_new_tokens
-            if len(ids) <= budget or len(self.messages) <= 1:
+            first = 1 if self.system else 0  # the system turn is never dropped
+            if len(ids) <= budget or len(self.messages) <= first + 1:
                 if len(ids) > budget:
                     raise ValueError(f"the prompt needs {len(ids)} tokens but the context holds "
                                      f"{self.max_context} (with {opts.max_new_tokens} new tokens)")
                 features = np.concatenate([e.features for e in encoded]) if encoded else None
                 return ids, features, stats
-            dropped = 2 if len(self.messages) > 2 else 1  # a user turn and its reply
-            del self.messages[:dropped], self._turn_images[:dropped]
+            dropped = 2 if len(self.messages) > first + 2 else 1  # a user turn and its reply
+            del self.messages[first:first + dropped], self._turn_images[first:first + dropped]
             self.notices.append(f"context full ({len(ids)} tokens): dropped the oldest turn")
 
     def _finish(self, reply_ids: list[int]) -> None:
@@ -222,7 +225,8 @@ class Conversation:
             for part in message["content"]:
                 if part["type"] == "image":
                     source = next(images)
-                    part = {"type": "image", **({"path": str(source)} if isinstance(source, (str, Path)) else {})}
+                    name = source if isinstance(source, (str, Path)) else getattr(source, "filename", "")
+                    part = {"type": "image", **({"path": str(name)} if name else {})}
                 content.append(part)
             out.append({"role": message["role"], "content": content})
         return json.dumps(out, ensure_ascii=False, indent=2)
@@ -233,7 +237,7 @@ class Conversation:
 
 def ask_streams(replier: Replier, processor: Processor, images: Sequence[Any], questions: Sequence[str],
                 options: GenerationOptions, longest_edge: int | None = None,
-                split: bool | None = None) -> Iterator[TextStream]:
+                split: bool | None = None, system: str | None = None) -> Iterator[TextStream]:
     """One reply stream per question, each answered independently about the same images.
 
     The images are tiled and encoded once; every question after the first reuses the cached
@@ -243,7 +247,7 @@ def ask_streams(replier: Replier, processor: Processor, images: Sequence[Any], q
     for question in questions:
         stats, started = GenerationStats(), time.perf_counter()
         encoded = [cache.get(img, stats) for img in images]
-        ids = np.asarray(processor.prompt_ids(build_messages(question, len(images)),
+        ids = np.asarray(processor.prompt_ids(build_messages(question, len(images), system),
                                               [e.grid for e in encoded], longest_edge), dtype=np.int64)
         features = np.concatenate([e.features for e in encoded]) if encoded else None
         yield prefix.run(ids, features, options, stats, started)

@@ -76,17 +76,39 @@ def _snapshot(repo_id: str, patterns: list[str]) -> str:
         raise ModelNotFoundError(f"model {repo_id} not found on the Hugging Face Hub",
                                  hint="check the id, or log in if it is private") from exc
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+        if _offline():
+            raise ModelNotFoundError(
+                f"model {repo_id} is not in the local cache, and HF_HUB_OFFLINE is set",
+                hint=f"unset HF_HUB_OFFLINE and run `smolvlm download {repo_id}` once, or give a "
+                     "model folder you have with -m DIR") from exc
         raise ModelNotFoundError(
-            f"model {repo_id} is not in the local cache and the Hub cannot be reached",
-            hint="connect and run `smolvlm download` once, or unset HF_HUB_OFFLINE") from exc
+            f"model {repo_id} is not in the local cache and the Hub cannot be reached "
+            f"({_root_cause(exc)})", hint=_network_hint(repo_id)) from exc
     except (HfHubHTTPError, OSError) as exc:
-        raise ModelNotFoundError(f"cannot download {repo_id}: {_first_line(exc)}",
-                                 hint="check the network, or set HF_HUB_OFFLINE=1 to use the cache") from exc
+        raise ModelNotFoundError(f"cannot download {repo_id}: {_root_cause(exc)}",
+                                 hint=_network_hint(repo_id)) from exc
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _network_hint(repo_id: str) -> str:
+    return (f"connect and run `smolvlm download {repo_id}` once; or use a mirror "
+            "(HF_ENDPOINT=https://your-mirror); or give a model folder you have with -m DIR")
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The first line of the innermost cause ("Connection refused", "Name or service not
+    known"), not the wrappers' advice."""
+    while exc.__cause__ is not None and exc.__cause__ is not exc:
+        exc = exc.__cause__
+    reason = getattr(exc, "strerror", None) if isinstance(exc, OSError) else None
+    text = (reason or str(exc)).strip()
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", text.splitlines()[0] if text else "")
+    return text or type(exc).__name__
 
 
 def has_onnx(model_dir: Path, dtype: str | None) -> bool:

@@ -1,16 +1,19 @@
 """Opening images as RGB PIL images, with one clear `ImageError` for every way a file can be bad.
 
-Paths, encoded bytes (stdin) and PIL images are accepted. EXIF orientation is applied, the first
+Paths, http(s) URLs, encoded bytes (stdin) and PIL images are accepted. EXIF orientation is applied, the first
 frame of animations kept, transparency composited on white as transformers' `convert_to_rgb`
 does, 16-bit / 32-bit / float images scaled to 8 bits, HEIF opened through pillow-heif when it is
-installed, and decompression bombs refused before decoding. PIL + numpy only.
+installed, and decompression bombs refused before decoding. PIL + numpy only (URLs are fetched
+with httpx2, the HTTP client huggingface_hub brings).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Union
@@ -26,9 +29,21 @@ _ORIENTATION_TAG = 0x0112
 _OPEN_LOCK = threading.Lock()  # warnings.catch_warnings is process-global: serialize our use
 _HINT_FORMATS = "use a JPEG, PNG, WebP, GIF, BMP or TIFF image"
 
+# Pillow's own bomb limit (89 MP) refuses 108 MP phone photos; 250 MP still refuses true bombs
+# (a tiny file claiming 30000x30000), checked from the header before any pixel is decoded.
+MAX_PIXELS = 250_000_000
+# An image URL is downloaded whole into memory: cap its size and the time it may take.
+URL_MAX_BYTES = 100_000_000
+URL_TIMEOUT_S = 30.0
+_URL_PREFIXES = ("http://", "https://")
+
+
+def is_url(source: object) -> bool:
+    return isinstance(source, str) and source.lower().startswith(_URL_PREFIXES)
+
 
 def load_image(source: ImageSource, name: str | None = None) -> Image.Image:
-    """Open `source` (a path, encoded bytes or a PIL image) as an RGB PIL image.
+    """Open `source` (a path, an http(s) URL, encoded bytes or a PIL image) as an RGB PIL image.
 
     Applies the EXIF orientation, keeps the first frame of animations (files and bytes; a PIL
     image is used at its current frame), composites transparency on white exactly like
@@ -49,13 +64,51 @@ def load_image(source: ImageSource, name: str | None = None) -> Image.Image:
         label = name or "<stdin>"
         image = _decode(bytes(source), label)
     elif isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        label = name or str(path)
-        image = _decode(_read_file(path, label), label)
+        label = name or str(source)
+        image = _decode(_read_source(source, label), label)
     else:
         raise TypeError(f"cannot load an image from a {type(source).__name__}: "
                         "pass a path, bytes or a PIL image")
     return _to_rgb(image, label)
+
+
+def _read_source(source: str | os.PathLike, label: str) -> bytes:
+    return _read_url(source, label) if is_url(source) else _read_file(Path(source), label)
+
+
+def _read_url(url: str, label: str) -> bytes:
+    """The body of `url`, refused beyond URL_MAX_BYTES or URL_TIMEOUT_S (in total, not per read)."""
+    import httpx2 as httpx
+
+    from smolvlm_cli import __version__
+
+    hint = "check the address and the network, or download the image and give the file"
+    deadline = time.monotonic() + URL_TIMEOUT_S
+    too_big = ImageError(f"cannot download image {label}: larger than {URL_MAX_BYTES / 1e6:g} MB",
+                         hint="download it and give the file (or a smaller version)")
+    try:
+        with httpx.stream("GET", url, follow_redirects=True, timeout=URL_TIMEOUT_S,
+                          headers={"User-Agent": f"smolvlm-cli/{__version__}"}) as response:
+            if response.status_code >= 400:
+                raise ImageError(f"cannot download image {label}: HTTP {response.status_code} "
+                                 f"{response.reason_phrase}".rstrip(), hint=hint)
+            length = response.headers.get("content-length", "")
+            if length.isdigit() and int(length) > URL_MAX_BYTES:
+                raise too_big
+            chunks, size = [], 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > URL_MAX_BYTES:
+                    raise too_big
+                if time.monotonic() > deadline:
+                    raise httpx.TimeoutException("too slow")
+                chunks.append(chunk)
+    except httpx.TimeoutException:
+        raise ImageError(f"cannot download image {label}: no complete answer within "
+                         f"{URL_TIMEOUT_S:g} s", hint=hint) from None
+    except httpx.HTTPError as exc:
+        raise ImageError(f"cannot download image {label}: {_one_line(exc)}", hint=hint) from None
+    return b"".join(chunks)
 
 
 def _read_file(path: Path, label: str) -> bytes:
@@ -80,12 +133,23 @@ def _read_file(path: Path, label: str) -> bytes:
     return data
 
 
-def _bomb_error(label: str, size: tuple[int, int] | None = None, data: bytes = b"") -> ImageError:
-    if size is None:
-        size = _header_size(data)
-    what = f" ({size[0]}x{size[1]} = {size[0] * size[1]:,} pixels)" if size else ""
-    return ImageError(f"refusing image {label}: too many pixels{what}, a possible decompression bomb",
-                      hint=f"the limit is PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,}")
+def _bomb_error(label: str, size: tuple[int, int]) -> ImageError:
+    return ImageError(f"refusing image {label}: too many pixels ({size[0]}x{size[1]} = "
+                      f"{size[0] * size[1]:,} pixels), a possible decompression bomb",
+                      hint=f"the limit is {MAX_PIXELS / 1e6:.0f} megapixels: scale the image down")
+
+
+@contextlib.contextmanager
+def _our_pixel_limit():
+    """Pillow's bomb check off (ours, MAX_PIXELS, follows from the header); serialized, as
+    Pillow's limit and the warning filters are process-global."""
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
 
 
 def _open(data: bytes, label: str) -> Image.Image:
@@ -93,11 +157,8 @@ def _open(data: bytes, label: str) -> Image.Image:
     if not data:
         raise ImageError(f"cannot read image {label}: the file is empty (0 bytes)")
     try:
-        with _OPEN_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with _our_pixel_limit():
             image = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _bomb_error(label, data=data) from None
     except UnidentifiedImageError:
         if _is_heif(data):
             return _open_heif(data, label)
@@ -112,17 +173,9 @@ def _check_size(image: Image.Image, label: str) -> Image.Image:
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageError(f"image {label} has a zero side ({width}x{height})")
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit and width * height > limit:
+    if MAX_PIXELS and width * height > MAX_PIXELS:
         raise _bomb_error(label, image.size)
     return image
-
-
-def _header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG header, for the decompression-bomb message (None: unknown)."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    return None
 
 
 # ISO-BMFF `ftyp` brands of HEIC / HEIF images (Pillow's own AVIF plugin takes `avif`/`avis`).
@@ -144,12 +197,9 @@ def _open_heif(data: bytes, label: str) -> Image.Image:
                          hint="pip install pillow-heif (smolvlm-cli uses it when installed), or "
                               "convert the image to JPEG or PNG") from None
     try:
-        with _OPEN_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with _our_pixel_limit():
             pillow_heif.register_heif_opener()
             image = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _bomb_error(label) from None
     except Exception as exc:  # noqa: BLE001 - libheif errors vary
         raise ImageError(f"cannot read image {label}: corrupt HEIC/HEIF image ({_one_line(exc)})") from None
     return _check_size(image, label)
@@ -243,7 +293,7 @@ def image_size(source: ImageSource, name: str | None = None) -> tuple[int, int]:
         image = _open(bytes(source), label)
     elif isinstance(source, (str, os.PathLike)):
         label = name or str(source)
-        image = _open(_read_file(Path(source), label), label)
+        image = _open(_read_source(source, label), label)
     else:
         raise TypeError(f"cannot read an image size from a {type(source).__name__}")
     width, height = image.size

@@ -186,35 +186,39 @@ class SmolVLM:
 
     # -- conversations ----------------------------------------------------------------------
     def chat(self, options: GenerationOptions | None = None, longest_edge: int | None = None,
-             split: bool | None = None, **sampling) -> Conversation:
+             split: bool | None = None, system: str | None = None, **sampling) -> Conversation:
         """A conversation that keeps its KV cache across turns: `chat().send(text, images)`.
 
         Args:
             options: generation options for every turn; `**sampling` keywords override them.
             longest_edge, split: how the conversation's images are tiled (as for `stream`).
+            system: a system prompt that opens the conversation (kept across /reset).
 
         Returns:
             A `Conversation`.
         """
         opts = (options or GenerationOptions()).updated(**sampling)
-        return Conversation(self._replier, self.processor, opts, longest_edge=longest_edge, split=split)
+        return Conversation(self._replier, self.processor, opts, longest_edge=longest_edge, split=split,
+                            system=system)
 
     def ask_stream(self, images: Sequence[Any] | Any, questions: Sequence[str],
                    options: GenerationOptions | None = None, longest_edge: int | None = None,
-                   split: bool | None = None, **sampling) -> Iterator[TextStream]:
+                   split: bool | None = None, system: str | None = None,
+                   **sampling) -> Iterator[TextStream]:
         """One streamed answer per question; the images are encoded once for all of them.
 
         Args:
             images: an image or a sequence of them, shared by every question.
             questions: each is answered independently (not as a conversation).
             options, longest_edge, split, **sampling: as for `stream`.
+            system: a system prompt before each question.
 
         Returns:
             An iterator of `TextStream`s, one per question; consume each before the next.
         """
         opts = (options or GenerationOptions()).updated(**sampling)
         return ask_streams(self._replier, self.processor, image_list(images), list(questions), opts,
-                           longest_edge, split)
+                           longest_edge, split, system)
 
     def ask(self, images: Sequence[Any] | Any, questions: Sequence[str], **kwargs) -> list[str]:
         """Independent answers to each question about the same image(s).

@@ -42,3 +42,23 @@ class GenerationOptions:
     def updated(self, **changes) -> GenerationOptions:
         """A copy with the given fields replaced; None values keep the current setting."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+# -- image detail -------------------------------------------------------------------------------
+# Like the OpenAI `detail` parameter: `auto` is the model's own preprocessing (captions equal
+# transformers'), `low` one 512-px view, `high` a longer edge than the model's default, so more
+# tiles. The factor is a trade-off: 1.5x turns the 256M model's 4x4 grid into at most 6x6.
+DETAIL_LEVELS = ("low", "auto", "high")
+HIGH_DETAIL_FACTOR = 1.5
+
+
+def detail_tiling(detail: str, model_longest_edge: int, tile_size: int) -> tuple[int | None, bool | None]:
+    """(longest_edge, split) for a detail level; None keeps the model's setting."""
+    if detail == "low":
+        return None, False
+    if detail == "high":
+        edge = int(model_longest_edge * HIGH_DETAIL_FACTOR)
+        return -(-edge // tile_size) * tile_size, None  # whole tiles
+    if detail == "auto":
+        return None, None
+    raise ValueError(f"detail must be one of {', '.join(DETAIL_LEVELS)}, not {detail!r}")

@@ -97,11 +97,17 @@ def count_image_tokens(rows: int, cols: int, image_seq_len: int) -> int:
     return (rows * cols + 1) * image_seq_len
 
 
-def build_messages(prompt: str, num_images: int) -> list[dict[str, Any]]:
-    """One user turn: `num_images` image placeholders, then the text."""
+def build_messages(prompt: str, num_images: int, system: str | None = None) -> list[dict[str, Any]]:
+    """One user turn: `num_images` image placeholders, then the text (after a system turn when
+    `system` is given)."""
     content: list[dict[str, Any]] = [{"type": "image"} for _ in range(num_images)]
     content.append({"type": "text", "text": prompt})
-    return [{"role": "user", "content": content}]
+    return [*system_messages(system), {"role": "user", "content": content}]
+
+
+def system_messages(system: str | None) -> list[dict[str, Any]]:
+    """The system turn for `system` (none when it is empty)."""
+    return [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
 
 
 # -- chat template --------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ stdout is never touched here: it carries only results (JSONL/CSV to `-`).
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,8 +34,9 @@ class Summary:
 
     @property
     def images_per_min(self) -> float:
-        processed = self.done + self.failed
-        return 60.0 * processed / self.work_s if processed and self.work_s > 0 else 0.0
+        """Captions per minute of captioning: failed and skipped files take next to no time
+        and would make the rate a fiction."""
+        return 60.0 * self.done / self.work_s if self.done and self.work_s > 0 else 0.0
 
     @property
     def exit_code(self) -> int:
@@ -44,10 +46,10 @@ class Summary:
         return 1 if self.failed or self.skipped_failed else 0
 
     def line(self) -> str:
-        text = (f"{self.done} done, {self.skipped} skipped, {self.failed} failed in "
-                f"{self.elapsed_s:.1f} s ({self.images_per_min:.1f} images/min")
-        text += f", model load {self.load_s:.1f} s)" if self.load_s else ")"
-        return text
+        text = f"{self.done} done, {self.skipped} skipped, {self.failed} failed in {self.elapsed_s:.1f} s"
+        details = [f"{self.images_per_min:.1f} images/min"] if self.done else []
+        details += [f"model load {self.load_s:.1f} s"] if self.load_s else []
+        return text + (f" ({', '.join(details)})" if details else "")
 
     def as_dict(self) -> dict:
         return {"found": self.found, "done": self.done, "failed": self.failed,
@@ -67,6 +69,7 @@ class Reporter:
         self._progress = None
         self._task = None
         self.failures = 0
+        self.captioned = 0
 
     def _print(self, message: str) -> None:
         if self._progress is not None:
@@ -94,20 +97,36 @@ class Reporter:
     def start(self, total: int) -> None:
         if not self.interactive or total <= 0:
             return
+        from datetime import timedelta
+
         from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn,
-                                   TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+                                   TextColumn, TimeElapsedColumn)
         from rich.text import Text
+
+        reporter = self
+
+        # Rates over the whole run, like the summary's: rich's windowed speed jumps to absurd
+        # values when results arrive in bursts (Ray hands over a block at a time).
+        def per_second(task) -> float:
+            return reporter.captioned / task.elapsed if task.elapsed and reporter.captioned else 0.0
 
         class Rate(ProgressColumn):
             def render(self, task) -> Text:
-                speed = task.finished_speed or task.speed
+                speed = per_second(task)
                 return Text(f"{speed * 60:.1f} images/min" if speed else "-- images/min",
                             style="progress.data.speed")
 
+        class Remaining(ProgressColumn):
+            def render(self, task) -> Text:
+                speed = per_second(task)
+                left = (task.remaining or 0) / speed if speed else None
+                text = "-:--:--" if left is None else str(timedelta(seconds=int(left)))
+                return Text(f"ETA {text}", style="progress.remaining")
+
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            TimeElapsedColumn(), Remaining(),
             console=Console(file=self.stream, highlight=False), transient=False,
             redirect_stdout=False, redirect_stderr=False)  # stdout carries results: leave it be
         self._progress.start()
@@ -116,9 +135,10 @@ class Reporter:
     def advance(self, record: ImageRecord) -> None:
         if not record.ok:
             self.failures += 1
-            error = record.error or ""
-            self._print(f"Error: {error}" if record.path in error else f"Error: {record.path}: {error}")
-        elif self.verbose:
+            self._print(f"Error: {failure_line(record.path, record.error or '')}")
+        else:
+            self.captioned += 1
+        if record.ok and self.verbose:
             self._print(f"{record.path}: {record.generated_tokens} tokens in {record.seconds:.2f} s")
         if self._progress is not None:
             description = f"Captioning ({self.failures} failed)" if self.failures else "Captioning"
@@ -139,3 +159,11 @@ class Reporter:
                         "skipped: --retry-errors tries them again.")
         if not self.quiet or summary.signal:
             self._print(summary.line())
+
+
+def failure_line(path: str, error: str) -> str:
+    """`path: reason`, the path said once: image errors already name it (`cannot read image
+    a.jpg: ...`), so such a message is reworded around the path instead of after it."""
+    if path and (path in error or os.path.basename(path) in error):
+        return error
+    return f"{path}: {error}"

@@ -34,6 +34,9 @@ import logging
 import math
 import os
 import re
+import shutil
+import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -133,6 +136,16 @@ def run_ray(config: BatchConfig, settings: RaySettings, *, reporter: Reporter | 
         session.stop()
 
 
+def _ray_temp_root() -> str | None:
+    """Where Ray itself keeps sessions (RAY_TMPDIR, else TMPDIR on Linux, else /tmp): its
+    socket paths must stay under 107 bytes, so not the long per-user TMPDIR of macOS."""
+    if os.environ.get("RAY_TMPDIR"):
+        return os.environ["RAY_TMPDIR"]
+    if sys.platform.startswith("linux") and os.environ.get("TMPDIR"):
+        return os.environ["TMPDIR"]
+    return "/tmp" if os.path.isdir("/tmp") else None
+
+
 class RaySession:
     """Joins or starts Ray for one run, sets Ray Data up for it, and undoes both after."""
 
@@ -140,6 +153,7 @@ class RaySession:
         self.settings = settings
         self.reporter = reporter
         self.owned = False  # we called ray.init: we call ray.shutdown
+        self._temp_dir: str | None = None
         self._saved: dict[str, Any] | None = None
         self._console: list[tuple[logging.Handler, int]] = []
 
@@ -157,8 +171,9 @@ class RaySession:
             try:
                 if address:
                     ray.init(address, **kwargs)
-                else:
-                    ray.init(include_dashboard=False, **kwargs)
+                else:  # a session folder of our own, removed after the run (not left in /tmp)
+                    self._temp_dir = tempfile.mkdtemp(prefix="smolvlm-ray-", dir=_ray_temp_root())
+                    ray.init(include_dashboard=False, _temp_dir=self._temp_dir, **kwargs)
             except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
                 where = f"join the Ray cluster at {address}" if address else "start a local Ray"
                 hint = ("start one with `ray start --head` (then --ray-address auto), or leave "
@@ -217,6 +232,9 @@ class RaySession:
         if self.owned:
             import_ray().shutdown()
             self.owned = False
+        if self._temp_dir is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            self._temp_dir = None
 
 
 class RayEngine:

@@ -179,6 +179,9 @@ class ParquetStore:
     def state(self, item: ImageItem) -> State:
         return self.index.state(item.abspath)
 
+    def made_with(self, item: ImageItem) -> tuple[str, str] | None:
+        return self.index.made_with(item.abspath)
+
     def records_since(self, before: set[Path]) -> list[ImageRecord]:
         """The records of the files not in `before` (this run's), in file order; they join the
         index (superseding earlier records of the same images)."""

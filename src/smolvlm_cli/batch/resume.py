@@ -3,9 +3,12 @@
 Every writer answers `state(item)`: NEW (no result), DONE (a result) or FAILED (the last attempt
 failed). `plan` turns that into the work list:
 
-- default: DONE and FAILED images are skipped (a failure is a result too: the file is bad);
+- default: DONE and FAILED images are skipped (a failure is a result too: the file is bad),
+  unless a DONE result was made with another prompt or model: then the run is refused
+  (`check_made_with`), as keeping it would silently mix captions of two settings;
 - `retry_errors`: FAILED images are done again;
-- `overwrite`: everything is done again.
+- `overwrite`: everything is done again;
+- `resume_any`: DONE results are kept whatever prompt or model made them.
 
 JSONL and CSV outputs are their own state: the last record of a path counts. Sidecar (`txt`)
 outputs keep theirs in a *ledger*, `.smolvlm-batch.jsonl`, in each folder that receives sidecars:
@@ -18,6 +21,7 @@ image NEW again unless the ledger's last word is a failure.
 from __future__ import annotations
 
 import enum
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +30,7 @@ from pathlib import Path
 from smolvlm_cli.batch.discover import ImageItem
 from smolvlm_cli.batch.files import append_once, repair_tail, rewrite
 from smolvlm_cli.batch.records import ImageRecord, dumps, loads
+from smolvlm_cli.errors import SmolVLMError
 
 LEDGER_NAME = ".smolvlm-batch.jsonl"
 
@@ -63,11 +68,47 @@ def plan(items: Sequence[ImageItem], state_of: Callable[[ImageItem], State], *,
     return result
 
 
+def _same_model(a: str, b: str) -> bool:
+    """Hub ids compare as text; two spellings of one local folder are the same model."""
+    if a == b:
+        return True
+    return os.path.isdir(a) and os.path.isdir(b) and os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_made_with(done: Sequence[ImageItem], made_with: Callable[[ImageItem], tuple[str, str] | None],
+                    model: str, prompt_of: Callable[[ImageItem], str]) -> None:
+    """Refuse to keep results made with another prompt or model than this run's.
+
+    A result that does not say what made it (a sidecar written by another tool) is kept.
+    """
+    prompts, models = [], []
+    for item in done:
+        made = made_with(item)
+        if made is None:
+            continue
+        old_model, old_prompt = made
+        if old_prompt and old_prompt != prompt_of(item):
+            prompts.append((item, old_prompt))
+        elif old_model and model and not _same_model(old_model, model):
+            models.append((item, old_model))
+    if not prompts and not models:
+        return
+    item, old = (prompts or models)[0]
+    what = "prompt" if prompts else "model"
+    count = len(prompts) + len(models)
+    raise SmolVLMError(
+        f"{count} of the {len(done)} image(s) already done were captioned with another {what} "
+        f"(e.g. {item.path}: {old!r})",
+        hint="--overwrite captions them again with this run's settings; --resume-any keeps them "
+             "and captions only the rest; or write elsewhere (--output / --output-dir)")
+
+
 @dataclass
 class RecordIndex:
     """The last record per image (keyed by absolute path) of a JSONL/CSV results file."""
 
     last: dict[str, bool] = field(default_factory=dict)  # key -> ok
+    made: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (model, prompt)
     superseded: int = 0  # records replaced by a later one for the same image
     unreadable: int = 0  # whole lines that are not records
 
@@ -75,6 +116,10 @@ class RecordIndex:
         if key in self.last:
             self.superseded += 1
         self.last[key] = record.ok
+        self.made[key] = (record.model, record.prompt)
+
+    def made_with(self, key: str) -> tuple[str, str] | None:
+        return self.made.get(key) if self.last.get(key) else None
 
     def state(self, key: str) -> State:
         ok = self.last.get(key)

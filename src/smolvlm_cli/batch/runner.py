@@ -23,7 +23,7 @@ from typing import Protocol, TextIO
 from smolvlm_cli.batch.discover import DEFAULT_EXTENSIONS, discover
 from smolvlm_cli.batch.progress import Reporter, Summary
 from smolvlm_cli.batch.records import ImageRecord, Job
-from smolvlm_cli.batch.resume import plan
+from smolvlm_cli.batch.resume import check_made_with, plan
 from smolvlm_cli.batch.templates import CaptionStyle, render
 from smolvlm_cli.batch.writers import make_writer
 from smolvlm_cli.errors import SmolVLMError
@@ -52,6 +52,8 @@ class BatchConfig:
     style: CaptionStyle = field(default_factory=CaptionStyle)
     overwrite: bool = False
     retry_errors: bool = False
+    resume_any: bool = False  # keep results made with another prompt or model
+    model: str = ""  # what results are compared with on resume ("": any model)
 
 
 class StopFlag:
@@ -83,9 +85,11 @@ class StopFlag:
 
 def run_batch(config: BatchConfig, engine_factory: Callable[[], Engine], *,
               reporter: Reporter | None = None, stdin: TextIO | None = None,
-              out: Callable[[str], None] | None = None) -> Summary:
+              out: Callable[[str], None] | None = None,
+              advise: Callable[[list], str | None] | None = None) -> Summary:
     """Caption what `config` selects; `engine_factory` is called (the model loaded) only when
-    there is work. Returns the summary (its `exit_code` is the command's)."""
+    there is work. `advise(items)` may return a line said before the work starts (a speed
+    warning). Returns the summary (its `exit_code` is the command's)."""
     reporter = reporter or Reporter()
     started = time.perf_counter()
     found = find_images(config, reporter, stdin)
@@ -114,6 +118,10 @@ def run_batch(config: BatchConfig, engine_factory: Callable[[], Engine], *,
                 emit(job, ImageRecord.failure(item.path, problem, prompt=job.prompt))
             else:
                 jobs.append(job)
+        if jobs and advise is not None:
+            advice = advise([job.item for job in jobs])
+            if advice:
+                reporter.info(advice)
         if jobs:
             with reporter.status("Loading the model"):
                 t0 = time.perf_counter()
@@ -165,6 +173,9 @@ def plan_run(items, store, config: BatchConfig, summary: Summary, reporter: Repo
     for notice in store.notices:
         reporter.info(notice)
     work = plan(items, store.state, overwrite=config.overwrite, retry_errors=config.retry_errors)
+    if not config.resume_any:
+        check_made_with(work.done, store.made_with, config.model,
+                        lambda item: render(config.prompt, item.path))
     summary.skipped_done, summary.skipped_failed = len(work.done), len(work.failed)
     reporter.info(_plan_line(len(items), work, store.describe()))
     return work

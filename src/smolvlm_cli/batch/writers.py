@@ -103,6 +103,16 @@ class SidecarWriter:
         last = self._ledger(item).last(item.name)
         return State.FAILED if last is not None and last.get("error") else State.NEW
 
+    def made_with(self, item: ImageItem) -> tuple[str, str] | None:
+        """(model, prompt) of the sidecar, from the ledger; None when the ledger does not
+        know it (a sidecar of another tool, or a failed last attempt)."""
+        if item in self.problems:
+            return None
+        last = self._ledger(item).last(item.name)
+        if last is None or last.get("error") or last.get("output") != self.sidecars[item].name:
+            return None
+        return str(last.get("model") or ""), str(last.get("prompt") or "")
+
     def write(self, item: ImageItem, record: ImageRecord) -> None:
         sidecar = self.sidecars.get(item)
         if sidecar is None:  # a path problem: nowhere to keep a result or a ledger line
@@ -209,6 +219,9 @@ class RecordFileWriter:
 
     def state(self, item: ImageItem) -> State:
         return self.index.state(item.abspath)
+
+    def made_with(self, item: ImageItem) -> tuple[str, str] | None:
+        return self.index.made_with(item.abspath)
 
     def write(self, item: ImageItem, record: ImageRecord) -> None:
         text = self.format_record(record)

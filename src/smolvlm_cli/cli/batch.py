@@ -9,10 +9,11 @@ from typing import Annotated, Optional
 import typer
 
 from smolvlm_cli.cli import output
-from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, GraphsOpt, DtypeOpt, LongestEdgeOpt, MaxTokensOpt,
-                                     ModelOpt, NoSplitOpt, QuietOpt, RepetitionPenaltyOpt, SeedOpt,
-                                     TemperatureOpt, ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt,
-                                     generation_options)
+from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DetailOpt, DtypeOpt, GraphsOpt, LongestEdgeOpt,
+                                     MaxTokensOpt, ModelOpt, NoSplitOpt, QuietOpt,
+                                     RepetitionPenaltyOpt, SeedOpt, TemperatureOpt, ThreadsOpt,
+                                     TopKOpt, TopPOpt, VerboseOpt, check_tiling,
+                                     generation_options, tiling)
 from smolvlm_cli.batch.discover import DEFAULT_EXTENSIONS
 from smolvlm_cli.hub import DEFAULT_MODEL
 from smolvlm_cli.options import DEFAULT_PROMPT
@@ -28,13 +29,15 @@ _SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".cs
 
 EXAMPLES = """Examples:\n\n
 smolvlm batch photos/   (photos/a.jpg -> photos/a.txt, and so on; re-run to resume)\n\n
-smolvlm batch photos/ --prefix 'ohwx,' --no-split -n 60   (training captions, a trigger word)\n\n
+smolvlm batch photos/ --prefix 'ohwx,' --detail low -n 60   (training captions, a trigger word)\n\n
 smolvlm batch photos/ -o captions.jsonl   (one JSON record per image)\n\n
 find . -name '*.png' -mtime -1 | smolvlm batch - -o - | jq -r .caption\n\n
 smolvlm batch photos/ -o captions.csv -p 'Describe {filename} in one sentence.'"""
 
 EPILOG = EXAMPLES + """\n\n
-Re-running skips images that already have a result (--overwrite redoes all, --retry-errors the failures).
+Re-running skips images that already have a result (--overwrite redoes all, --retry-errors the
+failures). A re-run with another prompt or model is refused while results made with the old
+one exist: --overwrite redoes them, --resume-any keeps them.
 Failures of txt runs are listed in .smolvlm-batch.jsonl beside the sidecars.\n\n
 Exit code 0 when every image has a caption, 1 when some failed, 130/143 when stopped by Ctrl-C /
 SIGTERM (the images in flight are finished and saved first)."""
@@ -42,6 +45,23 @@ SIGTERM (the images in flight are finished and saved first)."""
 
 def register(app: typer.Typer) -> None:
     app.command(no_args_is_help=True, epilog=EPILOG)(batch)
+
+
+def _config_at_hand(model: str):
+    """The model's config from a local folder or the Hub cache, never the network (a first
+    run downloads the model when it loads); None when not at hand."""
+    from smolvlm_cli.config import ModelConfig
+    from smolvlm_cli.hub import CONFIG_FILES, is_local
+
+    try:
+        if is_local(model):
+            return ModelConfig.from_dir(Path(model).expanduser())
+        from huggingface_hub import snapshot_download
+
+        return ModelConfig.from_dir(Path(snapshot_download(
+            model, allow_patterns=list(CONFIG_FILES), local_files_only=True)))
+    except Exception:  # noqa: BLE001 - no estimate then; the model load reports real problems
+        return None
 
 
 def resolve_format(fmt: Optional[str], out: Optional[str], output_dir: Optional[Path]
@@ -128,6 +148,10 @@ def batch(
     retry_errors: Annotated[bool, typer.Option(
         "--retry-errors", rich_help_panel=_RUN,
         help="Caption again the images that failed in an earlier run.")] = False,
+    resume_any: Annotated[bool, typer.Option(
+        "--resume-any", rich_help_panel=_RUN,
+        help="Keep earlier results even when they were made with another prompt or model "
+             "(by default such a re-run is refused).")] = False,
     batch_size: Annotated[int, typer.Option(
         "--batch-size", "-b", min=1, rich_help_panel=_RUN,
         help="Images decoded together: each decoder step serves them all (8: up to ~2x the "
@@ -161,6 +185,7 @@ def batch(
     top_p: TopPOpt = DEFAULTS.top_p,
     repetition_penalty: RepetitionPenaltyOpt = DEFAULTS.repetition_penalty,
     seed: SeedOpt = DEFAULTS.seed,
+    detail: DetailOpt = None,
     longest_edge: LongestEdgeOpt = None,
     no_split: NoSplitOpt = False,
     quiet: QuietOpt = False,
@@ -172,6 +197,7 @@ def batch(
     from smolvlm_cli.batch.runner import BatchConfig, run_batch
     from smolvlm_cli.batch.templates import CaptionStyle, unknown_fields
 
+    check_tiling(detail, longest_edge, no_split)
     paths = list(paths or [])
     if not paths and manifest is None:
         raise typer.BadParameter("give images (folders, files, '-') or --manifest",
@@ -188,16 +214,25 @@ def batch(
         include=tuple(include or ()), exclude=tuple(exclude or ()),
         extensions=parse_extensions(ext), null=null, fmt=fmt, output=target,
         output_dir=output_dir, style=CaptionStyle(prefix, suffix, single_line),
-        overwrite=overwrite, retry_errors=retry_errors)
+        overwrite=overwrite, retry_errors=retry_errors, resume_any=resume_any, model=model)
 
     def engine():
         from smolvlm_cli.batch.local import LocalEngine
         from smolvlm_cli.cli.loading import load_model
 
         vlm = load_model(model, backend, dtype, threads, graphs, quiet)
+        edge, split = tiling(detail, longest_edge, no_split, lambda: vlm.config)
         return LocalEngine(vlm, options, model_name=model, batch_size=batch_size,
-                           workers=prefetch, longest_edge=longest_edge,
-                           split=False if no_split else None)
+                           workers=prefetch, longest_edge=edge, split=split)
+
+    def advise(items) -> Optional[str]:
+        """The slow-default warning, for runs that left the tiling to the model."""
+        if detail is not None or longest_edge is not None or no_split:
+            return None
+        from smolvlm_cli.batch.estimate import slow_run_line
+
+        config = _config_at_hand(model)
+        return slow_run_line(items, config) if config is not None else None
 
     engine_name = engine_name.lower()
     if engine_name not in _ENGINES:
@@ -210,9 +245,16 @@ def batch(
     if engine_name == "ray":
         from smolvlm_cli.batch.ray_engine import RaySettings, run_ray
 
+        edge, split = longest_edge, (False if no_split else None)
+        if detail is not None:
+            from smolvlm_cli.config import ModelConfig
+            from smolvlm_cli.hub import CONFIG_FILES, resolve_model
+
+            edge, split = tiling(detail, None, False,
+                                 lambda: ModelConfig.from_dir(resolve_model(model, list(CONFIG_FILES))))
         settings = RaySettings(model=model, options=options, backend=backend, dtype=dtype,
-                               batch_size=batch_size, longest_edge=longest_edge,
-                               split=False if no_split else None, address=ray_address,
+                               batch_size=batch_size, longest_edge=edge,
+                               split=split, address=ray_address,
                                workers=workers, threads_per_worker=threads_per_worker or threads,
                                manifest=manifest)
         summary = run_ray(config, settings, reporter=reporter,
@@ -226,6 +268,7 @@ def batch(
     if STDIN in paths and sys.stdin.isatty() and not quiet:
         output.log("Reading image paths from the terminal, one per line; end with Ctrl-D.")
     summary = run_batch(config, engine, reporter=reporter,
-                        stdin=sys.stdin if STDIN in paths else None, out=output.write)
+                        stdin=sys.stdin if STDIN in paths else None, out=output.write,
+                        advise=advise)
     if summary.exit_code:
         raise typer.Exit(summary.exit_code)

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from smolvlm_cli.cli import output
 from smolvlm_cli.cli.loading import load_model
-from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, GraphsOpt, DtypeOpt, JsonOpt, LongestEdgeOpt,
+from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DetailOpt, DtypeOpt, GraphsOpt, LongestEdgeOpt,
                                      MaxTokensOpt, ModelOpt, NoSplitOpt, QuietLongOpt, QuietOpt,
-                                     RepetitionPenaltyOpt, SeedOpt, TemperatureOpt, ThreadsOpt,
-                                     TopKOpt, TopPOpt, generation_options)
+                                     RepetitionPenaltyOpt, SeedOpt, SystemOpt, TemperatureOpt,
+                                     ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt, check_tiling,
+                                     generation_options, tiling)
 from smolvlm_cli.hub import DEFAULT_MODEL
 
-CHAT_HELP = """Commands: /image PATH (add an image to your next message), /reset (forget the
-conversation), /save FILE (write the transcript as JSON messages), /exit. Without a terminal,
-each line of stdin is one message."""
+COMMANDS = ("/image PATH (add an image to your next message), /reset (forget the conversation), "
+            "/save FILE (write the transcript as JSON), /help, /exit (or exit, quit, Ctrl-D)")
+CHAT_HELP = f"""Commands: {COMMANDS}. Without a terminal, each line of stdin is one message."""
+_EXIT_WORDS = {"exit", "quit", "/exit", "/quit"}
 
 
 def register(app: typer.Typer) -> None:
@@ -25,10 +29,65 @@ def register(app: typer.Typer) -> None:
     app.command(epilog=CHAT_HELP)(chat)
 
 
+def _open(source: str):
+    """The image, validated now (a bad file fails before the model loads), its name kept for
+    the transcript."""
+    from smolvlm_cli.image_loading import load_image
+
+    image = load_image(source)
+    image.filename = source
+    return image
+
+
+def _read_questions(questions: list[str], quiet: bool) -> list[str]:
+    """`-q -` stands for the questions on stdin, one per line (blank lines skipped)."""
+    if "-" not in questions:
+        return questions
+    if questions.count("-") > 1:
+        raise typer.BadParameter("stdin can be read only once: give -q - once",
+                                 param_hint="'--question'")
+    if sys.stdin.isatty() and not quiet:
+        output.log("Type one question per line; end with Ctrl-D.")
+    piped = [line.strip() for line in sys.stdin if line.strip()]
+    result = [q for question in questions for q in (piped if question == "-" else [question])]
+    if not result:
+        raise typer.BadParameter("-q - found no questions on standard input",
+                                 param_hint="'--question'")
+    return result
+
+
+def _thinking(status: output.Status, stream, images: bool):
+    """The first delta of `stream` behind a spinner (image encoding and prefill come first,
+    ~13 s for a 13-tile image on a laptop), then the rest."""
+    with status.show("Looking at the image(s)" if images else "Thinking"):
+        first = next(stream, None)
+    if first is not None:
+        yield first
+        yield from stream
+
+
+def labeled_answer(question: str, deltas) -> Iterator[str]:
+    """`Q: question` / `A: answer`, the answer's further lines indented under it, so a
+    multi-line reply cannot be mistaken for the next question."""
+    yield f"Q: {question}\nA:"
+    separator = " "
+    for delta in deltas:
+        if separator:  # the reply's own leading space would double A:'s
+            delta = delta.lstrip(" ")
+            if not delta:
+                continue
+            delta, separator = separator + delta, ""
+        yield delta.replace("\n", "\n   ")
+
+
 def ask(
-    images: Annotated[list[str], typer.Argument(metavar="IMAGE...", help="Image paths.")],
+    images: Annotated[list[str], typer.Argument(metavar="IMAGE...", help="Image paths or URLs.")],
     questions: Annotated[list[str], typer.Option(
-        "--question", "-q", help="A question (repeat for several); each is answered on its own.")],
+        "--question", "-q", show_default=False,
+        help="A question (repeat for several); each is answered on its own. '-q -' reads the "
+             "questions from stdin, one per line. (Here -q is --question: --quiet has no short "
+             "form.)")],
+    system: SystemOpt = None,
     model: ModelOpt = DEFAULT_MODEL,
     backend: BackendOpt = "auto",
     dtype: DtypeOpt = None,
@@ -40,37 +99,59 @@ def ask(
     top_p: TopPOpt = DEFAULTS.top_p,
     repetition_penalty: RepetitionPenaltyOpt = DEFAULTS.repetition_penalty,
     seed: SeedOpt = DEFAULTS.seed,
+    detail: DetailOpt = None,
     longest_edge: LongestEdgeOpt = None,
     no_split: NoSplitOpt = False,
     json_out: Annotated[bool, typer.Option(
-        "--json", rich_help_panel="Output", help="One JSON object per answer (JSON lines).")] = False,
+        "--json", rich_help_panel="Output",
+        help="One JSON object per answer (JSON lines): the question, text, counts, timings.")] = False,
     quiet: QuietLongOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
-    """Answer several questions about the same image(s), encoding the image(s) only once."""
+    """Answer several questions about the same image(s), encoding the image(s) only once.
+
+    With several questions each answer is labeled (Q: / A:, continuation lines indented);
+    a single question prints the bare answer.
+    """
     from smolvlm_cli.image_loading import load_image
 
+    check_tiling(detail, longest_edge, no_split)
+    questions = _read_questions(list(questions), quiet)
     loaded = [load_image(path) for path in images]  # bad files fail before the model loads
     vlm = load_model(model, backend, dtype, threads, graphs, quiet)
+    edge, split = tiling(detail, longest_edge, no_split, lambda: vlm.config)
     opts = generation_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
-    streams = vlm.ask_stream(loaded, questions, options=opts, longest_edge=longest_edge,
-                             split=False if no_split else None)
-    for question, stream in zip(questions, streams):
+    streams = vlm.ask_stream(loaded, questions, options=opts, longest_edge=edge, split=split,
+                             system=system)
+    status, labeled = output.Status(quiet), len(questions) > 1
+    for number, (question, stream) in enumerate(zip(questions, streams)):
         if json_out:
-            text = stream.text()
+            text = "".join(_thinking(status, stream, not number))
             s = stream.stats
             output.write_json({"question": question, "text": text, "prompt_tokens": s.prompt_tokens,
                                "generated_tokens": s.generated_tokens, "image_tiles": s.image_tiles,
                                "vision_s": round(s.vision_s, 4), "prefill_s": round(s.prefill_s, 4),
                                "ttft_s": round(s.ttft_s, 4), "decode_s": round(s.decode_s, 4)})
+        elif labeled:
+            output.write("\n" if number else "")
+            for text in labeled_answer(question, _thinking(status, stream, not number)):
+                output.write(text)
+            output.write("\n")
         else:
-            for delta in stream:
+            for delta in _thinking(status, stream, not number):
                 output.write(delta)
             output.write("\n")
+        if verbose:
+            s = stream.stats
+            output.log(f"{s.image_tiles} tile(s) in {s.vision_s:.2f} s, prefill {s.prompt_tokens} "
+                       f"tokens in {s.prefill_s:.2f} s, first token after {s.ttft_s:.2f} s, "
+                       f"{s.generated_tokens} tokens at {s.decode_tokens_per_s:.1f} tokens/s")
 
 
 def chat(
     images: Annotated[Optional[list[str]], typer.Argument(
-        metavar="[IMAGE...]", help="Images for the first message.")] = None,
+        metavar="[IMAGE...]", help="Images (paths or URLs) for the first message.")] = None,
+    system: SystemOpt = None,
     model: ModelOpt = DEFAULT_MODEL,
     backend: BackendOpt = "auto",
     dtype: DtypeOpt = None,
@@ -82,58 +163,79 @@ def chat(
     top_p: TopPOpt = DEFAULTS.top_p,
     repetition_penalty: RepetitionPenaltyOpt = DEFAULTS.repetition_penalty,
     seed: SeedOpt = DEFAULTS.seed,
+    detail: DetailOpt = None,
     longest_edge: LongestEdgeOpt = None,
     no_split: NoSplitOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Talk about images over several turns; the model keeps the conversation in its cache."""
     from smolvlm_cli.errors import SmolVLMError
-    from smolvlm_cli.image_loading import load_image
 
-    pending = [load_image(path) for path in images or ()]
+    check_tiling(detail, longest_edge, no_split)
+    pending = [_open(path) for path in images or ()]
     vlm = load_model(model, backend, dtype, threads, graphs, quiet)
+    edge, split = tiling(detail, longest_edge, no_split, lambda: vlm.config)
     conversation = vlm.chat(generation_options(max_new_tokens, temperature, top_k, top_p,
-                                     repetition_penalty, seed),
-                            longest_edge=longest_edge, split=False if no_split else None)
+                                               repetition_penalty, seed),
+                            longest_edge=edge, split=split, system=system)
     interactive = sys.stdin.isatty()
+    status = output.Status(quiet)
     if interactive and not quiet:
         _enable_history()
-        output.log(f"Chatting with {model}. {CHAT_HELP.splitlines()[0]} ...")
+        output.log(f"Chatting with {model}.")
+        output.log(f"Commands: {COMMANDS}.")
     for line in _lines(interactive):
         text = line.strip()
         if not text:
             continue
+        if text.lower() in _EXIT_WORDS:
+            break
         if text.startswith("/"):
             command, _, arg = text.partition(" ")
-            arg = arg.strip()
-            if command in ("/exit", "/quit"):
-                break
             try:
-                if command == "/image":
-                    pending.append(load_image(arg))
-                    output.log(f"(image {arg} added to your next message)")
-                elif command == "/reset":
-                    conversation.reset()
-                    pending.clear()
-                    output.log("(conversation cleared)")
-                elif command == "/save":
-                    conversation.save(arg)
-                    output.log(f"(transcript saved to {arg})")
-                else:
-                    output.log(f"Unknown command {command}. {CHAT_HELP}")
+                _command(command, arg.strip(), conversation, pending)
             except (SmolVLMError, OSError) as exc:
                 if not interactive:
                     raise
-                output.log(f"Error: {getattr(exc, 'message', exc)}")
+                message, hint = getattr(exc, "message", None), getattr(exc, "hint", None)
+                if message is None:  # an OSError: its reason and file, not Python's repr
+                    message = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+                output.log(f"Error: {message}" + (f" ({hint})" if hint else ""))
             continue
         stream = conversation.send(text, pending)
-        pending = []
-        for delta in stream:
+        looking, pending = bool(pending), []
+        for delta in _thinking(status, iter(stream), looking):
             output.write(delta)
         output.write("\n")
         for notice in conversation.notices:
             output.log(f"({notice})")
         conversation.notices.clear()
+
+
+def _command(command: str, arg: str, conversation, pending: list) -> None:
+    """One slash command; errors as SmolVLMError (shown, the chat goes on)."""
+    from smolvlm_cli.errors import SmolVLMError
+
+    if command == "/image":
+        if not arg:
+            raise SmolVLMError("/image needs an image path or URL, e.g. /image photo.jpg")
+        pending.append(_open(arg))
+        output.log(f"(image {arg} added to your next message)")
+    elif command == "/reset":
+        conversation.reset()
+        pending.clear()
+        output.log("(conversation cleared)")
+    elif command == "/save":
+        if not arg:
+            raise SmolVLMError("/save needs a file name, e.g. /save chat.json")
+        if Path(arg).is_dir():
+            raise SmolVLMError(f"{arg} is a folder: give a file name, e.g. /save {Path(arg) / 'chat.json'}")
+        conversation.save(arg)
+        output.log(f"(transcript saved to {arg})")
+    elif command == "/help":
+        output.log(f"Commands: {COMMANDS}.")
+    else:
+        raise SmolVLMError(f"unknown command {command}: try /help")
 
 
 def _lines(interactive: bool):

@@ -11,10 +11,11 @@ import typer
 
 from smolvlm_cli.cli import output
 from smolvlm_cli.cli.loading import load_model
-from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, GraphsOpt, DtypeOpt, JsonOpt, LongestEdgeOpt,
-                                     MaxTokensOpt, ModelOpt, NoSplitOpt, QuietOpt,
-                                     RepetitionPenaltyOpt, SeedOpt, TemperatureOpt, ThreadsOpt,
-                                     TopKOpt, TopPOpt, VerboseOpt, generation_options)
+from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DetailOpt, DtypeOpt, GraphsOpt, JsonOpt,
+                                     LongestEdgeOpt, MaxTokensOpt, ModelOpt, NoSplitOpt, QuietOpt,
+                                     RepetitionPenaltyOpt, SeedOpt, SystemOpt, TemperatureOpt,
+                                     ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt, check_tiling,
+                                     generation_options, tiling)
 from smolvlm_cli.hub import DEFAULT_MODEL
 from smolvlm_cli.options import DEFAULT_PROMPT
 
@@ -23,40 +24,64 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
                   ".heif", ".avif", ".jxl", ".ico", ".ppm", ".pgm", ".pbm", ".tga"}
 
 
+PROMPT_RULE = ("The last argument is the prompt when it is not '-', a URL or an existing file, "
+               "and it contains a space or does not end in an image extension: "
+               "`describe sign.png 'Read the text in sign.png'` works.")
+
+
+def is_prompt(arg: str) -> bool:
+    """Whether the last positional argument is the prompt (see PROMPT_RULE)."""
+    from smolvlm_cli.image_loading import is_url
+
+    if arg == STDIN or is_url(arg) or Path(arg).exists():
+        return False
+    return any(c.isspace() for c in arg.strip()) or Path(arg).suffix.lower() not in IMAGE_SUFFIXES
+
+
 def split_images_and_prompt(args: list[str], prompt: str | None) -> tuple[list[str], str | None]:
-    """The last argument is the prompt when it is neither `-`, an existing path, nor an image name."""
     images = list(args)
-    if prompt is None and len(images) > 1:
-        last = images[-1]
-        if last != STDIN and not Path(last).exists() and Path(last).suffix.lower() not in IMAGE_SUFFIXES:
-            prompt = images.pop()
+    if prompt is None and len(images) > 1 and is_prompt(images[-1]):
+        prompt = images.pop()
     return images, prompt
 
 
-def read_stdin_inputs(images: list[str], prompt: str | None) -> tuple[list, str | None]:
-    """`-` reads image bytes from stdin; otherwise piped stdin text is (part of) the prompt."""
+def read_stdin_inputs(images: list[str], prompt: str | None, quiet: bool = False
+                      ) -> tuple[list, str | None]:
+    """stdin is read only when asked for: `-` as an image (bytes) or `-p -` (the prompt text).
+    Shell loops and xargs must not lose their input to a command that did not ask for it."""
     if images.count(STDIN) > 1:
         raise typer.BadParameter("stdin can be read only once: give '-' for at most one image")
+    if STDIN in images and prompt == STDIN:
+        raise typer.BadParameter("stdin can be read only once: '-' as an image or -p -, not both",
+                                 param_hint="'--prompt'")
     if STDIN in images:
+        if sys.stdin.isatty():
+            raise typer.BadParameter("'-' reads image bytes from standard input, which is a "
+                                     "terminal: pipe an image in (smolvlm describe - < photo.jpg)",
+                                     param_hint="'IMAGE...'")
         data = sys.stdin.buffer.read()
         if not data:
             from smolvlm_cli.errors import ImageError
             raise ImageError("<stdin>: no image data on standard input")
         return [data if i == STDIN else i for i in images], prompt
-    if not sys.stdin.isatty():
+    if prompt == STDIN:
+        if sys.stdin.isatty() and not quiet:
+            output.log("Type the prompt; end it with Ctrl-D.")
         # bytes, decoded leniently: a stray invalid byte must not cost the whole answer
-        piped = sys.stdin.buffer.read().decode(sys.stdin.encoding or "utf-8", "replace").strip()
-        if piped:
-            prompt = f"{piped}\n{prompt}" if prompt else piped
+        prompt = sys.stdin.buffer.read().decode(sys.stdin.encoding or "utf-8", "replace").strip()
+        if not prompt:
+            raise typer.BadParameter("-p - found no prompt text on standard input",
+                                     param_hint="'--prompt'")
     return list(images), prompt
 
 
 EXAMPLES = """Examples:\n\n
 smolvlm describe photo.jpg\n\n
 smolvlm describe photo.jpg 'What is in the box?'\n\n
-smolvlm describe --no-split -n 40 photo.jpg   (fast: one tile, a short caption)\n\n
+smolvlm describe --detail low -n 40 photo.jpg   (fast: one tile, a short caption)\n\n
+smolvlm describe https://example.com/a.jpg --system 'Answer in French.'\n\n
 curl -s https://example.com/a.jpg | smolvlm describe - --json | jq .text\n\n
-echo 'Is there a dog?' | smolvlm describe photo.jpg"""
+echo 'Is there a dog?' | smolvlm describe photo.jpg -p -   (the prompt from stdin)"""
 
 
 def register(app: typer.Typer) -> None:
@@ -66,11 +91,13 @@ def register(app: typer.Typer) -> None:
 def describe(
     images: Annotated[list[str], typer.Argument(
         metavar="IMAGE... [PROMPT]", show_default=False,
-        help="Image paths ('-' reads image bytes from stdin), optionally followed by the prompt. "
-             "Piped stdin text becomes the prompt.")],
+        help="Image paths or http(s) URLs ('-' reads image bytes from stdin), optionally "
+             "followed by the prompt. " + PROMPT_RULE)],
     prompt: Annotated[Optional[str], typer.Option(
         "--prompt", "-p", show_default=DEFAULT_PROMPT,
-        help="The question or instruction (or give it after the images).")] = None,
+        help="The question or instruction (or give it after the images); '-' reads it from "
+             "stdin. stdin is never read unless asked for, so shell loops are safe.")] = None,
+    system: SystemOpt = None,
     model: ModelOpt = DEFAULT_MODEL,
     backend: BackendOpt = "auto",
     dtype: DtypeOpt = None,
@@ -82,30 +109,39 @@ def describe(
     top_p: TopPOpt = DEFAULTS.top_p,
     repetition_penalty: RepetitionPenaltyOpt = DEFAULTS.repetition_penalty,
     seed: SeedOpt = DEFAULTS.seed,
+    detail: DetailOpt = None,
     longest_edge: LongestEdgeOpt = None,
     no_split: NoSplitOpt = False,
     no_stream: Annotated[bool, typer.Option(
         "--no-stream", rich_help_panel="Output", help="Print the answer once it is complete.")] = False,
-    json_out: JsonOpt = False,
+    json_out: Annotated[bool, typer.Option(
+        "--json", rich_help_panel="Output",
+        help="Print one JSON object: the text, token counts and timings.")] = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Answer a question about one or more images (a caption by default), streamed to stdout."""
     started = time.perf_counter()
+    check_tiling(detail, longest_edge, no_split)
     paths, prompt = split_images_and_prompt(images, prompt)
-    sources, prompt = read_stdin_inputs(paths, prompt)
+    sources, prompt = read_stdin_inputs(paths, prompt, quiet)
     status = output.Status(quiet)
 
-    from smolvlm_cli.image_loading import load_image
+    from smolvlm_cli.image_loading import is_url, load_image
+    from smolvlm_cli.prompt import build_messages
+
     # Decode the images first: a bad file fails before the model loads.
-    loaded = [load_image(s, name="<stdin>" if isinstance(s, bytes) else None) for s in sources]
+    with status.show("Downloading the image" if any(map(is_url, sources)) else "Reading"):
+        loaded = [load_image(s, name="<stdin>" if isinstance(s, bytes) else None) for s in sources]
     opts = generation_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
     startup_s = started - _process_start()
     t0 = time.perf_counter()
     vlm = load_model(model, backend, dtype, threads, graphs, quiet, status)
     load_s = time.perf_counter() - t0
-    prepared = vlm.prepare(loaded, prompt or DEFAULT_PROMPT, longest_edge=longest_edge,
-                           split=False if no_split else None)
+    edge, split = tiling(detail, longest_edge, no_split, lambda: vlm.config)
+    prompt = prompt or DEFAULT_PROMPT
+    prepared = vlm.prepare(loaded, messages=build_messages(prompt, len(loaded), system),
+                           longest_edge=edge, split=split)
     stream = vlm.stream_prepared(prepared, opts)
     buffered = json_out or no_stream
     parts = []
@@ -122,7 +158,8 @@ def describe(
     if json_out:
         output.write_json({
             "text": text, "model": model, "backend": vlm.backend.name, "dtype": vlm.backend.dtype,
-            "prompt": prompt or DEFAULT_PROMPT, "images": [_label(s) for s in sources],
+            "prompt": prompt, **({"system": system} if system else {}),
+            "images": [_label(s) for s in sources],
             "prompt_tokens": stats.prompt_tokens, "generated_tokens": stats.generated_tokens,
             "image_tiles": stats.image_tiles, "image_tokens": stats.image_tokens,
             "stop_reason": stats.stop_reason,

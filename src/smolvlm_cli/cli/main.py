@@ -19,10 +19,12 @@ import typer
 from smolvlm_cli import __version__
 from smolvlm_cli.cli import chat, describe, models
 from smolvlm_cli.cli import batch, export
+from smolvlm_cli.cli.help import Group
 from smolvlm_cli.errors import SmolVLMError
 
 app = typer.Typer(
     name="smolvlm",
+    cls=Group,
     help="Caption images and answer questions about them with SmolVLM, fast, on a CPU.",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},

@@ -6,14 +6,15 @@ imports numpy or onnxruntime, so `smolvlm --help` stays fast.
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from collections.abc import Callable
+from typing import Annotated, Any, Optional
 
 import typer
 
 from smolvlm_cli.backends import BACKENDS, GRAPH_SOURCES
 from smolvlm_cli.dtypes import DEFAULT_DTYPE, parse_dtype
 from smolvlm_cli.hub import MODEL_ENV
-from smolvlm_cli.options import GenerationOptions
+from smolvlm_cli.options import DETAIL_LEVELS, GenerationOptions, detail_tiling
 
 _DEFAULTS = GenerationOptions()
 _MODEL_PANEL = "Model"
@@ -92,17 +93,35 @@ RepetitionPenaltyOpt = Annotated[float, typer.Option(
 SeedOpt = Annotated[Optional[int], typer.Option(
     "--seed", rich_help_panel=_SAMPLING_PANEL, help="Seed for sampling: same seed, same text.")]
 
+def _check_detail(value: Optional[str]) -> Optional[str]:
+    if value is not None and value.lower() not in DETAIL_LEVELS:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(DETAIL_LEVELS)}")
+    return value.lower() if value else value
+
+
+# Measured figures (README: Performance, where this VM's own table is): the 256M model, int8,
+# on the 2-core AVX2 laptop of issue #19.
+DETAIL_HELP = ("How closely to look, the main speed knob. low: one 512-px view; auto: the model's "
+               "own tiling, as transformers does it (any 4:3 photo, even a thumbnail: 13 "
+               "tiles; a square one 17); high: a 1.5x longer edge, up to 37 tiles, for small "
+               "print. Measured with the 256M model (int8) on a 2-core AVX2 laptop: auto 13.8 s "
+               "to the first token and 3.3 images/min in batch, low 43-48 images/min.")
+DetailOpt = Annotated[Optional[str], typer.Option(
+    "--detail", metavar="low|auto|high", callback=_check_detail, show_default="auto",
+    rich_help_panel=_IMAGE_PANEL, help=DETAIL_HELP)]
 LongestEdgeOpt = Annotated[Optional[int], typer.Option(
     "--longest-edge", min=1, rich_help_panel=_IMAGE_PANEL,
-    help="Resize the image so its longest side is this many pixels before tiling (model default "
-         "2048: a 1024x768 photo becomes 12 tiles + 1 global = 13, ~1 s each on a CPU). 512 "
-         "gives a single tile: much faster, less detail.")]
+    help="Fine control instead of --detail: resize the image so its longest side is this many "
+         "pixels before tiling (model default 2048; 512 gives a single tile).")]
 NoSplitOpt = Annotated[bool, typer.Option(
     "--no-split", rich_help_panel=_IMAGE_PANEL,
-    help="Do not cut the image into tiles: one 512-px view, the fastest setting.")]
+    help="Do not cut the image into tiles (the same as --detail low).")]
+SystemOpt = Annotated[Optional[str], typer.Option(
+    "--system", "-s", metavar="PROMPT",
+    help="A system prompt: instructions that frame every answer (e.g. 'Answer in French.').")]
 
 JsonOpt = Annotated[bool, typer.Option(
-    "--json", rich_help_panel=_OUTPUT_PANEL, help="Print one JSON object (text, counts, timings).")]
+    "--json", rich_help_panel=_OUTPUT_PANEL, help="Print JSON instead of text.")]
 QuietOpt = Annotated[bool, typer.Option(
     "--quiet", "-q", rich_help_panel=_OUTPUT_PANEL, help="No status or progress on stderr.")]
 # `ask` uses -q for its questions.
@@ -112,6 +131,23 @@ VerboseOpt = Annotated[bool, typer.Option(
     "--verbose", "-v", rich_help_panel=_OUTPUT_PANEL, help="Timings and details on stderr.")]
 
 DEFAULTS = _DEFAULTS
+
+
+def check_tiling(detail: Optional[str], longest_edge: Optional[int], no_split: bool) -> None:
+    """--detail is the simple knob, --longest-edge / --no-split the fine ones: not both."""
+    if detail is not None and (longest_edge is not None or no_split):
+        raise typer.BadParameter("give either --detail or --longest-edge/--no-split, not both",
+                                 param_hint="'--detail'")
+
+
+def tiling(detail: Optional[str], longest_edge: Optional[int], no_split: bool,
+           config: Callable[[], Any]) -> tuple[Optional[int], Optional[bool]]:
+    """(longest_edge, split) from --detail (for the model config `config()` returns, asked
+    for only then) or the fine options."""
+    if detail is not None:
+        model_config = config()
+        return detail_tiling(detail, model_config.longest_edge, model_config.tile_size)
+    return longest_edge, (False if no_split else None)
 
 
 def generation_options(max_new_tokens: int, temperature: float, top_k: int, top_p: float,
