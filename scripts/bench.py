@@ -77,6 +77,12 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
+def _read_gbps(threads: int) -> float:
+    """Memory read GB/s of a [1, 4096] x [4096, 32768] product (512 MiB of weights), best of 4."""
+    gemv, feeds = matmul_session([(1, 4096, 32768)], threads)
+    return 4096 * 32768 * 4 / best_time(lambda: gemv.run(None, feeds), 4) / 1e9
+
+
 def worker_config(args) -> dict:
     t0 = time.perf_counter()
     from smolvlm_cli import SmolVLM
@@ -100,9 +106,7 @@ def worker_config(args) -> dict:
     # read GB/s in this process right after decoding: on the shared 2-vCPU VM here the separate
     # machine probes swing between ~43 and ~62 GB/s from one minute to the next, and the best of
     # the two around a row can flatter its ceiling
-    gemv, gemv_feeds = matmul_session([(1, 4096, 32768)], args.threads)
-    gbps_here = 4096 * 32768 * 4 / best_time(lambda: gemv.run(None, gemv_feeds), 4) / 1e9
-    del gemv, gemv_feeds
+    gbps_here = _read_gbps(args.threads)
     return {
         "backend": vlm.backend.name, "dtype": vlm.backend.dtype,
         "import_s": imported - t0, "load_s": loaded - imported,

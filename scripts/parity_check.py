@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 
-def photo(width: int, height: int) -> "Image.Image":
+def photo(width: int, height: int):
     from PIL import Image
 
     rng = np.random.default_rng(0)

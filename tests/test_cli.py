@@ -6,14 +6,11 @@ that what the CLI streams is exactly what the library generates.
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest

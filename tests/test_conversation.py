@@ -10,7 +10,6 @@ from PIL import Image
 
 from conftest import fast_first, invoke_cli
 from smolvlm_cli import SmolVLM, TextStream
-from smolvlm_cli.options import GenerationOptions
 
 NAME = "SmolVLM2-256M-Video-Instruct"
 OPTS = dict(max_new_tokens=12)

@@ -11,8 +11,7 @@ import typer
 
 from smolvlm_cli.cli import output
 from smolvlm_cli.cli.loading import load_model
-from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DetailOpt, DtypeOpt, GraphsOpt, JsonOpt,
-                                     LongestEdgeOpt, MaxTokensOpt, ModelOpt, NoSplitOpt, QuietOpt,
+from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DetailOpt, DtypeOpt, GraphsOpt, LongestEdgeOpt, MaxTokensOpt, ModelOpt, NoSplitOpt, QuietOpt,
                                      RepetitionPenaltyOpt, SeedOpt, SystemOpt, TemperatureOpt,
                                      ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt, check_tiling,
                                      generation_options, tiling)
