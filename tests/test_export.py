@@ -450,3 +450,18 @@ def test_export_needs_no_torch_but_check_does(tmp_path, tiny_checkpoints):
     assert plain.returncode == 0, plain.stderr
     assert plain.stdout == f"{tmp_path / 'o'}\n"
     assert (tmp_path / "o" / "onnx" / "decoder_model_merged.onnx").is_file()
+
+
+@pytest.mark.slow  # a subprocess: Python's warnings go to its real stderr
+def test_export_output_is_quiet_and_explained(tmp_path, tiny_checkpoints):
+    """#19 item 9: no transformers warnings, one 'export done', the fidelity figure explained."""
+    from conftest import run_cli
+
+    out = tmp_path / "out"
+    result = run_cli("export", tiny_checkpoints[TINY_MODEL_NAMES[0]], out, "--check", timeout=600)
+    err = result.stderr.decode()
+    assert result.returncode == 0, err
+    assert result.stdout.decode() == f"{out}\n"
+    assert err.count("export done") == 1
+    assert "Warning" not in err and "deprecated" not in err and "Traceback" not in err
+    assert "same top-1 token as fp32" in err and "near-ties" in err

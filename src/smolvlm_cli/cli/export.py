@@ -62,7 +62,7 @@ def export(
 
     status = Status(quiet)
     result = export_onnx(model, out_dir, dtypes=dtypes, check=check, log=(lambda _m: None) if quiet else log,
-                         progress=BuildProgress(status, model, quiet))
+                         progress=BuildProgress(status, model, quiet, announce="Building ONNX graphs from {model}..."))
     out = Path(result["out_dir"])
     graphs = [out / rel for rel in result["files"]]
     graphs += [extra for graph in graphs for extra in data_files(graph)]

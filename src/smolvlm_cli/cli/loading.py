@@ -16,8 +16,9 @@ from smolvlm_cli.cli import output
 class BuildProgress(Progress):
     """Reports a build of graphs on stderr, pausing the spinner of `status` while it runs."""
 
-    def __init__(self, status: output.Status, model: str, quiet: bool = False):
-        self._status, self._model, self._quiet = status, model, quiet
+    def __init__(self, status: output.Status, model: str, quiet: bool = False,
+                 announce: str = "Building fast ONNX graphs for {model} (once; later runs load them)..."):
+        self._status, self._model, self._quiet, self._announce = status, model, quiet, announce
         self._bar = self._task = None
         self._units = self._done = 0
         self._started = 0.0
@@ -28,7 +29,7 @@ class BuildProgress(Progress):
             return
         console = self._status.pause()
         if console is None:
-            output.log(f"Building fast ONNX graphs for {self._model} (once per model and dtype)...")
+            output.log(self._announce.format(model=self._model))
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
 

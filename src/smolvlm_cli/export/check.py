@@ -126,6 +126,13 @@ def run_decoder(dec, embed, tokens: list[np.ndarray], num_layers: int, kv_heads:
 def check_export(model, fp32: dict[str, Path], variants: dict[str, dict[str, Path]],
                  log: Callable[[str], None] = print, tolerance: float = TOLERANCE):
     """(diffs, fidelity): max abs difference per fp32 graph, cosine/top-1 per variant file."""
+    from smolvlm_cli.export.checkpoint import quiet_transformers
+
+    with quiet_transformers():
+        return _check_export(model, fp32, variants, log, tolerance)
+
+
+def _check_export(model, fp32, variants, log, tolerance):
     import torch
 
     text = model.config.text_config

@@ -110,14 +110,22 @@ def _random_config(config: dict[str, Any], tiny: bool) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def quiet_transformers():
-    """No tqdm bars ("Loading weights", "Writing model shards") from transformers, restored after."""
+    """No tqdm bars ("Loading weights", "Writing model shards"), deprecation warnings or advice
+    from transformers (its API churn is not the user's business), restored after."""
+    import warnings
+
     from transformers.utils import logging as hf_logging
 
     enabled = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     finally:
+        hf_logging.set_verbosity(verbosity)
         if enabled:
             hf_logging.enable_progress_bar()
 
