@@ -177,3 +177,34 @@ def test_hub_graphs_option_keeps_the_repos_own_graphs(hf_home, image, tmp_path):
     assert result.returncode == 1 and "Building" not in result.stderr
     assert result.stderr.startswith("Error: ") and "no ONNX files" in result.stderr
     assert not (tmp_path / "cache").exists()
+
+
+def test_on_a_terminal_the_build_shows_a_progress_bar_on_stderr(hf_home, image, reference_answer, tmp_path):
+    """stderr a terminal, stdout a pipe: the rich bar draws on the terminal, stdout holds the answer."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(_describe_cmd(image), env={**_env(hf_home, tmp_path / "cache"), "COLUMNS": "120"},
+                            stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    screen = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 1.0)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            screen += chunk
+        elif proc.poll() is not None:
+            break
+    out = proc.stdout.read().decode()
+    assert proc.wait(timeout=300) == 0, screen.decode(errors="replace")
+    os.close(master)
+    text = screen.decode(errors="replace")
+    assert "Building graphs for" in text and "Built the graphs" in text  # the bar, then the summary
+    assert "\x1b[" in text  # drawn with terminal control sequences, not plain lines
+    assert out == reference_answer
