@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -24,7 +23,7 @@ import pytest
 from PIL import Image
 
 from bad_files import bomb_png
-from conftest import fixture_dir
+from conftest import fixture_dir, run_cli
 from smolvlm_cli import SmolVLM
 from smolvlm_cli.batch.progress import Reporter, Summary
 from smolvlm_cli.batch.records import ImageRecord
@@ -54,9 +53,7 @@ def flat(text: str) -> str:
     return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
 
 
-def run(*args, input: bytes = b"", env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "smolvlm_cli", *map(str, args)], input=input,
-                          capture_output=True, env={**os.environ, **(env or {})}, timeout=120)
+run = run_cli  # a real process: stdin, exit codes and the environment matter here
 
 
 @pytest.fixture(scope="module")
