@@ -71,11 +71,10 @@ def select_backend(model: str, backend: str = "auto", dtype: str | None = None, 
                                       hint=f"built graphs come in {', '.join(EXPORT_DTYPES)}; "
                                            "--graphs hub runs a repo's own variants")
     if graphs != "hub" and _buildable(dtype):
-        if is_local(model) and graphs == "auto" and _ours(Path(model).expanduser(), dtype):
-            path = Path(model).expanduser()
-            return Selection("onnx", path, path)
         model_dir = resolve_model(model, files_for("build", None))
-        if has_torch_weights(model_dir) and not (graphs == "auto" and _ours(model_dir, dtype)):
+        if graphs == "auto" and _ours(model_dir, dtype):
+            return Selection("onnx", model_dir, model_dir)
+        if has_torch_weights(model_dir):
             from smolvlm_cli.builder.cache import ensure_graphs
 
             entry = ensure_graphs(model_dir, parse_dtype(dtype), model_label(model, model_dir),

@@ -128,12 +128,11 @@ def _discard(graph: Path) -> None:
 
 
 def ensure_graphs(model_dir: str | Path, dtypes: dict[str, str], label: str,
-                  progress: Progress | None = None, notice: Callable[[str], None] = lambda _m: None,
-                  on_build: Callable[[], None] = lambda: None) -> Path:
+                  progress: Progress | None = None, notice: Callable[[str], None] = lambda _m: None) -> Path:
     """The cache entry holding `dtypes`' graphs ({component: dtype}), built now if needed.
 
-    `notice` gets one line for a damaged graph being rebuilt; `on_build` is called once before
-    building starts (after the lock is held), so a caller can show a progress bar only then.
+    `notice` gets one line for a damaged graph being rebuilt; `progress` hears from a build only
+    (a caller's progress bar appears only then).
     """
     from filelock import FileLock
 
@@ -157,7 +156,6 @@ def ensure_graphs(model_dir: str | Path, dtypes: dict[str, str], label: str,
                 _discard(graph)
                 todo.append((component, dtype))
         if todo:
-            on_build()
             _build_into(model_dir, entry, onnx_dir, todo, progress)
         _write_source(entry, model_dir, label)
     return entry
