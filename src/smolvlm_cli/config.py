@@ -75,6 +75,9 @@ class ModelConfig:
     rescale_factor: float
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
+    # video sampling (preprocessor_config.json's video_sampling; None: not a video model)
+    video_fps: float | None
+    video_max_frames: int | None
     # vision tower
     vision_image_size: int
     patch_size: int
@@ -140,6 +143,7 @@ class ModelConfig:
         if not eos:
             raise ConfigError("no eos_token_id in generation_config.json or config.json")
         mean, std = pre.get("image_mean", [0.5] * 3), pre.get("image_std", [0.5] * 3)
+        video = pre.get("video_sampling") or {}
         return cls(
             model_type=model_type,
             image_token_id=int(cfg.get("image_token_id", text.get("image_token_id"))),
@@ -160,6 +164,8 @@ class ModelConfig:
             rescale_factor=float(pre.get("rescale_factor", 1 / 255)),
             image_mean=tuple(float(v) for v in mean),
             image_std=tuple(float(v) for v in std),
+            video_fps=float(video["fps"]) if "fps" in video else None,
+            video_max_frames=int(video["max_frames"]) if "max_frames" in video else None,
             vision_image_size=int(vision["image_size"]),
             patch_size=int(vision["patch_size"]),
             scale_factor=scale,

@@ -28,6 +28,11 @@ class ImageError(SmolVLMError):
     """An input image cannot be read or decoded."""
 
 
+class VideoError(ImageError):
+    """An input video cannot be read or decoded (an `ImageError`: every handler of a bad input
+    file handles it)."""
+
+
 class ExportError(SmolVLMError):
     """Built or exported graphs are wrong (ONNX Runtime disagrees with transformers)."""
 

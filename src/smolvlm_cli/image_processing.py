@@ -201,16 +201,22 @@ class ImageProcessor:
         tile = self.tile_size
         pixel_values = np.empty((len(batch), max_tiles, 3, tile, tile), dtype=np.float32)
         mask = np.zeros((len(batch), max_tiles, tile, tile), dtype=np.int64)
-        table = self._table
         for b, prompt_tiles in enumerate(tiles):
             for k, pixels in enumerate(prompt_tiles):
-                for ch in range(3):
-                    np.take(table[ch], pixels[:, :, ch], out=pixel_values[b, k, ch])
+                self.normalize(pixels, out=pixel_values[b, k])
             pixel_values[b, len(prompt_tiles):] = 0.0
             mask[b, :len(prompt_tiles)] = 1
         return {"pixel_values": pixel_values, "pixel_attention_mask": mask, "rows": rows, "cols": cols}
 
     __call__ = preprocess
+
+    def normalize(self, pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """One uint8 HWC tile -> float32 CHW, rescaled and normalized (into `out` when given)."""
+        if out is None:
+            out = np.empty((3, *pixels.shape[:2]), dtype=np.float32)
+        for ch in range(3):
+            np.take(self._table[ch], pixels[:, :, ch], out=out[ch])
+        return out
 
 
 __all__ = ["ImageProcessor", "ImageSource", "MAX_IMAGE_SIDE", "image_size", "load_image",

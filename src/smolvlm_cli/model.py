@@ -50,11 +50,12 @@ class SmolVLM:
         self.config = processor.config
         self.model_id = model_id
         self.backend = backend
+        self.progress: Callable[[int, int], None] | None = None  # (video frames encoded, total)
 
     @property
     def _replier(self) -> Replier:
         # made per call (four attributes): a replaced backend or config takes effect at once
-        return Replier(self.backend, self.tokenizer, self.config)
+        return Replier(self.backend, self.tokenizer, self.config, self.progress)
 
     @classmethod
     def from_pretrained(cls, model: str | Path | None = None, backend: str = "auto",
@@ -100,20 +101,26 @@ class SmolVLM:
     # -- inputs ---------------------------------------------------------------------------
     def prepare(self, images: Sequence[Any] | Any = (), prompt: str | None = None, *,
                 messages: Sequence[dict] | None = None, longest_edge: int | None = None,
-                split: bool | None = None) -> PreparedInputs:
+                split: bool | None = None, videos: Sequence[Any] = (),
+                video_options: dict[str, Any] | None = None) -> PreparedInputs:
         """`Processor.prepare`: load, tile and tokenize ahead of inference (thread-safe)."""
         return self.processor.prepare(images, prompt, messages=messages, longest_edge=longest_edge,
-                                      split=split)
+                                      split=split, videos=videos, video_options=video_options)
 
     # -- generation ---------------------------------------------------------------------
     def stream(self, images: Sequence[Any] | Any = (), prompt: str | None = None, *,
                messages: Sequence[dict] | None = None, longest_edge: int | None = None,
                split: bool | None = None, options: GenerationOptions | None = None,
+               videos: Sequence[Any] = (), video_options: dict[str, Any] | None = None,
                **sampling) -> TextStream:
         """Stream the answer to `prompt` about `images` (or to chat `messages`) as text deltas.
 
         Args:
             images: an image or a sequence of them (paths, bytes or PIL images); may be empty.
+                Video paths (by extension: .mp4, .mov, .mkv, .webm, ...) are taken as videos.
+            videos: videos after the images (paths or `SampledVideo`s from `video.clip.open_video`).
+            video_options: how video paths are sampled: `fps`, `max_frames` (default: the
+                model's `video_sampling`), `start`, `end` (seconds: a segment).
             prompt: the question (default: "Describe this image in detail.").
             messages: Hugging Face chat messages instead of `prompt`, one image placeholder per image.
             longest_edge: resize the longest image edge to this many pixels (default: the model's).
@@ -132,7 +139,7 @@ class SmolVLM:
 
         def prepared():
             return self.prepare(images, prompt, messages=messages, longest_edge=longest_edge,
-                                split=split)
+                                split=split, videos=videos, video_options=video_options)
 
         return self._replier.stream(prepared, opts, started)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 DEFAULT_PROMPT = "Describe this image in detail."
+DEFAULT_VIDEO_PROMPT = "Describe this video in detail."
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,16 @@ import numpy as np
 
 from smolvlm_cli.config import ModelConfig
 from smolvlm_cli.errors import ConfigError
-from smolvlm_cli.image_processing import ImageProcessor
-from smolvlm_cli.options import DEFAULT_PROMPT
-from smolvlm_cli.prompt import ChatTemplate, build_messages, expand_image_tokens, normalize_messages, row_col_token
+from smolvlm_cli.image_processing import ImageProcessor, num_tiles
+from smolvlm_cli.options import DEFAULT_PROMPT, DEFAULT_VIDEO_PROMPT
+from smolvlm_cli.prompt import (VIDEO_CHAT_TEMPLATE, ChatTemplate, build_messages, expand_image_tokens,
+                                expand_video_tokens, has_video, normalize_messages, row_col_token)
 from smolvlm_cli.tokenizer import Tokenizer
 from smolvlm_cli.values import PreparedInputs
+from smolvlm_cli.video import is_video
 
 _IMAGE_KEYS = ("image", "path", "url")
+_VIDEO_KEYS = ("video", "path", "url")
 
 
 def images_in_messages(messages: Sequence[dict]) -> tuple[int, list[Any]]:
@@ -34,20 +37,30 @@ def images_in_messages(messages: Sequence[dict]) -> tuple[int, list[Any]]:
     `messages` must be normalized (`prompt.normalize_messages`): string content and OpenAI
     `image_url` parts are rewritten there.
     """
-    count, inline = 0, []
+    kinds, inline = media_in_messages(messages)
+    return kinds.count("image"), [source for kind, source in inline if kind == "image"]
+
+
+def media_in_messages(messages: Sequence[dict]) -> tuple[list[str], list[tuple[str, Any]]]:
+    """The kinds ("image" / "video") of the media placeholders in order, and the media given
+    inline as (kind, source): `{"type": "video", "path": "clip.mp4"}` (keys `video`, `path`,
+    `url`; for images `image`, `path`, `url`)."""
+    kinds, inline = [], []
     for message in messages:
         for part in message.get("content") or ():
-            if part.get("type") == "image":
-                count += 1
-                source = next((part[k] for k in _IMAGE_KEYS if part.get(k) is not None), None)
+            kind = part.get("type")
+            if kind in ("image", "video"):
+                kinds.append(kind)
+                keys = _IMAGE_KEYS if kind == "image" else _VIDEO_KEYS
+                source = next((part[k] for k in keys if part.get(k) is not None), None)
                 if source is not None:
-                    inline.append(source)
-    return count, inline
+                    inline.append((kind, source))
+    return kinds, inline
 
 
 def image_list(images: Sequence[Any] | Any) -> list[Any]:
     """One image (a path, bytes or a PIL image) or a sequence of them, as a list."""
-    if isinstance(images, (str, Path, bytes)) or hasattr(images, "mode"):
+    if isinstance(images, (str, Path, bytes)) or hasattr(images, "mode") or is_video(images):
         return [images]
     return list(images)
 
@@ -94,12 +107,19 @@ class Processor:
         return cls(config, ImageProcessor(config), tokenizer, ChatTemplate.from_dir(model_dir))
 
     def render(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
-        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
+        """The prompt text; a conversation holding a video renders with transformers' video
+        template (`prompt.VIDEO_CHAT_TEMPLATE`), as its processor does."""
+        template = self.chat_template
+        if has_video(normalize_messages(messages)):
+            template = ChatTemplate(VIDEO_CHAT_TEMPLATE, template.special_tokens, origin="video chat template")
+        return template.render(messages, add_generation_prompt=add_generation_prompt)
 
     def prompt_ids(self, messages: Sequence[dict], grids: Sequence[tuple[int, int]],
-                   longest_edge: int | None = None, add_generation_prompt: bool = True) -> list[int]:
+                   longest_edge: int | None = None, add_generation_prompt: bool = True,
+                   videos: Sequence[Any] = ()) -> list[int]:
         """The prompt's token ids: `messages` rendered, each `<image>` expanded for its tile grid
-        (`(rows, cols)`, `(0, 0)` unsplit, in order), then encoded.
+        (`(rows, cols)`, `(0, 0)` unsplit, in order), each `<video>` for its `SampledVideo`
+        (`videos`, in order), then encoded.
 
         Raises ValueError when a grid has more rows or columns than the vocabulary has markers
         for (`longest_edge`, the one that cut the images, goes into the message)."""
@@ -107,7 +127,18 @@ class Processor:
         if grids:
             self._check_grids(grids, longest_edge)
             text = expand_image_tokens(text, grids, self.config.image_seq_len)
+        if videos or has_video(normalize_messages(messages)):
+            text = expand_video_tokens(text, videos, self.config.image_seq_len)
         return self.tokenizer.encode(text)
+
+    def open_video(self, source: Any, **sampling) -> Any:
+        """A video path as a `SampledVideo` (probed and sampled: `fps`, `max_frames`, `start`,
+        `end`; the model's sampling by default); a `SampledVideo` as it is."""
+        if not isinstance(source, (str, Path)):
+            return source
+        from smolvlm_cli.video.clip import open_video
+
+        return open_video(source, self.config, **sampling)
 
     def tile_image(self, image: Any, longest_edge: int | None = None, split: bool | None = None
                    ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
@@ -131,48 +162,99 @@ class Processor:
 
     def prepare_inputs(self, messages: Sequence[dict], images: Sequence[Any] | None = None,
                        longest_edge: int | None = None, split: bool | None = None,
-                       add_generation_prompt: bool = True) -> dict[str, np.ndarray]:
-        """`input_ids`, `attention_mask` [1, seq] int64 and, with images, `pixel_values` and
-        `pixel_attention_mask` [1, tiles, ...], as transformers' processor returns them."""
+                       add_generation_prompt: bool = True, videos: Sequence[Any] | None = None
+                       ) -> dict[str, np.ndarray]:
+        """`input_ids`, `attention_mask` [1, seq] int64 and, with images or videos, `pixel_values`
+        and `pixel_attention_mask` [1, tiles, ...], as transformers' processor returns them (a
+        video's frames are decoded here; its tiles follow the images' in prompt order)."""
         messages = normalize_messages(messages)
-        placeholders, inline = images_in_messages(messages)
-        images = list(images) if images is not None else inline
-        if placeholders != len(images):
-            raise ValueError(f"the messages have {placeholders} image placeholder(s) "
-                             f"but {len(images)} image(s) were given")
+        kinds, inline = media_in_messages(messages)
+        images = list(images) if images is not None else [s for k, s in inline if k == "image"]
+        videos = [self.open_video(v) for v in
+                  (list(videos) if videos is not None else [s for k, s in inline if k == "video"])]
+        for kind, given in (("image", images), ("video", videos)):
+            if kinds.count(kind) != len(given):
+                raise ValueError(f"the messages have {kinds.count(kind)} {kind} placeholder(s) "
+                                 f"but {len(given)} {kind}(s) were given")
         inputs: dict[str, np.ndarray] = {}
         grids: list[tuple[int, int]] = []
+        tiles: list[np.ndarray] = []
         if images:
             pixels = self.image_processor.preprocess(images, longest_edge=longest_edge, split=split)
             grids = list(zip(pixels["rows"][0], pixels["cols"][0]))
             inputs["pixel_values"] = pixels["pixel_values"]
             inputs["pixel_attention_mask"] = pixels["pixel_attention_mask"]
-        ids = np.asarray([self.prompt_ids(messages, grids, longest_edge, add_generation_prompt)],
+        if videos:
+            per_image = iter(np.split(inputs["pixel_values"][0], np.cumsum(
+                [num_tiles(r, c) for r, c in grids])[:-1])) if images else iter(())
+            next_video = iter(videos)
+            for kind in kinds:
+                if kind == "image":
+                    tiles.extend(next(per_image))
+                else:
+                    tiles.extend(self.image_processor.normalize(t) for t in
+                                 next(next_video).tiles(self.config))
+            inputs["pixel_values"] = np.stack(tiles)[None]
+            inputs["pixel_attention_mask"] = np.ones((1, len(tiles), *tiles[0].shape[1:]), dtype=np.int64)
+        ids = np.asarray([self.prompt_ids(messages, grids, longest_edge, add_generation_prompt, videos)],
                          dtype=np.int64)
         return {"input_ids": ids, "attention_mask": np.ones_like(ids), **inputs}
 
     def prepare(self, images: Sequence[Any] | Any = (), prompt: str | None = None, *,
                 messages: Sequence[dict] | None = None, longest_edge: int | None = None,
-                split: bool | None = None) -> PreparedInputs:
+                split: bool | None = None, videos: Sequence[Any] = (),
+                video_options: dict[str, Any] | None = None) -> PreparedInputs:
         """Load, tile and tokenize one prompt (numpy/PIL only, thread-safe): run it ahead of inference.
 
+        Videos are probed and sampled here (their prompt is then known); their frames are
+        decoded when the prompt is encoded, overlapping the vision encoder.
+
         Args:
-            images: an image or a sequence of them (paths, bytes or PIL images).
-            prompt: the question; `DEFAULT_PROMPT` when None. Ignored when `messages` is given.
-            messages: Hugging Face chat messages with one image placeholder per image.
+            images: an image or a sequence of them (paths, bytes or PIL images); video paths
+                (by extension) and `SampledVideo`s among them are taken as videos, in place.
+            prompt: the question; `DEFAULT_PROMPT` (`DEFAULT_VIDEO_PROMPT` with a video) when
+                None. Ignored when `messages` is given.
+            messages: Hugging Face chat messages with one placeholder per image or video
+                (`{"type": "video", "path": ...}` parts may carry their video).
             longest_edge: resize the longest edge to this (default: the model's).
             split: cut the image into tiles (default: the model's setting).
+            videos: videos after the images (paths or `SampledVideo`s).
+            video_options: `fps`, `max_frames`, `start`, `end` for the video paths.
 
         Returns:
             `PreparedInputs`: the prompt ids and the real (unpadded) tiles.
         """
         t0 = time.perf_counter()
-        images = image_list(images)
+        media = image_list(images) + list(videos)
         if messages is None:
-            messages = build_messages(prompt or DEFAULT_PROMPT, len(images))
-        inputs = self.prepare_inputs(messages, images or None, longest_edge=longest_edge, split=split)
-        pixels = masks = None
-        if "pixel_values" in inputs:
-            pixels, masks = drop_padding_tiles(inputs["pixel_values"][0], inputs["pixel_attention_mask"][0])
-        return PreparedInputs(list(messages), inputs["input_ids"][0], pixels, masks,
-                              time.perf_counter() - t0)
+            kinds = ["video" if is_video(m) else "image" for m in media]
+            default = DEFAULT_VIDEO_PROMPT if "video" in kinds else DEFAULT_PROMPT
+            messages = build_messages(prompt or default, kinds)
+        else:
+            messages = normalize_messages(messages)
+            kinds, inline = media_in_messages(messages)
+            media = media or [source for _, source in inline]
+        if len(media) != len(kinds) or any(is_video(m) != (k == "video") for m, k in zip(media, kinds)):
+            raise ValueError(f"the messages hold {kinds.count('image')} image and {kinds.count('video')} "
+                             f"video placeholder(s), which the {len(media)} media given do not match")
+        media = [self.open_video(m, **(video_options or {})) if k == "video" else m
+                 for m, k in zip(media, kinds)]
+        images = [m for m, k in zip(media, kinds) if k == "image"]
+        videos = [m for m, k in zip(media, kinds) if k == "video"]
+        if not videos:
+            inputs = self.prepare_inputs(messages, images or None, longest_edge=longest_edge, split=split)
+            pixels = masks = None
+            if "pixel_values" in inputs:
+                pixels, masks = drop_padding_tiles(inputs["pixel_values"][0], inputs["pixel_attention_mask"][0])
+            return PreparedInputs(list(messages), inputs["input_ids"][0], pixels, masks,
+                                  time.perf_counter() - t0)
+        grids, pixels, masks, counts = [], None, None, iter(())
+        if images:
+            tiled = [self.tile_image(image, longest_edge, split) for image in images]
+            grids = [grid for _, _, grid in tiled]
+            pixels = np.concatenate([values for values, _, _ in tiled])
+            masks = np.concatenate([mask for _, mask, _ in tiled])
+            counts = iter([len(values) for values, _, _ in tiled])
+        ids = np.asarray(self.prompt_ids(messages, grids, longest_edge, videos=videos), dtype=np.int64)
+        order = [next(counts) if k == "image" else m for m, k in zip(media, kinds)]
+        return PreparedInputs(list(messages), ids, pixels, masks, time.perf_counter() - t0, media=order)

@@ -29,6 +29,20 @@ FAKE_IMAGE_TOKEN = "<fake_token_around_image>"
 GLOBAL_IMAGE_TOKEN = "<global-img>"
 END_OF_UTTERANCE_TOKEN = "<end_of_utterance>"
 ROW_COL_TOKEN = "<row_{row}_col_{col}>"  # 1-based; the vocabularies hold rows and cols 1..6
+VIDEO_TOKEN = "<video>"  # a placeholder of the rendered text only: never in the vocabulary
+
+# transformers' SmolVLM processor renders any conversation holding a video with its own template
+# (the models' chat_template.json has no video branch): the image template plus `<video>` parts.
+# `User:` has no space after it only when the message starts with an image.
+VIDEO_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'][0]['type'] == 'image' %}:{% else %}: {% endif %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% elif part['type'] == 'image' %}<image>"
+    "{% elif part['type'] == 'video' %}<video>{% endif %}"
+    "{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}")
 
 
 def row_col_token(row: int, col: int) -> str:
@@ -91,16 +105,42 @@ def expand_image_tokens(prompt: str, grids: Sequence[tuple[int, int]], image_seq
     return "".join(out)
 
 
+def expand_video_tokens(prompt: str, videos: Sequence[Any], image_seq_len: int) -> str:
+    """Replace the i-th `<video>` of a rendered prompt with the frames of `videos[i]` (a
+    `SampledVideo`): the intro, a timestamped single-tile image per frame, a blank line."""
+    from smolvlm_cli.video.sampling import video_prompt_string
+
+    pieces = prompt.split(VIDEO_TOKEN)
+    if len(pieces) - 1 != len(videos):
+        raise ValueError(f"the prompt has {len(pieces) - 1} {VIDEO_TOKEN} placeholder(s) "
+                         f"but {len(videos)} video(s) were given")
+    frame = image_prompt_string(0, 0, image_seq_len)
+    out = [pieces[0]]
+    for video, rest in zip(videos, pieces[1:]):
+        out.append(video_prompt_string(video.times, video.duration, frame))
+        out.append(rest)
+    return "".join(out)
+
+
+def has_video(messages: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a (normalized) conversation holds a video part: it then renders with
+    `VIDEO_CHAT_TEMPLATE`, as transformers does."""
+    return any(isinstance(part, Mapping) and part.get("type") == "video"
+               for message in messages for part in (message.get("content") or ()))
+
+
 def count_image_tokens(rows: int, cols: int, image_seq_len: int) -> int:
     """Number of `<image>` tokens (= rows of image features) one image of this grid takes."""
     rows, cols = _check_grid(rows, cols)
     return (rows * cols + 1) * image_seq_len
 
 
-def build_messages(prompt: str, num_images: int, system: str | None = None) -> list[dict[str, Any]]:
-    """One user turn: `num_images` image placeholders, then the text (after a system turn when
-    `system` is given)."""
-    content: list[dict[str, Any]] = [{"type": "image"} for _ in range(num_images)]
+def build_messages(prompt: str, num_images: int | Sequence[str], system: str | None = None
+                   ) -> list[dict[str, Any]]:
+    """One user turn: `num_images` image placeholders (or one placeholder per kind of a list of
+    "image" / "video"), then the text (after a system turn when `system` is given)."""
+    kinds = ["image"] * num_images if isinstance(num_images, int) else list(num_images)
+    content: list[dict[str, Any]] = [{"type": kind} for kind in kinds]
     content.append({"type": "text", "text": prompt})
     return [*system_messages(system), {"role": "user", "content": content}]
 

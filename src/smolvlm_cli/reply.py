@@ -21,14 +21,29 @@ from smolvlm_cli.values import GenerationStats, PreparedInputs, ReplyText, TextS
 
 
 class Replier:
-    def __init__(self, backend: Backend, tokenizer: Tokenizer, config: ModelConfig):
+    def __init__(self, backend: Backend, tokenizer: Tokenizer, config: ModelConfig,
+                 progress: Callable[[int, int], None] | None = None):
         self.backend = backend
         self.tokenizer = tokenizer
+        self.config = config
         self.eos_token_ids = config.eos_token_ids
         self.image_token_id = config.image_token_id
+        self.progress = progress  # (video frames encoded, frames in all) of the current prompt
 
-    def image_features(self, prepared: PreparedInputs, stats: GenerationStats) -> np.ndarray | None:
-        """Features for the prepared prompt's image tokens ([n, hidden]), None without images."""
+    @property
+    def image_processor(self):
+        from smolvlm_cli.image_processing import ImageProcessor
+
+        return ImageProcessor(self.config)
+
+    def image_features(self, prepared: PreparedInputs, stats: GenerationStats,
+                       cache: dict | None = None) -> np.ndarray | None:
+        """Features for the prepared prompt's image tokens ([n, hidden]), None without images.
+
+        Videos' frames are decoded here, ahead of the encoder (`video.encode`); `cache` maps
+        frame contents to features (a fresh one per call when None)."""
+        if prepared.media:
+            return self._media_features(prepared, stats, {} if cache is None else cache)
         if prepared.pixel_values is None:
             return None
         t0 = time.perf_counter()
@@ -38,6 +53,25 @@ class Replier:
         stats.image_tokens += int(features.shape[0] * features.shape[1])
         return features.reshape(-1, features.shape[-1])
 
+    def _media_features(self, prepared: PreparedInputs, stats: GenerationStats, cache: dict) -> np.ndarray:
+        from smolvlm_cli.video.encode import encode_video
+
+        parts, done = [], 0
+        for item in prepared.media:
+            if isinstance(item, int):  # an image: its tiles are the next `item` of pixel_values
+                t0 = time.perf_counter()
+                tiles = slice(done, done + item)
+                out = self.backend.encode_images(prepared.pixel_values[tiles], prepared.pixel_attention_mask[tiles])
+                stats.vision_s += time.perf_counter() - t0
+                stats.image_tiles += item
+                stats.image_tokens += int(out.shape[0] * out.shape[1])
+                parts.append(out.reshape(-1, out.shape[-1]))
+                done += item
+            else:
+                parts.append(encode_video(item, self.backend, self.image_processor, stats, cache,
+                                          self.progress))
+        return np.concatenate(parts)
+
     def stream(self, get_prepared: Callable[[], PreparedInputs], opts: GenerationOptions,
                started: float) -> TextStream:
         """A fresh reply to the prompt `get_prepared()` gives (called on first iteration)."""
@@ -45,6 +79,7 @@ class Replier:
 
         def run() -> Iterator[str]:
             prepared = get_prepared()
+            self.check_context(prepared, opts)
             stats.preprocess_s += prepared.preprocess_s
             stats.prompt_tokens += len(prepared.input_ids)
             features = self.image_features(prepared, stats)
@@ -53,6 +88,27 @@ class Replier:
                                            token_ids, started)
 
         return TextStream(run(), stats, token_ids)
+
+    def check_context(self, prepared: PreparedInputs, opts: GenerationOptions) -> None:
+        """A prompt with videos that does not fit the context (with room for the reply) is an
+        error that says how many frames would fit, before any frame is decoded."""
+        videos = prepared.videos
+        limit = self.config.max_position_embeddings
+        need = len(prepared.input_ids) + opts.max_new_tokens
+        if not videos or need <= limit:
+            return
+        frames = sum(v.num_frames for v in videos)
+        per_frame = (len(prepared.input_ids) - self._text_tokens(prepared)) / frames
+        fit = frames - int(np.ceil((need - limit) / per_frame))
+        advice = (f"use --max-frames {fit // len(videos)} or fewer, or fewer new tokens" if fit >= len(videos)
+                  else "use fewer videos or fewer new tokens")
+        raise ValueError(f"the prompt needs {len(prepared.input_ids)} tokens ({frames} video frames) plus "
+                         f"{opts.max_new_tokens} new ones, but the model's context holds {limit}: {advice}")
+
+    def _text_tokens(self, prepared: PreparedInputs) -> int:
+        images = sum(m for m in prepared.media if isinstance(m, int))
+        return len(prepared.input_ids) - images * self.config.image_seq_len - sum(
+            v.num_frames for v in prepared.videos) * (self.config.image_seq_len + 9)
 
     def stream_prepared(self, prepared: PreparedInputs, opts: GenerationOptions) -> TextStream:
         """`stream` for inputs prepared earlier: time to first token counts their preprocessing,

@@ -7,7 +7,7 @@ without importing each other.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +24,7 @@ class GenerationStats:
     generated_tokens: int = 0
     image_tiles: int = 0
     image_tokens: int = 0
+    video_frames: int = 0  # of image_tiles, the video frames (one tile each)
     preprocess_s: float = 0.0
     vision_s: float = 0.0
     prefill_s: float = 0.0
@@ -54,10 +55,18 @@ class PreparedInputs:
     pixel_values: np.ndarray | None  # [tiles, 3, T, T] float32
     pixel_attention_mask: np.ndarray | None  # [tiles, T, T] bool (the processor gives int64, as transformers)
     preprocess_s: float = 0.0
+    # With videos: the media in prompt order, an image as its tile count (its tiles are the next
+    # ones of pixel_values), a video as its `SampledVideo` (frames decoded when encoded).
+    media: list[Any] = field(default_factory=list)
+
+    @property
+    def videos(self) -> list[Any]:
+        return [m for m in self.media if not isinstance(m, int)]
 
     @property
     def num_tiles(self) -> int:
-        return 0 if self.pixel_values is None else len(self.pixel_values)
+        images = 0 if self.pixel_values is None else len(self.pixel_values)
+        return images + sum(v.num_frames for v in self.videos)
 
 
 @dataclass

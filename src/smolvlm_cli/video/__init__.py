@@ -1,0 +1,37 @@
+"""Video input for SmolVLM2: sampling, prompt text, PyAV decoding, frame tiles, encoding.
+
+- `sampling`: which frames and the prompt text (numpy only, transformers 5.24's rules).
+- `decode`: PyAV probing and seeking decode (PyAV is the optional `video` extra).
+- `clip`: `open_video` -> `SampledVideo` (the frames chosen; tiles on demand).
+- `encode`: frames -> features with decoding overlapped and a per-frame feature cache.
+
+This module itself imports nothing heavy, so the CLI can tell videos from images cheaply.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+# Container extensions taken as videos (GIFs stay images: their first frame, as before).
+VIDEO_EXTENSIONS = ("mp4", "m4v", "mov", "mkv", "webm", "avi", "mpg", "mpeg", "wmv", "flv", "3gp", "ts")
+
+
+def is_video_path(source: Any) -> bool:
+    """A path (not a URL) whose extension is a video container's."""
+    if not isinstance(source, (str, os.PathLike)):
+        return False
+    name = os.fsdecode(source)
+    if "://" in name:
+        return False
+    return os.path.splitext(name)[1].lower().lstrip(".") in VIDEO_EXTENSIONS
+
+
+def is_video(source: Any) -> bool:
+    """A `SampledVideo` or a video path: what the processor treats as a video."""
+    clip = sys.modules.get("smolvlm_cli.video.clip")  # loaded whenever a SampledVideo exists
+    return is_video_path(source) or (clip is not None and isinstance(source, clip.SampledVideo))
+
+
+__all__ = ["VIDEO_EXTENSIONS", "is_video", "is_video_path"]

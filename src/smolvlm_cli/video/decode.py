@@ -1,0 +1,243 @@
+"""Reading clips with PyAV (the `video` extra): probe the stream, then decode only the sampled frames.
+
+`probe` opens the file, checks it (a video stream, a decoder, a sane frame size, at least one
+frame) and indexes its packets without decoding anything: the presentation times of every
+frame, in order, and which are keyframes. That index gives the true frame count (the header's
+may be missing or wrong) and the frame number of any decoded frame, even in variable frame
+rate streams, so `decode_frames` can seek to the keyframe before a sampled frame whenever that
+skips work, and decode forward from there. Frames are numbered as transformers' PyAV reader
+numbers them (the n-th frame the decoder outputs); frames are turned upright per the stream's
+rotation (display matrix), as players show them. Only one decoded frame is held at a time.
+
+Every failure is a `VideoError` naming the file.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from smolvlm_cli.errors import VideoError
+from smolvlm_cli.video.sampling import VideoInfo
+
+INSTALL_HINT = "install video support: pip install 'smolvlm-cli[video]' (PyAV, with FFmpeg bundled)"
+# Larger than 8K UHD (7680x4320 = 33 MP); a frame is converted to RGB whole before resizing.
+MAX_FRAME_PIXELS = 40_000_000
+
+
+def import_av():
+    """PyAV, or a `VideoError` with the install hint."""
+    try:
+        import av
+    except ImportError:
+        raise VideoError("reading videos needs PyAV, which is not installed", hint=INSTALL_HINT) from None
+    return av
+
+
+def av_available() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("av") is not None
+
+
+@dataclass
+class PacketIndex:
+    """The frames of a stream in presentation order: their times (stream time base) and the
+    positions of the keyframes among them."""
+
+    pts: list[int] = field(default_factory=list)
+    keyframes: list[int] = field(default_factory=list)  # frame numbers, increasing
+
+    def number_of(self, pts: int | None) -> int | None:
+        if pts is None:
+            return None
+        i = bisect.bisect_left(self.pts, pts)
+        return i if i < len(self.pts) and self.pts[i] == pts else None
+
+    def keyframe_before(self, number: int) -> int:
+        i = bisect.bisect_right(self.keyframes, number) - 1
+        return self.keyframes[i] if i >= 0 else 0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_file(path: Path, label: str) -> None:
+    try:
+        if path.is_dir():
+            raise VideoError(f"cannot read video {label}: it is a directory")
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise VideoError(f"cannot read video {label}: no such file") from None
+    except OSError as exc:
+        raise VideoError(f"cannot read video {label}: {exc.strerror or exc}") from None
+    if path.is_file() and size == 0:
+        raise VideoError(f"cannot read video {label}: the file is empty (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise VideoError(f"cannot read video {label}: permission denied")
+
+
+def open_container(path: str | os.PathLike, label: str | None = None):
+    """(container, its first video stream), or a `VideoError` saying what is wrong."""
+    av = import_av()
+    path, label = Path(path), label or str(path)
+    _check_file(path, label)
+    try:
+        container = av.open(str(path), "r")
+    except av.error.FFmpegError as exc:
+        raise VideoError(f"cannot read video {label}: not a video, or a damaged file ({_one_line(exc)})",
+                         hint="use an MP4, MOV, MKV, WebM or AVI video") from None
+    except OSError as exc:
+        raise VideoError(f"cannot read video {label}: {exc.strerror or _one_line(exc)}") from None
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams})
+        container.close()
+        what = f"only {', '.join(kinds)} streams" if kinds else "no streams"
+        raise VideoError(f"cannot read video {label}: it has no video stream ({what})")
+    stream = container.streams.video[0]
+    try:
+        context = stream.codec_context
+    except Exception:  # noqa: BLE001 - PyAV raises several types for a codec it lacks
+        context = None
+    if context is None or not getattr(context, "is_decoder", True):
+        container.close()
+        codec = getattr(stream.codec_context, "name", None) if context is not None else None
+        raise VideoError(f"cannot read video {label}: its codec ({codec or 'unknown'}) cannot be decoded here",
+                         hint="convert it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4")
+    return container, stream
+
+
+def _index_packets(container, stream, label: str) -> PacketIndex:
+    """Demux (no decoding) to list every frame's presentation time and the keyframes."""
+    av = import_av()
+    entries: list[tuple[int, bool]] = []
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0 or packet.pts is None or getattr(packet, "is_discard", False):
+                continue
+            entries.append((packet.pts, bool(packet.is_keyframe)))
+    except av.error.FFmpegError:
+        pass  # a truncated file: the frames read so far are the clip
+    entries.sort()
+    index = PacketIndex([p for p, _ in entries], [i for i, (_, key) in enumerate(entries) if key])
+    container.seek(0)
+    return index
+
+
+def _fps(stream, frames: int, container) -> float | None:
+    for rate in (stream.average_rate, stream.guessed_rate):
+        if rate is not None and float(rate) > 0:
+            return float(rate)
+    if container.duration and frames:
+        return frames / (container.duration / 1_000_000)
+    return None
+
+
+def probe(path: str | os.PathLike, label: str | None = None) -> tuple[VideoInfo, PacketIndex]:
+    """The clip's metadata as transformers reads it (frame count, average rate) and its packet
+    index, checked; nothing is decoded."""
+    label = label or str(path)
+    container, stream = open_container(path, label)
+    try:
+        width, height = int(stream.width or 0), int(stream.height or 0)
+        if width <= 0 or height <= 0:
+            raise VideoError(f"cannot read video {label}: its frame size is unknown ({width}x{height})")
+        if width * height > MAX_FRAME_PIXELS:
+            raise VideoError(f"refusing video {label}: frames of {width}x{height} "
+                             f"({width * height:,} pixels) are too large",
+                             hint=f"the limit is {MAX_FRAME_PIXELS / 1e6:.0f} megapixels a frame: "
+                                  "scale the video down (ffmpeg -vf scale=1920:-2)")
+        index = _index_packets(container, stream, label)
+        notes = []
+        frames = int(stream.frames or 0)
+        if index.pts and frames != len(index.pts):
+            if frames:
+                notes.append(f"the header says {frames} frames but the stream holds {len(index.pts)}")
+            frames = len(index.pts)
+        if frames <= 0:
+            raise VideoError(f"cannot read video {label}: it has no frames (a 0-second clip)")
+        fps = _fps(stream, frames, container)
+        if not fps:
+            raise VideoError(f"cannot read video {label}: its frame rate is unknown")
+        info = VideoInfo(total_frames=frames, fps=fps, width=width, height=height,
+                         codec=stream.codec_context.name, notes=notes)
+        return info, index
+    finally:
+        container.close()
+
+
+def upright(frame, pixels: np.ndarray) -> np.ndarray:
+    """The RGB array turned as the stream's display matrix says (`frame.rotation` is the
+    counterclockwise angle, in degrees, that players apply)."""
+    turns = int(round(getattr(frame, "rotation", 0) or 0) / 90) % 4
+    return np.ascontiguousarray(np.rot90(pixels, turns)) if turns else pixels
+
+
+def decode_frames(path: str | os.PathLike, numbers: Sequence[int], index: PacketIndex,
+                  label: str | None = None) -> Iterator[np.ndarray]:
+    """The frames numbered `numbers` (increasing) as upright RGB uint8 arrays, one at a time.
+
+    Seeks to the keyframe before a wanted frame when that keyframe lies ahead of the decoder.
+    A frame that cannot be decoded (a damaged or truncated stream) is replaced by the nearest
+    one decoded before it, so the count always matches the prompt; no frame at all is an error.
+    """
+    av = import_av()
+    label = label or str(path)
+    container, stream = open_container(path, label)
+    stream.thread_type = "AUTO"
+    wanted = list(numbers)
+    last: np.ndarray | None = None
+    try:
+        position, frames, pending = -1, None, None  # last frame number read; decoder; a frame read ahead
+        for target in wanted:
+            key = index.keyframe_before(target)
+            if frames is None or (index.pts and key > position + 1):
+                if index.pts:
+                    container.seek(index.pts[key], stream=stream, backward=True, any_frame=False)
+                else:
+                    container.seek(0)
+                frames, position, pending = _decoded(av, container, stream, index), -1, None
+            found = None
+            while True:
+                if pending is None:
+                    pending = next(frames, None)
+                    if pending is None:
+                        break
+                    position = pending[0]
+                number, frame = pending
+                if number > target:  # the wanted frame was lost: keep this one for the next
+                    break
+                pending = None
+                if number == target:
+                    found = frame
+                    break
+            if found is not None:
+                last = upright(found, found.to_ndarray(format="rgb24"))
+            elif last is None:
+                raise VideoError(f"cannot decode video {label}: frame {target} could not be decoded "
+                                 "(a truncated or damaged file)")
+            yield last
+    finally:
+        container.close()
+
+
+def _decoded(av, container, stream, index: PacketIndex) -> Iterator[tuple[int, object]]:
+    """(frame number, frame) from the current position; numbers come from the packet index
+    (counted on from the first frame when a time is unknown)."""
+    number = -1
+    for packet in container.demux(stream):
+        try:
+            decoded = packet.decode()
+        except av.error.FFmpegError:
+            continue  # a damaged packet: its frame is skipped
+        for frame in decoded:
+            known = index.number_of(frame.pts)
+            number = known if known is not None else number + 1
+            yield number, frame
