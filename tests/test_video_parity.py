@@ -1,0 +1,266 @@
+"""Video sampling, frames, pixels, prompt text and input_ids against transformers 5.24.
+
+The reference is transformers' own code wherever it runs without torchvision:
+- `SmolVLMVideoProcessor.sample_frames` (the SmolVLM sampler, called as the processor's chat
+  template path calls it: `num_frames` and `fps` from `video_sampling`, `skip_secs` default 1)
+  inside `video_utils.read_video_pyav` (its PyAV reader: metadata, frame numbering, RGB frames);
+- `SmolVLMProcessor.__call__` (template text in, `replace_video_token`, the tokenizer) with the
+  torchvision-only video processor replaced by a stub returning that reader's metadata;
+- `SmolVLMProcessor.apply_chat_template` for the video template text.
+
+Its video processor's resize needs torchvision, so pixels are held to the resampling it runs on
+CPU with torchvision >= 0.27, written in torch: `F.interpolate(mode="lanczos", antialias=True)`
+on uint8 frames, twice (longest edge to 2048, even short side; then 512 x 512), then
+(x / 255 - 0.5) / 0.5. Ours is PIL's LANCZOS: tolerance 2 uint8 levels (0.0157 after
+normalization) at any pixel, mean absolute difference below 0.002.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import lru_cache, partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import transformers
+
+from conftest import fixture_dir
+from smolvlm_cli.processor import Processor
+from smolvlm_cli.video.clip import frame_size, open_video
+from video_clips import make_clip
+
+pytest.importorskip("av")
+pytest.importorskip("num2words")  # transformers' SmolVLMProcessor needs it (pure Python)
+
+TRANSFORMERS_VERSION = "5.24.0"
+MODEL = "SmolVLM2-256M-Video-Instruct"
+PIXEL_TOLERANCE = 2 * 2 / 255 + 1e-6
+MEAN_TOLERANCE = 0.002
+
+# (seconds, fps, (width, height), extra make_clip options)
+CLIPS = {
+    "1s-24fps": (1, 24, (32, 24), {}),
+    "3s-25fps": (3, 25, (32, 24), {}),
+    "10s-30fps-portrait": (10, 30, (24, 32), {}),
+    "70s-24fps-skip": (70, 24, (32, 24), {"gop": 12}),
+    "70s-30fps-skip": (70, 30, (32, 24), {}),
+    "4s-25fps-vfr": (4, 25, (32, 24), {"vfr": True}),
+    "short-than-interval": (0.12, 25, (32, 24), {}),
+}
+
+
+def test_pinned_transformers_version():
+    assert transformers.__version__ == TRANSFORMERS_VERSION
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clips")
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            seconds, fps, size, extra = CLIPS[name]
+            cache[name] = make_clip(root / f"{name}.mp4", seconds, fps, size, **extra)
+        return cache[name]
+
+    return get
+
+
+@lru_cache(maxsize=None)
+def processor() -> Processor:
+    return Processor.from_pretrained(fixture_dir(MODEL))
+
+
+def reference_read(path, num_frames=64, fps=1):
+    """transformers' PyAV reader with the SmolVLM sampler: (frames, metadata)."""
+    from transformers.models.smolvlm.video_processing_smolvlm import SmolVLMVideoProcessor
+    from transformers.video_utils import read_video_pyav
+
+    sampler = partial(SmolVLMVideoProcessor.sample_frames, None, num_frames=num_frames, fps=fps)
+    return read_video_pyav(str(path), lambda metadata, **_: sampler(metadata))
+
+
+@pytest.mark.parametrize("name", list(CLIPS))
+def test_indices_timestamps_and_frames_match_transformers(clips, name):
+    path = clips(name)
+    ref_frames, meta = reference_read(path)
+    video = open_video(path, processor().config)
+    assert video.numbers == [int(i) for i in meta.frames_indices]
+    assert video.times == meta.timestamps
+    assert video.info.total_frames == meta.total_num_frames and video.duration == meta.duration
+    ours = np.stack(list(video.frames()))
+    assert ours.shape == ref_frames.shape and np.array_equal(ours, ref_frames)
+
+
+@pytest.mark.parametrize("num_frames,fps", [(8, 1), (64, 2), (3, 0.5), (100, 30)])
+def test_other_sampling_options_match_transformers(clips, num_frames, fps):
+    path = clips("70s-24fps-skip")
+    _, meta = reference_read(path, num_frames, fps)
+    video = open_video(path, processor().config, fps=fps, max_frames=num_frames)
+    assert video.numbers == [int(i) for i in meta.frames_indices]
+    assert video.times == meta.timestamps
+
+
+def test_a_segment_is_sampled_as_the_clip_cut_there(clips, tmp_path):
+    """--start 2.5 --end 7.5 of a 10 s clip = transformers on those frames written as a clip."""
+    path = clips("10s-30fps-portrait")
+    video = open_video(path, processor().config, start=2.5, end=7.5)
+    first = video.info.first_frame
+    assert first == 75 and video.info.total_frames == 150
+    cut = make_clip(tmp_path / "cut.mp4", fps=30, size=(24, 32), frames=150)
+    _, meta = reference_read(cut)
+    assert list(video.indices) == [int(i) for i in meta.frames_indices]
+    assert video.times == meta.timestamps and video.duration == meta.duration
+    assert video.numbers == [first + int(i) for i in meta.frames_indices]
+
+
+# -- prompt text and input ids ------------------------------------------------------------------
+
+@lru_cache(maxsize=None)
+def hf_processor():
+    """transformers' SmolVLMProcessor; its video processor (torchvision) replaced by a stub that
+    reads the clip with transformers' PyAV reader and SmolVLM sampler."""
+    from transformers import AutoTokenizer
+    from transformers.models.smolvlm import processing_smolvlm
+    from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+
+    class StubVideoProcessor:
+        num_frames, fps = 64, 1
+
+        def __call__(self, videos, **kwargs):
+            metas, counts = [], []
+            for path in videos:
+                frames, meta = reference_read(path, self.num_frames, self.fps)
+                metas.append(meta)
+                counts.append(len(frames))
+            return {"pixel_values": np.zeros((len(videos), max(counts), 1, 1, 1), np.float32),
+                    "video_metadata": metas}
+
+    class VideoStubProcessor(processing_smolvlm.SmolVLMProcessor):
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument_name == "video_processor":
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    path = fixture_dir(MODEL)
+    return VideoStubProcessor(image_processor=SmolVLMImageProcessorPil.from_pretrained(path),
+                              tokenizer=AutoTokenizer.from_pretrained(path),
+                              video_processor=StubVideoProcessor(), image_seq_len=64)
+
+
+def hf_ids(messages, videos, images=None):
+    proc = hf_processor()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        text = proc.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        out = proc(text=[text], videos=[str(v) for v in videos] or None, images=images)
+    return text, [int(i) for i in np.asarray(out["input_ids"]).reshape(-1)]
+
+
+@pytest.mark.parametrize("name", list(CLIPS))
+def test_prompt_and_input_ids_match_transformers(clips, name):
+    path = clips(name)
+    messages = [{"role": "user", "content": [{"type": "video", "path": str(path)},
+                                             {"type": "text", "text": "Describe this video."}]}]
+    text, ref = hf_ids(messages, [path])
+    proc = processor()
+    assert proc.render(messages) == text
+    prepared = proc.prepare(messages=messages)
+    assert prepared.input_ids.tolist() == ref
+    assert prepared.num_tiles == len(open_video(path, proc.config).indices)
+
+
+def test_text_first_gets_a_space_and_a_system_turn_and_two_videos(clips):
+    # Two videos of the same frame count: for different counts transformers 5.24 writes the
+    # batch's padded count (`pixel_values.shape[1]`) in every intro; we write each video's own.
+    a, b = clips("3s-25fps"), clips("3s-25fps")
+    messages = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+                {"role": "user", "content": [{"type": "text", "text": "Compare "},
+                                             {"type": "video", "path": str(a)},
+                                             {"type": "text", "text": " and "},
+                                             {"type": "video", "path": str(b)}]},
+                {"role": "assistant", "content": [{"type": "text", "text": " Both move."}]},
+                {"role": "user", "content": "Which is longer?"}]
+    text, ref = hf_ids(messages, [a, b])
+    assert "User: Compare <video>" in text
+    assert processor().prepare(messages=messages).input_ids.tolist() == ref
+
+
+def test_two_videos_each_get_their_own_frame_count(clips):
+    a, b = clips("3s-25fps"), clips("1s-24fps")
+    messages = [{"role": "user", "content": [{"type": "video", "path": str(a)},
+                                             {"type": "video", "path": str(b)}]}]
+    proc = processor()
+    text = proc.tokenizer.decode(proc.prepare(messages=messages).input_ids.tolist())
+    assert "series of three frames from a 0:00:03" in text and "series of one frames from a 0:00:01" in text
+
+
+def test_image_then_video_prompt_matches_transformers(clips):
+    from PIL import Image
+
+    path = clips("3s-25fps")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 450, 3), dtype=np.uint8))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "video", "path": str(path)},
+                                             {"type": "text", "text": "Same scene?"}]}]
+    text, ref = hf_ids(messages, [path], images=[[image]])
+    assert text.startswith("<|im_start|>User:<image><video>")
+    prepared = processor().prepare([image, str(path)], messages=messages)
+    assert prepared.input_ids.tolist() == ref
+    assert prepared.media[0] == 13 and prepared.media[1].num_frames == 3
+
+
+# -- pixels -------------------------------------------------------------------------------------
+
+def torch_reference_pixels(frames: np.ndarray, longest_edge=2048, tile=512) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
+    w, h = frame_size(video.shape[-1], video.shape[-2], longest_edge)
+    video = F.interpolate(video, size=(h, w), mode="lanczos", antialias=True)
+    video = F.interpolate(video, size=(tile, tile), mode="lanczos", antialias=True)
+    return ((video.float() / 255 - 0.5) / 0.5).numpy()
+
+
+@pytest.mark.parametrize("name", ["3s-25fps", "10s-30fps-portrait"])
+def test_pixels_match_transformers_resampling(clips, name):
+    path = clips(name)
+    frames, _ = reference_read(path, num_frames=4, fps=1)
+    ref = torch_reference_pixels(frames)
+    proc = processor()
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "?"}]}]
+    video = open_video(path, proc.config, max_frames=4)
+    ours = proc.prepare_inputs(messages, videos=[video])
+    pixels = ours["pixel_values"][0]
+    assert pixels.shape == ref.shape == (len(frames), 3, 512, 512)
+    assert ours["pixel_attention_mask"].all()
+    diff = np.abs(pixels - ref)
+    assert diff.max() <= PIXEL_TOLERANCE and diff.mean() < MEAN_TOLERANCE, (diff.max(), diff.mean())
+
+
+@pytest.mark.parametrize("size,expected", [((1280, 720), (2048, 1152)), ((720, 1280), (1152, 2048)),
+                                           ((33, 17), (2048, 1056)), ((17, 33), (1056, 2048)),
+                                           ((100, 100), (2048, 2048))])
+def test_first_resize_size(size, expected):
+    from transformers.models.smolvlm.video_processing_smolvlm import get_resize_output_image_size
+
+    class Shape:
+        def size(self):
+            return (size[1], size[0])
+
+    h, w = get_resize_output_image_size(Shape(), 2048)
+    assert frame_size(*size, 2048) == (w, h) == expected
+
+
+def test_tiles_path_equals_prepare_inputs(clips):
+    """What the encoder gets (tiles normalized one by one) is what prepare_inputs gives."""
+    proc = processor()
+    video = open_video(clips("1s-24fps"), proc.config)
+    tiles = [proc.image_processor.normalize(t) for t in video.tiles(proc.config)]
+    messages = [{"role": "user", "content": [{"type": "video"}]}]
+    assert np.array_equal(np.stack(tiles), proc.prepare_inputs(messages, videos=[video])["pixel_values"][0])
+
+
