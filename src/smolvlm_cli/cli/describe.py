@@ -11,12 +11,14 @@ import typer
 
 from smolvlm_cli.cli import output
 from smolvlm_cli.cli.loading import load_model
-from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DetailOpt, DtypeOpt, GraphsOpt, LongestEdgeOpt, MaxTokensOpt, ModelOpt, NoSplitOpt, QuietOpt,
-                                     RepetitionPenaltyOpt, SeedOpt, SystemOpt, TemperatureOpt,
-                                     ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt, check_tiling,
-                                     generation_options, tiling)
+from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DetailOpt, DtypeOpt, EndOpt, FpsOpt, GraphsOpt,
+                                     LongestEdgeOpt, MaxFramesOpt, MaxTokensOpt, ModelOpt, NoSplitOpt,
+                                     QuietOpt, RepetitionPenaltyOpt, SeedOpt, StartOpt, SystemOpt,
+                                     TemperatureOpt, ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt, check_tiling,
+                                     generation_options, tiling, video_options)
 from smolvlm_cli.hub import DEFAULT_MODEL
-from smolvlm_cli.options import DEFAULT_PROMPT
+from smolvlm_cli.options import DEFAULT_PROMPT, DEFAULT_VIDEO_PROMPT
+from smolvlm_cli.video import VIDEO_EXTENSIONS, is_video_path
 
 STDIN = "-"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic",
@@ -24,7 +26,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 
 
 PROMPT_RULE = ("The last argument is the prompt when it is not '-', a URL or an existing file, "
-               "and it contains a space or does not end in an image extension: "
+               "and it contains a space or does not end in an image or video extension: "
                "`describe sign.png 'Read the text in sign.png'` works.")
 
 
@@ -34,7 +36,9 @@ def is_prompt(arg: str) -> bool:
 
     if arg == STDIN or is_url(arg) or Path(arg).exists():
         return False
-    return any(c.isspace() for c in arg.strip()) or Path(arg).suffix.lower() not in IMAGE_SUFFIXES
+    suffix = Path(arg).suffix.lower()
+    return any(c.isspace() for c in arg.strip()) or (suffix not in IMAGE_SUFFIXES
+                                                     and suffix.lstrip(".") not in VIDEO_EXTENSIONS)
 
 
 def split_images_and_prompt(args: list[str], prompt: str | None) -> tuple[list[str], str | None]:
@@ -78,6 +82,7 @@ EXAMPLES = """Examples:\n\n
 smolvlm describe photo.jpg\n\n
 smolvlm describe photo.jpg 'What is in the box?'\n\n
 smolvlm describe --detail low -n 40 photo.jpg   (fast: one tile, a short caption)\n\n
+smolvlm describe clip.mp4 'What happens after the door opens?' --max-frames 16\n\n
 smolvlm describe https://example.com/a.jpg --system 'Answer in French.'\n\n
 curl -s https://example.com/a.jpg | smolvlm describe - --json | jq .text\n\n
 echo 'Is there a dog?' | smolvlm describe photo.jpg -p -   (the prompt from stdin)"""
@@ -89,9 +94,9 @@ def register(app: typer.Typer) -> None:
 
 def describe(
     images: Annotated[list[str], typer.Argument(
-        metavar="IMAGE... [PROMPT]", show_default=False,
-        help="Image paths or http(s) URLs ('-' reads image bytes from stdin), optionally "
-             "followed by the prompt. " + PROMPT_RULE)],
+        metavar="IMAGE|VIDEO... [PROMPT]", show_default=False,
+        help="Image paths or http(s) URLs ('-' reads image bytes from stdin) and video files "
+             "(.mp4, .mov, .mkv, .webm, ...), optionally followed by the prompt. " + PROMPT_RULE)],
     prompt: Annotated[Optional[str], typer.Option(
         "--prompt", "-p", show_default=DEFAULT_PROMPT,
         help="The question or instruction (or give it after the images); '-' reads it from "
@@ -111,6 +116,10 @@ def describe(
     detail: DetailOpt = None,
     longest_edge: LongestEdgeOpt = None,
     no_split: NoSplitOpt = False,
+    fps: FpsOpt = None,
+    max_frames: MaxFramesOpt = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
     no_stream: Annotated[bool, typer.Option(
         "--no-stream", rich_help_panel="Output", help="Print the answer once it is complete.")] = False,
     json_out: Annotated[bool, typer.Option(
@@ -119,33 +128,43 @@ def describe(
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Answer a question about one or more images (a caption by default), streamed to stdout."""
+    """Answer a question about images or videos (a caption by default), streamed to stdout."""
     started = time.perf_counter()
     check_tiling(detail, longest_edge, no_split)
     paths, prompt = split_images_and_prompt(images, prompt)
     sources, prompt = read_stdin_inputs(paths, prompt, quiet)
     status = output.Status(quiet)
+    video_opts = video_options(fps, max_frames, start, end)
 
+    from smolvlm_cli.cli.media import check_video_options, frame_progress, media_label, open_media, probe_videos
     from smolvlm_cli.image_loading import is_url, load_image
     from smolvlm_cli.prompt import build_messages
 
-    # Decode the images first: a bad file fails before the model loads.
+    check_video_options(sources, video_opts)
+    # Decode the images and probe the videos first: a bad file fails before the model loads.
     with status.show("Downloading the image" if any(map(is_url, sources)) else "Reading"):
-        loaded = [load_image(s, name="<stdin>" if isinstance(s, bytes) else None) for s in sources]
+        loaded = [s if is_video_path(s) else load_image(s, name="<stdin>" if isinstance(s, bytes) else None)
+                  for s in sources]
+        probed = probe_videos(sources)
     opts = generation_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
     startup_s = started - _process_start()
     t0 = time.perf_counter()
     vlm = load_model(model, backend, dtype, threads, graphs, quiet, status)
     load_s = time.perf_counter() - t0
     edge, split = tiling(detail, longest_edge, no_split, lambda: vlm.config)
-    prompt = prompt or DEFAULT_PROMPT
-    prepared = vlm.prepare(loaded, messages=build_messages(prompt, len(loaded), system),
+    media = open_media(loaded, vlm.config, probed, video_opts)
+    kinds = ["video" if hasattr(m, "num_frames") else "image" for m in media]
+    prompt = prompt or (DEFAULT_VIDEO_PROMPT if "video" in kinds else DEFAULT_PROMPT)
+    prepared = vlm.prepare(media, messages=build_messages(prompt, kinds, system),
                            longest_edge=edge, split=split)
+    vlm.progress = frame_progress(status)
     stream = vlm.stream_prepared(prepared, opts)
     buffered = json_out or no_stream
     parts = []
     tiles = prepared.num_tiles
-    with status.show(f"Encoding {tiles} tile{'s' if tiles != 1 else ''}" if tiles else "Thinking"):
+    label = (media_label(media) if prepared.videos
+             else f"Encoding {tiles} tile{'s' if tiles != 1 else ''}" if tiles else "Thinking")
+    with status.show(label):
         first = next(iter(stream), None)
     for delta in _chain(first, stream):
         if buffered:
@@ -158,9 +177,11 @@ def describe(
         output.write_json({
             "text": text, "model": model, "backend": vlm.backend.name, "dtype": vlm.backend.dtype,
             "prompt": prompt, **({"system": system} if system else {}),
-            "images": [_label(s) for s in sources],
+            "images": [_label(s) for s in sources if not is_video_path(s)],
+            **({"videos": [v.as_dict() for v in prepared.videos]} if prepared.videos else {}),
             "prompt_tokens": stats.prompt_tokens, "generated_tokens": stats.generated_tokens,
             "image_tiles": stats.image_tiles, "image_tokens": stats.image_tokens,
+            **({"video_frames": stats.video_frames} if prepared.videos else {}),
             "stop_reason": stats.stop_reason,
             "timings": {"startup_s": round(startup_s, 4), "load_s": round(load_s, 4),
                         **{k: round(v, 4) for k, v in stats.as_dict().items() if k.endswith("_s")},
@@ -170,7 +191,8 @@ def describe(
         output.write(text + "\n" if buffered else "\n")
     if verbose:
         output.log(f"backend {vlm.backend.name} ({vlm.backend.dtype}), start-up {startup_s:.2f} s, "
-                   f"load {load_s:.2f} s, preprocess {stats.preprocess_s:.2f} s, "
+                   f"load {load_s:.2f} s, preprocess {stats.preprocess_s:.2f} s"
+                   f"{' (video decoding overlapped with vision)' if prepared.videos else ''}, "
                    f"{stats.image_tiles} tile(s) / {stats.image_tokens} image tokens in "
                    f"{stats.vision_s:.2f} s, prefill {stats.prompt_tokens} tokens in "
                    f"{stats.prefill_s:.2f} s, first token after {stats.ttft_s:.2f} s, "

@@ -21,6 +21,7 @@ _MODEL_PANEL = "Model"
 _SAMPLING_PANEL = "Sampling"
 _IMAGE_PANEL = "Image tiling (speed vs detail)"
 _OUTPUT_PANEL = "Output"
+_VIDEO_PANEL = "Video"
 
 
 def _check_dtype(value: Optional[str]) -> Optional[str]:
@@ -41,6 +42,12 @@ def _check_top_p(value: float) -> float:
 def _check_penalty(value: float) -> float:
     if value <= 0:
         raise typer.BadParameter(f"{value} is not above 0")
+    return value
+
+
+def _check_positive(name: str, value: Optional[float]) -> Optional[float]:
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"{value:g} is not above 0")
     return value
 
 
@@ -119,6 +126,31 @@ NoSplitOpt = Annotated[bool, typer.Option(
 SystemOpt = Annotated[Optional[str], typer.Option(
     "--system", "-s", metavar="PROMPT",
     help="A system prompt: instructions that frame every answer (e.g. 'Answer in French.').")]
+
+FpsOpt = Annotated[Optional[float], typer.Option(
+    "--fps", callback=lambda v: _check_positive("--fps", v), rich_help_panel=_VIDEO_PANEL, show_default="the model's, 1",
+    help="Frames per second to show the model from a video (default: the model's video_sampling).")]
+MaxFramesOpt = Annotated[Optional[int], typer.Option(
+    "--max-frames", min=1, rich_help_panel=_VIDEO_PANEL, show_default="the model's, 64",
+    help="At most this many frames of a video; each costs one 512-px tile (67 prompt tokens with "
+         "the 256M/500M models, ~0.5 s of vision on a laptop).")]
+StartOpt = Annotated[Optional[float], typer.Option(
+    "--start", min=0.0, metavar="SECONDS", rich_help_panel=_VIDEO_PANEL,
+    help="Take a video from this time on (seconds); sampled as if the clip began there.")]
+EndOpt = Annotated[Optional[float], typer.Option(
+    "--end", callback=lambda v: _check_positive("--end", v), metavar="SECONDS", rich_help_panel=_VIDEO_PANEL,
+    help="Take a video up to this time (seconds).")]
+
+
+def video_options(fps: Optional[float], max_frames: Optional[int], start: Optional[float],
+                  end: Optional[float]) -> dict[str, Any]:
+    """The video options given (None ones left out: the model's sampling applies)."""
+    if start is not None and end is not None and end <= start:
+        raise typer.BadParameter(f"--end ({end:g}) must come after --start ({start:g})",
+                                 param_hint="'--end'")
+    given = {"fps": fps, "max_frames": max_frames, "start": start, "end": end}
+    return {k: v for k, v in given.items() if v is not None}
+
 
 JsonOpt = Annotated[bool, typer.Option(
     "--json", rich_help_panel=_OUTPUT_PANEL, help="Print JSON instead of text.")]

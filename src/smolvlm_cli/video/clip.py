@@ -150,10 +150,11 @@ def _segment(info: VideoInfo, start: float | None, end: float | None, label: str
 
 def open_video(source: str | os.PathLike, config: ModelConfig, *, fps: float | None = None,
                max_frames: int | None = None, start: float | None = None, end: float | None = None,
-               label: str | None = None) -> SampledVideo:
+               label: str | None = None, probed: tuple | None = None) -> SampledVideo:
     """Probe `source` and sample its frames (the model's `video_sampling` unless `fps` /
     `max_frames` are given); `start` / `end` (seconds) take a segment, sampled as if the clip
-    had been cut there (timestamps and duration count from `start`).
+    had been cut there (timestamps and duration count from `start`). `probed` is what
+    `decode.probe` returned for the file, when it was called already.
 
     Raises:
         VideoError: no PyAV, a file that is not a readable video, a model without video sampling.
@@ -169,7 +170,7 @@ def open_video(source: str | os.PathLike, config: ModelConfig, *, fps: float | N
     fps = config.video_fps if fps is None else float(fps)
     max_frames = config.video_max_frames if max_frames is None else int(max_frames)
     _check_options(label, fps, max_frames, start, end)
-    whole, index = probe(source, label)
+    whole, index = probed or probe(source, label)
     info = _segment(whole, start, end, label)
     indices = sample_indices(info.total_frames, info.fps, fps, max_frames)
     return SampledVideo(os.fsdecode(source), label, info, indices, fps, max_frames, start, end, index)

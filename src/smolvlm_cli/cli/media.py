@@ -1,0 +1,54 @@
+"""Images and videos on the command line: told apart by extension, videos checked early.
+
+A video is probed (PyAV: its streams, frame count and packet index, nothing decoded) before
+the model loads, so a bad file fails at once; once the model's config is known it is sampled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from smolvlm_cli.cli import output
+from smolvlm_cli.video import is_video_path
+
+
+def probe_videos(sources: list[Any]) -> dict[str, tuple]:
+    """{video path: its probe} for the video paths among `sources` (errors as VideoError)."""
+    probed = {}
+    for source in sources:
+        if is_video_path(source) and source not in probed:
+            from smolvlm_cli.video.decode import probe
+
+            probed[source] = probe(source)
+    return probed
+
+
+def open_media(sources: list[Any], config, probed: dict[str, tuple], options: dict[str, Any]) -> list[Any]:
+    """`sources` with each video path replaced by its `SampledVideo` (sampled per `options`)."""
+    from smolvlm_cli.video.clip import open_video
+
+    return [open_video(s, config, probed=probed.get(s), **options) if is_video_path(s) else s
+            for s in sources]
+
+
+def check_video_options(sources: list[Any], options: dict[str, Any]) -> None:
+    """Video options without a video are a mistake worth saying (they would be ignored)."""
+    if options and not any(is_video_path(s) for s in sources):
+        import typer
+
+        names = ", ".join(f"--{k.replace('_', '-')}" for k in options)
+        raise typer.BadParameter(f"{names} apply to videos, and none was given")
+
+
+def frame_progress(status: output.Status):
+    """A progress callback for `SmolVLM.progress`: the spinner counts the frames encoded."""
+    return lambda done, total: status.update(f"Encoding video frames {done}/{total}")
+
+
+def media_label(media: list[Any]) -> str:
+    """The spinner's words for the media of a prompt."""
+    videos = sum(1 for m in media if hasattr(m, "num_frames"))
+    if not videos:
+        return "Looking at the image(s)"
+    frames = sum(m.num_frames for m in media if hasattr(m, "num_frames"))
+    return f"Encoding {frames} video frame{'s' if frames != 1 else ''}"
