@@ -22,14 +22,30 @@ import numpy as np
 from smolvlm_cli.options import GenerationOptions
 from smolvlm_cli.processor import Processor
 from smolvlm_cli.prompt import build_messages, system_messages
-from smolvlm_cli.reply import Replier
+from smolvlm_cli.reply import Replier, check_video_context
 from smolvlm_cli.values import GenerationStats, TextStream
+from smolvlm_cli.video import is_video
 
 
 @dataclass
 class EncodedImage:
     grid: tuple[int, int]  # (rows, cols); (0, 0) when not split
     features: np.ndarray  # [image tokens, hidden]
+
+
+@dataclass
+class EncodedVideo:
+    video: Any  # the SampledVideo (its frame times make the prompt)
+    features: np.ndarray  # [frames x tokens per frame, hidden]
+
+
+def media_prompt(processor: Processor, messages: list[dict], encoded: Sequence[Any],
+                 longest_edge: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The prompt ids of `messages` whose media are `encoded` (in order), and their features."""
+    grids = [e.grid for e in encoded if isinstance(e, EncodedImage)]
+    videos = [e.video for e in encoded if isinstance(e, EncodedVideo)]
+    ids = np.asarray(processor.prompt_ids(messages, grids, longest_edge, videos=videos), dtype=np.int64)
+    return ids, (np.concatenate([e.features for e in encoded]) if encoded else None)
 
 
 class ImageCache:
@@ -43,7 +59,9 @@ class ImageCache:
         self._by_content: dict[bytes, np.ndarray] = {}
         self.vision_calls = 0
 
-    def get(self, image: Any, stats: GenerationStats) -> EncodedImage:
+    def get(self, image: Any, stats: GenerationStats) -> EncodedImage | EncodedVideo:
+        if is_video(image):
+            return self._video(image, stats)
         key = _source_key(image)
         if key is not None and key in self._by_source:
             return self._by_source[key]
@@ -62,6 +80,24 @@ class ImageCache:
         stats.image_tiles += len(values)
         stats.image_tokens += len(features)
         encoded = EncodedImage(grid, features)
+        if key is not None:
+            self._by_source[key] = encoded
+        return encoded
+
+
+    def _video(self, source: Any, stats: GenerationStats) -> EncodedVideo:
+        """A video's features: its frames decoded ahead of the encoder, each frame's features
+        cached by content (a frame seen before, in this clip or another, is not encoded again)."""
+        from smolvlm_cli.video.encode import encode_video
+
+        key = _source_key(source) if isinstance(source, (str, Path)) else source.source_key()
+        if key is not None and key in self._by_source:
+            return self._by_source[key]
+        video = self.processor.open_video(source)
+        features = encode_video(video, self.replier.backend, self.processor.image_processor, stats,
+                                self._by_content, self.replier.progress)
+        self.vision_calls += 1
+        encoded = EncodedVideo(video, features)
         if key is not None:
             self._by_source[key] = encoded
         return encoded
@@ -179,7 +215,7 @@ class Conversation:
                 tiles than the model has positions for (too long an edge).
         """
         images = list(images)
-        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
+        content = [{"type": "video" if is_video(m) else "image"} for m in images] + [{"type": "text", "text": text}]
         self.messages.append({"role": "user", "content": content})
         self._turn_images.append(images)
         opts = self.options.updated(**sampling)
@@ -198,15 +234,13 @@ class Conversation:
         while True:
             stats = GenerationStats()
             encoded = [self.images.get(img, stats) for turn in self._turn_images for img in turn]
-            ids = np.asarray(self.processor.prompt_ids(self.messages, [e.grid for e in encoded],
-                                                       self.longest_edge), dtype=np.int64)
+            ids, features = media_prompt(self.processor, self.messages, encoded, self.longest_edge)
             budget = self.max_context - opts.max_new_tokens
             first = 1 if self.system else 0  # the system turn is never dropped
             if len(ids) <= budget or len(self.messages) <= first + 1:
                 if len(ids) > budget:
                     raise ValueError(f"the prompt needs {len(ids)} tokens but the context holds "
                                      f"{self.max_context} (with {opts.max_new_tokens} new tokens)")
-                features = np.concatenate([e.features for e in encoded]) if encoded else None
                 return ids, features, stats
             dropped = 2 if len(self.messages) > first + 2 else 1  # a user turn and its reply
             del self.messages[first:first + dropped], self._turn_images[first:first + dropped]
@@ -223,10 +257,11 @@ class Conversation:
         for message in self.messages:
             content = []
             for part in message["content"]:
-                if part["type"] == "image":
+                if part["type"] in ("image", "video"):
                     source = next(images)
-                    name = source if isinstance(source, (str, Path)) else getattr(source, "filename", "")
-                    part = {"type": "image", **({"path": str(name)} if name else {})}
+                    name = source if isinstance(source, (str, Path)) else getattr(
+                        source, "filename", "") or getattr(source, "path", "")
+                    part = {"type": part["type"], **({"path": str(name)} if name else {})}
                 content.append(part)
             out.append({"role": message["role"], "content": content})
         return json.dumps(out, ensure_ascii=False, indent=2)
@@ -247,7 +282,9 @@ def ask_streams(replier: Replier, processor: Processor, images: Sequence[Any], q
     for question in questions:
         stats, started = GenerationStats(), time.perf_counter()
         encoded = [cache.get(img, stats) for img in images]
-        ids = np.asarray(processor.prompt_ids(build_messages(question, len(images), system),
-                                              [e.grid for e in encoded], longest_edge), dtype=np.int64)
-        features = np.concatenate([e.features for e in encoded]) if encoded else None
+        kinds = ["video" if isinstance(e, EncodedVideo) else "image" for e in encoded]
+        ids, features = media_prompt(processor, build_messages(question, kinds, system), encoded, longest_edge)
+        videos = [e.video for e in encoded if isinstance(e, EncodedVideo)]
+        check_video_context(len(ids), sum(v.num_frames for v in videos), len(videos),
+                            options.max_new_tokens, processor.config)
         yield prefix.run(ids, features, options, stats, started)

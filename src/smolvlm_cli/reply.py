@@ -90,25 +90,9 @@ class Replier:
         return TextStream(run(), stats, token_ids)
 
     def check_context(self, prepared: PreparedInputs, opts: GenerationOptions) -> None:
-        """A prompt with videos that does not fit the context (with room for the reply) is an
-        error that says how many frames would fit, before any frame is decoded."""
         videos = prepared.videos
-        limit = self.config.max_position_embeddings
-        need = len(prepared.input_ids) + opts.max_new_tokens
-        if not videos or need <= limit:
-            return
-        frames = sum(v.num_frames for v in videos)
-        per_frame = (len(prepared.input_ids) - self._text_tokens(prepared)) / frames
-        fit = frames - int(np.ceil((need - limit) / per_frame))
-        advice = (f"use --max-frames {fit // len(videos)} or fewer, or fewer new tokens" if fit >= len(videos)
-                  else "use fewer videos or fewer new tokens")
-        raise ValueError(f"the prompt needs {len(prepared.input_ids)} tokens ({frames} video frames) plus "
-                         f"{opts.max_new_tokens} new ones, but the model's context holds {limit}: {advice}")
-
-    def _text_tokens(self, prepared: PreparedInputs) -> int:
-        images = sum(m for m in prepared.media if isinstance(m, int))
-        return len(prepared.input_ids) - images * self.config.image_seq_len - sum(
-            v.num_frames for v in prepared.videos) * (self.config.image_seq_len + 9)
+        check_video_context(len(prepared.input_ids), sum(v.num_frames for v in videos), len(videos),
+                            opts.max_new_tokens, self.config)
 
     def stream_prepared(self, prepared: PreparedInputs, opts: GenerationOptions) -> TextStream:
         """`stream` for inputs prepared earlier: time to first token counts their preprocessing,
@@ -144,3 +128,20 @@ class Replier:
         tail = reply.flush()
         if tail:
             yield tail
+
+
+def check_video_context(prompt_tokens: int, frames: int, videos: int, max_new_tokens: int,
+                        config: ModelConfig) -> None:
+    """A prompt with videos that does not fit the context (with room for the reply) is an
+    error that says how many frames would fit, raised before any frame is decoded. (Our
+    choice over dropping frames silently: the frames sampled stay transformers'.)"""
+    limit = config.max_position_embeddings
+    need = prompt_tokens + max_new_tokens
+    if not videos or need <= limit:
+        return
+    per_frame = config.image_seq_len + 10  # the frame's tokens, its markers and its timestamp line
+    fit = frames - -(-(need - limit) // per_frame)
+    advice = (f"use --max-frames {fit // videos} or fewer (or a lower --fps), or fewer new tokens"
+              if fit >= videos else "use fewer videos or fewer new tokens")
+    raise ValueError(f"the prompt needs {prompt_tokens} tokens ({frames} video frames) plus {max_new_tokens} "
+                     f"new ones, but the model's context holds {limit}: {advice}")

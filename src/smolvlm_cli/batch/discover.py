@@ -31,6 +31,15 @@ STDIN = "-"
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "avif")
 
 
+def default_extensions() -> tuple[str, ...]:
+    """The image extensions, and the video ones when video support (PyAV) is installed."""
+    from importlib.util import find_spec
+
+    from smolvlm_cli.video import VIDEO_EXTENSIONS
+
+    return DEFAULT_EXTENSIONS + (VIDEO_EXTENSIONS if find_spec("av") is not None else ())
+
+
 @dataclass(frozen=True)
 class ImageItem:
     """One image to caption: `path` as found (for reading and for records), `rel` for mirroring."""
@@ -55,14 +64,15 @@ class Discovery:
 
 
 def parse_extensions(values: Iterable[str] | None) -> tuple[str, ...]:
-    """`["jpg,png", ".WEBP"]` -> `("jpg", "png", "webp")`; empty or None gives the defaults."""
+    """`["jpg,png", ".WEBP"]` -> `("jpg", "png", "webp")`; empty or None gives the defaults
+    (`default_extensions()`: videos too when PyAV is installed)."""
     found = []
     for value in values or ():
         for part in value.split(","):
             part = part.strip().lstrip(".").lower()
             if part and part not in found:
                 found.append(part)
-    return tuple(found) or DEFAULT_EXTENSIONS
+    return tuple(found) or default_extensions()
 
 
 def _glob_regex(pattern: str) -> re.Pattern:

@@ -57,7 +57,8 @@ class LocalEngine:
     name = "local"
 
     def __init__(self, vlm: Any, options: Any, *, model_name: str = "", batch_size: int = 1,
-                 workers: int = 2, longest_edge: int | None = None, split: bool | None = None):
+                 workers: int = 2, longest_edge: int | None = None, split: bool | None = None,
+                 video_options: dict | None = None):
         if batch_size < 1 or workers < 1:
             raise ValueError("batch_size and workers must be at least 1")
         self.vlm = vlm
@@ -67,14 +68,20 @@ class LocalEngine:
         self.workers = workers
         self.longest_edge = longest_edge
         self.split = split
+        self.video_options = video_options or {}  # fps, max_frames, start, end
         self._successes = 0
         self._failures_in_a_row = 0
 
     # -- preprocessing (worker threads) -----------------------------------------------------
     def _prepare(self, job: Job):
         from smolvlm_cli.image_loading import load_image
+        from smolvlm_cli.video import is_video_path
 
         t0 = time.perf_counter()
+        if is_video_path(job.item.path):  # probed and sampled here; frames decoded while encoding
+            prepared = self.vlm.prepare([], job.prompt, videos=[job.item.path],
+                                        video_options=self.video_options)
+            return prepared, time.perf_counter() - t0
         image = load_image(job.item.path)
         prepared = self.vlm.prepare([image], job.prompt, longest_edge=self.longest_edge,
                                     split=self.split)

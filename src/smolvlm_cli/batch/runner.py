@@ -27,7 +27,7 @@ from smolvlm_cli.batch.resume import check_made_with, plan
 from smolvlm_cli.batch.templates import CaptionStyle, render
 from smolvlm_cli.batch.writers import make_writer
 from smolvlm_cli.errors import SmolVLMError
-from smolvlm_cli.options import DEFAULT_PROMPT
+from smolvlm_cli.options import DEFAULT_PROMPT, DEFAULT_VIDEO_PROMPT
 
 
 class Engine(Protocol):
@@ -112,7 +112,7 @@ def run_batch(config: BatchConfig, engine_factory: Callable[[], Engine], *,
 
         jobs = []
         for item in work.todo:
-            job = Job(item, render(config.prompt, item.path))
+            job = Job(item, item_prompt(config, item.path))
             problem = writer.problem(item)
             if problem:
                 emit(job, ImageRecord.failure(item.path, problem, prompt=job.prompt))
@@ -153,6 +153,16 @@ def run_batch(config: BatchConfig, engine_factory: Callable[[], Engine], *,
     return summary
 
 
+def item_prompt(config: BatchConfig, path: str) -> str:
+    """The prompt of one file: the template filled in; a video left with the default image
+    prompt gets the default video prompt."""
+    from smolvlm_cli.video import is_video_path
+
+    if config.prompt == DEFAULT_PROMPT and is_video_path(path):
+        return DEFAULT_VIDEO_PROMPT
+    return render(config.prompt, path)
+
+
 def find_images(config: BatchConfig, reporter: Reporter, stdin: TextIO | None):
     """The images `config` selects (discovery warnings reported); an error when there are none."""
     found = discover(config.inputs, recursive=config.recursive, include=config.include,
@@ -175,7 +185,7 @@ def plan_run(items, store, config: BatchConfig, summary: Summary, reporter: Repo
     work = plan(items, store.state, overwrite=config.overwrite, retry_errors=config.retry_errors)
     if not config.resume_any:
         check_made_with(work.done, store.made_with, config.model,
-                        lambda item: render(config.prompt, item.path))
+                        lambda item: item_prompt(config, item.path))
     summary.skipped_done, summary.skipped_failed = len(work.done), len(work.failed)
     reporter.info(_plan_line(len(items), work, store.describe()))
     return work

@@ -9,12 +9,13 @@ from typing import Annotated, Optional
 import typer
 
 from smolvlm_cli.cli import output
-from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DetailOpt, DtypeOpt, GraphsOpt, LongestEdgeOpt,
-                                     MaxTokensOpt, ModelOpt, NoSplitOpt, QuietOpt,
-                                     RepetitionPenaltyOpt, SeedOpt, TemperatureOpt, ThreadsOpt,
-                                     TopKOpt, TopPOpt, VerboseOpt, check_tiling,
-                                     generation_options, tiling)
+from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DetailOpt, DtypeOpt, EndOpt, FpsOpt, GraphsOpt,
+                                     LongestEdgeOpt, MaxFramesOpt, MaxTokensOpt, ModelOpt, NoSplitOpt,
+                                     QuietOpt, RepetitionPenaltyOpt, SeedOpt, StartOpt, TemperatureOpt,
+                                     ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt, check_tiling,
+                                     generation_options, tiling, video_options)
 from smolvlm_cli.batch.discover import DEFAULT_EXTENSIONS
+from smolvlm_cli.video import VIDEO_EXTENSIONS
 from smolvlm_cli.hub import DEFAULT_MODEL
 from smolvlm_cli.options import DEFAULT_PROMPT
 
@@ -102,7 +103,8 @@ def batch(
              "(one per line, e.g. from find). Optional with --manifest.")] = None,
     prompt: Annotated[str, typer.Option(
         "--prompt", "-p", help="The instruction for every image; {filename}, {stem} and {parent} "
-                               "are replaced per image.")] = DEFAULT_PROMPT,
+                               "are replaced per image. Videos get 'Describe this video in "
+                               "detail.' unless a prompt is given.")] = DEFAULT_PROMPT,
     recursive: Annotated[bool, typer.Option(
         "--recursive/--no-recursive", rich_help_panel=_INPUT,
         help="Walk into subfolders (hidden ones are skipped).")] = True,
@@ -116,9 +118,9 @@ def batch(
         help="Skip files (and folders) matching this glob (repeatable).")] = None,
     ext: Annotated[Optional[list[str]], typer.Option(
         "--ext", rich_help_panel=_INPUT, show_default=False,
-        help=f"Image extensions to pick up, comma-separated or repeated (default "
-             f"{', '.join(DEFAULT_EXTENSIONS)}; any case). Files named on the command line are "
-             "always taken.")] = None,
+        help=f"Image and video extensions to pick up, comma-separated or repeated (default "
+             f"{', '.join(DEFAULT_EXTENSIONS)}, and {', '.join(VIDEO_EXTENSIONS)} when video "
+             "support is installed; any case). Files named on the command line are always taken.")] = None,
     null: Annotated[bool, typer.Option(
         "--null", "-0", rich_help_panel=_INPUT,
         help="Paths on stdin are NUL-separated (find -print0).")] = False,
@@ -188,16 +190,21 @@ def batch(
     detail: DetailOpt = None,
     longest_edge: LongestEdgeOpt = None,
     no_split: NoSplitOpt = False,
+    fps: FpsOpt = None,
+    max_frames: MaxFramesOpt = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Caption many images: sidecar .txt files, JSONL or CSV; resumable, one model load."""
+    """Caption many images and videos: sidecar .txt files, JSONL or CSV; resumable, one model load."""
     from smolvlm_cli.batch.discover import STDIN, parse_extensions
     from smolvlm_cli.batch.progress import Reporter
     from smolvlm_cli.batch.runner import BatchConfig, run_batch
     from smolvlm_cli.batch.templates import CaptionStyle, unknown_fields
 
     check_tiling(detail, longest_edge, no_split)
+    video_opts = video_options(fps, max_frames, start, end)
     paths = list(paths or [])
     if not paths and manifest is None:
         raise typer.BadParameter("give images (folders, files, '-') or --manifest",
@@ -223,7 +230,7 @@ def batch(
         vlm = load_model(model, backend, dtype, threads, graphs, quiet)
         edge, split = tiling(detail, longest_edge, no_split, lambda: vlm.config)
         return LocalEngine(vlm, options, model_name=model, batch_size=batch_size,
-                           workers=prefetch, longest_edge=edge, split=split)
+                           workers=prefetch, longest_edge=edge, split=split, video_options=video_opts)
 
     def advise(items) -> Optional[str]:
         """The slow-default warning, for runs that left the tiling to the model."""
@@ -244,6 +251,9 @@ def batch(
                                  param_hint="'--engine'")
     if engine_name == "ray":
         from smolvlm_cli.batch.ray_engine import RaySettings, run_ray
+
+        if not ext:  # the Ray engine captions images only: videos are not picked up by default
+            config.extensions = DEFAULT_EXTENSIONS
 
         edge, split = longest_edge, (False if no_split else None)
         if detail is not None:

@@ -11,14 +11,15 @@ import typer
 
 from smolvlm_cli.cli import output
 from smolvlm_cli.cli.loading import load_model
-from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DetailOpt, DtypeOpt, GraphsOpt, LongestEdgeOpt,
-                                     MaxTokensOpt, ModelOpt, NoSplitOpt, QuietLongOpt, QuietOpt,
-                                     RepetitionPenaltyOpt, SeedOpt, SystemOpt, TemperatureOpt,
-                                     ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt, check_tiling,
-                                     generation_options, tiling)
+from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DetailOpt, DtypeOpt, EndOpt, FpsOpt, GraphsOpt,
+                                     LongestEdgeOpt, MaxFramesOpt, MaxTokensOpt, ModelOpt, NoSplitOpt,
+                                     QuietLongOpt, QuietOpt, RepetitionPenaltyOpt, SeedOpt, StartOpt,
+                                     SystemOpt, TemperatureOpt, ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt,
+                                     check_tiling, generation_options, tiling, video_options)
 from smolvlm_cli.hub import DEFAULT_MODEL
 
-COMMANDS = ("/image PATH (add an image to your next message), /reset (forget the conversation), "
+COMMANDS = ("/image PATH (add an image to your next message), /video PATH (a video), "
+            "/reset (forget the conversation), "
             "/save FILE (write the transcript as JSON), /help, /exit (or exit, quit, Ctrl-D)")
 CHAT_HELP = f"""Commands: {COMMANDS}. Without a terminal, each line of stdin is one message."""
 _EXIT_WORDS = {"exit", "quit", "/exit", "/quit"}
@@ -31,12 +32,27 @@ def register(app: typer.Typer) -> None:
 
 def _open(source: str):
     """The image, validated now (a bad file fails before the model loads), its name kept for
-    the transcript."""
+    the transcript; a video path is probed now and stays a path (sampled once the model is
+    known, by `_sampled`)."""
+    from smolvlm_cli.video import is_video_path
+
+    if is_video_path(source):
+        from smolvlm_cli.cli.media import probe_videos
+
+        probe_videos([source])
+        return source
     from smolvlm_cli.image_loading import load_image
 
     image = load_image(source)
     image.filename = source
     return image
+
+
+def _sampled(media: list, vlm, options: dict) -> list:
+    """Video paths among `media` as `SampledVideo`s with the command's video options."""
+    from smolvlm_cli.cli.media import open_media
+
+    return open_media(media, vlm.config, {}, options)
 
 
 def _read_questions(questions: list[str], quiet: bool) -> list[str]:
@@ -81,7 +97,8 @@ def labeled_answer(question: str, deltas) -> Iterator[str]:
 
 
 def ask(
-    images: Annotated[list[str], typer.Argument(metavar="IMAGE...", help="Image paths or URLs.")],
+    images: Annotated[list[str], typer.Argument(metavar="IMAGE|VIDEO...",
+                                                help="Image paths or URLs, video files.")],
     questions: Annotated[list[str], typer.Option(
         "--question", "-q", show_default=False,
         help="A question (repeat for several); each is answered on its own. '-q -' reads the "
@@ -102,34 +119,42 @@ def ask(
     detail: DetailOpt = None,
     longest_edge: LongestEdgeOpt = None,
     no_split: NoSplitOpt = False,
+    fps: FpsOpt = None,
+    max_frames: MaxFramesOpt = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
     json_out: Annotated[bool, typer.Option(
         "--json", rich_help_panel="Output",
         help="One JSON object per answer (JSON lines): the question, text, counts, timings.")] = False,
     quiet: QuietLongOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Answer several questions about the same image(s), encoding the image(s) only once.
+    """Answer several questions about the same images or videos, encoding them only once.
 
     With several questions each answer is labeled (Q: / A:, continuation lines indented);
     a single question prints the bare answer.
     """
-    from smolvlm_cli.image_loading import load_image
+    from smolvlm_cli.cli.media import check_video_options, frame_progress
 
     check_tiling(detail, longest_edge, no_split)
+    video_opts = video_options(fps, max_frames, start, end)
+    check_video_options(images, video_opts)
     questions = _read_questions(list(questions), quiet)
-    loaded = [load_image(path) for path in images]  # bad files fail before the model loads
+    loaded = [_open(path) for path in images]  # bad files fail before the model loads
     vlm = load_model(model, backend, dtype, threads, graphs, quiet)
     edge, split = tiling(detail, longest_edge, no_split, lambda: vlm.config)
     opts = generation_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
-    streams = vlm.ask_stream(loaded, questions, options=opts, longest_edge=edge, split=split,
-                             system=system)
     status, labeled = output.Status(quiet), len(questions) > 1
+    vlm.progress = frame_progress(status)
+    streams = vlm.ask_stream(_sampled(loaded, vlm, video_opts), questions, options=opts, longest_edge=edge,
+                             split=split, system=system)
     for number, (question, stream) in enumerate(zip(questions, streams)):
         if json_out:
             text = "".join(_thinking(status, stream, not number))
             s = stream.stats
             output.write_json({"question": question, "text": text, "prompt_tokens": s.prompt_tokens,
                                "generated_tokens": s.generated_tokens, "image_tiles": s.image_tiles,
+                               **({"video_frames": s.video_frames} if s.video_frames else {}),
                                "vision_s": round(s.vision_s, 4), "prefill_s": round(s.prefill_s, 4),
                                "ttft_s": round(s.ttft_s, 4), "decode_s": round(s.decode_s, 4)})
         elif labeled:
@@ -150,7 +175,7 @@ def ask(
 
 def chat(
     images: Annotated[Optional[list[str]], typer.Argument(
-        metavar="[IMAGE...]", help="Images (paths or URLs) for the first message.")] = None,
+        metavar="[IMAGE|VIDEO...]", help="Images (paths or URLs) and videos for the first message.")] = None,
     system: SystemOpt = None,
     model: ModelOpt = DEFAULT_MODEL,
     backend: BackendOpt = "auto",
@@ -166,12 +191,18 @@ def chat(
     detail: DetailOpt = None,
     longest_edge: LongestEdgeOpt = None,
     no_split: NoSplitOpt = False,
+    fps: FpsOpt = None,
+    max_frames: MaxFramesOpt = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Talk about images over several turns; the model keeps the conversation in its cache."""
+    """Talk about images and videos over several turns; the model keeps the conversation in its cache."""
+    from smolvlm_cli.cli.media import frame_progress
     from smolvlm_cli.errors import SmolVLMError
 
     check_tiling(detail, longest_edge, no_split)
+    video_opts = video_options(fps, max_frames, start, end)
     pending = [_open(path) for path in images or ()]
     vlm = load_model(model, backend, dtype, threads, graphs, quiet)
     edge, split = tiling(detail, longest_edge, no_split, lambda: vlm.config)
@@ -180,6 +211,7 @@ def chat(
                             longest_edge=edge, split=split, system=system)
     interactive = sys.stdin.isatty()
     status = output.Status(quiet)
+    vlm.progress = frame_progress(status)
     if interactive and not quiet:
         _enable_history()
         output.log(f"Chatting with {model}.")
@@ -202,7 +234,7 @@ def chat(
                     message = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
                 output.log(f"Error: {message}" + (f" ({hint})" if hint else ""))
             continue
-        stream = conversation.send(text, pending)
+        stream = conversation.send(text, _sampled(pending, vlm, video_opts))
         looking, pending = bool(pending), []
         for delta in _thinking(status, iter(stream), looking):
             output.write(delta)
@@ -221,6 +253,17 @@ def _command(command: str, arg: str, conversation, pending: list) -> None:
             raise SmolVLMError("/image needs an image path or URL, e.g. /image photo.jpg")
         pending.append(_open(arg))
         output.log(f"(image {arg} added to your next message)")
+    elif command == "/video":
+        from smolvlm_cli.video import is_video_path
+
+        if not arg:
+            raise SmolVLMError("/video needs a video file, e.g. /video clip.mp4")
+        if not is_video_path(arg):
+            from smolvlm_cli.video import VIDEO_EXTENSIONS
+
+            raise SmolVLMError(f"{arg} does not look like a video (extensions: {', '.join(VIDEO_EXTENSIONS)})")
+        pending.append(_open(arg))
+        output.log(f"(video {arg} added to your next message)")
     elif command == "/reset":
         conversation.reset()
         pending.clear()

@@ -9,8 +9,9 @@ from typing import Annotated
 import typer
 
 from smolvlm_cli.cli import output
-from smolvlm_cli.cli.options import (BackendOpt, DetailOpt, DtypeOpt, GraphsOpt, JsonOpt, LongestEdgeOpt,
-                                     ModelOpt, NoSplitOpt, QuietOpt, check_tiling, tiling)
+from smolvlm_cli.cli.options import (BackendOpt, DetailOpt, DtypeOpt, EndOpt, FpsOpt, GraphsOpt, JsonOpt,
+                                     LongestEdgeOpt, MaxFramesOpt, ModelOpt, NoSplitOpt, QuietOpt, StartOpt,
+                                     check_tiling, tiling, video_options)
 from smolvlm_cli.config import SUPPORTED_MODEL_TYPES
 from smolvlm_cli.hub import CONFIG_FILES, DEFAULT_MODEL
 
@@ -119,23 +120,40 @@ def _mb(size: int) -> str:
 
 
 def inspect(
-    image: Annotated[str, typer.Argument(help="Image path or URL ('-' for stdin).")],
+    image: Annotated[str, typer.Argument(metavar="IMAGE|VIDEO", help="Image path or URL ('-' for stdin), or a video file.")],
     model: ModelOpt = DEFAULT_MODEL,
     detail: DetailOpt = None,
     longest_edge: LongestEdgeOpt = None,
     no_split: NoSplitOpt = False,
+    fps: FpsOpt = None,
+    max_frames: MaxFramesOpt = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
     json_out: Annotated[bool, typer.Option(
         "--json", rich_help_panel="Output",
-        help="Print one JSON object: size, grid, tiles, image tokens.")] = False,
+        help="Print one JSON object: size, grid, tiles, image tokens (a video: its duration, the "
+             "frames sampled, their timestamps, the tokens).")] = False,
 ) -> None:
-    """Show how an image will be tiled and how many image tokens it costs (no weights needed)."""
+    """Show how an image will be tiled, or which frames of a video the model will see, and
+    how many tokens it costs (no weights needed)."""
     import sys
 
     from smolvlm_cli.config import ModelConfig
     from smolvlm_cli.hub import resolve_model
     from smolvlm_cli.image_processing import image_size, num_tiles, tile_grid
+    from smolvlm_cli.video import is_video_path
 
     check_tiling(detail, longest_edge, no_split)
+    video_opts = video_options(fps, max_frames, start, end)
+    if is_video_path(image):
+        from smolvlm_cli.video.decode import probe
+
+        probed = probe(image)  # a bad file fails before the model's files are fetched
+        _inspect_video(image, ModelConfig.from_dir(resolve_model(model, list(CONFIG_FILES))), probed,
+                       video_opts, json_out)
+        return
+    if video_opts:
+        raise typer.BadParameter("--fps, --max-frames, --start and --end apply to videos")
     config = ModelConfig.from_dir(resolve_model(model, list(CONFIG_FILES)))
     if image == "-" and sys.stdin.isatty():
         raise typer.BadParameter("'-' reads image bytes from standard input, which is a "
@@ -155,3 +173,27 @@ def inspect(
     grid = f"{rows} x {cols} tiles + 1 global" if rows * cols else "1 tile (not split)"
     output.write(f"{image}: {width}x{height} -> {grid} of {config.tile_size} px = "
                  f"{tiles} tile{'s' if tiles != 1 else ''}, {info['image_tokens']} image tokens\n")
+
+
+def _inspect_video(path: str, config, probed, options: dict, json_out: bool) -> None:
+    from smolvlm_cli.video.clip import open_video
+    from smolvlm_cli.video.sampling import duration_text, frame_header
+
+    video = open_video(path, config, probed=probed, **options)
+    per_frame = config.image_seq_len + 3  # <fake_token_around_image><global-img> ... <fake_token_around_image>
+    info = {**video.as_dict(), "tile_size": config.tile_size, "image_tokens": video.num_frames * config.image_seq_len,
+            "frame_tokens": video.num_frames * per_frame}
+    if json_out:
+        output.write_json(info)
+        return
+    segment = ""
+    if video.start is not None or video.end is not None:
+        segment = f", segment {video.start or 0:g}-{video.end if video.end is not None else (video.start or 0) + video.duration:g} s"
+    stamps = " ".join(frame_header(t).strip()[len("Frame from "):-1] for t in video.times)
+    output.write(f"{path}: {video.info.width}x{video.info.height}, {video.info.fps:g} fps, "
+                 f"{video.info.total_frames} frames, {duration_text(video.duration)}{segment}\n"
+                 f"sampling {video.fps:g} fps, at most {video.max_frames} frames -> {video.num_frames} "
+                 f"frame{'s' if video.num_frames != 1 else ''} of {config.tile_size} px = "
+                 f"{info['image_tokens']} image tokens ({info['frame_tokens']} with their markers)\n"
+                 f"frames: {' '.join(map(str, video.numbers))}\n"
+                 f"at: {stamps}\n")

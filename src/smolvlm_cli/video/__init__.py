@@ -31,7 +31,8 @@ def is_video_path(source: Any) -> bool:
 def is_video(source: Any) -> bool:
     """A `SampledVideo` or a video path: what the processor treats as a video."""
     clip = sys.modules.get("smolvlm_cli.video.clip")  # loaded whenever a SampledVideo exists
-    return is_video_path(source) or (clip is not None and isinstance(source, clip.SampledVideo))
+    sampled = getattr(clip, "SampledVideo", None)  # None while another thread imports it
+    return is_video_path(source) or (sampled is not None and isinstance(source, sampled))
 
 
 __all__ = ["VIDEO_EXTENSIONS", "is_video", "is_video_path"]

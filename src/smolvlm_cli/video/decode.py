@@ -65,7 +65,7 @@ class PacketIndex:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = (getattr(exc, "strerror", None) or str(exc)).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
