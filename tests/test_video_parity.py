@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import warnings
 from functools import lru_cache, partial
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -99,8 +99,9 @@ def open_container(path: str | os.PathLike, label: str | None = None):
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams})
         container.close()
-        what = f"only {', '.join(kinds)} streams" if kinds else "no streams"
-        raise VideoError(f"cannot read video {label}: it has no video stream ({what})")
+        if not kinds:
+            raise VideoError(f"cannot read video {label}: it holds no streams at all (an empty, 0-second clip)")
+        raise VideoError(f"cannot read video {label}: it has no video stream (only {', '.join(kinds)})")
     stream = container.streams.video[0]
     try:
         context = stream.codec_context
