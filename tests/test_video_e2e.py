@@ -135,7 +135,8 @@ def test_inspect_a_video(model_dir, clip):
     assert info["frames"] == [0, 37, 74] and info["timestamps"] == [0.0, 1.48, 2.96]
     assert info["image_tokens"] == 3 * 64 and info["duration"] == "0:00:03"
     text = invoke_cli("inspect", clip, "-m", model_dir)
-    assert "3 frames of 512 px" in stdout_of(text) and "at: 00:00 00:01 00:02" in stdout_of(text)
+    assert "3 frames of 512 px: " in stdout_of(text) and "at: 00:00 00:01 00:02" in stdout_of(text)
+    assert info["prompt_tokens"] == 3 * (64 + 3 + 10) + 30  # + the intro and the blank line
 
 
 # -- bad input ------------------------------------------------------------------------------------

@@ -139,7 +139,7 @@ def check_video_context(prompt_tokens: int, frames: int, videos: int, max_new_to
     need = prompt_tokens + max_new_tokens
     if not videos or need <= limit:
         return
-    per_frame = config.image_seq_len + 10  # the frame's tokens, its markers and its timestamp line
+    per_frame = config.image_seq_len + 13  # its image tokens, 3 markers, ~10 for "\nFrame from MM:SS:"
     fit = frames - -(-(need - limit) // per_frame)
     advice = (f"use --max-frames {fit // videos} or fewer (or a lower --fps), or fewer new tokens"
               if fit >= videos else "use fewer videos or fewer new tokens")

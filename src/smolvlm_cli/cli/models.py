@@ -149,8 +149,7 @@ def inspect(
         from smolvlm_cli.video.decode import probe
 
         probed = probe(image)  # a bad file fails before the model's files are fetched
-        _inspect_video(image, ModelConfig.from_dir(resolve_model(model, list(CONFIG_FILES))), probed,
-                       video_opts, json_out)
+        _inspect_video(image, resolve_model(model, list(CONFIG_FILES)), probed, video_opts, json_out)
         return
     if video_opts:
         raise typer.BadParameter("--fps, --max-frames, --start and --end apply to videos")
@@ -175,25 +174,31 @@ def inspect(
                  f"{tiles} tile{'s' if tiles != 1 else ''}, {info['image_tokens']} image tokens\n")
 
 
-def _inspect_video(path: str, config, probed, options: dict, json_out: bool) -> None:
+def _inspect_video(path: str, model_dir, probed, options: dict, json_out: bool) -> None:
+    from smolvlm_cli.processor import Processor
+    from smolvlm_cli.prompt import VIDEO_TOKEN, expand_video_tokens
     from smolvlm_cli.video.clip import open_video
     from smolvlm_cli.video.sampling import duration_text, frame_header
 
+    processor = Processor.from_pretrained(model_dir)
+    config = processor.config
     video = open_video(path, config, probed=probed, **options)
-    per_frame = config.image_seq_len + 3  # <fake_token_around_image><global-img> ... <fake_token_around_image>
+    # the exact cost: the intro, each frame's timestamp line, markers and image tokens
+    tokens = len(processor.tokenizer.encode(expand_video_tokens(VIDEO_TOKEN, [video], config.image_seq_len)))
     info = {**video.as_dict(), "tile_size": config.tile_size, "image_tokens": video.num_frames * config.image_seq_len,
-            "frame_tokens": video.num_frames * per_frame}
+            "prompt_tokens": tokens, "context": config.max_position_embeddings}
     if json_out:
         output.write_json(info)
         return
     segment = ""
     if video.start is not None or video.end is not None:
-        segment = f", segment {video.start or 0:g}-{video.end if video.end is not None else (video.start or 0) + video.duration:g} s"
+        end = video.end if video.end is not None else (video.start or 0) + video.duration
+        segment = f", segment {video.start or 0:g}-{end:g} s"
     stamps = " ".join(frame_header(t).strip()[len("Frame from "):-1] for t in video.times)
     output.write(f"{path}: {video.info.width}x{video.info.height}, {video.info.fps:g} fps, "
                  f"{video.info.total_frames} frames, {duration_text(video.duration)}{segment}\n"
                  f"sampling {video.fps:g} fps, at most {video.max_frames} frames -> {video.num_frames} "
-                 f"frame{'s' if video.num_frames != 1 else ''} of {config.tile_size} px = "
-                 f"{info['image_tokens']} image tokens ({info['frame_tokens']} with their markers)\n"
+                 f"frame{'s' if video.num_frames != 1 else ''} of {config.tile_size} px: "
+                 f"{tokens} prompt tokens of the model's {config.max_position_embeddings}\n"
                  f"frames: {' '.join(map(str, video.numbers))}\n"
                  f"at: {stamps}\n")
