@@ -116,6 +116,17 @@ def test_a_segment_is_sampled_as_the_clip_cut_there(clips, tmp_path):
     assert video.numbers == [first + int(i) for i in meta.frames_indices]
 
 
+def test_rotated_clips_are_turned_upright(tmp_path):
+    """A phone's portrait clip: landscape coded frames and a display matrix of -90 degrees.
+    Ours are upright, as players show them; transformers' reader ignores the rotation."""
+    path = make_clip(tmp_path / "phone.mp4", seconds=2, fps=25, size=(32, 24), rotation=-90)
+    ref_frames, meta = reference_read(path)
+    video = open_video(path, processor().config)
+    ours = np.stack(list(video.frames()))
+    assert ref_frames.shape[1:3] == (24, 32) and ours.shape[1:3] == (32, 24)
+    assert np.array_equal(ours, np.rot90(ref_frames, k=-1, axes=(1, 2)))
+
+
 # -- prompt text and input ids ------------------------------------------------------------------
 
 @lru_cache(maxsize=None)

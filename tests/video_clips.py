@@ -22,7 +22,7 @@ def frame_pixels(i: int, width: int, height: int) -> np.ndarray:
 
 def make_clip(path: Path | str, seconds: float = 3, fps: int = 25, size: tuple[int, int] = (32, 24),
               codec: str = "libx264", gop: int | None = None, vfr: bool = False,
-              frames: int | None = None) -> Path:
+              frames: int | None = None, rotation: int | None = None) -> Path:
     """A clip of `seconds` x `fps` frames of `size` (w, h). `vfr`: frame durations alternate
     between 1/(2 fps) and 3/(2 fps) (same average rate), in a millisecond time base."""
     import av
@@ -36,6 +36,8 @@ def make_clip(path: Path | str, seconds: float = 3, fps: int = 25, size: tuple[i
         stream.pix_fmt = "yuv420p" if codec != "mjpeg" else "yuvj420p"
         if gop is not None:
             stream.codec_context.gop_size = gop
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
         if vfr:
             stream.codec_context.time_base = Fraction(1, 1000)
         pts = 0

@@ -13,9 +13,20 @@ from smolvlm_cli.video import is_video_path
 
 
 def probe_videos(sources: list[Any]) -> dict[str, tuple]:
-    """{video path: its probe} for the video paths among `sources` (errors as VideoError)."""
+    """{video path: its probe} for the video paths among `sources` (errors as VideoError; a
+    video URL is one: videos are read from files)."""
+    import os
+
+    from smolvlm_cli.video import VIDEO_EXTENSIONS
+
     probed = {}
     for source in sources:
+        if isinstance(source, str) and "://" in source and \
+                os.path.splitext(source.split("?")[0])[1].lower().lstrip(".") in VIDEO_EXTENSIONS:
+            from smolvlm_cli.errors import VideoError
+
+            raise VideoError(f"cannot read video {source}: videos are read from files, not URLs",
+                             hint="download it first (e.g. curl -LO URL) and give the file")
         if is_video_path(source) and source not in probed:
             from smolvlm_cli.video.decode import probe
 

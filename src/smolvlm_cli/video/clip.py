@@ -145,7 +145,7 @@ def _segment(info: VideoInfo, start: float | None, end: float | None, label: str
     if stop <= first:
         raise VideoError(f"the segment of video {label} from {start or 0:g} s to {end:g} s holds no frame")
     return VideoInfo(total_frames=stop - first, fps=info.fps, width=info.width, height=info.height,
-                     first_frame=first, rotation=info.rotation, codec=info.codec, notes=info.notes)
+                     first_frame=first, codec=info.codec, notes=info.notes)
 
 
 def open_video(source: str | os.PathLike, config: ModelConfig, *, fps: float | None = None,

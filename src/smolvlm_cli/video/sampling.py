@@ -39,7 +39,6 @@ class VideoInfo:
     width: int
     height: int
     first_frame: int = 0
-    rotation: int = 0  # degrees clockwise to turn the decoded frames upright
     codec: str = ""
     notes: list[str] = field(default_factory=list)  # e.g. a frame count that had to be counted
 
