@@ -10,13 +10,9 @@ from typing import Annotated, Optional
 import typer
 
 from smolvlm_cli.cli import output
-from smolvlm_cli.cli.loading import load_model
-from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DetailOpt, DtypeOpt, GraphsOpt, LongestEdgeOpt,
-                                     MaxTokensOpt, ModelOpt, NoSplitOpt, QuietLongOpt, QuietOpt,
-                                     RepetitionPenaltyOpt, SeedOpt, SystemOpt, TemperatureOpt,
-                                     ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt, check_tiling,
-                                     generation_options, tiling)
-from smolvlm_cli.hub import DEFAULT_MODEL
+from smolvlm_cli.cli.option_groups import ModelChoice, TilingChoice, option_groups
+from smolvlm_cli.cli.options import DEFAULTS, QuietLongOpt, QuietOpt, SystemOpt, VerboseOpt
+from smolvlm_cli.options import GenerationOptions
 
 COMMANDS = ("/image PATH (add an image to your next message), /reset (forget the conversation), "
             "/save FILE (write the transcript as JSON), /help, /exit (or exit, quit, Ctrl-D)")
@@ -80,6 +76,7 @@ def labeled_answer(question: str, deltas) -> Iterator[str]:
         yield delta.replace("\n", "\n   ")
 
 
+@option_groups
 def ask(
     images: Annotated[list[str], typer.Argument(metavar="IMAGE...", help="Image paths or URLs.")],
     questions: Annotated[list[str], typer.Option(
@@ -88,20 +85,9 @@ def ask(
              "questions from stdin, one per line. (Here -q is --question: --quiet has no short "
              "form.)")],
     system: SystemOpt = None,
-    model: ModelOpt = DEFAULT_MODEL,
-    backend: BackendOpt = "auto",
-    dtype: DtypeOpt = None,
-    graphs: GraphsOpt = "auto",
-    threads: ThreadsOpt = None,
-    max_new_tokens: MaxTokensOpt = DEFAULTS.max_new_tokens,
-    temperature: TemperatureOpt = DEFAULTS.temperature,
-    top_k: TopKOpt = DEFAULTS.top_k,
-    top_p: TopPOpt = DEFAULTS.top_p,
-    repetition_penalty: RepetitionPenaltyOpt = DEFAULTS.repetition_penalty,
-    seed: SeedOpt = DEFAULTS.seed,
-    detail: DetailOpt = None,
-    longest_edge: LongestEdgeOpt = None,
-    no_split: NoSplitOpt = False,
+    model: ModelChoice = ModelChoice(),
+    options: GenerationOptions = DEFAULTS,
+    tiling: TilingChoice = TilingChoice(),
     json_out: Annotated[bool, typer.Option(
         "--json", rich_help_panel="Output",
         help="One JSON object per answer (JSON lines): the question, text, counts, timings.")] = False,
@@ -115,13 +101,11 @@ def ask(
     """
     from smolvlm_cli.image_loading import load_image
 
-    check_tiling(detail, longest_edge, no_split)
     questions = _read_questions(list(questions), quiet)
     loaded = [load_image(path) for path in images]  # bad files fail before the model loads
-    vlm = load_model(model, backend, dtype, threads, graphs, quiet)
-    edge, split = tiling(detail, longest_edge, no_split, lambda: vlm.config)
-    opts = generation_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
-    streams = vlm.ask_stream(loaded, questions, options=opts, longest_edge=edge, split=split,
+    vlm = model.load(quiet)
+    edge, split = tiling.resolve(lambda: vlm.config)
+    streams = vlm.ask_stream(loaded, questions, options=options, longest_edge=edge, split=split,
                              system=system)
     status, labeled = output.Status(quiet), len(questions) > 1
     for number, (question, stream) in enumerate(zip(questions, streams)):
@@ -148,41 +132,28 @@ def ask(
                        f"{s.generated_tokens} tokens at {s.decode_tokens_per_s:.1f} tokens/s")
 
 
+@option_groups
 def chat(
     images: Annotated[Optional[list[str]], typer.Argument(
         metavar="[IMAGE...]", help="Images (paths or URLs) for the first message.")] = None,
     system: SystemOpt = None,
-    model: ModelOpt = DEFAULT_MODEL,
-    backend: BackendOpt = "auto",
-    dtype: DtypeOpt = None,
-    graphs: GraphsOpt = "auto",
-    threads: ThreadsOpt = None,
-    max_new_tokens: MaxTokensOpt = DEFAULTS.max_new_tokens,
-    temperature: TemperatureOpt = DEFAULTS.temperature,
-    top_k: TopKOpt = DEFAULTS.top_k,
-    top_p: TopPOpt = DEFAULTS.top_p,
-    repetition_penalty: RepetitionPenaltyOpt = DEFAULTS.repetition_penalty,
-    seed: SeedOpt = DEFAULTS.seed,
-    detail: DetailOpt = None,
-    longest_edge: LongestEdgeOpt = None,
-    no_split: NoSplitOpt = False,
+    model: ModelChoice = ModelChoice(),
+    options: GenerationOptions = DEFAULTS,
+    tiling: TilingChoice = TilingChoice(),
     quiet: QuietOpt = False,
 ) -> None:
     """Talk about images over several turns; the model keeps the conversation in its cache."""
     from smolvlm_cli.errors import SmolVLMError
 
-    check_tiling(detail, longest_edge, no_split)
     pending = [_open(path) for path in images or ()]
-    vlm = load_model(model, backend, dtype, threads, graphs, quiet)
-    edge, split = tiling(detail, longest_edge, no_split, lambda: vlm.config)
-    conversation = vlm.chat(generation_options(max_new_tokens, temperature, top_k, top_p,
-                                               repetition_penalty, seed),
-                            longest_edge=edge, split=split, system=system)
+    vlm = model.load(quiet)
+    edge, split = tiling.resolve(lambda: vlm.config)
+    conversation = vlm.chat(options, longest_edge=edge, split=split, system=system)
     interactive = sys.stdin.isatty()
     status = output.Status(quiet)
     if interactive and not quiet:
         _enable_history()
-        output.log(f"Chatting with {model}.")
+        output.log(f"Chatting with {model.model}.")
         output.log(f"Commands: {COMMANDS}.")
     for line in _lines(interactive):
         text = line.strip()

@@ -10,17 +10,12 @@ from typing import Annotated, Optional
 import typer
 
 from smolvlm_cli.cli import output
-from smolvlm_cli.cli.loading import load_model
-from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DetailOpt, DtypeOpt, GraphsOpt, LongestEdgeOpt, MaxTokensOpt, ModelOpt, NoSplitOpt, QuietOpt,
-                                     RepetitionPenaltyOpt, SeedOpt, SystemOpt, TemperatureOpt,
-                                     ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt, check_tiling,
-                                     generation_options, tiling)
-from smolvlm_cli.hub import DEFAULT_MODEL
-from smolvlm_cli.options import DEFAULT_PROMPT
+from smolvlm_cli.cli.option_groups import ModelChoice, TilingChoice, option_groups
+from smolvlm_cli.cli.options import DEFAULTS, QuietOpt, SystemOpt, VerboseOpt
+from smolvlm_cli.formats import looks_like_image
+from smolvlm_cli.options import DEFAULT_PROMPT, GenerationOptions
 
 STDIN = "-"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic",
-                  ".heif", ".avif", ".jxl", ".ico", ".ppm", ".pgm", ".pbm", ".tga"}
 
 
 PROMPT_RULE = ("The last argument is the prompt when it is not '-', a URL or an existing file, "
@@ -34,7 +29,7 @@ def is_prompt(arg: str) -> bool:
 
     if arg == STDIN or is_url(arg) or Path(arg).exists():
         return False
-    return any(c.isspace() for c in arg.strip()) or Path(arg).suffix.lower() not in IMAGE_SUFFIXES
+    return any(c.isspace() for c in arg.strip()) or not looks_like_image(Path(arg).name)
 
 
 def split_images_and_prompt(args: list[str], prompt: str | None) -> tuple[list[str], str | None]:
@@ -87,6 +82,7 @@ def register(app: typer.Typer) -> None:
     app.command(no_args_is_help=True, epilog=EXAMPLES)(describe)
 
 
+@option_groups
 def describe(
     images: Annotated[list[str], typer.Argument(
         metavar="IMAGE... [PROMPT]", show_default=False,
@@ -97,20 +93,9 @@ def describe(
         help="The question or instruction (or give it after the images); '-' reads it from "
              "stdin. stdin is never read unless asked for, so shell loops are safe.")] = None,
     system: SystemOpt = None,
-    model: ModelOpt = DEFAULT_MODEL,
-    backend: BackendOpt = "auto",
-    dtype: DtypeOpt = None,
-    graphs: GraphsOpt = "auto",
-    threads: ThreadsOpt = None,
-    max_new_tokens: MaxTokensOpt = DEFAULTS.max_new_tokens,
-    temperature: TemperatureOpt = DEFAULTS.temperature,
-    top_k: TopKOpt = DEFAULTS.top_k,
-    top_p: TopPOpt = DEFAULTS.top_p,
-    repetition_penalty: RepetitionPenaltyOpt = DEFAULTS.repetition_penalty,
-    seed: SeedOpt = DEFAULTS.seed,
-    detail: DetailOpt = None,
-    longest_edge: LongestEdgeOpt = None,
-    no_split: NoSplitOpt = False,
+    model: ModelChoice = ModelChoice(),
+    options: GenerationOptions = DEFAULTS,
+    tiling: TilingChoice = TilingChoice(),
     no_stream: Annotated[bool, typer.Option(
         "--no-stream", rich_help_panel="Output", help="Print the answer once it is complete.")] = False,
     json_out: Annotated[bool, typer.Option(
@@ -121,7 +106,6 @@ def describe(
 ) -> None:
     """Answer a question about one or more images (a caption by default), streamed to stdout."""
     started = time.perf_counter()
-    check_tiling(detail, longest_edge, no_split)
     paths, prompt = split_images_and_prompt(images, prompt)
     sources, prompt = read_stdin_inputs(paths, prompt, quiet)
     status = output.Status(quiet)
@@ -132,16 +116,15 @@ def describe(
     # Decode the images first: a bad file fails before the model loads.
     with status.show("Downloading the image" if any(map(is_url, sources)) else "Reading"):
         loaded = [load_image(s, name="<stdin>" if isinstance(s, bytes) else None) for s in sources]
-    opts = generation_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
     startup_s = started - _process_start()
     t0 = time.perf_counter()
-    vlm = load_model(model, backend, dtype, threads, graphs, quiet, status)
+    vlm = model.load(quiet, status)
     load_s = time.perf_counter() - t0
-    edge, split = tiling(detail, longest_edge, no_split, lambda: vlm.config)
+    edge, split = tiling.resolve(lambda: vlm.config)
     prompt = prompt or DEFAULT_PROMPT
     prepared = vlm.prepare(loaded, messages=build_messages(prompt, len(loaded), system),
                            longest_edge=edge, split=split)
-    stream = vlm.stream_prepared(prepared, opts)
+    stream = vlm.stream_prepared(prepared, options)
     buffered = json_out or no_stream
     parts = []
     tiles = prepared.num_tiles
@@ -156,7 +139,7 @@ def describe(
     stats = stream.stats
     if json_out:
         output.write_json({
-            "text": text, "model": model, "backend": vlm.backend.name, "dtype": vlm.backend.dtype,
+            "text": text, "model": model.model, "backend": vlm.backend.name, "dtype": vlm.backend.dtype,
             "prompt": prompt, **({"system": system} if system else {}),
             "images": [_label(s) for s in sources],
             "prompt_tokens": stats.prompt_tokens, "generated_tokens": stats.generated_tokens,

@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from smolvlm_cli.cli import output
-from smolvlm_cli.cli.options import (BackendOpt, DetailOpt, DtypeOpt, GraphsOpt, JsonOpt, LongestEdgeOpt,
-                                     ModelOpt, NoSplitOpt, QuietOpt, check_tiling, tiling)
+from smolvlm_cli.cli.option_groups import TilingChoice, option_groups
+from smolvlm_cli.cli.options import BackendOpt, DtypeOpt, GraphsOpt, JsonOpt, ModelOpt, QuietOpt
 from smolvlm_cli.config import SUPPORTED_MODEL_TYPES
 from smolvlm_cli.hub import CONFIG_FILES, DEFAULT_MODEL
 
@@ -118,12 +118,11 @@ def _mb(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
 
 
+@option_groups
 def inspect(
     image: Annotated[str, typer.Argument(help="Image path or URL ('-' for stdin).")],
     model: ModelOpt = DEFAULT_MODEL,
-    detail: DetailOpt = None,
-    longest_edge: LongestEdgeOpt = None,
-    no_split: NoSplitOpt = False,
+    tiling: TilingChoice = TilingChoice(),
     json_out: Annotated[bool, typer.Option(
         "--json", rich_help_panel="Output",
         help="Print one JSON object: size, grid, tiles, image tokens.")] = False,
@@ -135,14 +134,13 @@ def inspect(
     from smolvlm_cli.hub import resolve_model
     from smolvlm_cli.image_processing import image_size, num_tiles, tile_grid
 
-    check_tiling(detail, longest_edge, no_split)
     config = ModelConfig.from_dir(resolve_model(model, list(CONFIG_FILES)))
     if image == "-" and sys.stdin.isatty():
         raise typer.BadParameter("'-' reads image bytes from standard input, which is a "
                                  "terminal: pipe an image in (smolvlm inspect - < photo.jpg)")
     source = sys.stdin.buffer.read() if image == "-" else image
     width, height = image_size(source, name="<stdin>" if image == "-" else None)  # header only
-    longest_edge, split = tiling(detail, longest_edge, no_split, lambda: config)
+    longest_edge, split = tiling.resolve(lambda: config)
     rows, cols = tile_grid(width, height, config, longest_edge=longest_edge, split=split)
     tiles = num_tiles(rows, cols)
     info = {"image": image, "width": width, "height": height, "rows": rows, "cols": cols,
