@@ -70,10 +70,6 @@ class Status:
             finally:
                 self._status = None
 
-    def update(self, message: str) -> None:
-        if self._status is not None:
-            self._status.update(message)
-
     def pause(self):
         """Stop the spinner for another live display; returns the console to draw it on
         (None when stderr is not a terminal)."""
