@@ -181,6 +181,36 @@ def invoke_cli(*args, input: bytes | str | None = None, env: dict | None = None)
     return SimpleNamespace(returncode=code, stdout=stdout, stderr=stderr)
 
 
+def run_on_terminal(command: list[str], env: dict, timeout: float = 300) -> tuple[int, str, str]:
+    """Run `command` with stderr a pseudo-terminal (where bars and spinners draw) and stdout a
+    pipe: (exit code, stdout, everything drawn on the terminal)."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    screen = b""
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                screen += chunk
+            elif proc.poll() is not None:
+                break
+        out = proc.stdout.read().decode()
+        code = proc.wait(timeout=timeout)
+    finally:
+        os.close(master)
+    return code, out, screen.decode(errors="replace")
+
+
 def stderr_of(result) -> str:
     return result.stderr.decode("utf-8", "backslashreplace")
 

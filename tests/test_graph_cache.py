@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import run_on_terminal
 from model_fixtures import TINY_MODEL_NAMES
 
 REPO_ID = "someone/tiny-smolvlm"
@@ -181,30 +182,8 @@ def test_hub_graphs_option_keeps_the_repos_own_graphs(hf_home, image, tmp_path):
 
 def test_on_a_terminal_the_build_shows_a_progress_bar_on_stderr(hf_home, image, reference_answer, tmp_path):
     """stderr a terminal, stdout a pipe: the rich bar draws on the terminal, stdout holds the answer."""
-    import pty
-    import select
-
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(_describe_cmd(image), env={**_env(hf_home, tmp_path / "cache"), "COLUMNS": "120"},
-                            stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
-    os.close(slave)
-    screen = b""
-    while True:
-        ready, _, _ = select.select([master], [], [], 1.0)
-        if ready:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # the child closed the terminal
-                break
-            if not chunk:
-                break
-            screen += chunk
-        elif proc.poll() is not None:
-            break
-    out = proc.stdout.read().decode()
-    assert proc.wait(timeout=300) == 0, screen.decode(errors="replace")
-    os.close(master)
-    text = screen.decode(errors="replace")
+    code, out, text = run_on_terminal(_describe_cmd(image), {**_env(hf_home, tmp_path / "cache"), "COLUMNS": "120"})
+    assert code == 0, text
     assert "Building graphs for" in text and "Built the graphs" in text  # the bar, then the summary
     assert "\x1b[" in text  # drawn with terminal control sequences, not plain lines
     assert out == reference_answer

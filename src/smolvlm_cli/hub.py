@@ -12,6 +12,7 @@ import os
 import re
 from pathlib import Path
 
+from smolvlm_cli.builder.layout import Progress
 from smolvlm_cli.dtypes import onnx_files, resolve_dtype
 from smolvlm_cli.errors import ModelNotFoundError
 
@@ -47,8 +48,9 @@ def is_local(model: str) -> bool:
     return Path(model).expanduser().is_dir()
 
 
-def resolve_model(model: str, patterns: list[str]) -> Path:
-    """A local directory as is, else the Hub snapshot holding `patterns` (downloaded if needed)."""
+def resolve_model(model: str, patterns: list[str], progress: Progress | None = None) -> Path:
+    """A local directory as is, else the Hub snapshot holding `patterns` (downloaded if needed,
+    shown through `progress.downloads()`)."""
     path = Path(model).expanduser()
     if path.is_dir():
         return path
@@ -58,17 +60,18 @@ def resolve_model(model: str, patterns: list[str]) -> Path:
         raise ModelNotFoundError(f"model {model!r} is neither a local directory nor a Hub id",
                                  hint="pass a directory in the Hugging Face layout or an id like "
                                       f"{DEFAULT_MODEL}")
-    return Path(_snapshot(model, patterns))
+    return Path(_snapshot(model, patterns, progress or Progress()))
 
 
-def _snapshot(repo_id: str, patterns: list[str]) -> str:
+def _snapshot(repo_id: str, patterns: list[str], progress: Progress) -> str:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                         OfflineModeIsEnabled, RepositoryNotFoundError,
                                         RevisionNotFoundError)
 
     try:
-        return snapshot_download(repo_id, allow_patterns=patterns)
+        with progress.downloads() as bars:
+            return snapshot_download(repo_id, allow_patterns=patterns, tqdm_class=bars)
     except GatedRepoError as exc:
         raise ModelNotFoundError(f"model {repo_id} is gated on the Hub",
                                  hint="accept its terms on the Hub and log in (hf auth login)") from exc

@@ -60,16 +60,20 @@ def load_image(source: ImageSource, name: str | None = None) -> Image.Image:
         _load_pixels(image, label)
         if _orientation(image) not in (None, 1):
             image = _exif_transpose(image, label, in_place=False)
-    elif isinstance(source, (bytes, bytearray, memoryview)):
-        label = name or "<stdin>"
-        image = _decode(bytes(source), label)
-    elif isinstance(source, (str, os.PathLike)):
-        label = name or str(source)
-        image = _decode(_read_source(source, label), label)
     else:
-        raise TypeError(f"cannot load an image from a {type(source).__name__}: "
-                        "pass a path, bytes or a PIL image")
+        label, data = _label_and_bytes(source, name, "load an image")
+        image = _decode(data, label)
     return _to_rgb(image, label)
+
+
+def _label_and_bytes(source: ImageSource, name: str | None, what: str) -> tuple[str, bytes]:
+    """The name errors give a bytes, path or URL source, and its bytes."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return name or "<stdin>", bytes(source)
+    if isinstance(source, (str, os.PathLike)):
+        label = name or str(source)
+        return label, _read_source(source, label)
+    raise TypeError(f"cannot {what} from a {type(source).__name__}: pass a path, bytes or a PIL image")
 
 
 def _read_source(source: str | os.PathLike, label: str) -> bytes:
@@ -288,14 +292,9 @@ def image_size(source: ImageSource, name: str | None = None) -> tuple[int, int]:
     header only: cheap, for `tile_grid`. Errors as `load_image`, except truncated pixel data."""
     if isinstance(source, Image.Image):
         label, image = name or getattr(source, "filename", "") or "<image>", source
-    elif isinstance(source, (bytes, bytearray, memoryview)):
-        label = name or "<stdin>"
-        image = _open(bytes(source), label)
-    elif isinstance(source, (str, os.PathLike)):
-        label = name or str(source)
-        image = _open(_read_source(source, label), label)
     else:
-        raise TypeError(f"cannot read an image size from a {type(source).__name__}")
+        label, data = _label_and_bytes(source, name, "read an image size")
+        image = _open(data, label)
     width, height = image.size
     if 0 in image.size:
         raise ImageError(f"image {label} has a zero side ({width}x{height})")

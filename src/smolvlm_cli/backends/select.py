@@ -65,13 +65,13 @@ def select_backend(model: str, backend: str = "auto", dtype: str | None = None, 
     if graphs not in GRAPH_SOURCES:
         raise ValueError(f"unknown graph source {graphs!r} (choose from {', '.join(GRAPH_SOURCES)})")
     if backend == "torch":
-        return Selection("torch", resolve_model(model, files_for("torch", None)))
+        return Selection("torch", resolve_model(model, files_for("torch", None), progress))
     if graphs == "build" and not _buildable(dtype):
         raise BackendUnavailableError(f"dtype {format_dtype(parse_dtype(dtype))} cannot be built",
                                       hint=f"built graphs come in {', '.join(EXPORT_DTYPES)}; "
                                            "--graphs hub runs a repo's own variants")
     if graphs != "hub" and _buildable(dtype):
-        model_dir = resolve_model(model, files_for("build", None))
+        model_dir = resolve_model(model, files_for("build", None), progress)
         if graphs == "auto" and _ours(model_dir, dtype):
             return Selection("onnx", model_dir, model_dir)
         if has_torch_weights(model_dir):
@@ -83,15 +83,16 @@ def select_backend(model: str, backend: str = "auto", dtype: str | None = None, 
         if graphs == "build":
             raise BackendUnavailableError(f"{model} has no safetensors weights to build graphs from",
                                           hint="--graphs hub runs the repo's own onnx/ graphs")
-    return _hub_graphs(model, backend, dtype, torch_available())
+    return _hub_graphs(model, backend, dtype, torch_available(), progress)
 
 
-def _hub_graphs(model: str, backend: str, dtype: str | None, torch_ok: bool) -> Selection:
+def _hub_graphs(model: str, backend: str, dtype: str | None, torch_ok: bool,
+                progress: Progress | None) -> Selection:
     """The repo's or folder's own `onnx/` graphs (today's Hugging Face contract)."""
-    model_dir = resolve_model(model, files_for("onnx", dtype))
+    model_dir = resolve_model(model, files_for("onnx", dtype), progress)
     if dtype is None and not is_local(model) and not has_onnx(model_dir, None):
         # a Hub repo without the default variant: its fallback graphs (resolve_dtype picks them)
-        model_dir = resolve_model(model, files_for("onnx", FALLBACK_DTYPE))
+        model_dir = resolve_model(model, files_for("onnx", FALLBACK_DTYPE), progress)
     if has_onnx(model_dir, dtype):
         return Selection("onnx", model_dir, model_dir)
     from smolvlm_cli.backends.torch import TORCH_DTYPES
@@ -99,7 +100,7 @@ def _hub_graphs(model: str, backend: str, dtype: str | None, torch_ok: bool) -> 
     # Fall back to torch only when it can honour the dtype (an explicit int8/q4 cannot be).
     if backend == "auto" and torch_ok and (dtype is None or dtype.lower() in TORCH_DTYPES):
         if not is_local(model):
-            model_dir = resolve_model(model, files_for("torch", None))
+            model_dir = resolve_model(model, files_for("torch", None), progress)
         if has_torch_weights(model_dir):
             return Selection("torch", model_dir)
     raise BackendUnavailableError(

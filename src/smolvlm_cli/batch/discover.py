@@ -26,9 +26,10 @@ from pathlib import PurePosixPath
 from typing import TextIO
 
 from smolvlm_cli.errors import SmolVLMError
+from smolvlm_cli.formats import IMAGE_EXTENSIONS
 
 STDIN = "-"
-DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "avif")
+DEFAULT_EXTENSIONS = IMAGE_EXTENSIONS
 
 
 def default_extensions() -> tuple[str, ...]:

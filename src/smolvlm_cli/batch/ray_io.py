@@ -29,11 +29,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from smolvlm_cli.batch.discover import ImageItem
 from smolvlm_cli.batch.files import AppendLog, sweep_temps, temp_path
 from smolvlm_cli.batch.progress import Reporter, Summary
 from smolvlm_cli.batch.records import FIELDS, ImageRecord, Job
-from smolvlm_cli.batch.resume import RecordIndex, State
+from smolvlm_cli.batch.resume import IndexedOutput, RecordIndex
 from smolvlm_cli.batch.runner import BatchConfig, find_images, plan_run
 from smolvlm_cli.batch.templates import render
 from smolvlm_cli.errors import SmolVLMError
@@ -107,7 +106,7 @@ def run_stamp() -> str:
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"-{int(now % 1 * 1e6):06d}"
 
 
-class ParquetStore:
+class ParquetStore(IndexedOutput):
     """The Parquet results folder: resume state, lock, torn-file repair, compaction."""
 
     name = "parquet"
@@ -172,15 +171,6 @@ class ParquetStore:
                                    hint="write to a new folder with -o (nothing was changed)")
             for row in table.to_pylist():
                 yield ImageRecord.from_dict({k: v for k, v in row.items() if k in FIELDS})
-
-    def problem(self, item: ImageItem) -> str | None:
-        return None
-
-    def state(self, item: ImageItem) -> State:
-        return self.index.state(item.abspath)
-
-    def made_with(self, item: ImageItem) -> tuple[str, str] | None:
-        return self.index.made_with(item.abspath)
 
     def records_since(self, before: set[Path]) -> list[ImageRecord]:
         """The records of the files not in `before` (this run's), in file order; they join the

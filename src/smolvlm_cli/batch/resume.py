@@ -170,3 +170,19 @@ class Ledger:
             rewrite(self.path, [(dumps(e) + "\n").encode()
                                 for e in self.entries.values()])
             self.lines = len(self.entries)
+
+
+class IndexedOutput:
+    """An output whose own records say what is done (a JSONL/CSV file, a Parquet folder): the
+    writer methods the runner asks, answered from its `RecordIndex`."""
+
+    index: RecordIndex
+
+    def problem(self, item: ImageItem) -> str | None:
+        return None
+
+    def state(self, item: ImageItem) -> State:
+        return self.index.state(item.abspath)
+
+    def made_with(self, item: ImageItem) -> tuple[str, str] | None:
+        return self.index.made_with(item.abspath)

@@ -18,7 +18,7 @@ from smolvlm_cli.batch.discover import ImageItem
 from smolvlm_cli.batch.files import (AppendLog, atomic_write, cut_tail, read_records,
                                      repair_tail, rewrite, sweep_temps)
 from smolvlm_cli.batch.records import FIELDS, ImageRecord, csv_line, loads
-from smolvlm_cli.batch.resume import Ledger, RecordIndex, State
+from smolvlm_cli.batch.resume import IndexedOutput, Ledger, RecordIndex, State
 from smolvlm_cli.errors import SmolVLMError
 
 SIDECAR_SUFFIX = ".txt"
@@ -126,7 +126,7 @@ class SidecarWriter:
             ledger.compact()
 
 
-class RecordFileWriter:
+class RecordFileWriter(IndexedOutput):
     """Records appended to one file (one write per record) or streamed to stdout.
 
     The file is its own resume state: on `open`, a torn last record is cut off and the last
@@ -213,15 +213,6 @@ class RecordFileWriter:
         opening = (self.start() or self.format_record(ImageRecord("x"))[:10]).encode()
         size = min(len(tail), len(opening))
         return size > 0 and tail[:size] == opening[:size]
-
-    def problem(self, item: ImageItem) -> str | None:
-        return None
-
-    def state(self, item: ImageItem) -> State:
-        return self.index.state(item.abspath)
-
-    def made_with(self, item: ImageItem) -> tuple[str, str] | None:
-        return self.index.made_with(item.abspath)
 
     def write(self, item: ImageItem, record: ImageRecord) -> None:
         text = self.format_record(record)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from smolvlm_cli.dtypes import COMPONENTS, DTYPE_SUFFIXES
@@ -16,8 +18,14 @@ LOGITS_KEY = "smolvlm.logits"
 
 
 class Progress:
-    """What a build reports: `total(n)` units of work first, then `step(description)` after each
-    (a layer, a quantized graph). The base class reports nothing."""
+    """What a load reports. A build: `total(n)` units of work first, then `step(description)`
+    after each (a layer, a quantized graph). A download: `downloads()` wraps a Hub download and
+    gives the tqdm class huggingface_hub draws it with (None: its own bars). The base class
+    reports nothing of a build and leaves downloads to huggingface_hub."""
+
+    @contextlib.contextmanager
+    def downloads(self) -> Iterator[type | None]:
+        yield None
 
     def total(self, units: int) -> None:
         pass

@@ -9,15 +9,11 @@ from typing import Annotated, Optional
 import typer
 
 from smolvlm_cli.cli import output
-from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DetailOpt, DtypeOpt, EndOpt, FpsOpt, GraphsOpt,
-                                     LongestEdgeOpt, MaxFramesOpt, MaxTokensOpt, ModelOpt, NoSplitOpt,
-                                     QuietOpt, RepetitionPenaltyOpt, SeedOpt, StartOpt, TemperatureOpt,
-                                     ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt, check_tiling,
-                                     generation_options, tiling, video_options)
+from smolvlm_cli.cli.option_groups import ModelChoice, TilingChoice, VideoChoice, option_groups
+from smolvlm_cli.cli.options import DEFAULTS, QuietOpt, VerboseOpt
 from smolvlm_cli.batch.discover import DEFAULT_EXTENSIONS
-from smolvlm_cli.video import VIDEO_EXTENSIONS
-from smolvlm_cli.hub import DEFAULT_MODEL
-from smolvlm_cli.options import DEFAULT_PROMPT
+from smolvlm_cli.formats import VIDEO_EXTENSIONS
+from smolvlm_cli.options import DEFAULT_PROMPT, GenerationOptions
 
 _INPUT = "Input"
 _OUTPUT = "Output"
@@ -96,6 +92,7 @@ def resolve_format(fmt: Optional[str], out: Optional[str], output_dir: Optional[
     return fmt, out
 
 
+@option_groups
 def batch(
     paths: Annotated[Optional[list[str]], typer.Argument(
         metavar="PATH...", show_default=False,
@@ -176,24 +173,10 @@ def batch(
     manifest: Annotated[Optional[str], typer.Option(
         "--manifest", rich_help_panel=_RAY,
         help="A JSONL or Parquet file listing image paths (ray engine).")] = None,
-    model: ModelOpt = DEFAULT_MODEL,
-    backend: BackendOpt = "auto",
-    dtype: DtypeOpt = None,
-    graphs: GraphsOpt = "auto",
-    threads: ThreadsOpt = None,
-    max_new_tokens: MaxTokensOpt = DEFAULTS.max_new_tokens,
-    temperature: TemperatureOpt = DEFAULTS.temperature,
-    top_k: TopKOpt = DEFAULTS.top_k,
-    top_p: TopPOpt = DEFAULTS.top_p,
-    repetition_penalty: RepetitionPenaltyOpt = DEFAULTS.repetition_penalty,
-    seed: SeedOpt = DEFAULTS.seed,
-    detail: DetailOpt = None,
-    longest_edge: LongestEdgeOpt = None,
-    no_split: NoSplitOpt = False,
-    fps: FpsOpt = None,
-    max_frames: MaxFramesOpt = None,
-    start: StartOpt = None,
-    end: EndOpt = None,
+    model: ModelChoice = ModelChoice(),
+    options: GenerationOptions = DEFAULTS,
+    tiling: TilingChoice = TilingChoice(),
+    video: VideoChoice = VideoChoice(),
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -203,8 +186,6 @@ def batch(
     from smolvlm_cli.batch.runner import BatchConfig, run_batch
     from smolvlm_cli.batch.templates import CaptionStyle, unknown_fields
 
-    check_tiling(detail, longest_edge, no_split)
-    video_opts = video_options(fps, max_frames, start, end)
     paths = list(paths or [])
     if not paths and manifest is None:
         raise typer.BadParameter("give images (folders, files, '-') or --manifest",
@@ -215,30 +196,28 @@ def batch(
         for name in unknown_fields(text):
             reporter.warn(f"{{{name}}} is not a template field (use {{filename}}, {{stem}} or "
                           "{parent}); it stays as written")
-    options = generation_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
     config = BatchConfig(
         inputs=paths, prompt=prompt or DEFAULT_PROMPT, recursive=recursive,
         include=tuple(include or ()), exclude=tuple(exclude or ()),
         extensions=parse_extensions(ext), null=null, fmt=fmt, output=target,
         output_dir=output_dir, style=CaptionStyle(prefix, suffix, single_line),
-        overwrite=overwrite, retry_errors=retry_errors, resume_any=resume_any, model=model)
+        overwrite=overwrite, retry_errors=retry_errors, resume_any=resume_any, model=model.model)
 
     def engine():
         from smolvlm_cli.batch.local import LocalEngine
-        from smolvlm_cli.cli.loading import load_model
 
-        vlm = load_model(model, backend, dtype, threads, graphs, quiet)
-        edge, split = tiling(detail, longest_edge, no_split, lambda: vlm.config)
-        return LocalEngine(vlm, options, model_name=model, batch_size=batch_size,
-                           workers=prefetch, longest_edge=edge, split=split, video_options=video_opts)
+        vlm = model.load(quiet)
+        edge, split = tiling.resolve(lambda: vlm.config)
+        return LocalEngine(vlm, options, model_name=model.model, batch_size=batch_size,
+                           workers=prefetch, longest_edge=edge, split=split, video_options=video.options)
 
     def advise(items) -> Optional[str]:
         """The slow-default warning, for runs that left the tiling to the model."""
-        if detail is not None or longest_edge is not None or no_split:
+        if tiling.chosen:
             return None
         from smolvlm_cli.batch.estimate import slow_run_line
 
-        config = _config_at_hand(model)
+        config = _config_at_hand(model.model)
         return slow_run_line(items, config) if config is not None else None
 
     engine_name = engine_name.lower()
@@ -254,18 +233,14 @@ def batch(
 
         if not ext:  # the Ray engine captions images only: videos are not picked up by default
             config.extensions = DEFAULT_EXTENSIONS
+        from smolvlm_cli.config import ModelConfig
+        from smolvlm_cli.hub import CONFIG_FILES, resolve_model
 
-        edge, split = longest_edge, (False if no_split else None)
-        if detail is not None:
-            from smolvlm_cli.config import ModelConfig
-            from smolvlm_cli.hub import CONFIG_FILES, resolve_model
-
-            edge, split = tiling(detail, None, False,
-                                 lambda: ModelConfig.from_dir(resolve_model(model, list(CONFIG_FILES))))
-        settings = RaySettings(model=model, options=options, backend=backend, dtype=dtype,
+        edge, split = tiling.resolve(lambda: ModelConfig.from_dir(resolve_model(model.model, list(CONFIG_FILES))))
+        settings = RaySettings(model=model.model, options=options, backend=model.backend, dtype=model.dtype,
                                batch_size=batch_size, longest_edge=edge,
                                split=split, address=ray_address,
-                               workers=workers, threads_per_worker=threads_per_worker or threads,
+                               workers=workers, threads_per_worker=threads_per_worker or model.threads,
                                manifest=manifest)
         summary = run_ray(config, settings, reporter=reporter,
                           stdin=sys.stdin if STDIN in paths else None, out=output.write)

@@ -10,13 +10,9 @@ from typing import Annotated, Optional
 import typer
 
 from smolvlm_cli.cli import output
-from smolvlm_cli.cli.loading import load_model
-from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DetailOpt, DtypeOpt, EndOpt, FpsOpt, GraphsOpt,
-                                     LongestEdgeOpt, MaxFramesOpt, MaxTokensOpt, ModelOpt, NoSplitOpt,
-                                     QuietLongOpt, QuietOpt, RepetitionPenaltyOpt, SeedOpt, StartOpt,
-                                     SystemOpt, TemperatureOpt, ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt,
-                                     check_tiling, generation_options, tiling, video_options)
-from smolvlm_cli.hub import DEFAULT_MODEL
+from smolvlm_cli.cli.option_groups import ModelChoice, TilingChoice, VideoChoice, option_groups
+from smolvlm_cli.cli.options import DEFAULTS, QuietLongOpt, QuietOpt, SystemOpt, VerboseOpt
+from smolvlm_cli.options import GenerationOptions
 
 COMMANDS = ("/image PATH (add an image to your next message), /video PATH (a video), "
             "/reset (forget the conversation), "
@@ -48,11 +44,11 @@ def _open(source: str):
     return image
 
 
-def _sampled(media: list, vlm, options: dict) -> list:
-    """Video paths among `media` as `SampledVideo`s with the command's video options."""
+def _sampled(media: list, vlm, video: VideoChoice) -> list:
+    """Video paths among `media` as `SampledVideo`s, sampled per the command's video options."""
     from smolvlm_cli.cli.media import open_media
 
-    return open_media(media, vlm.config, {}, options)
+    return open_media(media, vlm.config, {}, video.options)
 
 
 def _read_questions(questions: list[str], quiet: bool) -> list[str]:
@@ -96,6 +92,7 @@ def labeled_answer(question: str, deltas) -> Iterator[str]:
         yield delta.replace("\n", "\n   ")
 
 
+@option_groups
 def ask(
     images: Annotated[list[str], typer.Argument(metavar="IMAGE|VIDEO...",
                                                 help="Image paths or URLs, video files.")],
@@ -105,24 +102,10 @@ def ask(
              "questions from stdin, one per line. (Here -q is --question: --quiet has no short "
              "form.)")],
     system: SystemOpt = None,
-    model: ModelOpt = DEFAULT_MODEL,
-    backend: BackendOpt = "auto",
-    dtype: DtypeOpt = None,
-    graphs: GraphsOpt = "auto",
-    threads: ThreadsOpt = None,
-    max_new_tokens: MaxTokensOpt = DEFAULTS.max_new_tokens,
-    temperature: TemperatureOpt = DEFAULTS.temperature,
-    top_k: TopKOpt = DEFAULTS.top_k,
-    top_p: TopPOpt = DEFAULTS.top_p,
-    repetition_penalty: RepetitionPenaltyOpt = DEFAULTS.repetition_penalty,
-    seed: SeedOpt = DEFAULTS.seed,
-    detail: DetailOpt = None,
-    longest_edge: LongestEdgeOpt = None,
-    no_split: NoSplitOpt = False,
-    fps: FpsOpt = None,
-    max_frames: MaxFramesOpt = None,
-    start: StartOpt = None,
-    end: EndOpt = None,
+    model: ModelChoice = ModelChoice(),
+    options: GenerationOptions = DEFAULTS,
+    tiling: TilingChoice = TilingChoice(),
+    video: VideoChoice = VideoChoice(),
     json_out: Annotated[bool, typer.Option(
         "--json", rich_help_panel="Output",
         help="One JSON object per answer (JSON lines): the question, text, counts, timings.")] = False,
@@ -134,19 +117,17 @@ def ask(
     With several questions each answer is labeled (Q: / A:, continuation lines indented);
     a single question prints the bare answer.
     """
-    from smolvlm_cli.cli.media import check_video_options, frame_progress
+    from smolvlm_cli.cli.media import frame_progress
+    from smolvlm_cli.video import is_video_path
 
-    check_tiling(detail, longest_edge, no_split)
-    video_opts = video_options(fps, max_frames, start, end)
-    check_video_options(images, video_opts)
+    video.require_video(any(map(is_video_path, images)))
     questions = _read_questions(list(questions), quiet)
     loaded = [_open(path) for path in images]  # bad files fail before the model loads
-    vlm = load_model(model, backend, dtype, threads, graphs, quiet)
-    edge, split = tiling(detail, longest_edge, no_split, lambda: vlm.config)
-    opts = generation_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
+    vlm = model.load(quiet)
+    edge, split = tiling.resolve(lambda: vlm.config)
     status, labeled = output.Status(quiet), len(questions) > 1
     vlm.progress = frame_progress(status)
-    streams = vlm.ask_stream(_sampled(loaded, vlm, video_opts), questions, options=opts, longest_edge=edge,
+    streams = vlm.ask_stream(_sampled(loaded, vlm, video), questions, options=options, longest_edge=edge,
                              split=split, system=system)
     for number, (question, stream) in enumerate(zip(questions, streams)):
         if json_out:
@@ -173,48 +154,31 @@ def ask(
                        f"{s.generated_tokens} tokens at {s.decode_tokens_per_s:.1f} tokens/s")
 
 
+@option_groups
 def chat(
     images: Annotated[Optional[list[str]], typer.Argument(
         metavar="[IMAGE|VIDEO...]", help="Images (paths or URLs) and videos for the first message.")] = None,
     system: SystemOpt = None,
-    model: ModelOpt = DEFAULT_MODEL,
-    backend: BackendOpt = "auto",
-    dtype: DtypeOpt = None,
-    graphs: GraphsOpt = "auto",
-    threads: ThreadsOpt = None,
-    max_new_tokens: MaxTokensOpt = DEFAULTS.max_new_tokens,
-    temperature: TemperatureOpt = DEFAULTS.temperature,
-    top_k: TopKOpt = DEFAULTS.top_k,
-    top_p: TopPOpt = DEFAULTS.top_p,
-    repetition_penalty: RepetitionPenaltyOpt = DEFAULTS.repetition_penalty,
-    seed: SeedOpt = DEFAULTS.seed,
-    detail: DetailOpt = None,
-    longest_edge: LongestEdgeOpt = None,
-    no_split: NoSplitOpt = False,
-    fps: FpsOpt = None,
-    max_frames: MaxFramesOpt = None,
-    start: StartOpt = None,
-    end: EndOpt = None,
+    model: ModelChoice = ModelChoice(),
+    options: GenerationOptions = DEFAULTS,
+    tiling: TilingChoice = TilingChoice(),
+    video: VideoChoice = VideoChoice(),
     quiet: QuietOpt = False,
 ) -> None:
     """Talk about images and videos over several turns; the model keeps the conversation in its cache."""
     from smolvlm_cli.cli.media import frame_progress
     from smolvlm_cli.errors import SmolVLMError
 
-    check_tiling(detail, longest_edge, no_split)
-    video_opts = video_options(fps, max_frames, start, end)
     pending = [_open(path) for path in images or ()]
-    vlm = load_model(model, backend, dtype, threads, graphs, quiet)
-    edge, split = tiling(detail, longest_edge, no_split, lambda: vlm.config)
-    conversation = vlm.chat(generation_options(max_new_tokens, temperature, top_k, top_p,
-                                               repetition_penalty, seed),
-                            longest_edge=edge, split=split, system=system)
+    vlm = model.load(quiet)
+    edge, split = tiling.resolve(lambda: vlm.config)
+    conversation = vlm.chat(options, longest_edge=edge, split=split, system=system)
     interactive = sys.stdin.isatty()
     status = output.Status(quiet)
     vlm.progress = frame_progress(status)
     if interactive and not quiet:
         _enable_history()
-        output.log(f"Chatting with {model}.")
+        output.log(f"Chatting with {model.model}.")
         output.log(f"Commands: {COMMANDS}.")
     for line in _lines(interactive):
         text = line.strip()
@@ -234,7 +198,7 @@ def chat(
                     message = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
                 output.log(f"Error: {message}" + (f" ({hint})" if hint else ""))
             continue
-        stream = conversation.send(text, _sampled(pending, vlm, video_opts))
+        stream = conversation.send(text, _sampled(pending, vlm, video))
         looking, pending = bool(pending), []
         for delta in _thinking(status, iter(stream), looking):
             output.write(delta)
@@ -254,13 +218,12 @@ def _command(command: str, arg: str, conversation, pending: list) -> None:
         pending.append(_open(arg))
         output.log(f"(image {arg} added to your next message)")
     elif command == "/video":
+        from smolvlm_cli.formats import VIDEO_EXTENSIONS
         from smolvlm_cli.video import is_video_path
 
         if not arg:
             raise SmolVLMError("/video needs a video file, e.g. /video clip.mp4")
         if not is_video_path(arg):
-            from smolvlm_cli.video import VIDEO_EXTENSIONS
-
             raise SmolVLMError(f"{arg} does not look like a video (extensions: {', '.join(VIDEO_EXTENSIONS)})")
         pending.append(_open(arg))
         output.log(f"(video {arg} added to your next message)")

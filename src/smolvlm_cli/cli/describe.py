@@ -1,4 +1,4 @@
-"""`smolvlm describe IMAGE... [PROMPT]`: one answer about one or more images, streamed."""
+"""`smolvlm describe IMAGE|VIDEO... [PROMPT]`: one answer about images and videos, streamed."""
 
 from __future__ import annotations
 
@@ -10,19 +10,13 @@ from typing import Annotated, Optional
 import typer
 
 from smolvlm_cli.cli import output
-from smolvlm_cli.cli.loading import load_model
-from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DetailOpt, DtypeOpt, EndOpt, FpsOpt, GraphsOpt,
-                                     LongestEdgeOpt, MaxFramesOpt, MaxTokensOpt, ModelOpt, NoSplitOpt,
-                                     QuietOpt, RepetitionPenaltyOpt, SeedOpt, StartOpt, SystemOpt,
-                                     TemperatureOpt, ThreadsOpt, TopKOpt, TopPOpt, VerboseOpt, check_tiling,
-                                     generation_options, tiling, video_options)
-from smolvlm_cli.hub import DEFAULT_MODEL
-from smolvlm_cli.options import DEFAULT_PROMPT, DEFAULT_VIDEO_PROMPT
-from smolvlm_cli.video import VIDEO_EXTENSIONS, is_video_path
+from smolvlm_cli.cli.option_groups import ModelChoice, TilingChoice, VideoChoice, option_groups
+from smolvlm_cli.cli.options import DEFAULTS, QuietOpt, SystemOpt, VerboseOpt
+from smolvlm_cli.formats import looks_like_image
+from smolvlm_cli.options import DEFAULT_PROMPT, DEFAULT_VIDEO_PROMPT, GenerationOptions
+from smolvlm_cli.video import is_video_path
 
 STDIN = "-"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic",
-                  ".heif", ".avif", ".jxl", ".ico", ".ppm", ".pgm", ".pbm", ".tga"}
 
 
 PROMPT_RULE = ("The last argument is the prompt when it is not '-', a URL or an existing file, "
@@ -36,9 +30,8 @@ def is_prompt(arg: str) -> bool:
 
     if arg == STDIN or is_url(arg) or Path(arg).exists():
         return False
-    suffix = Path(arg).suffix.lower()
-    return any(c.isspace() for c in arg.strip()) or (suffix not in IMAGE_SUFFIXES
-                                                     and suffix.lstrip(".") not in VIDEO_EXTENSIONS)
+    name = Path(arg).name
+    return any(c.isspace() for c in arg.strip()) or not (looks_like_image(name) or is_video_path(name))
 
 
 def split_images_and_prompt(args: list[str], prompt: str | None) -> tuple[list[str], str | None]:
@@ -92,6 +85,7 @@ def register(app: typer.Typer) -> None:
     app.command(no_args_is_help=True, epilog=EXAMPLES)(describe)
 
 
+@option_groups
 def describe(
     images: Annotated[list[str], typer.Argument(
         metavar="IMAGE|VIDEO... [PROMPT]", show_default=False,
@@ -102,24 +96,10 @@ def describe(
         help="The question or instruction (or give it after the images); '-' reads it from "
              "stdin. stdin is never read unless asked for, so shell loops are safe.")] = None,
     system: SystemOpt = None,
-    model: ModelOpt = DEFAULT_MODEL,
-    backend: BackendOpt = "auto",
-    dtype: DtypeOpt = None,
-    graphs: GraphsOpt = "auto",
-    threads: ThreadsOpt = None,
-    max_new_tokens: MaxTokensOpt = DEFAULTS.max_new_tokens,
-    temperature: TemperatureOpt = DEFAULTS.temperature,
-    top_k: TopKOpt = DEFAULTS.top_k,
-    top_p: TopPOpt = DEFAULTS.top_p,
-    repetition_penalty: RepetitionPenaltyOpt = DEFAULTS.repetition_penalty,
-    seed: SeedOpt = DEFAULTS.seed,
-    detail: DetailOpt = None,
-    longest_edge: LongestEdgeOpt = None,
-    no_split: NoSplitOpt = False,
-    fps: FpsOpt = None,
-    max_frames: MaxFramesOpt = None,
-    start: StartOpt = None,
-    end: EndOpt = None,
+    model: ModelChoice = ModelChoice(),
+    options: GenerationOptions = DEFAULTS,
+    tiling: TilingChoice = TilingChoice(),
+    video: VideoChoice = VideoChoice(),
     no_stream: Annotated[bool, typer.Option(
         "--no-stream", rich_help_panel="Output", help="Print the answer once it is complete.")] = False,
     json_out: Annotated[bool, typer.Option(
@@ -130,35 +110,32 @@ def describe(
 ) -> None:
     """Answer a question about images or videos (a caption by default), streamed to stdout."""
     started = time.perf_counter()
-    check_tiling(detail, longest_edge, no_split)
     paths, prompt = split_images_and_prompt(images, prompt)
+    video.require_video(any(map(is_video_path, paths)))
     sources, prompt = read_stdin_inputs(paths, prompt, quiet)
     status = output.Status(quiet)
-    video_opts = video_options(fps, max_frames, start, end)
 
-    from smolvlm_cli.cli.media import check_video_options, frame_progress, media_label, open_media, probe_videos
+    from smolvlm_cli.cli.media import frame_progress, media_label, open_media, probe_videos
     from smolvlm_cli.image_loading import is_url, load_image
     from smolvlm_cli.prompt import build_messages
 
-    check_video_options(sources, video_opts)
     # Decode the images and probe the videos first: a bad file fails before the model loads.
     with status.show("Downloading the image" if any(map(is_url, sources)) else "Reading"):
         loaded = [s if is_video_path(s) else load_image(s, name="<stdin>" if isinstance(s, bytes) else None)
                   for s in sources]
         probed = probe_videos(sources)
-    opts = generation_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
     startup_s = started - _process_start()
     t0 = time.perf_counter()
-    vlm = load_model(model, backend, dtype, threads, graphs, quiet, status)
+    vlm = model.load(quiet, status)
     load_s = time.perf_counter() - t0
-    edge, split = tiling(detail, longest_edge, no_split, lambda: vlm.config)
-    media = open_media(loaded, vlm.config, probed, video_opts)
+    edge, split = tiling.resolve(lambda: vlm.config)
+    media = open_media(loaded, vlm.config, probed, video.options)
     kinds = ["video" if hasattr(m, "num_frames") else "image" for m in media]
     prompt = prompt or (DEFAULT_VIDEO_PROMPT if "video" in kinds else DEFAULT_PROMPT)
     prepared = vlm.prepare(media, messages=build_messages(prompt, kinds, system),
                            longest_edge=edge, split=split)
     vlm.progress = frame_progress(status)
-    stream = vlm.stream_prepared(prepared, opts)
+    stream = vlm.stream_prepared(prepared, options)
     buffered = json_out or no_stream
     parts = []
     tiles = prepared.num_tiles
@@ -175,7 +152,7 @@ def describe(
     stats = stream.stats
     if json_out:
         output.write_json({
-            "text": text, "model": model, "backend": vlm.backend.name, "dtype": vlm.backend.dtype,
+            "text": text, "model": model.model, "backend": vlm.backend.name, "dtype": vlm.backend.dtype,
             "prompt": prompt, **({"system": system} if system else {}),
             "images": [_label(s) for s in sources if not is_video_path(s)],
             **({"videos": [v.as_dict() for v in prepared.videos]} if prepared.videos else {}),

@@ -42,15 +42,6 @@ def open_media(sources: list[Any], config, probed: dict[str, tuple], options: di
             for s in sources]
 
 
-def check_video_options(sources: list[Any], options: dict[str, Any]) -> None:
-    """Video options without a video are a mistake worth saying (they would be ignored)."""
-    if options and not any(is_video_path(s) for s in sources):
-        import typer
-
-        names = ", ".join(f"--{k.replace('_', '-')}" for k in options)
-        raise typer.BadParameter(f"{names} apply to videos, and none was given")
-
-
 def frame_progress(status: output.Status):
     """A progress callback for `SmolVLM.progress`: the spinner counts the frames encoded."""
     return lambda done, total: status.update(f"Encoding video frames {done}/{total}")

@@ -9,9 +9,8 @@ from typing import Annotated
 import typer
 
 from smolvlm_cli.cli import output
-from smolvlm_cli.cli.options import (BackendOpt, DetailOpt, DtypeOpt, EndOpt, FpsOpt, GraphsOpt, JsonOpt,
-                                     LongestEdgeOpt, MaxFramesOpt, ModelOpt, NoSplitOpt, QuietOpt, StartOpt,
-                                     check_tiling, tiling, video_options)
+from smolvlm_cli.cli.option_groups import TilingChoice, VideoChoice, option_groups
+from smolvlm_cli.cli.options import BackendOpt, DtypeOpt, GraphsOpt, JsonOpt, ModelOpt, QuietOpt
 from smolvlm_cli.config import SUPPORTED_MODEL_TYPES
 from smolvlm_cli.hub import CONFIG_FILES, DEFAULT_MODEL
 
@@ -119,20 +118,17 @@ def _mb(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
 
 
+@option_groups
 def inspect(
-    image: Annotated[str, typer.Argument(metavar="IMAGE|VIDEO", help="Image path or URL ('-' for stdin), or a video file.")],
+    image: Annotated[str, typer.Argument(metavar="IMAGE|VIDEO",
+                                         help="Image path or URL ('-' for stdin), or a video file.")],
     model: ModelOpt = DEFAULT_MODEL,
-    detail: DetailOpt = None,
-    longest_edge: LongestEdgeOpt = None,
-    no_split: NoSplitOpt = False,
-    fps: FpsOpt = None,
-    max_frames: MaxFramesOpt = None,
-    start: StartOpt = None,
-    end: EndOpt = None,
+    tiling: TilingChoice = TilingChoice(),
+    video: VideoChoice = VideoChoice(),
     json_out: Annotated[bool, typer.Option(
         "--json", rich_help_panel="Output",
         help="Print one JSON object: size, grid, tiles, image tokens (a video: its duration, the "
-             "frames sampled, their timestamps, the tokens).")] = False,
+             "frames sampled, their timestamps, the prompt tokens).")] = False,
 ) -> None:
     """Show how an image will be tiled, or which frames of a video the model will see, and
     how many tokens it costs (no weights needed)."""
@@ -143,23 +139,20 @@ def inspect(
     from smolvlm_cli.image_processing import image_size, num_tiles, tile_grid
     from smolvlm_cli.video import is_video_path
 
-    check_tiling(detail, longest_edge, no_split)
-    video_opts = video_options(fps, max_frames, start, end)
+    video.require_video(is_video_path(image))
     if is_video_path(image):
-        from smolvlm_cli.video.decode import probe
+        from smolvlm_cli.cli.media import probe_videos
 
-        probed = probe(image)  # a bad file fails before the model's files are fetched
-        _inspect_video(image, resolve_model(model, list(CONFIG_FILES)), probed, video_opts, json_out)
+        probed = probe_videos([image])[image]  # a bad file fails before the model's files are fetched
+        _inspect_video(image, resolve_model(model, list(CONFIG_FILES)), probed, video.options, json_out)
         return
-    if video_opts:
-        raise typer.BadParameter("--fps, --max-frames, --start and --end apply to videos")
     config = ModelConfig.from_dir(resolve_model(model, list(CONFIG_FILES)))
     if image == "-" and sys.stdin.isatty():
         raise typer.BadParameter("'-' reads image bytes from standard input, which is a "
                                  "terminal: pipe an image in (smolvlm inspect - < photo.jpg)")
     source = sys.stdin.buffer.read() if image == "-" else image
     width, height = image_size(source, name="<stdin>" if image == "-" else None)  # header only
-    longest_edge, split = tiling(detail, longest_edge, no_split, lambda: config)
+    longest_edge, split = tiling.resolve(lambda: config)
     rows, cols = tile_grid(width, height, config, longest_edge=longest_edge, split=split)
     tiles = num_tiles(rows, cols)
     info = {"image": image, "width": width, "height": height, "rows": rows, "cols": cols,

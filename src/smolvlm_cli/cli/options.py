@@ -6,15 +6,14 @@ imports numpy or onnxruntime, so `smolvlm --help` stays fast.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from smolvlm_cli.backends import BACKENDS, GRAPH_SOURCES
 from smolvlm_cli.dtypes import DEFAULT_DTYPE, parse_dtype
 from smolvlm_cli.hub import MODEL_ENV
-from smolvlm_cli.options import DETAIL_LEVELS, GenerationOptions, detail_tiling
+from smolvlm_cli.options import DETAIL_LEVELS, GenerationOptions
 
 _DEFAULTS = GenerationOptions()
 _MODEL_PANEL = "Model"
@@ -142,15 +141,6 @@ EndOpt = Annotated[Optional[float], typer.Option(
     help="Take a video up to this time (seconds).")]
 
 
-def video_options(fps: Optional[float], max_frames: Optional[int], start: Optional[float],
-                  end: Optional[float]) -> dict[str, Any]:
-    """The video options given (None ones left out: the model's sampling applies)."""
-    if start is not None and end is not None and end <= start:
-        raise typer.BadParameter(f"--end ({end:g}) must come after --start ({start:g})",
-                                 param_hint="'--end'")
-    given = {"fps": fps, "max_frames": max_frames, "start": start, "end": end}
-    return {k: v for k, v in given.items() if v is not None}
-
 
 JsonOpt = Annotated[bool, typer.Option(
     "--json", rich_help_panel=_OUTPUT_PANEL, help="Print JSON instead of text.")]
@@ -163,27 +153,3 @@ VerboseOpt = Annotated[bool, typer.Option(
     "--verbose", "-v", rich_help_panel=_OUTPUT_PANEL, help="Timings and details on stderr.")]
 
 DEFAULTS = _DEFAULTS
-
-
-def check_tiling(detail: Optional[str], longest_edge: Optional[int], no_split: bool) -> None:
-    """--detail is the simple knob, --longest-edge / --no-split the fine ones: not both."""
-    if detail is not None and (longest_edge is not None or no_split):
-        raise typer.BadParameter("give either --detail or --longest-edge/--no-split, not both",
-                                 param_hint="'--detail'")
-
-
-def tiling(detail: Optional[str], longest_edge: Optional[int], no_split: bool,
-           config: Callable[[], Any]) -> tuple[Optional[int], Optional[bool]]:
-    """(longest_edge, split) from --detail (for the model config `config()` returns, asked
-    for only then) or the fine options."""
-    if detail is not None:
-        model_config = config()
-        return detail_tiling(detail, model_config.longest_edge, model_config.tile_size)
-    return longest_edge, (False if no_split else None)
-
-
-def generation_options(max_new_tokens: int, temperature: float, top_k: int, top_p: float,
-                       repetition_penalty: float, seed: Optional[int]) -> GenerationOptions:
-    """The sampling options every command takes, as one `GenerationOptions`."""
-    return GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                             top_p=top_p, repetition_penalty=repetition_penalty, seed=seed)

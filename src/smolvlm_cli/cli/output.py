@@ -71,6 +71,7 @@ class Status:
                 self._status = None
 
     def update(self, message: str) -> None:
+        """New words for the running spinner (e.g. the video frames encoded so far)."""
         if self._status is not None:
             self._status.update(message)
 

@@ -14,8 +14,7 @@ import os
 import sys
 from typing import Any
 
-# Container extensions taken as videos (GIFs stay images: their first frame, as before).
-VIDEO_EXTENSIONS = ("mp4", "m4v", "mov", "mkv", "webm", "avi", "mpg", "mpeg", "wmv", "flv", "3gp", "ts")
+from smolvlm_cli.formats import VIDEO_EXTENSIONS
 
 
 def is_video_path(source: Any) -> bool:

@@ -1,0 +1,19 @@
+"""The file extensions we treat as images or videos, in one place (light: the CLI reads them for --help)."""
+
+from __future__ import annotations
+
+# What Pillow decodes out of the box: the files `batch` picks from a folder by default.
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "avif")
+# Names that look like images, some needing a Pillow plugin: `describe` does not take such a last
+# argument for the prompt.
+IMAGE_NAME_EXTENSIONS = frozenset(IMAGE_EXTENSIONS) | {"heic", "heif", "jxl", "ico", "ppm", "pgm", "pbm", "tga"}
+
+
+def looks_like_image(name: str) -> bool:
+    """Whether a file name ends in an image extension (any case)."""
+    suffix = name.rpartition(".")[2].lower() if "." in name else ""
+    return suffix in IMAGE_NAME_EXTENSIONS
+
+
+# Containers taken as videos (with the `video` extra, PyAV); a GIF stays an image (its first frame).
+VIDEO_EXTENSIONS = ("mp4", "m4v", "mov", "mkv", "webm", "avi", "mpg", "mpeg", "wmv", "flv", "3gp", "ts")
