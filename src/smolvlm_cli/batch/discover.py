@@ -36,7 +36,7 @@ def default_extensions() -> tuple[str, ...]:
     """The image extensions, and the video ones when video support (PyAV) is installed."""
     from importlib.util import find_spec
 
-    from smolvlm_cli.video import VIDEO_EXTENSIONS
+    from smolvlm_cli.formats import VIDEO_EXTENSIONS
 
     return DEFAULT_EXTENSIONS + (VIDEO_EXTENSIONS if find_spec("av") is not None else ())
 
