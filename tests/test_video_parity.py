@@ -127,6 +127,23 @@ def test_rotated_clips_are_turned_upright(tmp_path):
     assert np.array_equal(ours, np.rot90(ref_frames, k=-1, axes=(1, 2)))
 
 
+@pytest.mark.parametrize("truncate", [False, True])
+def test_a_stream_without_a_frame_count_is_counted(tmp_path, truncate):
+    """Matroska keeps no frame count (transformers' reader then sees 0 frames): ours comes from
+    the packet index, and a truncated file is the frames it still holds."""
+    path = make_clip(tmp_path / "clip.mkv", seconds=3, fps=25, size=(32, 24), gop=10)
+    if truncate:
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) * 2 // 3])
+    video = open_video(path, processor().config, fps=4)
+    assert (video.info.total_frames < 75) if truncate else (video.info.total_frames == 75)
+    from transformers.video_utils import read_video_pyav
+
+    ours = np.stack(list(video.frames()))
+    ref, _ = read_video_pyav(str(path), lambda metadata, **_: np.array(video.numbers))
+    assert ours.shape == ref.shape and np.array_equal(ours, ref)
+
+
 # -- prompt text and input ids ------------------------------------------------------------------
 
 @lru_cache(maxsize=None)

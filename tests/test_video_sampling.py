@@ -77,3 +77,57 @@ def test_packet_index_numbers_and_keyframes():
                                         ("https://x.org/a.mp4", False), ("mp4", False)])
 def test_video_paths_are_told_by_extension(name, video):
     assert is_video_path(name) is video and is_video(name) is video
+
+
+# -- the decode-ahead thread ------------------------------------------------------------------------
+
+def test_prefetched_keeps_order_and_a_bounded_lead():
+    import threading
+    import time
+
+    from smolvlm_cli.video.encode import prefetched
+
+    produced = []
+
+    def items():
+        for i in range(20):
+            produced.append(i)
+            yield i
+
+    out = []
+    for item in prefetched(items(), ahead=3):
+        time.sleep(0.002)
+        assert len(produced) - len(out) <= 3 + 2  # queue + the one being put + the one handed out
+        out.append(item)
+    assert out == list(range(20))
+    assert not any(t.name == "smolvlm-video-decode" for t in threading.enumerate())
+
+
+def test_prefetched_raises_the_producers_error_in_order_and_stops_early():
+    import threading
+
+    from smolvlm_cli.video.encode import prefetched
+
+    def failing():
+        yield 1
+        raise ValueError("frame 2 is damaged")
+
+    got = []
+    with pytest.raises(ValueError, match="damaged"):
+        for item in prefetched(failing()):
+            got.append(item)
+    assert got == [1]
+    for item in prefetched(iter(range(1000)), ahead=2):
+        break  # leaving early stops the producer
+    assert not any(t.name == "smolvlm-video-decode" for t in threading.enumerate())
+
+
+def test_help_does_not_import_pyav():
+    from conftest import run_cli
+
+    code = ("import sys\nfrom smolvlm_cli.cli.main import main\n"
+            "for command in ([], ['describe'], ['chat'], ['batch'], ['inspect']):\n"
+            "    try:\n        main([*command, '--help'])\n    except SystemExit:\n        pass\n"
+            "assert 'av' not in sys.modules and 'numpy' not in sys.modules, 'heavy import'\n")
+    result = run_cli(python_code=code)
+    assert result.returncode == 0, result.stderr.decode()
