@@ -127,9 +127,7 @@ def _index_packets(container, stream, label: str) -> PacketIndex:
     except av.error.FFmpegError:
         pass  # a truncated file: the frames read so far are the clip
     entries.sort()
-    index = PacketIndex([p for p, _ in entries], [i for i, (_, key) in enumerate(entries) if key])
-    container.seek(0)
-    return index
+    return PacketIndex([p for p, _ in entries], [i for i, (_, key) in enumerate(entries) if key])
 
 
 def _fps(stream, frames: int, container) -> float | None:
