@@ -220,3 +220,19 @@ def test_a_video_too_long_for_the_context_is_refused_with_advice(model_dir, tmp_
     line = assert_clean_error(invoke_cli("describe", long, "-m", model_dir, "--max-frames", "130"),
                               reason="context holds 8192")
     assert "--max-frames 1" in line
+
+
+def test_ask_refuses_a_video_too_long_for_the_context_before_decoding(vlm, tmp_path):
+    from smolvlm_cli import open_video
+
+    long = make_clip(tmp_path / "long.mp4", frames=130, fps=1)
+    video = open_video(long, vlm.config, max_frames=130)
+    calls = []
+    encode = vlm.backend.encode_images
+    vlm.backend.encode_images = lambda *a: calls.append(1) or encode(*a)
+    try:
+        with pytest.raises(ValueError, match="context holds 8192"):
+            vlm.ask(video, ["What?"])
+    finally:
+        del vlm.backend.encode_images
+    assert calls == []

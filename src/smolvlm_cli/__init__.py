@@ -27,6 +27,8 @@ _EXPORTS = {
     "ModelConfig": "smolvlm_cli.config",
     "GenerationOptions": "smolvlm_cli.options",
     "SmolVLMError": "smolvlm_cli.errors",
+    "open_video": "smolvlm_cli.video.clip",
+    "SampledVideo": "smolvlm_cli.video.clip",
 }
 __all__ = [*_EXPORTS, "__version__"]
 
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from smolvlm_cli.processor import Processor
     from smolvlm_cli.tokenizer import Tokenizer
     from smolvlm_cli.values import Generation, GenerationStats, PreparedInputs, TextStream
+    from smolvlm_cli.video.clip import SampledVideo, open_video
 
 
 def __getattr__(name: str):

@@ -279,12 +279,18 @@ def ask_streams(replier: Replier, processor: Processor, images: Sequence[Any], q
     prompt prefix (everything up to the question's own text).
     """
     cache, prefix = ImageCache(replier, processor, longest_edge, split), CachedPrompt(replier)
+    media = [processor.open_video(m) if is_video(m) else m for m in images]  # probed, not decoded
+    videos = [m for m in media if is_video(m)]
+    kinds = ["video" if is_video(m) else "image" for m in media]
     for question in questions:
         stats, started = GenerationStats(), time.perf_counter()
-        encoded = [cache.get(img, stats) for img in images]
-        kinds = ["video" if isinstance(e, EncodedVideo) else "image" for e in encoded]
-        ids, features = media_prompt(processor, build_messages(question, kinds, system), encoded, longest_edge)
-        videos = [e.video for e in encoded if isinstance(e, EncodedVideo)]
-        check_video_context(len(ids), sum(v.num_frames for v in videos), len(videos),
-                            options.max_new_tokens, processor.config)
+        messages = build_messages(question, kinds, system)
+        images_done = {i: cache.get(m, stats) for i, m in enumerate(media) if not is_video(m)}
+        if videos:  # a prompt too long for the context fails before any frame is decoded
+            grids = [images_done[i].grid for i in sorted(images_done)]
+            ids = processor.prompt_ids(messages, grids, longest_edge, videos=videos)
+            check_video_context(len(ids), sum(v.num_frames for v in videos), len(videos),
+                                options.max_new_tokens, processor.config)
+        encoded = [images_done[i] if i in images_done else cache.get(m, stats) for i, m in enumerate(media)]
+        ids, features = media_prompt(processor, messages, encoded, longest_edge)
         yield prefix.run(ids, features, options, stats, started)
