@@ -47,6 +47,7 @@ CLIPS = {
     "70s-30fps-skip": (70, 30, (32, 24), {}),
     "4s-25fps-vfr": (4, 25, (32, 24), {"vfr": True}),
     "short-than-interval": (0.12, 25, (32, 24), {}),
+    "2s-25fps-odd-33x17": (2, 25, (33, 17), {"codec": "mpeg4"}),  # x264 takes even sizes only
 }
 
 
@@ -252,7 +253,7 @@ def torch_reference_pixels(frames: np.ndarray, longest_edge=2048, tile=512) -> n
     return ((video.float() / 255 - 0.5) / 0.5).numpy()
 
 
-@pytest.mark.parametrize("name", ["3s-25fps", "10s-30fps-portrait"])
+@pytest.mark.parametrize("name", ["3s-25fps", "10s-30fps-portrait", "2s-25fps-odd-33x17"])
 def test_pixels_match_transformers_resampling(clips, name):
     path = clips(name)
     frames, _ = reference_read(path, num_frames=4, fps=1)
