@@ -94,7 +94,8 @@ def describe(
     prompt: Annotated[Optional[str], typer.Option(
         "--prompt", "-p", show_default=DEFAULT_PROMPT,
         help="The question or instruction (or give it after the images); '-' reads it from "
-             "stdin. stdin is never read unless asked for, so shell loops are safe.")] = None,
+             "stdin. stdin is never read unless asked for, so shell loops are safe. With a video "
+             "the default is 'Describe this video in detail.'")] = None,
     system: SystemOpt = None,
     model: ModelChoice = ModelChoice(),
     options: GenerationOptions = DEFAULTS,

@@ -131,8 +131,8 @@ FpsOpt = Annotated[Optional[float], typer.Option(
     help="Frames per second to show the model from a video (default: the model's video_sampling).")]
 MaxFramesOpt = Annotated[Optional[int], typer.Option(
     "--max-frames", min=1, rich_help_panel=_VIDEO_PANEL, show_default="the model's, 64",
-    help="At most this many frames of a video; each costs one 512-px tile (67 prompt tokens with "
-         "the 256M/500M models, ~0.5 s of vision on a laptop).")]
+    help="At most this many frames of a video; each is one tile through the vision encoder and 77 "
+         "prompt tokens with the 256M/500M models (64 frames: 4,960 of their 8,192).")]
 StartOpt = Annotated[Optional[float], typer.Option(
     "--start", min=0.0, metavar="SECONDS", rich_help_panel=_VIDEO_PANEL,
     help="Take a video from this time on (seconds); sampled as if the clip began there.")]
