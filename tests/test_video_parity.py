@@ -149,6 +149,18 @@ def test_a_stream_without_a_frame_count_is_counted(tmp_path, truncate):
     assert ours.shape == ref.shape and np.array_equal(ours, ref)
 
 
+def test_damaged_packets_still_give_every_sampled_frame(tmp_path):
+    path = make_clip(tmp_path / "damaged.mp4", seconds=4, fps=25, size=(64, 48), gop=5)
+    data = bytearray(path.read_bytes())
+    start = data.find(b"mdat")
+    for k in range(start + 200, start + len(data) // 2, 97):  # garbage over half the picture data
+        data[k] = (data[k] * 7 + 13) % 256
+    path.write_bytes(bytes(data))
+    video = open_video(path, processor().config, fps=10)
+    frames = list(video.frames())
+    assert len(frames) == video.num_frames == 40 and all(f.shape == (48, 64, 3) for f in frames)
+
+
 # -- prompt text and input ids ------------------------------------------------------------------
 
 @lru_cache(maxsize=None)

@@ -185,7 +185,8 @@ def decode_frames(path: str | os.PathLike, numbers: Sequence[int], index: Packet
 
     Seeks to the keyframe before a wanted frame when that keyframe lies ahead of the decoder.
     A frame that cannot be decoded (a damaged or truncated stream) is replaced by the nearest
-    one decoded before it, so the count always matches the prompt; no frame at all is an error.
+    one decoded before it (after it, for the first), so the count always matches the prompt;
+    no frame at all is an error.
     """
     av = import_av()
     label = label or str(path)
@@ -217,6 +218,8 @@ def decode_frames(path: str | os.PathLike, numbers: Sequence[int], index: Packet
                 if number == target:
                     found = frame
                     break
+            if found is None and last is None and pending is not None:
+                found = pending[1]  # the first wanted frame was lost: the next one stands in
             if found is not None:
                 last = upright(found, found.to_ndarray(format="rgb24"))
             elif last is None:
