@@ -1,8 +1,10 @@
-"""`Processor`: chat messages + images -> the model inputs transformers' processor would give.
+"""`Processor`: chat messages + images and videos -> the model inputs transformers' processor would give.
 
 Joins the image processor (pixels, tiles) and the tokenizer with the chat template (prompt ids):
 each `<image>` of the rendered prompt expands to the row/column/global markers and image tokens
-of its tile grid, so the prompt's image-token count always equals the encoded tiles' rows.
+of its tile grid, each `<video>` to its timestamped frames (`video/`: a conversation with a
+video renders with transformers' video template), so the prompt's image-token count always
+equals the encoded tiles' rows. A video's frames are decoded only when it is encoded.
 
 `prompt_ids` is the one place a prompt is built (render, grid check, `<image>` expansion,
 encode): describe, ask, chat, batch and the Ray workers all go through it.
