@@ -1,4 +1,4 @@
-"""Model-side faults through `smolvlm describe` (its `main`, in this process): a damaged model directory, graphs that
+"""Model-side faults through the real `smolvlm describe`: a damaged model directory, graphs that
 do not fit the config, an unknown dtype, a Hub id that cannot be resolved offline.
 
 Each must be exit 1 (exit 2 for a bad option value), an `Error: ...` line saying what is wrong
@@ -12,8 +12,9 @@ import re
 import pytest
 from PIL import Image
 
-from conftest import assert_clean_error, clone, edit_json, invoke_cli, replace, run_cli, stderr_of
+from conftest import assert_clean_error, clone, edit_json, replace, run_cli, stderr_of
 
+pytestmark = pytest.mark.slow  # real CLI subprocesses: exit codes and error lines per broken model
 
 NAME = "SmolVLM2-256M-Video-Instruct"
 
@@ -39,7 +40,7 @@ def hint(result) -> str:
 def test_missing_tokenizer_json(model_dir, image, tmp_path):
     broken = clone(model_dir, tmp_path / "m")
     replace(broken / "tokenizer.json", None)
-    result = invoke_cli("describe", image, "-m", broken)
+    result = run_cli("describe", image, "-m", broken)
     assert_clean_error(result, names=["tokenizer.json", broken], reason="not found")
     assert "tokenizer.json" in hint(result)
 
@@ -47,11 +48,11 @@ def test_missing_tokenizer_json(model_dir, image, tmp_path):
 def test_corrupt_tokenizer_and_config_files(model_dir, image, tmp_path):
     broken = clone(model_dir, tmp_path / "tok")
     replace(broken / "tokenizer.json", '{"version": "1.0", "model": ')
-    assert_clean_error(invoke_cli("describe", image, "-m", broken),
+    assert_clean_error(run_cli("describe", image, "-m", broken),
                        names=[broken / "tokenizer.json"], reason="not a valid tokenizer file")
     broken = clone(model_dir, tmp_path / "cfg")
     replace(broken / "config.json", "{not json")
-    assert_clean_error(invoke_cli("describe", image, "-m", broken),
+    assert_clean_error(run_cli("describe", image, "-m", broken),
                        names=[broken / "config.json"], reason="not valid JSON")
 
 
@@ -60,7 +61,7 @@ def test_truncated_onnx_graph(model_dir, image, tmp_path):
     graph = broken / "onnx" / "decoder_model_merged.onnx"
     data = graph.read_bytes()
     replace(graph, data[: len(data) // 3])
-    result = invoke_cli("describe", image, "-m", broken)
+    result = run_cli("describe", image, "-m", broken)
     assert_clean_error(result, names=[graph], reason="cannot load")
     assert "truncated or corrupt" in hint(result)
 
@@ -70,7 +71,7 @@ def test_onnx_graph_in_the_wrong_place(model_dir, image, tmp_path):
     broken = clone(model_dir, tmp_path / "m")
     replace(broken / "onnx" / "vision_encoder.onnx",
             (model_dir / "onnx" / "embed_tokens.onnx").read_bytes())
-    assert_clean_error(invoke_cli("describe", image, "-m", broken),
+    assert_clean_error(run_cli("describe", image, "-m", broken),
                        names=["vision_encoder.onnx"], reason="no pixel_values input")
 
 
@@ -78,7 +79,7 @@ def test_onnx_layer_count_does_not_match_config(model_dir, image, tmp_path):
     broken = clone(model_dir, tmp_path / "m")
     edit_json(broken / "config.json",
               lambda c: c["text_config"].update(num_hidden_layers=c["text_config"]["num_hidden_layers"] + 1))
-    result = invoke_cli("describe", image, "-m", broken)
+    result = run_cli("describe", image, "-m", broken)
     assert_clean_error(result, names=["decoder_model_merged.onnx", "config.json"],
                        reason="does not match")
     assert "different models" in hint(result)
@@ -87,7 +88,7 @@ def test_onnx_layer_count_does_not_match_config(model_dir, image, tmp_path):
 def test_onnx_kv_heads_do_not_match_config(model_dir, image, tmp_path):
     broken = clone(model_dir, tmp_path / "m")
     edit_json(broken / "config.json", lambda c: c["text_config"].update(num_key_value_heads=1))
-    result = invoke_cli("describe", image, "-m", broken, "-n", "2", "--dtype", "fp32")
+    result = run_cli("describe", image, "-m", broken, "-n", "2", "--dtype", "fp32")
     # named at load time: the graph, the config and the numbers that disagree
     assert_clean_error(result, names=["decoder_model_merged.onnx", "config.json", "1 key/value heads"])
 
@@ -104,7 +105,7 @@ def test_inconsistent_configuration_files(model_dir, image, tmp_path, file, chan
     'N image tokens in the prompt but M image feature rows' deep inside generation."""
     broken = clone(model_dir, tmp_path / "m")
     edit_json(broken / file, change)
-    result = invoke_cli("describe", image, "-m", broken, "-n", "2")
+    result = run_cli("describe", image, "-m", broken, "-n", "2")
     assert_clean_error(result, reason=reason)
     hint(result)
 
@@ -114,7 +115,7 @@ def test_inconsistent_configuration_files(model_dir, image, tmp_path, file, chan
     ("brain=int8", "unknown model component 'brain' (choose from vision, embed, decoder)"),
 ])
 def test_unknown_dtype_is_a_usage_error(model_dir, image, dtype, message):
-    result = invoke_cli("describe", image, "-m", model_dir, "--dtype", dtype)
+    result = run_cli("describe", image, "-m", model_dir, "--dtype", dtype)
     err = stderr_of(result)
     assert result.returncode == 2 and result.stdout == b"" and "Traceback" not in err
     flat = re.sub(r"[\s\u2500-\u257f]+", " ", err)  # rich's box and line wrapping undone
@@ -122,12 +123,11 @@ def test_unknown_dtype_is_a_usage_error(model_dir, image, dtype, message):
 
 
 def test_known_dtype_without_its_files(model_dir, image):
-    result = invoke_cli("describe", image, "-m", model_dir, "--dtype", "q4f16", "--backend", "onnx")
+    result = run_cli("describe", image, "-m", model_dir, "--dtype", "q4f16", "--backend", "onnx")
     assert_clean_error(result, reason="no ONNX files for dtype q4f16")
     assert "--dtype" in hint(result)
 
 
-@pytest.mark.slow  # a subprocess: huggingface_hub reads HF_HUB_OFFLINE and HF_HOME at import
 def test_unknown_hub_id_offline(image, tmp_path):
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     result = run_cli("describe", image, "-m", "nobody-here/no-such-smolvlm", env=env)
@@ -141,7 +141,7 @@ def test_unknown_hub_id_offline(image, tmp_path):
 def test_model_path_is_a_file(image, tmp_path):
     file = tmp_path / "model.onnx"
     file.write_bytes(b"x")
-    assert_clean_error(invoke_cli("describe", image, "-m", file), names=[file], reason="is a file")
+    assert_clean_error(run_cli("describe", image, "-m", file), names=[file], reason="is a file")
 
 
 def test_chat_template_that_reads_files_fails_cleanly(model_dir, image, tmp_path):
@@ -149,6 +149,6 @@ def test_chat_template_that_reads_files_fails_cleanly(model_dir, image, tmp_path
     broken = clone(model_dir, tmp_path / "m")
     (broken / "chat_template.json").unlink()
     (broken / "chat_template.jinja").write_text("{% include '/etc/passwd' %}")
-    result = invoke_cli("describe", image, "-m", broken, "-n", "2")
+    result = run_cli("describe", image, "-m", broken, "-n", "2")
     assert_clean_error(result, reason="chat template")
     assert "root:" not in stderr_of(result)
