@@ -110,6 +110,24 @@ def build_tiny_model(name: str, out_root: str | Path, dtypes=("fp32",), *, check
     return model_dir
 
 
+def _shared_root(tmp_path_factory, name: str) -> Path:
+    """A folder for built models that every pytest-xdist worker of this run shares (the run's
+    base temp folder), or this session's own without xdist: each model is built once a run."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # pytest-N/popen-gwK -> pytest-N
+    root = base / name
+    root.mkdir(exist_ok=True)
+    return root
+
+
+def _locked(root: Path, key: str):
+    """A lock across workers while one of them builds `key` under `root`."""
+    from filelock import FileLock
+
+    return FileLock(str(root / f".{key}.lock"))
+
+
 class _LazyDirs(Mapping):
     """A read-only {model name: directory} that builds each entry on first access."""
 
@@ -130,13 +148,14 @@ class _LazyDirs(Mapping):
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint_factory(tmp_path_factory):
-    """name -> tiny random checkpoint directory, built once per session."""
-    root = tmp_path_factory.mktemp("tiny-checkpoints")
+    """name -> tiny random checkpoint directory, built once per run."""
+    root = _shared_root(tmp_path_factory, "tiny-checkpoints")
     cache: dict[str, Path] = {}
 
     def build(name: str) -> Path:
         if name not in cache:
-            cache[name] = build_tiny_checkpoint(name, root / name)
+            with _locked(root, name):
+                cache[name] = build_tiny_checkpoint(name, root / name)
         return cache[name]
 
     return build
@@ -151,7 +170,7 @@ def tiny_checkpoints(tiny_checkpoint_factory) -> Mapping[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_onnx_dir(tmp_path_factory, tiny_checkpoint_factory):
     """(name, dtypes=("fp32",), style="fast") -> directory with the tiny checkpoint and its ONNX graphs."""
-    root = tmp_path_factory.mktemp("tiny-onnx")
+    root = _shared_root(tmp_path_factory, "tiny-onnx")
     cache: dict[tuple[str, tuple[str, ...], str], Path] = {}
 
     def build(name: str, dtypes=("fp32",), style: str = "fast") -> Path:
@@ -165,8 +184,10 @@ def tiny_onnx_dir(tmp_path_factory, tiny_checkpoint_factory):
             if cached_name == name and cached_style == style and set(key[1]) <= set(cached_dtypes) \
                     and defaults & set(key[1]) == defaults & set(cached_dtypes):
                 return path
-        cache[key] = build_tiny_model(name, root / f"{style}-{'-'.join(key[1])}", key[1],
-                                      checkpoint=tiny_checkpoint_factory(name), style=style)
+        folder = f"{style}-{'-'.join(key[1])}"
+        checkpoint = tiny_checkpoint_factory(name)
+        with _locked(root, f"{folder}-{name}"):
+            cache[key] = build_tiny_model(name, root / folder, key[1], checkpoint=checkpoint, style=style)
         return cache[key]
 
     return build

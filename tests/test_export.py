@@ -362,7 +362,7 @@ def test_hub_ids_fetch_weights_and_configs_but_no_onnx(monkeypatch, tiny_checkpo
 
     calls = []
     local = tiny_checkpoints[TINY_MODEL_NAMES[0]]
-    monkeypatch.setattr(hub, "_snapshot", lambda repo, patterns: calls.append((repo, patterns)) or str(local))
+    monkeypatch.setattr(hub, "_snapshot", lambda repo, patterns, _progress: calls.append((repo, patterns)) or str(local))
     assert resolve_source("HuggingFaceTB/SmolVLM2-256M-Video-Instruct") == local
     (repo, patterns), = calls
     assert repo == "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
