@@ -236,3 +236,16 @@ def test_ask_refuses_a_video_too_long_for_the_context_before_decoding(vlm, tmp_p
     finally:
         del vlm.backend.encode_images
     assert calls == []
+
+
+def test_batch_records_a_video_too_long_for_the_context_and_goes_on(model_dir, clip, tmp_path):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    make_clip(folder / "long.mp4", frames=130, fps=1)
+    (folder / "short.mp4").write_bytes(clip.read_bytes())
+    out = tmp_path / "out.jsonl"
+    result = invoke_cli("batch", folder, "-m", model_dir, "-n", "2", "-b", "2", "--max-frames", "130", "-o", out)
+    assert result.returncode == 1, stderr_of(result)
+    records = {json.loads(line)["path"]: json.loads(line) for line in out.read_text().splitlines()}
+    assert "context holds 8192" in records[str(folder / "long.mp4")]["error"]
+    assert records[str(folder / "short.mp4")]["caption"] is not None

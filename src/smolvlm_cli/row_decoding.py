@@ -60,6 +60,7 @@ def _admit(replier: Replier, slots: DecoderRows, slot: int, index: int, prepared
            opts: GenerationOptions) -> _Row:
     """Vision and prefill of one prompt into `slot`, and its first token."""
     started = time.perf_counter() - prepared.preprocess_s
+    replier.check_context(prepared, opts)  # a video prompt too long fails before decoding frames
     stats = GenerationStats(preprocess_s=prepared.preprocess_s, prompt_tokens=len(prepared.input_ids))
     features = replier.image_features(prepared, stats)
     t0 = time.perf_counter()
