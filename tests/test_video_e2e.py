@@ -249,3 +249,13 @@ def test_batch_records_a_video_too_long_for_the_context_and_goes_on(model_dir, c
     records = {json.loads(line)["path"]: json.loads(line) for line in out.read_text().splitlines()}
     assert "context holds 8192" in records[str(folder / "long.mp4")]["error"]
     assert records[str(folder / "short.mp4")]["caption"] is not None
+
+
+def test_chat_refuses_a_video_too_long_for_the_context_before_decoding(vlm, tmp_path):
+    from smolvlm_cli import open_video
+
+    long = open_video(make_clip(tmp_path / "long.mp4", frames=130, fps=1), vlm.config, max_frames=130)
+    chat = vlm.chat(max_new_tokens=2)
+    with pytest.raises(ValueError, match="context holds 8192"):
+        chat.send("What?", [long])
+    assert chat.images.vision_calls == 0 and chat.messages == []

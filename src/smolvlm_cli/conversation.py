@@ -204,21 +204,29 @@ class Conversation:
 
         Args:
             text: the user's message.
-            images: images shown with it (paths, bytes or PIL images), before the text.
+            images: images shown with it (paths, bytes or PIL images), before the text; video
+                paths and `SampledVideo`s are videos.
             **sampling: generation options for this turn only (e.g. `max_new_tokens`).
 
         Returns:
             A `TextStream` of the reply's text deltas, with `stats` and `token_ids`.
 
         Raises:
-            ValueError: the turn alone does not fit the context, or an image is cut into more
-                tiles than the model has positions for (too long an edge).
+            ValueError: the turn alone does not fit the context (with videos: said before any
+                frame is decoded), or an image is cut into more tiles than the model has
+                positions for (too long an edge).
         """
-        images = list(images)
+        opts = self.options.updated(**sampling)
+        images = [self.processor.open_video(m) if is_video(m) else m for m in images]
+        videos = [m for m in images if is_video(m)]
+        if videos:  # the frames alone, whatever older turns are dropped
+            config = self.processor.config
+            frames = sum(v.num_frames for v in videos)
+            check_video_context(frames * (config.image_seq_len + 13), frames, len(videos),
+                                opts.max_new_tokens, config)
         content = [{"type": "video" if is_video(m) else "image"} for m in images] + [{"type": "text", "text": text}]
         self.messages.append({"role": "user", "content": content})
         self._turn_images.append(images)
-        opts = self.options.updated(**sampling)
         started = time.perf_counter()
         ids, features, stats = self._prompt(opts)
         stream = self._cache.run(ids, features, opts, stats, started)
