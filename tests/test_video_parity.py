@@ -108,6 +108,25 @@ def test_other_sampling_options_match_transformers(clips, num_frames, fps):
     assert video.times == meta.timestamps
 
 
+def test_sparse_frames_are_reached_by_seeking_not_by_decoding_everything(clips, monkeypatch):
+    """8 frames of a 70 s clip with a keyframe every 12 frames: the decoder starts at the
+    keyframe before each sampled frame, so it decodes a few frames per sample, not 1680."""
+    from smolvlm_cli.video import decode
+
+    decoded = []
+    original = decode._decoded
+
+    def counting(*args):
+        for item in original(*args):
+            decoded.append(item[0])
+            yield item
+
+    monkeypatch.setattr(decode, "_decoded", counting)
+    video = open_video(clips("70s-24fps-skip"), processor().config, max_frames=8)
+    assert len(list(video.frames())) == 8
+    assert len(decoded) <= 8 * 13 + 8, len(decoded)  # at most a GOP (+ decoder delay) per frame
+
+
 def test_a_segment_is_sampled_as_the_clip_cut_there(clips, tmp_path):
     """--start 2.5 --end 7.5 of a 10 s clip = transformers on those frames written as a clip."""
     path = clips("10s-30fps-portrait")
