@@ -22,8 +22,9 @@ backend's `DecoderRows` (`backends/onnx_rows.py`) holds the rows' KV caches in s
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from smolvlm_cli.backends.base import DecoderRows
 from smolvlm_cli.generation import TokenLoop
@@ -31,9 +32,15 @@ from smolvlm_cli.options import GenerationOptions
 from smolvlm_cli.reply import Replier
 from smolvlm_cli.values import Generation, GenerationStats, PreparedInputs, ReplyText
 
+if TYPE_CHECKING:
+    import numpy as np
+
+# (prompt, its stats) -> the features of its image tokens [n, hidden] or None (`Replier.image_features`)
+ImageFeatures = Callable[[PreparedInputs, GenerationStats], "np.ndarray | None"]
+
 
 @dataclass
-class _Row:
+class Row:
     index: int
     loop: TokenLoop
     reply: ReplyText
@@ -57,23 +64,23 @@ class _Row:
 
 
 def _admit(replier: Replier, slots: DecoderRows, slot: int, index: int, prepared: PreparedInputs,
-           opts: GenerationOptions) -> _Row:
+           opts: GenerationOptions, image_features: ImageFeatures | None = None) -> Row:
     """Vision and prefill of one prompt into `slot`, and its first token."""
     started = time.perf_counter() - prepared.preprocess_s
     replier.check_context(prepared, opts)  # a video prompt too long fails before decoding frames
     stats = GenerationStats(preprocess_s=prepared.preprocess_s, prompt_tokens=len(prepared.input_ids))
-    features = replier.image_features(prepared, stats)
+    features = (image_features or replier.image_features)(prepared, stats)
     t0 = time.perf_counter()
     logits = slots.prefill(slot, prepared.input_ids, features)
     stats.prefill_s = time.perf_counter() - t0
     eos = replier.eos_token_ids
-    row = _Row(index, TokenLoop(opts, eos, prepared.input_ids), ReplyText(replier.tokenizer), stats,
+    row = Row(index, TokenLoop(opts, eos, prepared.input_ids), ReplyText(replier.tokenizer), stats,
                started, frozenset(eos))
     row.add(row.loop.pick(logits), time.perf_counter())
     return row
 
 
-def _compact(rows: list[_Row | None], slots: DecoderRows) -> None:
+def _compact(rows: list[Row | None], slots: DecoderRows) -> None:
     """Move tail rows into the holes left by finished rows: slots 0..n-1 stay contiguous."""
     while rows and rows[-1] is None:
         rows.pop()
@@ -86,6 +93,77 @@ def _compact(rows: list[_Row | None], slots: DecoderRows) -> None:
             while rows and rows[-1] is None:
                 rows.pop()
     slots.truncate(len(rows))
+
+
+class RowBatch:
+    """The rows decoding together in a backend's `DecoderRows`: admit one prompt at a time into a
+    free slot, advance every row by one shared `step`, drop a row whenever its reader is gone.
+
+    `generate_many` drives one over an iterable of prompts; the server (`server/scheduler.py`)
+    over a queue of requests, with per-row options. Rows are `Row`s: `index` names the prompt,
+    `text` the deltas so far, `loop.done` says when it has finished.
+    """
+
+    def __init__(self, replier: Replier, slots: DecoderRows):
+        self.replier, self.slots = replier, slots
+        self._rows: list[Row | None] = []  # rows[slot]; None: a finished row's slot, free until refilled
+
+    @property
+    def active(self) -> int:
+        return sum(row is not None for row in self._rows)
+
+    @property
+    def has_room(self) -> bool:
+        return None in self._rows or len(self._rows) < self.slots.rows
+
+    def admit(self, index: int, prepared: PreparedInputs, opts: GenerationOptions,
+              image_features: ImageFeatures | None = None) -> Row:
+        """Vision (`image_features`, default the replier's), prefill and first token of a prompt
+        in a free slot (holes first, then the tail). A row already done (stopped at its first
+        token) leaves its slot free."""
+        slot = self._rows.index(None) if None in self._rows else len(self._rows)
+        row = _admit(self.replier, self.slots, slot, index, prepared, opts, image_features)
+        if not row.loop.done:
+            if slot == len(self._rows):
+                self._rows.append(row)
+            else:
+                self._rows[slot] = row
+        return row
+
+    def drop(self, row: Row) -> None:
+        """Free `row`'s slot (its reader went away); the batch is compacted at the next step."""
+        self._rows = [None if r is row else r for r in self._rows]
+
+    def step(self, return_exceptions: bool = False) -> list[tuple[Row, Generation | Exception]]:
+        """One shared decoder step for every row; the rows that finished in it (or failed alone
+        in sampling, with `return_exceptions`). A failed shared step raises."""
+        rows = self._rows
+        _compact(rows, self.slots)
+        if not rows:
+            return []
+        stepped = list(rows)
+        t0 = time.perf_counter()
+        logits = self.slots.step([row.tokens[-1] for row in stepped])
+        finished: list[tuple[Row, Generation | Exception]] = []
+        for slot, row in enumerate(stepped):
+            try:
+                row.add(row.loop.pick(logits[slot]), time.perf_counter())
+            except Exception as exc:  # noqa: BLE001 - e.g. sampling from NaN logits
+                if not return_exceptions:
+                    raise
+                rows[slot] = None
+                finished.append((row, exc))
+                continue
+            if row.loop.done:
+                rows[slot] = None
+                finished.append((row, row.finish()))
+        # decode_s: the summed wall time of the steps a row took part in. Rows share each step,
+        # so the whole step is counted for every row in it (their decode_s add up to more than
+        # the wall time); other rows' vision and prefill in between are not counted.
+        step_s = time.perf_counter() - t0
+        for row in stepped:
+            row.stats.decode_s += step_s
+        return finished
 
 
 def _one_by_one(replier: Replier, prepared: Iterable[PreparedInputs], opts: GenerationOptions,
@@ -114,21 +192,20 @@ def generate_many(replier: Replier, prepared: Iterable[PreparedInputs], opts: Ge
         yield from _one_by_one(replier, prepared, opts, return_exceptions)
         return
 
+    batch = RowBatch(replier, slots)
     source = enumerate(prepared)
-    rows: list[_Row | None] = []  # rows[slot]; None: a finished row's slot, free until refilled
     exhausted = False
     while True:
-        # admit new prompts into free slots (holes first, then the tail); a prompt is only read
-        # from `prepared` when there is room for it
-        while not exhausted and (None in rows or len(rows) < batch_size):
+        # admit new prompts into free slots; a prompt is only read from `prepared` when there
+        # is room for it
+        while not exhausted and batch.has_room:
             item = next(source, None)
             if item is None:
                 exhausted = True
                 break
             index, one = item
-            slot = rows.index(None) if None in rows else len(rows)
             try:
-                row = _admit(replier, slots, slot, index, one, opts)
+                row = batch.admit(index, one, opts)
             except Exception as exc:  # noqa: BLE001 - vision/prefill of one prompt
                 if not return_exceptions:
                     raise
@@ -136,35 +213,7 @@ def generate_many(replier: Replier, prepared: Iterable[PreparedInputs], opts: Ge
                 continue
             if row.loop.done:  # stopped at its first token: the slot stays free
                 yield index, row.finish()
-                continue
-            if slot == len(rows):
-                rows.append(row)
-            else:
-                rows[slot] = row
-        _compact(rows, slots)
-        if not rows:
+        if not batch.active:
             return
-
-        stepped = list(rows)
-        t0 = time.perf_counter()
-        logits = slots.step([row.tokens[-1] for row in stepped])
-        finished: list[tuple[int, Generation | Exception]] = []
-        for slot, row in enumerate(rows):
-            try:
-                row.add(row.loop.pick(logits[slot]), time.perf_counter())
-            except Exception as exc:  # noqa: BLE001 - e.g. sampling from NaN logits
-                if not return_exceptions:
-                    raise
-                rows[slot] = None
-                finished.append((row.index, exc))
-                continue
-            if row.loop.done:
-                rows[slot] = None
-                finished.append((row.index, row.finish()))
-        # decode_s: the summed wall time of the steps a row took part in. Rows share each step,
-        # so the whole step is counted for every row in it (their decode_s add up to more than
-        # the wall time); other rows' vision and prefill in between are not counted.
-        step_s = time.perf_counter() - t0
-        for row in stepped:
-            row.stats.decode_s += step_s
-        yield from finished
+        for row, result in batch.step(return_exceptions):
+            yield row.index, result
