@@ -33,6 +33,10 @@ class VideoError(ImageError):
     file handles it)."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image (a download, a file) is over a size limit."""
+
+
 class ExportError(SmolVLMError):
     """Built or exported graphs are wrong (ONNX Runtime disagrees with transformers)."""
 

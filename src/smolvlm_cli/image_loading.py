@@ -21,7 +21,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from smolvlm_cli.errors import ImageError
+from smolvlm_cli.errors import ImageError, ImageTooLargeError
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
 
@@ -77,39 +77,44 @@ def _label_and_bytes(source: ImageSource, name: str | None, what: str) -> tuple[
 
 
 def _read_source(source: str | os.PathLike, label: str) -> bytes:
-    return _read_url(source, label) if is_url(source) else _read_file(Path(source), label)
+    return read_url(source, label) if is_url(source) else _read_file(Path(source), label)
 
 
-def _read_url(url: str, label: str) -> bytes:
-    """The body of `url`, refused beyond URL_MAX_BYTES or URL_TIMEOUT_S (in total, not per read)."""
+def read_url(url: str, label: str | None = None, max_bytes: int | None = None,
+             timeout: float | None = None) -> bytes:
+    """The body of `url`, refused (`ImageError`) beyond `max_bytes` (default URL_MAX_BYTES) or
+    `timeout` seconds (default URL_TIMEOUT_S; in total, not per read)."""
+    label = label or url
+    max_bytes = URL_MAX_BYTES if max_bytes is None else max_bytes
+    timeout = URL_TIMEOUT_S if timeout is None else timeout
     import httpx2 as httpx
 
     from smolvlm_cli import __version__
 
     hint = "check the address and the network, or download the image and give the file"
-    deadline = time.monotonic() + URL_TIMEOUT_S
-    too_big = ImageError(f"cannot download image {label}: larger than {URL_MAX_BYTES / 1e6:g} MB",
+    deadline = time.monotonic() + timeout
+    too_big = ImageTooLargeError(f"cannot download image {label}: larger than {max_bytes / 1e6:g} MB",
                          hint="download it and give the file (or a smaller version)")
     try:
-        with httpx.stream("GET", url, follow_redirects=True, timeout=URL_TIMEOUT_S,
+        with httpx.stream("GET", url, follow_redirects=True, timeout=timeout,
                           headers={"User-Agent": f"smolvlm-cli/{__version__}"}) as response:
             if response.status_code >= 400:
                 raise ImageError(f"cannot download image {label}: HTTP {response.status_code} "
                                  f"{response.reason_phrase}".rstrip(), hint=hint)
             length = response.headers.get("content-length", "")
-            if length.isdigit() and int(length) > URL_MAX_BYTES:
+            if length.isdigit() and int(length) > max_bytes:
                 raise too_big
             chunks, size = [], 0
             for chunk in response.iter_bytes():
                 size += len(chunk)
-                if size > URL_MAX_BYTES:
+                if size > max_bytes:
                     raise too_big
                 if time.monotonic() > deadline:
                     raise httpx.TimeoutException("too slow")
                 chunks.append(chunk)
     except httpx.TimeoutException:
         raise ImageError(f"cannot download image {label}: no complete answer within "
-                         f"{URL_TIMEOUT_S:g} s", hint=hint) from None
+                         f"{timeout:g} s", hint=hint) from None
     except httpx.HTTPError as exc:
         raise ImageError(f"cannot download image {label}: {_one_line(exc)}", hint=hint) from None
     return b"".join(chunks)
@@ -301,4 +306,4 @@ def image_size(source: ImageSource, name: str | None = None) -> tuple[int, int]:
     return (height, width) if _orientation(image) in (5, 6, 7, 8) else (width, height)
 
 
-__all__ = ["ImageSource", "image_size", "load_image"]
+__all__ = ["ImageSource", "image_size", "load_image", "read_url"]

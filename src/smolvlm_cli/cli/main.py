@@ -18,7 +18,7 @@ import typer
 
 from smolvlm_cli import __version__
 from smolvlm_cli.cli import chat, describe, models
-from smolvlm_cli.cli import batch, export
+from smolvlm_cli.cli import batch, export, serve
 from smolvlm_cli.cli.help import Group
 from smolvlm_cli.errors import SmolVLMError
 
@@ -51,6 +51,7 @@ models.register(app)
 chat.register(app)
 batch.register(app)
 export.register(app)
+serve.register(app)
 
 
 def _error(message: str, hint: str | None = None) -> None:

@@ -1,0 +1,141 @@
+"""`smolvlm serve`: an OpenAI-compatible server (POST /v1/chat/completions) with continuous batching.
+
+starlette and uvicorn (the `server` extra) are imported only when the command runs, so the rest
+of the CLI never loads them.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from smolvlm_cli.cli import output
+from smolvlm_cli.cli.options import (DEFAULTS, DtypeOpt, GraphsOpt, MaxTokensOpt, ModelOpt, QuietOpt,
+                                     ThreadsOpt)
+from smolvlm_cli.errors import SmolVLMError
+from smolvlm_cli.hub import DEFAULT_MODEL
+from smolvlm_cli.server.settings import DEFAULT_HOST, DEFAULT_PORT, ServerSettings
+
+_DEFAULTS = ServerSettings()
+_NET = "Network"
+_LIMITS = "Limits"
+_IMAGES = "Image sources"
+API_KEY_ENV = "SMOLVLM_API_KEY"
+
+EXAMPLES = """Examples:\n\n
+smolvlm serve   (http://127.0.0.1:8080/v1, the default model)\n\n
+smolvlm serve -m HuggingFaceTB/SmolVLM2-500M-Video-Instruct --max-batch 4 --api-key s3cret\n\n
+smolvlm serve --host 0.0.0.0 --api-key s3cret --cors https://my.app\n\n
+curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' -d '{"messages": [{"role": "user", "content": "Hi"}]}'"""
+
+
+def register(app: typer.Typer) -> None:
+    app.command(epilog=EXAMPLES)(serve)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that a taken port is one `Error:` line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SmolVLMError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                           hint="choose another --port, or stop what is using it") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _require_server_extra() -> None:
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise SmolVLMError(f"the server needs starlette and uvicorn ({exc.name} is not installed)",
+                           hint="pip install 'smolvlm-cli[server]'") from None
+
+
+def serve(
+    model: ModelOpt = DEFAULT_MODEL,
+    dtype: DtypeOpt = None,
+    graphs: GraphsOpt = "auto",
+    threads: ThreadsOpt = None,
+    host: Annotated[str, typer.Option(
+        "--host", rich_help_panel=_NET,
+        help="Address to listen on; the loopback by default (0.0.0.0: every interface).")] = DEFAULT_HOST,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, rich_help_panel=_NET,
+                                      help="TCP port (0: any free one).")] = DEFAULT_PORT,
+    api_key: Annotated[Optional[list[str]], typer.Option(
+        "--api-key", envvar=API_KEY_ENV, show_envvar=True, rich_help_panel=_NET, show_default=False,
+        help="Require this key ('Authorization: Bearer KEY' or 'X-Api-Key: KEY'); repeat for several. "
+             "/health stays public.")] = None,
+    cors: Annotated[Optional[list[str]], typer.Option(
+        "--cors", metavar="ORIGIN", rich_help_panel=_NET, show_default=False,
+        help="Let web pages from this origin call the API (repeatable; '*' for any).")] = None,
+    max_batch: Annotated[int, typer.Option(
+        "--max-batch", min=1, rich_help_panel=_LIMITS,
+        help="Replies decoded together; a finished one's place goes to the next request at "
+             "once.")] = _DEFAULTS.max_batch,
+    max_queue: Annotated[int, typer.Option(
+        "--max-queue", min=0, rich_help_panel=_LIMITS,
+        help="Requests that may wait for a place; beyond it the server answers 503 at "
+             "once.")] = _DEFAULTS.max_queue,
+    max_image_mb: Annotated[float, typer.Option(
+        "--max-image-mb", min=0.001, rich_help_panel=_LIMITS,
+        help="Largest image accepted, in MB, whatever its source.")] = _DEFAULTS.max_image_bytes / 1e6,
+    max_images: Annotated[int, typer.Option(
+        "--max-images", min=1, rich_help_panel=_LIMITS, help="Most images in one request.")] = _DEFAULTS.max_images,
+    max_request_tokens: Annotated[Optional[int], typer.Option(
+        "--max-request-tokens", min=2, rich_help_panel=_LIMITS, show_default="the model's context",
+        help="Most prompt + completion tokens in one request.")] = None,
+    max_new_tokens: MaxTokensOpt = DEFAULTS.max_new_tokens,
+    allow_remote_images: Annotated[bool, typer.Option(
+        "--allow-remote-images", rich_help_panel=_IMAGES,
+        help="Fetch http(s) image URLs (capped by --max-image-mb and --remote-timeout). The server "
+             "then requests any address a client names: for trusted clients only.")] = False,
+    remote_timeout: Annotated[float, typer.Option(
+        "--remote-timeout", min=0.1, rich_help_panel=_IMAGES,
+        help="Seconds a remote image may take to download.")] = _DEFAULTS.remote_timeout_s,
+    allow_local_files: Annotated[Optional[Path], typer.Option(
+        "--allow-local-files", metavar="ROOT", rich_help_panel=_IMAGES, exists=True, file_okay=False,
+        show_default=False,
+        help="Accept image paths and file:// URLs below this folder (never outside it).")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Serve the model over HTTP with OpenAI's chat-completions API (needs the `server` extra).
+
+    Requests share decoder steps (continuous batching); replies equal one-at-a-time replies for greedy fp32 decoding. Requests are logged on stderr.
+    """
+    _require_server_extra()
+    settings = ServerSettings(
+        model_id=model, api_keys=tuple(api_key or ()), max_batch=max_batch, max_queue=max_queue,
+        max_image_bytes=int(max_image_mb * 1e6), max_images=max_images,
+        max_request_tokens=max_request_tokens, allow_remote_images=allow_remote_images,
+        remote_timeout_s=remote_timeout, local_root=allow_local_files, cors_origins=tuple(cors or ()))
+    sock = _bind(host, port)  # before the model loads: a taken port fails fast
+
+    import uvicorn
+
+    from smolvlm_cli.cli.loading import load_model
+    from smolvlm_cli.server.app import create_app
+
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING if quiet else logging.INFO,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    vlm = load_model(model, "onnx", dtype, threads, graphs, quiet)
+    app = create_app(vlm, settings, DEFAULTS.updated(max_new_tokens=max_new_tokens))
+    bound_host, bound_port = sock.getsockname()[:2]
+    if not quiet:
+        output.log(f"Serving {model} ({vlm.backend.dtype}) at http://{bound_host}:{bound_port}/v1 "
+                   f"(max batch {max_batch}, queue {max_queue}); Ctrl-C stops")
+        if not settings.api_keys and host not in ("127.0.0.1", "::1", "localhost"):
+            output.log(f"Warning: listening on {host} without --api-key: anyone who can reach it may use it")
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    uvicorn.Server(config).run(sockets=[sock])

@@ -1,0 +1,313 @@
+"""The HTTP side: Starlette routes in OpenAI's chat-completions format over the `Scheduler`.
+
+- `POST /v1/chat/completions`: streamed (server-sent events) or not;
+- `GET /v1/models`, `GET /v1/models/{id}`, `GET /stats` (the scheduler's counters);
+- `GET /health` (and `/v1/health`): public, no key.
+
+A request is checked (`schema.py`), its images fetched and decoded and its prompt tokenized in
+a worker thread (`images.py`, `Processor.prepare`), its length checked against the context, and
+only then queued: every refusal before that point is an OpenAI-shaped error with its status,
+and an error after a stream has begun is a last `data: {"error": ...}` event. Requests are
+logged on stderr, one line each once answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from smolvlm_cli.errors import SmolVLMError, error_message
+from smolvlm_cli.options import GenerationOptions
+from smolvlm_cli.server.images import load_images
+from smolvlm_cli.server.schema import ApiError, ChatRequest, parse_chat_request, parse_json
+from smolvlm_cli.server.scheduler import Job, QueueFull, Scheduler
+from smolvlm_cli.server.settings import ServerSettings
+
+log = logging.getLogger("smolvlm.server")
+PUBLIC_PATHS = ("/health", "/v1/health")
+
+
+def error_response(exc: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+class RequestLog:
+    """ASGI middleware: one stderr line per request once its answer is complete."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), [0]
+
+        async def logged_send(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, logged_send)
+        finally:
+            client = scope.get("client") or ("-", 0)
+            note = scope.get("state", {}).get("log_note", "")
+            log.info("%s %s %s %s %.3f s%s", client[0], scope["method"], scope["path"], status[0] or "-",
+                     time.perf_counter() - started, f" {note}" if note else "")
+
+
+class ChatServer:
+    """The routes' state: the model, its scheduler, the settings and the default options."""
+
+    def __init__(self, vlm: Any, settings: ServerSettings, defaults: GenerationOptions | None = None):
+        self.vlm, self.settings = vlm, settings
+        self.defaults = defaults or GenerationOptions()
+        self.model_id = settings.model_id or str(getattr(vlm, "model_id", "") or "smolvlm")
+        self.created = int(time.time())
+        self.context = settings.max_request_tokens or vlm.config.max_position_embeddings
+        self.scheduler = Scheduler(vlm, settings.max_batch, settings.max_queue, settings.feature_cache_tiles)
+
+    # -- checks -----------------------------------------------------------------------------------
+    def check_key(self, request: Request) -> None:
+        keys = self.settings.api_keys
+        if not keys:
+            return
+        auth = request.headers.get("authorization", "")
+        given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+        if not given:
+            raise ApiError(401, "no API key given: send 'Authorization: Bearer <key>'", code="missing_api_key")
+        # every key compared, in constant time each: no timing hint of which one nearly matched
+        if not sum(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
+            raise ApiError(401, "incorrect API key", code="invalid_api_key")
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name not in (self.model_id, self.model_id.rstrip("/").rsplit("/", 1)[-1]):
+            raise ApiError(404, f"the model {name!r} does not exist here; this server runs {self.model_id!r}",
+                           param="model", code="model_not_found")
+
+    async def read_body(self, request: Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise ApiError(413, f"the request body is {length} bytes; this server takes at most {limit}",
+                           code="request_too_large")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"the request body is over {limit} bytes", code="request_too_large")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def prepare(self, req: ChatRequest):
+        """Images decoded and the prompt tokenized (a worker thread: PIL and tokenizers)."""
+        images = load_images(req.images, self.settings)
+        try:
+            return self.vlm.prepare(images, messages=req.messages)
+        except (ValueError, SmolVLMError) as exc:
+            raise ApiError(400, error_message(exc), param="messages", code="invalid_messages") from None
+
+    def options(self, req: ChatRequest, prompt_tokens: int) -> GenerationOptions:
+        room = self.context - prompt_tokens
+        if room < 1:
+            raise ApiError(400, f"the prompt is {prompt_tokens} tokens; this server's context is "
+                                f"{self.context} tokens", param="messages", code="context_length_exceeded")
+        if req.max_tokens is not None and req.max_tokens > room:
+            raise ApiError(400, f"{prompt_tokens} prompt tokens + max_tokens {req.max_tokens} exceed this "
+                                f"server's context of {self.context} tokens", param="max_tokens",
+                           code="context_length_exceeded")
+        wanted = req.max_tokens or min(self.defaults.max_new_tokens, room)
+        try:
+            return self.defaults.updated(max_new_tokens=wanted, **req.sampling)
+        except ValueError as exc:
+            raise ApiError(400, str(exc), code="invalid_value") from None
+
+    # -- routes -----------------------------------------------------------------------------------
+    async def health(self, request: Request) -> Response:
+        s = self.scheduler
+        return JSONResponse({"status": "ok", "model": self.model_id, "running": s.running,
+                             "waiting": s.waiting, "max_batch": s.max_batch, "max_queue": s.max_queue})
+
+    async def stats(self, request: Request) -> Response:
+        self.check_key(request)
+        s = self.scheduler
+        return JSONResponse({**s.stats.as_dict(), "running": s.running, "waiting": s.waiting})
+
+    def _model_card(self) -> dict[str, Any]:
+        return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "smolvlm-cli"}
+
+    async def models(self, request: Request) -> Response:
+        self.check_key(request)
+        return JSONResponse({"object": "list", "data": [self._model_card()]})
+
+    async def model(self, request: Request) -> Response:
+        self.check_key(request)
+        self.check_model(request.path_params["name"])
+        return JSONResponse(self._model_card())
+
+    async def chat(self, request: Request) -> Response:
+        self.check_key(request)
+        req = parse_chat_request(parse_json(await self.read_body(request)), self.settings.max_images)
+        self.check_model(req.model)
+        prepared = await run_in_threadpool(self.prepare, req)
+        opts = self.options(req, len(prepared.input_ids))
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def emit(kind: str, value: Any) -> None:  # the model's thread
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+            except RuntimeError:  # the event loop has closed: nobody is listening
+                pass
+
+        try:
+            job = self.scheduler.submit(Job(prepared, opts, emit, stops=req.stop))
+        except QueueFull as exc:
+            raise ApiError(503, f"the server is busy ({exc}); retry later", code="server_overloaded") from None
+        reply = Reply(self, req, job, events, request)
+        return reply.stream() if req.stream else await reply.whole()
+
+
+class Reply:
+    """One answer on its way out: streamed as chunks, or collected into one response."""
+
+    def __init__(self, server: ChatServer, req: ChatRequest, job: Job, events: asyncio.Queue, request: Request):
+        self.server, self.req, self.job, self.events, self.request = server, req, job, events, request
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+
+    def _head(self, obj: str) -> dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.server.model_id,
+                "system_fingerprint": None}
+
+    def _usage(self, result: dict[str, Any]) -> dict[str, int]:
+        prompt, completion = result["prompt_tokens"], result["completion_tokens"]
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def _note(self, result: dict[str, Any]) -> None:
+        self.request.scope.setdefault("state", {})["log_note"] = (
+            f"{'stream ' if self.req.stream else ''}{result['prompt_tokens']}+{result['completion_tokens']} "
+            f"tokens ({result['finish_reason']}), first token {result['timings']['ttft_ms'] / 1000:.3f} s")
+
+    def _cancel(self) -> None:
+        self.job.cancel()
+        self.server.scheduler.wake()
+
+    async def whole(self) -> Response:
+        parts: list[str] = []
+        kind, result = "", None
+        async with anyio.create_task_group() as group:
+            async def watch() -> None:  # the client hung up: its row is freed at once
+                while (await self.request.receive())["type"] != "http.disconnect":
+                    pass
+                self._cancel()
+                group.cancel_scope.cancel()
+
+            group.start_soon(watch)
+            while True:
+                kind, result = await self.events.get()
+                if kind != "delta":
+                    break
+                parts.append(result)
+            group.cancel_scope.cancel()
+        if kind == "error":
+            raise ApiError(500, f"the model failed: {error_message(result)}", code="model_error")
+        if kind != "done":
+            return Response(status_code=499)  # nobody to send it to
+        self._note(result)
+        return JSONResponse({
+            **self._head("chat.completion"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(parts)},
+                         "logprobs": None, "finish_reason": result["finish_reason"]}],
+            "usage": self._usage(result), "timings": result["timings"]})
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        chunk = {**self._head("chat.completion.chunk"),
+                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
+        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+    def stream(self) -> StreamingResponse:
+        async def events():
+            done = False
+            try:
+                yield self._chunk({"role": "assistant", "content": ""})
+                while True:
+                    kind, value = await self.events.get()
+                    if kind == "delta":
+                        yield self._chunk({"content": value})
+                    elif kind == "error":
+                        done = True
+                        error = ApiError(500, f"the model failed: {error_message(value)}", code="model_error")
+                        yield f"data: {json.dumps(error.body())}\n\n"
+                        break
+                    else:
+                        done = True
+                        self._note(value)
+                        yield self._chunk({}, value["finish_reason"], timings=value["timings"])
+                        if self.req.include_usage:
+                            yield f"data: {json.dumps({**self._head('chat.completion.chunk'), 'choices': [], 'usage': self._usage(value)})}\n\n"
+                        break
+                yield "data: [DONE]\n\n"
+            finally:
+                if not done:  # the client went away (the task was cancelled): free the row
+                    self._cancel()
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def create_app(vlm: Any, settings: ServerSettings, defaults: GenerationOptions | None = None) -> Starlette:
+    """The ASGI app serving `vlm`; its scheduler thread runs from start-up to shutdown."""
+    server = ChatServer(vlm, settings, defaults)
+
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        request.scope.setdefault("state", {})["log_note"] = f"{exc.code or exc.type}: {exc.message}"
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        return error_response(exc, headers)
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        return error_response(ApiError(exc.status_code, str(exc.detail), code="not_found"
+                                       if exc.status_code == 404 else None))
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s", request.url.path)
+        return error_response(ApiError(500, f"internal error: {error_message(exc)}", code="internal_error"))
+
+    def lifespan(app):
+        class _Life:
+            async def __aenter__(self):
+                server.scheduler.start()
+
+            async def __aexit__(self, *exc):
+                await run_in_threadpool(server.scheduler.close)
+
+        return _Life()
+
+    routes = [Route("/v1/chat/completions", server.chat, methods=["POST"]),
+              Route("/chat/completions", server.chat, methods=["POST"]),
+              Route("/v1/models", server.models), Route("/v1/models/{name:path}", server.model),
+              Route("/stats", server.stats),
+              *(Route(path, server.health) for path in PUBLIC_PATHS)]
+    middleware = [Middleware(RequestLog)]
+    if settings.cors_origins:
+        middleware.append(Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                                     allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["*"]))
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                    exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: unexpected})
+    app.state.server = server
+    return app

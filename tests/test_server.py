@@ -1,0 +1,225 @@
+"""`smolvlm serve` with the real `openai` client against a live server on 127.0.0.1 (tiny fp32 model).
+
+Replies must equal `smolvlm describe` / the library's one-at-a-time replies; every bad request
+gets its status and an OpenAI-shaped error, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+
+from conftest import invoke_cli, stdout_of  # noqa: E402
+from server_helpers import NAME, data_uri, live_server, noise_png, user  # noqa: E402
+from smolvlm_cli import SmolVLM  # noqa: E402
+from smolvlm_cli.server.settings import ServerSettings  # noqa: E402
+
+KEY = "test-key"
+MAX_IMAGE_BYTES = 200_000
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_onnx_dir):
+    return tiny_onnx_dir(NAME)
+
+
+@pytest.fixture(scope="module")
+def vlm(model_dir):
+    return SmolVLM.from_pretrained(model_dir, dtype="fp32")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    outside = tmp_path_factory.mktemp("outside")
+    return {"root": root, "photo": root / "photo.png", "outside": outside / "secret.png",
+            "photo_bytes": noise_png(root / "photo.png"), "other_bytes": noise_png(outside / "secret.png", seed=1)}
+
+
+@pytest.fixture(scope="module")
+def server(vlm, model_dir, files):
+    settings = ServerSettings(model_id=NAME, api_keys=(KEY,), max_batch=4, max_queue=8,
+                              max_image_bytes=MAX_IMAGE_BYTES, max_images=3, local_root=files["root"])
+    with live_server(vlm, settings) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    import httpx2
+
+    with httpx2.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+def _stream_text(client, **kwargs):
+    chunks = list(client.chat.completions.create(stream=True, **kwargs))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return text, chunks
+
+
+def test_replies_equal_describe(client, model_dir, files):
+    cli = invoke_cli("describe", files["photo"], "What is in the picture?", "-m", model_dir, "--dtype", "fp32",
+                     "-n", "12", "--no-stream", "-q")
+    assert cli.returncode == 0, cli.stderr
+    expected = stdout_of(cli).removesuffix("\n")
+    messages = user("What is in the picture?", data_uri(files["photo_bytes"]))
+    whole = client.chat.completions.create(model=NAME, messages=messages, max_tokens=12)
+    assert whole.choices[0].message.content == expected
+    assert whole.choices[0].finish_reason in ("stop", "length")
+    streamed, chunks = _stream_text(client, model=NAME, messages=messages, max_tokens=12)
+    assert streamed == expected
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    # the same file by path, under the allowed root: the same reply
+    by_path = client.chat.completions.create(model=NAME, messages=user("What is in the picture?", "photo.png"),
+                                             max_tokens=12)
+    assert by_path.choices[0].message.content == expected
+
+
+def test_usage_counts_and_timings(client, vlm, files):
+    messages = user("Describe it.", data_uri(files["photo_bytes"]))
+    prompt_tokens = len(vlm.prepare([files["photo"]], "Describe it.").input_ids)
+    whole = client.chat.completions.create(model=NAME, messages=messages, max_tokens=7)
+    assert whole.usage.prompt_tokens == prompt_tokens
+    assert whole.usage.total_tokens == prompt_tokens + whole.usage.completion_tokens
+    timings = whole.model_extra["timings"]
+    assert timings["prompt_n"] == prompt_tokens and timings["image_tiles"] > 0
+    _, chunks = _stream_text(client, model=NAME, messages=messages, max_tokens=7,
+                             stream_options={"include_usage": True})
+    assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == {
+        **whole.usage.model_dump(), "completion_tokens_details": None, "prompt_tokens_details": None}
+    _, plain = _stream_text(client, model=NAME, messages=messages, max_tokens=7)
+    assert all(c.usage is None for c in plain)
+
+
+def test_multi_turn_system_and_several_images(client, vlm, files):
+    photo, other = files["photo_bytes"], files["other_bytes"]
+    messages = [{"role": "system", "content": "Answer briefly."},
+                *user("Compare them.", data_uri(photo), data_uri(other)),
+                {"role": "assistant", "content": "They differ."},
+                {"role": "user", "content": "How?"}]
+    hf = [{"role": "system", "content": [{"type": "text", "text": "Answer briefly."}]},
+          {"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Compare them."}]},
+          {"role": "assistant", "content": [{"type": "text", "text": "They differ."}]},
+          {"role": "user", "content": [{"type": "text", "text": "How?"}]}]
+    expected = vlm.generate([photo, other], messages=hf, max_new_tokens=10)
+    reply = client.chat.completions.create(model=NAME, messages=messages, max_completion_tokens=10)
+    assert reply.choices[0].message.content == expected
+
+
+def test_stop_strings_and_seeded_sampling(client):
+    messages = user("Say something.")
+    full = client.chat.completions.create(model=NAME, messages=messages, max_tokens=12).choices[0].message.content
+    words = full.split()
+    assert len(words) > 2, full
+    cut = client.chat.completions.create(model=NAME, messages=messages, max_tokens=12, stop=[words[2]])
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].message.content == full[:full.index(words[2])]
+    streamed, _ = _stream_text(client, model=NAME, messages=messages, max_tokens=12, stop=words[2])
+    assert streamed == cut.choices[0].message.content
+    sampled = [client.chat.completions.create(model=NAME, messages=messages, max_tokens=8, temperature=1.0,
+                                              top_p=0.9, seed=7).choices[0].message.content for _ in range(2)]
+    assert sampled[0] == sampled[1]
+
+
+def test_models_health_and_feature_cache(client, http, server, files):
+    assert [m.id for m in client.models.list().data] == [NAME]
+    assert client.models.retrieve(NAME).id == NAME
+    health = http.get("/health").json()
+    assert health["status"] == "ok" and health["max_batch"] == 4
+    before = server.scheduler.stats.tiles_cached
+    client.chat.completions.create(model=NAME, messages=user("Again?", data_uri(files["photo_bytes"])), max_tokens=2)
+    assert server.scheduler.stats.tiles_cached > before  # the photo's tiles were encoded before
+
+
+def test_api_key_enforced(server, http):
+    wrong = openai.OpenAI(base_url=server.base_url, api_key="nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as info:
+        wrong.chat.completions.create(model=NAME, messages=user("Hi"))
+    assert info.value.status_code == 401 and info.value.body["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        wrong.models.list()
+    missing = http.post("/v1/chat/completions", json={"messages": user("Hi")})
+    assert missing.status_code == 401 and missing.json()["error"]["type"] == "authentication_error"
+    other_header = http.post("/v1/chat/completions", json={"messages": user("Hi"), "max_tokens": 1},
+                             headers={"X-Api-Key": KEY})
+    assert other_header.status_code == 200
+    assert http.get("/health").status_code == 200  # public
+
+
+def _bomb() -> bytes:
+    from bad_files import bomb_png
+
+    return bomb_png(20000, 20000)
+
+
+BAD_REQUESTS = {
+    # name: (body or raw bytes, status, code)
+    "malformed_json": (b'{"messages": [', 400, "invalid_json"),
+    "not_an_object": (b"[1, 2]", 400, "invalid_json"),
+    "missing_messages": ({"model": NAME}, 400, "missing_required_parameter"),
+    "messages_not_a_list": ({"messages": "hi"}, 400, "invalid_type"),
+    "bad_role": ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "invalid_value"),
+    "content_wrong_type": ({"messages": [{"role": "user", "content": 5}]}, 400, "invalid_type"),
+    "max_tokens_wrong_type": ({"messages": user("hi"), "max_tokens": "ten"}, 400, "invalid_type"),
+    "temperature_out_of_range": ({"messages": user("hi"), "temperature": 5}, 400, "invalid_value"),
+    "stream_wrong_type": ({"messages": user("hi"), "stream": "yes"}, 400, "invalid_type"),
+    "n_above_one": ({"messages": user("hi"), "n": 2}, 400, "unsupported_value"),
+    "bad_base64": ({"messages": user("hi", "data:image/png;base64,***not base64***")}, 400, "invalid_base64"),
+    "data_uri_not_an_image_type": ({"messages": user("hi", data_uri(b"hello", "text/plain"))}, 400,
+                                   "invalid_image"),
+    "data_uri_not_image_bytes": ({"messages": user("hi", data_uri(b"just some text"))}, 400, "invalid_image"),
+    "image_over_the_byte_limit": ({"messages": user("hi", data_uri(b"\x89PNG" + bytes(MAX_IMAGE_BYTES)))},
+                                  413, "image_too_large"),
+    "decompression_bomb": (lambda: {"messages": user("hi", data_uri(_bomb()))}, 400, "invalid_image"),
+    "too_many_images": (lambda: {"messages": user("hi", *[data_uri(noise_png())] * 4)}, 400, "too_many_images"),
+    "prompt_over_the_context": ({"messages": user("word " * 9000)}, 400, "context_length_exceeded"),
+    "max_tokens_over_the_context": ({"messages": user("hi"), "max_tokens": 100_000}, 400,
+                                    "context_length_exceeded"),
+    "unknown_model": ({"model": "gpt-9", "messages": user("hi")}, 404, "model_not_found"),
+    "remote_url_not_allowed": ({"messages": user("hi", "https://example.com/cat.jpg")}, 403,
+                               "remote_images_disabled"),
+    "local_path_outside_root": ("outside", 403, "outside_allowed_root"),
+    "local_path_escaping_root": ({"messages": user("hi", "file:///etc/passwd")}, 403, "outside_allowed_root"),
+    "relative_escape": ({"messages": user("hi", "../../etc/passwd")}, 403, "outside_allowed_root"),
+    "unsupported_scheme": ({"messages": user("hi", "ftp://example.com/a.png")}, 400, "invalid_image_url"),
+    "image_in_an_assistant_message": ({"messages": [{"role": "assistant", "content": [
+        {"type": "image_url", "image_url": {"url": "x"}}]}, *user("hi")]}, 400, "invalid_value"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_request_corpus(case, http, files):
+    body, status, code = BAD_REQUESTS[case]
+    if body == "outside":
+        body = {"messages": user("hi", str(files["outside"]))}
+    body = body() if callable(body) else body
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = http.post("/v1/chat/completions", content=raw, headers={
+        "Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code and error["message"]
+    assert http.get("/health").json()["status"] == "ok"
+
+
+def test_missing_or_wrong_key_and_unknown_route_are_openai_shaped(http):
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        response = http.post("/v1/chat/completions", json={"messages": user("hi")}, headers=headers)
+        assert response.status_code == 401
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    response = http.get("/v1/nothing-here")
+    assert response.status_code == 404 and response.json()["error"]["message"]
+    assert http.get("/health").json()["status"] == "ok"
