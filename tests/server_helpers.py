@@ -60,7 +60,8 @@ def data_uri(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-def user(text: str, *images: str) -> list[dict]:
-    """One user message: image parts (URLs) then the text."""
-    parts = [{"type": "image_url", "image_url": {"url": url}} for url in images]
+def user(text: str, *images: str, detail: str | None = None) -> list[dict]:
+    """One user message: image parts (URLs, with OpenAI's `detail` when given) then the text."""
+    extra = {"detail": detail} if detail else {}
+    parts = [{"type": "image_url", "image_url": {"url": url, **extra}} for url in images]
     return [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]

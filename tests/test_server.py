@@ -193,6 +193,7 @@ BAD_REQUESTS = {
     "local_path_outside_root": ("outside", 403, "outside_allowed_root"),
     "local_path_escaping_root": ({"messages": user("hi", "file:///etc/passwd")}, 403, "outside_allowed_root"),
     "relative_escape": ({"messages": user("hi", "../../etc/passwd")}, 403, "outside_allowed_root"),
+    "unknown_detail": ({"messages": user("hi", "photo.png", detail="extreme")}, 400, "invalid_value"),
     "unsupported_scheme": ({"messages": user("hi", "ftp://example.com/a.png")}, 400, "invalid_image_url"),
     "image_in_an_assistant_message": ({"messages": [{"role": "assistant", "content": [
         {"type": "image_url", "image_url": {"url": "x"}}]}, *user("hi")]}, 400, "invalid_value"),
@@ -223,3 +224,11 @@ def test_missing_or_wrong_key_and_unknown_route_are_openai_shaped(http):
     response = http.get("/v1/nothing-here")
     assert response.status_code == 404 and response.json()["error"]["message"]
     assert http.get("/health").json()["status"] == "ok"
+
+
+def test_image_detail_sets_the_tiling(client, vlm, files):
+    messages = user("What is it?", data_uri(files["photo_bytes"]), detail="low")
+    reply = client.chat.completions.create(model=NAME, messages=messages, max_tokens=6)
+    assert reply.model_extra["timings"]["image_tiles"] == 1
+    assert reply.choices[0].message.content == vlm.generate([files["photo"]], "What is it?", max_new_tokens=6,
+                                                            split=False)

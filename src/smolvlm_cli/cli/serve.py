@@ -15,8 +15,8 @@ from typing import Annotated, Optional
 import typer
 
 from smolvlm_cli.cli import output
-from smolvlm_cli.cli.options import (DEFAULTS, DtypeOpt, GraphsOpt, MaxTokensOpt, ModelOpt, QuietOpt,
-                                     ThreadsOpt)
+from smolvlm_cli.cli.options import (DEFAULTS, DetailOpt, DtypeOpt, GraphsOpt, MaxTokensOpt, ModelOpt,
+                                     QuietOpt, ThreadsOpt)
 from smolvlm_cli.errors import SmolVLMError
 from smolvlm_cli.hub import DEFAULT_MODEL
 from smolvlm_cli.server.settings import DEFAULT_HOST, DEFAULT_PORT, ServerSettings
@@ -97,6 +97,7 @@ def serve(
         "--max-request-tokens", min=2, rich_help_panel=_LIMITS, show_default="the model's context",
         help="Most prompt + completion tokens in one request.")] = None,
     max_new_tokens: MaxTokensOpt = DEFAULTS.max_new_tokens,
+    detail: DetailOpt = None,
     allow_remote_images: Annotated[bool, typer.Option(
         "--allow-remote-images", rich_help_panel=_IMAGES,
         help="Fetch http(s) image URLs (capped by --max-image-mb and --remote-timeout). The server "
@@ -112,14 +113,15 @@ def serve(
 ) -> None:
     """Serve the model over HTTP with OpenAI's chat-completions API (needs the `server` extra).
 
-    Requests share decoder steps (continuous batching); replies equal one-at-a-time replies for greedy fp32 decoding. Requests are logged on stderr.
+    Requests share decoder steps (continuous batching); replies equal one-at-a-time replies for greedy fp32 decoding. Without max_tokens a reply stops after --max-new-tokens; --detail is the tiling of images whose request gives no image_url.detail. Requests are logged on stderr.
     """
     _require_server_extra()
     settings = ServerSettings(
         model_id=model, api_keys=tuple(api_key or ()), max_batch=max_batch, max_queue=max_queue,
         max_image_bytes=int(max_image_mb * 1e6), max_images=max_images,
         max_request_tokens=max_request_tokens, allow_remote_images=allow_remote_images,
-        remote_timeout_s=remote_timeout, local_root=allow_local_files, cors_origins=tuple(cors or ()))
+        remote_timeout_s=remote_timeout, local_root=allow_local_files, cors_origins=tuple(cors or ()),
+        detail=detail or _DEFAULTS.detail)
     sock = _bind(host, port)  # before the model loads: a taken port fails fast
 
     import uvicorn

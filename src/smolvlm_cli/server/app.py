@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from smolvlm_cli.errors import SmolVLMError, error_message
-from smolvlm_cli.options import GenerationOptions
+from smolvlm_cli.options import GenerationOptions, detail_tiling
 from smolvlm_cli.server.images import load_images
 from smolvlm_cli.server.schema import ApiError, ChatRequest, parse_chat_request, parse_json
 from smolvlm_cli.server.scheduler import Job, QueueFull, Scheduler
@@ -117,8 +117,10 @@ class ChatServer:
     def prepare(self, req: ChatRequest):
         """Images decoded and the prompt tokenized (a worker thread: PIL and tokenizers)."""
         images = load_images(req.images, self.settings)
+        config = self.vlm.config
+        edge, split = detail_tiling(req.detail or self.settings.detail, config.longest_edge, config.tile_size)
         try:
-            return self.vlm.prepare(images, messages=req.messages)
+            return self.vlm.prepare(images, messages=req.messages, longest_edge=edge, split=split)
         except (ValueError, SmolVLMError) as exc:
             raise ApiError(400, error_message(exc), param="messages", code="invalid_messages") from None
 

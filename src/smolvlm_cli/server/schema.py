@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from smolvlm_cli.options import DETAIL_LEVELS
+
 # the roles the SmolVLM templates render; OpenAI's newer `developer` role is a system message
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 MAX_STOP_STRINGS = 4  # as OpenAI
@@ -40,6 +42,16 @@ class ApiError(Exception):
 class ImageRef:
     url: str  # a data URI, an http(s) URL, a file:// URL or a path
     param: str  # where it was, e.g. "messages[0].content[1].image_url.url"
+    detail: str | None = None  # OpenAI's low / auto / high (options.detail_tiling)
+
+
+def _detail(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.lower() not in DETAIL_LEVELS:
+        raise _bad(f"'{where}.image_url.detail' must be one of {', '.join(DETAIL_LEVELS)}",
+                   f"{where}.image_url.detail")
+    return value.lower()
 
 
 @dataclass
@@ -55,6 +67,7 @@ class ChatRequest:
     max_tokens: int | None = None
     sampling: dict[str, Any] = field(default_factory=dict)  # GenerationOptions fields given
     stop: list[str] = field(default_factory=list)
+    detail: str | None = None  # the image parts' `detail` (one level per request), None: not given
 
 
 def _bad(message: str, param: str | None, code: str = "invalid_value") -> ApiError:
@@ -123,7 +136,8 @@ def _content(content: Any, param: str, role: str, images: list[ImageRef]) -> lis
             if role != "user":
                 raise _bad(f"images are only accepted in user messages ('{where}' is in a {role} message)",
                            where)
-            images.append(ImageRef(url, f"{where}.image_url.url"))
+            images.append(ImageRef(url, f"{where}.image_url.url",
+                                   _detail(image.get("detail") if isinstance(image, dict) else None, where)))
             parts.append({"type": "image"})
         elif kind in ("text", None):
             raise _bad(f"'{where}' must be {{\"type\": \"text\", \"text\": ...}} or "
@@ -207,6 +221,9 @@ def parse_chat_request(body: dict[str, Any], max_images: int) -> ChatRequest:
     if len(images) > max_images:
         raise ApiError(400, f"{len(images)} images in one request; this server takes at most {max_images}",
                        param="messages", code="too_many_images")
+    details = {ref.detail for ref in images if ref.detail is not None}
+    if len(details) > 1:
+        raise _bad("the images of one request take one detail level (low, auto or high)", "messages")
     max_tokens = _int(body, "max_completion_tokens", 1)
     if max_tokens is None:
         max_tokens = _int(body, "max_tokens", 1)
@@ -220,4 +237,4 @@ def parse_chat_request(body: dict[str, Any], max_images: int) -> ChatRequest:
     return ChatRequest(messages, images, model=model, stream=stream,
                        include_usage=bool(options.get("include_usage", False)) and stream,
                        max_tokens=max_tokens, sampling={k: v for k, v in sampling.items() if v is not None},
-                       stop=_stop(body))
+                       stop=_stop(body), detail=details.pop() if details else None)

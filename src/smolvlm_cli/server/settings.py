@@ -27,6 +27,7 @@ class ServerSettings:
     remote_timeout_s: float = 10.0
     local_root: Path | None = None  # images given as paths / file:// URLs only below this folder
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    detail: str = "auto"  # images' tiling when a request does not say (`image_url.detail`)
     feature_cache_tiles: int = 256  # vision features kept by tile content (~150 KB each, 256M)
 
     def __post_init__(self):

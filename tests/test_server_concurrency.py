@@ -1,0 +1,122 @@
+"""Continuous batching in `smolvlm serve`: 16 clients at once get their one-at-a-time replies; a
+client that goes away frees its row for a waiting one; a full queue answers 503 at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+
+from server_helpers import NAME, data_uri, live_server, noise_png, user  # noqa: E402
+from smolvlm_cli import SmolVLM  # noqa: E402
+from smolvlm_cli.server.settings import ServerSettings  # noqa: E402
+
+LONG = 2000  # tokens: a reply that would take seconds, cut short by its client
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_onnx_dir):
+    return tiny_onnx_dir(NAME)
+
+
+def _vlm(model_dir):
+    return SmolVLM.from_pretrained(model_dir, dtype="fp32")
+
+
+@pytest.fixture(scope="module")
+def vlm(model_dir):
+    return _vlm(model_dir)
+
+
+def _until(condition, timeout: float = 5.0) -> float:
+    """Seconds until `condition()` held (fails after `timeout`)."""
+    t0 = time.monotonic()
+    while not condition():
+        assert time.monotonic() - t0 < timeout, "timed out"
+        time.sleep(0.01)
+    return time.monotonic() - t0
+
+
+def test_sixteen_clients_get_their_one_at_a_time_replies(vlm):
+    images = [noise_png(size=(40 + 8 * i, 32), seed=i) for i in range(3)]
+    cases = []
+    for i in range(16):
+        prompt = ["Describe it.", "What color?", "Any text?", "Count them."][i % 4] + f" ({i})"
+        image = images[i % 3] if i % 4 != 3 else None  # some without an image
+        # replies end at different steps; most images as one tile (detail low), some tiled
+        cases.append((prompt, image, 4 + (i * 5) % 17, i % 2 == 0, "auto" if i == 0 else "low"))
+    expected = [vlm.generate([image] if image else [], prompt, max_new_tokens=n,
+                             split=False if detail == "low" else None)
+                for prompt, image, n, _, detail in cases]
+
+    settings = ServerSettings(model_id=NAME, max_batch=4, max_queue=16)
+    with live_server(vlm, settings) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="none", max_retries=0, timeout=120)
+
+        def ask(case):
+            prompt, image, n, stream, detail = case
+            messages = user(prompt, *([data_uri(image)] if image else []), detail=detail)
+            if not stream:
+                return client.chat.completions.create(model=NAME, messages=messages, max_tokens=n).choices[0].message.content
+            chunks = client.chat.completions.create(model=NAME, messages=messages, max_tokens=n, stream=True)
+            return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+        with ThreadPoolExecutor(16) as pool:
+            replies = list(pool.map(ask, cases))
+        stats = server.scheduler.stats
+    assert replies == expected
+    assert stats.completed == 16 and stats.failed == 0 and stats.rejected == 0
+    assert stats.batched_steps > 0 and stats.max_rows > 1, stats  # the decoder ran shared steps
+    assert stats.tiles_cached > 0  # three distinct images among 12 requests
+
+
+@pytest.fixture(scope="module")
+def one_row(model_dir):
+    """A server with one row and a queue of one."""
+    with live_server(_vlm(model_dir), ServerSettings(model_id=NAME, max_batch=1, max_queue=1)) as server:
+        yield server
+
+
+def test_disconnect_frees_the_row_for_a_waiting_request_and_a_full_queue_is_503(one_row):
+    import httpx2
+
+    scheduler = one_row.scheduler
+    client = openai.OpenAI(base_url=one_row.base_url, api_key="none", max_retries=0, timeout=60)
+    short = {}
+
+    with httpx2.Client(base_url=one_row.url, timeout=60) as http:
+        with http.stream("POST", "/v1/chat/completions", json={
+                "messages": user("Talk."), "max_tokens": LONG, "stream": True}) as long_reply:
+            lines = long_reply.iter_lines()
+            assert next(lines).startswith("data: ")  # streaming: it holds the only row
+            waiter = threading.Thread(target=lambda: short.update(reply=client.chat.completions.create(
+                model=NAME, messages=user("Hi."), max_tokens=3)))
+            waiter.start()
+            _until(lambda: scheduler.waiting == 1)  # the queue is full now
+            t0 = time.monotonic()
+            with pytest.raises(openai.APIStatusError) as info:
+                client.chat.completions.create(model=NAME, messages=user("Me too."), max_tokens=3)
+            assert time.monotonic() - t0 < 1.0
+            assert info.value.status_code == 503 and info.value.body["code"] == "server_overloaded"
+            assert info.value.response.headers["retry-after"]
+        # the long reply's client hung up: its row goes to the waiting request at once
+        waiter.join(10)
+    assert short["reply"].choices[0].finish_reason in ("stop", "length")
+    assert scheduler.stats.cancelled == 1 and scheduler.running == 0
+    assert scheduler.stats.generated_tokens < LONG
+
+
+def test_a_non_streamed_client_that_times_out_frees_its_row(one_row):
+    import httpx2
+
+    scheduler = one_row.scheduler
+    cancelled = scheduler.stats.cancelled
+    with httpx2.Client(base_url=one_row.url, timeout=0.5) as http, pytest.raises(httpx2.TimeoutException):
+        http.post("/v1/chat/completions", json={"messages": user("Talk."), "max_tokens": LONG})
+    _until(lambda: scheduler.stats.cancelled == cancelled + 1 and scheduler.running == 0)
