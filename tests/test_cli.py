@@ -24,7 +24,7 @@ from smolvlm_cli.config import ModelConfig
 NAME = "SmolVLM2-256M-Video-Instruct"
 NO_TORCH_CHECK = ("import atexit, sys\n"
                   "atexit.register(lambda: print('HEAVY', sorted({m.split('.')[0] for m in sys.modules}"
-                  " & {'torch', 'transformers'}), file=sys.stderr))\n"
+                  " & {'torch', 'transformers', 'starlette', 'uvicorn'}), file=sys.stderr))\n"
                   "from smolvlm_cli.cli.main import main\n"
                   "sys.argv[0] = 'smolvlm'\n"
                   "main()\n")

@@ -1,0 +1,82 @@
+"""`smolvlm serve` as a command: lazy imports, one-line errors, a real process answering."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import assert_clean_error, invoke_cli, run_cli, stderr_of
+from test_cli import NO_TORCH_CHECK
+
+NAME = "SmolVLM2-256M-Video-Instruct"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_onnx_dir):
+    return tiny_onnx_dir(NAME)
+
+
+def test_serve_help_does_not_import_the_server_stack():
+    """`smolvlm --help` and `smolvlm serve --help` load neither starlette nor uvicorn (nor torch)."""
+    for args in (["--help"], ["serve", "--help"]):
+        result = run_cli(*args, python_code=NO_TORCH_CHECK)
+        assert result.returncode == 0, stderr_of(result)
+        assert "HEAVY []" in stderr_of(result)
+    assert "--max-batch" in result.stdout.decode() and "--allow-local-files" in result.stdout.decode()
+
+
+def test_a_taken_port_is_one_error_line(model_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = invoke_cli("serve", "-m", model_dir, "--port", str(port), "--quiet")
+    assert_clean_error(result, names=[str(port)], reason="cannot listen")
+
+
+def test_bad_options_are_usage_errors(tmp_path):
+    result = invoke_cli("serve", "--allow-local-files", tmp_path / "missing")
+    assert result.returncode == 2 and b"Traceback" not in result.stderr
+    result = invoke_cli("serve", "--max-batch", "0")
+    assert result.returncode == 2
+
+
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def test_a_real_serve_process_answers_logs_and_stops_on_ctrl_c(model_dir):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "smolvlm_cli", "serve", "-m", str(model_dir), "--dtype",
+                                "fp32", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.2)
+        reply = _post(f"{url}/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4})
+        assert reply["object"] == "chat.completion" and reply["usage"]["completion_tokens"] >= 1
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err.decode()
+    assert out == b""  # stdout carries results only: a server has none
+    text = err.decode()
+    assert "Serving" in text and "POST /v1/chat/completions 200" in text
+    assert "Traceback" not in text
