@@ -146,8 +146,12 @@ class FeatureCache:
 class Scheduler:
     """The model's worker thread. `submit` jobs; `close` stops it (waiting jobs get errors)."""
 
-    def __init__(self, vlm: Any, max_batch: int, max_queue: int, feature_cache_tiles: int = 256):
+    def __init__(self, vlm: Any, max_batch: int, max_queue: int, feature_cache_tiles: int = 256,
+                 tiles_per_turn: int | None = 1):
+        """`tiles_per_turn`: tiles a newcomer may encode between two decoder steps while rows run
+        (None: its whole admission at once, the running streams waiting for all of it)."""
         self.vlm, self.max_batch, self.max_queue = vlm, max_batch, max_queue
+        self.tiles_per_turn = tiles_per_turn
         self.stats = SchedulerStats()
         self._replier = vlm._replier
         self._cache = FeatureCache(vlm.backend.encode_images, feature_cache_tiles)
@@ -217,7 +221,7 @@ class Scheduler:
                 head = self._waiting[0] if self._waiting else None
             try:
                 if head is not None and self._has_room():
-                    self._admit_some(head, whole=not self._running)
+                    self._admit_some(head, None if not self._running else self.tiles_per_turn)
                 if self._running:
                     self._step()
             except Exception as exc:  # noqa: BLE001 - the worker must outlive any one failure
@@ -238,9 +242,9 @@ class Scheduler:
                 self._batch.drop(row)
                 self.stats.cancelled += 1
 
-    def _admit_some(self, job: Job, whole: bool) -> None:
-        """One unit of `job`'s admission (a tile not in the cache, or the prefill); all of it
-        when `whole`."""
+    def _admit_some(self, job: Job, tiles_left: int | None) -> None:
+        """Up to `tiles_left` tiles of `job`'s images not in the cache (None: all), then, once
+        every tile is encoded, its prefill and first token."""
         prepared = job.prepared
         tiles = prepared.num_tiles
         try:
@@ -253,8 +257,10 @@ class Scheduler:
                 job.cached_tiles += cached
                 self.stats.tiles_cached += cached
                 self.stats.tiles_encoded += not cached
-                if not cached and not whole:
-                    return
+                if not cached and tiles_left is not None:
+                    tiles_left -= 1
+                    if tiles_left <= 0:
+                        return
             with self._lock:
                 self._waiting.remove(job)
             if job.cancelled:

@@ -105,6 +105,13 @@ def _number(body: dict, name: str, low: float, high: float, low_open: bool = Fal
     return float(value)
 
 
+def _bool(body: dict, name: str) -> bool | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise _bad(f"'{name}' must be true or false", name, "invalid_type")
+    return value
+
+
 def parse_json(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
@@ -207,11 +214,7 @@ def parse_chat_request(body: dict[str, Any], max_images: int) -> ChatRequest:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise _bad("'model' must be a string", "model", "invalid_type")
-    stream = body.get("stream", False)
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise _bad("'stream' must be true or false", "stream", "invalid_type")
+    stream = bool(_bool(body, "stream"))
     options = body.get("stream_options") or {}
     if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
         raise _bad("'stream_options' must be an object like {\"include_usage\": true}", "stream_options",
@@ -231,7 +234,8 @@ def parse_chat_request(body: dict[str, Any], max_images: int) -> ChatRequest:
                 "top_p": _number(body, "top_p", 0.0, 1.0, low_open=True),
                 "top_k": _int(body, "top_k", 0),
                 "repetition_penalty": _number(body, "repetition_penalty", 0.0, 10.0, low_open=True),
-                "seed": _int(body, "seed", -(2 ** 63))}
+                "seed": _int(body, "seed", -(2 ** 63)),
+                "ignore_eos": _bool(body, "ignore_eos")}  # llama-server's, for benchmarks
     if sampling["seed"] is not None and sampling["seed"] < 0:
         sampling["seed"] += 2 ** 64  # numpy seeds are unsigned; OpenAI's may be negative
     return ChatRequest(messages, images, model=model, stream=stream,
