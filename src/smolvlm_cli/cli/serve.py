@@ -139,5 +139,6 @@ def serve(
                    f"(max batch {max_batch}, queue {max_queue}); Ctrl-C stops")
         if not settings.api_keys and host not in ("127.0.0.1", "::1", "localhost"):
             output.log(f"Warning: listening on {host} without --api-key: anyone who can reach it may use it")
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    # streams still open at Ctrl-C get 5 s to finish; a second Ctrl-C ends them at once
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])
