@@ -9,16 +9,17 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from smolvlm_cli.cli import output
-from smolvlm_cli.cli.options import (DEFAULTS, DetailOpt, DtypeOpt, GraphsOpt, MaxTokensOpt, ModelOpt,
-                                     QuietOpt, ThreadsOpt)
+from smolvlm_cli.cli.option_groups import ModelChoice, TilingChoice, option_groups
+from smolvlm_cli.cli.options import DEFAULTS, QuietOpt
 from smolvlm_cli.errors import SmolVLMError
-from smolvlm_cli.hub import DEFAULT_MODEL
+from smolvlm_cli.options import GenerationOptions
 from smolvlm_cli.server.settings import DEFAULT_HOST, DEFAULT_PORT, ServerSettings
 
 _DEFAULTS = ServerSettings()
@@ -63,11 +64,11 @@ def _require_server_extra() -> None:
                            hint="pip install 'smolvlm-cli[server]'") from None
 
 
+@option_groups
 def serve(
-    model: ModelOpt = DEFAULT_MODEL,
-    dtype: DtypeOpt = None,
-    graphs: GraphsOpt = "auto",
-    threads: ThreadsOpt = None,
+    model: ModelChoice = ModelChoice(),
+    options: GenerationOptions = DEFAULTS,
+    tiling: TilingChoice = TilingChoice(),
     host: Annotated[str, typer.Option(
         "--host", rich_help_panel=_NET,
         help="Address to listen on; the loopback by default (0.0.0.0: every interface).")] = DEFAULT_HOST,
@@ -96,8 +97,6 @@ def serve(
     max_request_tokens: Annotated[Optional[int], typer.Option(
         "--max-request-tokens", min=2, rich_help_panel=_LIMITS, show_default="the model's context",
         help="Most prompt + completion tokens in one request.")] = None,
-    max_new_tokens: MaxTokensOpt = DEFAULTS.max_new_tokens,
-    detail: DetailOpt = None,
     allow_remote_images: Annotated[bool, typer.Option(
         "--allow-remote-images", rich_help_panel=_IMAGES,
         help="Fetch http(s) image URLs (capped by --max-image-mb and --remote-timeout). The server "
@@ -113,29 +112,31 @@ def serve(
 ) -> None:
     """Serve the model over HTTP with OpenAI's chat-completions API (needs the `server` extra).
 
-    Requests share decoder steps (continuous batching); replies equal one-at-a-time replies for greedy fp32 decoding. Without max_tokens a reply stops after --max-new-tokens; --detail is the tiling of images whose request gives no image_url.detail. Requests are logged on stderr.
+    Requests share decoder steps (continuous batching); replies equal one-at-a-time replies for greedy fp32 decoding. The sampling options are the defaults of requests that do not set them (without max_tokens a reply stops after --max-new-tokens); the tiling options apply to images whose request gives no image_url.detail. Requests are logged on stderr.
     """
     _require_server_extra()
+    if model.backend == "torch":
+        raise typer.BadParameter("the server decodes requests together, which the torch backend cannot: "
+                                 "use the ONNX backend", param_hint="'--backend'")
     settings = ServerSettings(
-        model_id=model, api_keys=tuple(api_key or ()), max_batch=max_batch, max_queue=max_queue,
+        model_id=model.model, api_keys=tuple(api_key or ()), max_batch=max_batch, max_queue=max_queue,
         max_image_bytes=int(max_image_mb * 1e6), max_images=max_images,
         max_request_tokens=max_request_tokens, allow_remote_images=allow_remote_images,
-        remote_timeout_s=remote_timeout, local_root=allow_local_files, cors_origins=tuple(cors or ()),
-        detail=detail or _DEFAULTS.detail)
+        remote_timeout_s=remote_timeout, local_root=allow_local_files, cors_origins=tuple(cors or ()))
     sock = _bind(host, port)  # before the model loads: a taken port fails fast
 
     import uvicorn
 
-    from smolvlm_cli.cli.loading import load_model
     from smolvlm_cli.server.app import create_app
 
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    vlm = load_model(model, "onnx", dtype, threads, graphs, quiet)
-    app = create_app(vlm, settings, DEFAULTS.updated(max_new_tokens=max_new_tokens))
+    vlm = model.load(quiet)
+    edge, split = tiling.resolve(lambda: vlm.config)
+    app = create_app(vlm, replace(settings, longest_edge=edge, split=split), options)
     bound_host, bound_port = sock.getsockname()[:2]
     if not quiet:
-        output.log(f"Serving {model} ({vlm.backend.dtype}) at http://{bound_host}:{bound_port}/v1 "
+        output.log(f"Serving {model.model} ({vlm.backend.dtype}) at http://{bound_host}:{bound_port}/v1 "
                    f"(max batch {max_batch}, queue {max_queue}); Ctrl-C stops")
         if not settings.api_keys and host not in ("127.0.0.1", "::1", "localhost"):
             output.log(f"Warning: listening on {host} without --api-key: anyone who can reach it may use it")

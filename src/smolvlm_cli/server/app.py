@@ -117,8 +117,9 @@ class ChatServer:
     def prepare(self, req: ChatRequest):
         """Images decoded and the prompt tokenized (a worker thread: PIL and tokenizers)."""
         images = load_images(req.images, self.settings)
-        config = self.vlm.config
-        edge, split = detail_tiling(req.detail or self.settings.detail, config.longest_edge, config.tile_size)
+        config, settings = self.vlm.config, self.settings
+        edge, split = (detail_tiling(req.detail, config.longest_edge, config.tile_size) if req.detail
+                       else (settings.longest_edge, settings.split))
         try:
             return self.vlm.prepare(images, messages=req.messages, longest_edge=edge, split=split)
         except (ValueError, SmolVLMError) as exc:

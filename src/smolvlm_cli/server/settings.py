@@ -27,7 +27,9 @@ class ServerSettings:
     remote_timeout_s: float = 10.0
     local_root: Path | None = None  # images given as paths / file:// URLs only below this folder
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
-    detail: str = "auto"  # images' tiling when a request does not say (`image_url.detail`)
+    # images' tiling when a request gives no `image_url.detail` (None: the model's own)
+    longest_edge: int | None = None
+    split: bool | None = None
     feature_cache_tiles: int = 256  # vision features kept by tile content (~150 KB each, 256M)
 
     def __post_init__(self):
