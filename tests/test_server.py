@@ -20,6 +20,7 @@ from smolvlm_cli import SmolVLM  # noqa: E402
 from smolvlm_cli.server.settings import ServerSettings  # noqa: E402
 
 KEY = "test-key"
+ORIGIN = "https://app.example"
 MAX_IMAGE_BYTES = 200_000
 
 
@@ -44,7 +45,8 @@ def files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(vlm, model_dir, files):
     settings = ServerSettings(model_id=NAME, api_keys=(KEY,), max_batch=4, max_queue=8,
-                              max_image_bytes=MAX_IMAGE_BYTES, max_images=3, local_root=files["root"])
+                              max_image_bytes=MAX_IMAGE_BYTES, max_images=3, local_root=files["root"],
+                              cors_origins=(ORIGIN,))
     with live_server(vlm, settings) as live:
         yield live
 
@@ -232,3 +234,54 @@ def test_image_detail_sets_the_tiling(client, vlm, files):
     assert reply.model_extra["timings"]["image_tiles"] == 1
     assert reply.choices[0].message.content == vlm.generate([files["photo"]], "What is it?", max_new_tokens=6,
                                                             split=False)
+
+
+def test_cors_for_the_allowed_origin_only(http):
+    preflight = http.options("/v1/chat/completions", headers={
+        "Origin": ORIGIN, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type"})
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == ORIGIN
+    assert http.get("/health", headers={"Origin": ORIGIN}).headers["access-control-allow-origin"] == ORIGIN
+    assert "access-control-allow-origin" not in http.get("/health", headers={"Origin": "https://evil.example"}).headers
+
+
+@pytest.fixture(scope="module")
+def web(files):
+    """A plain HTTP server: /photo.png, /big.bin (over the byte limit), /slow.png (answers late)."""
+    import http.server
+    import threading
+    import time
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/slow.png":
+                time.sleep(1.5)
+            body = bytes(MAX_IMAGE_BYTES + 10) if self.path == "/big.bin" else files["photo_bytes"]
+            try:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except OSError:  # the client gave up (too large, too slow): as it should
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_remote_images_when_allowed_are_capped_in_size_and_time(web, files):
+    from smolvlm_cli.server.images import image_bytes
+    from smolvlm_cli.server.schema import ApiError, ImageRef
+
+    settings = ServerSettings(allow_remote_images=True, max_image_bytes=MAX_IMAGE_BYTES, remote_timeout_s=0.5)
+    assert image_bytes(ImageRef(f"{web}/photo.png", "url"), settings) == files["photo_bytes"]
+    for path, status, code in (("/big.bin", 413, "image_too_large"), ("/slow.png", 400, "image_download_failed")):
+        with pytest.raises(ApiError) as info:
+            image_bytes(ImageRef(f"{web}{path}", "url"), settings)
+        assert (info.value.status, info.value.code) == (status, code)
