@@ -40,6 +40,8 @@ from smolvlm_cli.server.settings import ServerSettings
 
 log = logging.getLogger("smolvlm.server")
 PUBLIC_PATHS = ("/health", "/v1/health")
+# requests decoded and tokenized at once, beside the model's thread (as `batch`'s prefetch threads)
+PREPARE_THREADS = 2
 
 
 def error_response(exc: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -81,6 +83,7 @@ class ChatServer:
         self.created = int(time.time())
         self.context = settings.max_request_tokens or vlm.config.max_position_embeddings
         self.scheduler = Scheduler(vlm, settings.max_batch, settings.max_queue, settings.feature_cache_tiles)
+        self._prepare_threads: anyio.CapacityLimiter | None = None
 
     # -- checks -----------------------------------------------------------------------------------
     def check_key(self, request: Request) -> None:
@@ -167,7 +170,9 @@ class ChatServer:
         self.check_key(request)
         req = parse_chat_request(parse_json(await self.read_body(request)), self.settings.max_images)
         self.check_model(req.model)
-        prepared = await run_in_threadpool(self.prepare, req)
+        if self._prepare_threads is None:  # made in the event loop (anyio needs one)
+            self._prepare_threads = anyio.CapacityLimiter(PREPARE_THREADS)
+        prepared = await anyio.to_thread.run_sync(self.prepare, req, limiter=self._prepare_threads)
         opts = self.options(req, len(prepared.input_ids))
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()

@@ -106,6 +106,7 @@ class Job:
     cancelled: bool = False
     # the worker's
     features: list[np.ndarray] = field(default_factory=list)
+    tiles: int = 0
     cached_tiles: int = 0
     vision_s: float = 0.0
     admitted_at: float = 0.0
@@ -289,6 +290,9 @@ class Scheduler:
         self.stats.admitted += 1
         row = self._batch.admit(job.id, job.prepared, job.options, self._image_features(job))
         job.first_token_at = time.perf_counter()
+        # in the KV cache now: the pixels (~3 MB a tile) and features go
+        job.prepared.pixel_values = job.prepared.pixel_attention_mask = None
+        job.tiles, job.features = len(job.features), []
         if row.loop.done:  # stopped at its first token (RowBatch.step finishes the others)
             row.finish()
         self._running[job.id] = (job, row)
@@ -367,6 +371,6 @@ def timings(job: Job, stats: GenerationStats, now: float) -> dict[str, Any]:
             "predicted_per_token_ms": predicted_per_token, "predicted_per_second": predicted_per_s,
             "queue_ms": round((job.admitted_at - job.submitted_at) * 1000, 3),
             "preprocess_ms": round(job.prepared.preprocess_s * 1000, 3),
-            "vision_ms": round(job.vision_s * 1000, 3), "image_tiles": len(job.features),
+            "vision_ms": round(job.vision_s * 1000, 3), "image_tiles": job.tiles,
             "cached_tiles": job.cached_tiles,
             "ttft_ms": round((job.first_token_at - job.submitted_at + job.prepared.preprocess_s) * 1000, 3)}
