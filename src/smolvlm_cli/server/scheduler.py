@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from smolvlm_cli.options import GenerationOptions
+from smolvlm_cli.reply import Replier
 from smolvlm_cli.row_decoding import RowBatch
 from smolvlm_cli.values import GenerationStats, PreparedInputs
 
@@ -109,7 +110,7 @@ class Job:
     tiles: int = 0
     cached_tiles: int = 0
     vision_s: float = 0.0
-    admitted_at: float = 0.0
+    started_at: float = 0.0  # its admission's first work (a tile, or its prefill)
     first_token_at: float = 0.0
     sent: int = 0  # row.text pieces emitted so far
 
@@ -154,7 +155,7 @@ class Scheduler:
         self.vlm, self.max_batch, self.max_queue = vlm, max_batch, max_queue
         self.tiles_per_turn = tiles_per_turn
         self.stats = SchedulerStats()
-        self._replier = vlm._replier
+        self._replier = Replier(vlm.backend, vlm.tokenizer, vlm.config)
         self._cache = FeatureCache(vlm.backend.encode_images, feature_cache_tiles)
         self._ids = itertools.count(1)
         self._lock = threading.Condition()
@@ -221,7 +222,7 @@ class Scheduler:
                 self._drop_cancelled()
                 head = self._waiting[0] if self._waiting else None
             try:
-                if head is not None and self._has_room():
+                if head is not None and self._batch.has_room:
                     self._admit_some(head, None if not self._running else self.tiles_per_turn)
                 if self._running:
                     self._step()
@@ -229,9 +230,6 @@ class Scheduler:
                 log.exception("model worker: %s", exc)
         for job in [*waiting, *(job for job, _ in self._running.values())]:
             job.emit("error", RuntimeError("the server is shutting down"))
-
-    def _has_room(self) -> bool:
-        return self._batch.has_room
 
     def _drop_cancelled(self) -> None:
         for job in [j for j in self._waiting if j.cancelled]:
@@ -248,6 +246,7 @@ class Scheduler:
         every tile is encoded, its prefill and first token."""
         prepared = job.prepared
         tiles = prepared.num_tiles
+        job.started_at = job.started_at or time.perf_counter()
         try:
             while len(job.features) < tiles:
                 t0 = time.perf_counter()
@@ -267,7 +266,6 @@ class Scheduler:
             if job.cancelled:
                 self.stats.cancelled += 1
                 return
-            job.admitted_at = time.perf_counter()
             self._prefill(job)
         except Exception as exc:  # noqa: BLE001 - this request's vision or prefill failed
             with self._lock:
@@ -369,7 +367,7 @@ def timings(job: Job, stats: GenerationStats, now: float) -> dict[str, Any]:
             "prompt_per_token_ms": prompt_per_token, "prompt_per_second": prompt_per_s,
             "predicted_n": predicted_n, "predicted_ms": round(predicted_ms, 3),
             "predicted_per_token_ms": predicted_per_token, "predicted_per_second": predicted_per_s,
-            "queue_ms": round((job.admitted_at - job.submitted_at) * 1000, 3),
+            "queue_ms": round((job.started_at - job.submitted_at) * 1000, 3),
             "preprocess_ms": round(job.prepared.preprocess_s * 1000, 3),
             "vision_ms": round(job.vision_s * 1000, 3), "image_tiles": job.tiles,
             "cached_tiles": job.cached_tiles,
