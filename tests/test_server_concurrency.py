@@ -120,3 +120,35 @@ def test_a_non_streamed_client_that_times_out_frees_its_row(one_row):
     with httpx2.Client(base_url=one_row.url, timeout=0.5) as http, pytest.raises(httpx2.TimeoutException):
         http.post("/v1/chat/completions", json={"messages": user("Talk."), "max_tokens": LONG})
     _until(lambda: scheduler.stats.cancelled == cancelled + 1 and scheduler.running == 0)
+
+
+def test_a_failing_request_fails_alone(vlm):
+    """A request whose vision or prefill fails gets its error; the worker goes on with the next."""
+    from smolvlm_cli.options import GenerationOptions
+    from smolvlm_cli.server.scheduler import Job, Scheduler
+
+    good = vlm.prepare([noise_png()], "Hi.", split=False)
+    broken = vlm.prepare([noise_png()], "Hi.", split=False)
+    broken.input_ids = broken.input_ids[:-70]  # fewer image tokens than the tile's features
+    events: dict[str, list] = {"broken": [], "good": []}
+    scheduler = Scheduler(vlm, max_batch=2, max_queue=2).start()
+    try:
+        for name, prepared in (("broken", broken), ("good", good)):
+            scheduler.submit(Job(prepared, GenerationOptions(max_new_tokens=3),
+                                 lambda kind, value, name=name: events[name].append((kind, value))))
+        _until(lambda: events["good"] and events["good"][-1][0] == "done")
+    finally:
+        scheduler.close()
+    assert events["broken"][-1][0] == "error" and "image" in str(events["broken"][-1][1])
+    assert scheduler.stats.failed == 1 and scheduler.stats.completed == 1
+
+
+def test_stop_strings_are_found_across_deltas():
+    from smolvlm_cli.server.scheduler import StopText
+
+    stop = StopText(["lo w", "xyz"])
+    assert [stop.feed(d) for d in ("Hel", "lo", " wo", "rld")] == ["He", "l", "", ""]
+    assert stop.stopped and stop.flush() == ""
+    held = StopText(["END"])
+    assert held.feed("the E") == "the " and held.feed("N") == "" and held.feed("X") == "ENX"
+    assert held.feed("it E") == "it " and held.flush() == "E" and not held.stopped

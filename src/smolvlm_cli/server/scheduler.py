@@ -74,8 +74,9 @@ class StopText:
         self.stops, self.pending, self.stopped = stops, "", False
 
     def feed(self, delta: str) -> str:
-        if not self.stops:
-            return delta
+        """The part of `delta` (after what was held back) that is surely before any stop string."""
+        if self.stopped or not self.stops:
+            return "" if self.stopped else delta
         text = self.pending + delta
         cuts = [text.find(s) for s in self.stops if s in text]
         if cuts:
@@ -91,7 +92,7 @@ class StopText:
         return tail
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity (in the queue), never by its arrays
 class Job:
     """One request: its prepared prompt and options, and where its answer goes.
 
@@ -327,7 +328,7 @@ class Scheduler:
         """The row's new text (cut at a stop string) to the client."""
         stop_text = job.stop_text
         pieces, job.sent = row.text[job.sent:], len(row.text)
-        text = stop_text.feed("".join(pieces)) if not stop_text.stopped else ""
+        text = stop_text.feed("".join(pieces))
         if row.loop.done and not stop_text.stopped:
             text += stop_text.flush()
         if text:
