@@ -285,3 +285,22 @@ def test_remote_images_when_allowed_are_capped_in_size_and_time(web, files):
         with pytest.raises(ApiError) as info:
             image_bytes(ImageRef(f"{web}{path}", "url"), settings)
         assert (info.value.status, info.value.code) == (status, code)
+
+
+def test_a_failure_after_the_stream_began_is_its_last_event(http, client, monkeypatch):
+    from smolvlm_cli.row_decoding import RowBatch
+
+    def broken_step(self, return_exceptions=False):
+        raise RuntimeError("the decoder broke")
+
+    monkeypatch.setattr(RowBatch, "step", broken_step)
+    body = {"messages": user("Talk."), "max_tokens": 20, "stream": True}
+    with http.stream("POST", "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}) as r:
+        assert r.status_code == 200
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert json.loads(events[0])["choices"][0]["delta"]["role"] == "assistant"
+    error = json.loads(events[-1])["error"]
+    assert error["code"] == "model_error" and "the decoder broke" in error["message"]
+    monkeypatch.undo()
+    reply = client.chat.completions.create(model=NAME, messages=user("Talk."), max_tokens=3)
+    assert reply.choices[0].finish_reason == "length"  # a new batch, serving again

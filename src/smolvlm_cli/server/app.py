@@ -258,11 +258,11 @@ class Reply:
                     kind, value = await self.events.get()
                     if kind == "delta":
                         yield self._chunk({"content": value})
-                    elif kind == "error":
+                    elif kind == "error":  # the last event: no [DONE] after it
                         done = True
                         error = ApiError(500, f"the model failed: {error_message(value)}", code="model_error")
                         yield f"data: {json.dumps(error.body())}\n\n"
-                        break
+                        return
                     else:
                         done = True
                         self._note(value)
