@@ -23,6 +23,7 @@ def model_dir(tiny_onnx_dir):
     return tiny_onnx_dir(NAME)
 
 
+@pytest.mark.slow  # a real process: the fast loop starts none
 def test_serve_help_does_not_import_the_server_stack():
     """`smolvlm --help` and `smolvlm serve --help` load neither starlette nor uvicorn (nor torch)."""
     for args in (["--help"], ["serve", "--help"]):
@@ -54,6 +55,7 @@ def _post(url: str, body: dict) -> dict:
         return json.load(response)
 
 
+@pytest.mark.slow
 def test_a_real_serve_process_answers_logs_and_stops_on_ctrl_c(model_dir):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
