@@ -194,6 +194,7 @@ BAD_REQUESTS = {
                                "remote_images_disabled"),
     "local_path_outside_root": ("outside", 403, "outside_allowed_root"),
     "local_path_escaping_root": ({"messages": user("hi", "file:///etc/passwd")}, 403, "outside_allowed_root"),
+    "local_folder": ({"messages": user("hi", ".")}, 400, "invalid_image"),
     "relative_escape": ({"messages": user("hi", "../../etc/passwd")}, 403, "outside_allowed_root"),
     "unknown_detail": ({"messages": user("hi", "photo.png", detail="extreme")}, 400, "invalid_value"),
     "unsupported_scheme": ({"messages": user("hi", "ftp://example.com/a.png")}, 400, "invalid_image_url"),

@@ -117,14 +117,17 @@ class ChatServer:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def prepare(self, req: ChatRequest):
-        """Images decoded and the prompt tokenized (a worker thread: PIL and tokenizers)."""
+    def prepare(self, raw: bytes) -> tuple[ChatRequest, Any]:
+        """The request checked, its images decoded and its prompt tokenized (in a worker thread:
+        a large body's JSON and base64, PIL and the tokenizer would stall the event loop)."""
+        req = parse_chat_request(parse_json(raw), self.settings.max_images)
+        self.check_model(req.model)
         images = load_images(req.images, self.settings)
         config, settings = self.vlm.config, self.settings
         edge, split = (detail_tiling(req.detail, config.longest_edge, config.tile_size) if req.detail
                        else (settings.longest_edge, settings.split))
         try:
-            return self.vlm.prepare(images, messages=req.messages, longest_edge=edge, split=split)
+            return req, self.vlm.prepare(images, messages=req.messages, longest_edge=edge, split=split)
         except (ValueError, SmolVLMError) as exc:
             raise ApiError(400, error_message(exc), param="messages", code="invalid_messages") from None
 
@@ -168,11 +171,10 @@ class ChatServer:
 
     async def chat(self, request: Request) -> Response:
         self.check_key(request)
-        req = parse_chat_request(parse_json(await self.read_body(request)), self.settings.max_images)
-        self.check_model(req.model)
+        raw = await self.read_body(request)
         if self._prepare_threads is None:  # made in the event loop (anyio needs one)
             self._prepare_threads = anyio.CapacityLimiter(PREPARE_THREADS)
-        prepared = await anyio.to_thread.run_sync(self.prepare, req, limiter=self._prepare_threads)
+        req, prepared = await anyio.to_thread.run_sync(self.prepare, raw, limiter=self._prepare_threads)
         opts = self.options(req, len(prepared.input_ids))
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()

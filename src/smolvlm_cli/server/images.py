@@ -66,6 +66,8 @@ def _local_file(ref: ImageRef, settings: ServerSettings) -> bytes:
     if not path.is_relative_to(root):
         raise ApiError(403, f"{ref.param} is outside the folder this server may read", param=ref.param,
                        code="outside_allowed_root")
+    if path.exists() and not path.is_file():  # a folder, a FIFO (a read would never end), a device
+        raise ApiError(400, f"{ref.param} is not a regular file", param=ref.param, code="invalid_image")
     try:
         with open(path, "rb") as fh:
             data = fh.read(settings.max_image_bytes + 1)
