@@ -17,6 +17,9 @@ backend's `DecoderRows` (`backends/onnx_rows.py`) holds the rows' KV caches in s
   stepping a finished row with a dummy token would cost ~1 ms (fp32 and int8, 4-8 rows) in
   every later step, while a move is one copy of that row's cache, once (~0.5 ms at 150
   positions).
+
+`RowBatch` holds the rows and these rules; `generate_many` feeds it from an iterable of prompts
+(`batch`), the server's scheduler from a queue of requests, with each row's own options.
 """
 
 from __future__ import annotations
