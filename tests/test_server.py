@@ -196,6 +196,9 @@ BAD_REQUESTS = {
     "local_path_escaping_root": ({"messages": user("hi", "file:///etc/passwd")}, 403, "outside_allowed_root"),
     "local_folder": ({"messages": user("hi", ".")}, 400, "invalid_image"),
     "relative_escape": ({"messages": user("hi", "../../etc/passwd")}, 403, "outside_allowed_root"),
+    "video_data_uri_not_a_video": ({"messages": [{"role": "user", "content": [
+        {"type": "video_url", "video_url": {"url": data_uri(b"not a video at all", "video/mp4")}}]}]}, 400,
+        "invalid_video"),
     "unknown_detail": ({"messages": user("hi", "photo.png", detail="extreme")}, 400, "invalid_value"),
     "unsupported_scheme": ({"messages": user("hi", "ftp://example.com/a.png")}, 400, "invalid_image_url"),
     "image_in_an_assistant_message": ({"messages": [{"role": "assistant", "content": [
@@ -305,3 +308,20 @@ def test_a_failure_after_the_stream_began_is_its_last_event(http, client, monkey
     monkeypatch.undo()
     reply = client.chat.completions.create(model=NAME, messages=user("Talk."), max_tokens=3)
     assert reply.choices[0].finish_reason == "length"  # a new batch, serving again
+
+
+def test_video_parts_equal_the_library(client, vlm, files):
+    pytest.importorskip("av")
+    from video_clips import make_clip
+
+    clip = make_clip(files["root"] / "clip.mp4", seconds=2, fps=10, size=(48, 32))
+    hf = [{"role": "user", "content": [{"type": "video", "path": str(clip)}, {"type": "text", "text": "What happens?"}]}]
+    expected = vlm.generate(messages=hf, max_new_tokens=8)
+    parts = [{"type": "video_url", "video_url": {"url": data_uri(clip.read_bytes(), "video/mp4")}},
+             {"type": "text", "text": "What happens?"}]
+    sent = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": parts}], max_tokens=8)
+    assert sent.choices[0].message.content == expected
+    assert sent.model_extra["timings"]["image_tiles"] > 0
+    parts[0]["video_url"]["url"] = "clip.mp4"  # a local file under the allowed root
+    streamed, _ = _stream_text(client, model=NAME, messages=[{"role": "user", "content": parts}], max_tokens=8)
+    assert streamed == expected

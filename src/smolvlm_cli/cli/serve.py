@@ -92,8 +92,11 @@ def serve(
     max_image_mb: Annotated[float, typer.Option(
         "--max-image-mb", min=0.001, rich_help_panel=_LIMITS,
         help="Largest image accepted, in MB, whatever its source.")] = _DEFAULTS.max_image_bytes / 1e6,
+    max_video_mb: Annotated[float, typer.Option(
+        "--max-video-mb", min=0.001, rich_help_panel=_LIMITS,
+        help="Largest video accepted (video_url parts), in MB.")] = _DEFAULTS.max_video_bytes / 1e6,
     max_images: Annotated[int, typer.Option(
-        "--max-images", min=1, rich_help_panel=_LIMITS, help="Most images in one request.")] = _DEFAULTS.max_images,
+        "--max-images", min=1, rich_help_panel=_LIMITS, help="Most images and videos in one request.")] = _DEFAULTS.max_images,
     max_request_tokens: Annotated[Optional[int], typer.Option(
         "--max-request-tokens", min=2, rich_help_panel=_LIMITS, show_default="the model's context",
         help="Most prompt + completion tokens in one request.")] = None,
@@ -120,7 +123,7 @@ def serve(
                                  "use the ONNX backend", param_hint="'--backend'")
     settings = ServerSettings(
         model_id=model.model, api_keys=tuple(api_key or ()), max_batch=max_batch, max_queue=max_queue,
-        max_image_bytes=int(max_image_mb * 1e6), max_images=max_images,
+        max_image_bytes=int(max_image_mb * 1e6), max_video_bytes=int(max_video_mb * 1e6), max_images=max_images,
         max_request_tokens=max_request_tokens, allow_remote_images=allow_remote_images,
         remote_timeout_s=remote_timeout, local_root=allow_local_files, cors_origins=tuple(cors or ()))
     sock = _bind(host, port)  # before the model loads: a taken port fails fast

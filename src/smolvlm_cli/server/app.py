@@ -17,12 +17,16 @@ import asyncio
 import hmac
 import json
 import logging
+import shutil
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import anyio
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -31,9 +35,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from smolvlm_cli.errors import SmolVLMError, error_message
+from smolvlm_cli.errors import SmolVLMError, VideoError, error_message
 from smolvlm_cli.options import GenerationOptions, detail_tiling
-from smolvlm_cli.server.images import load_images
+from smolvlm_cli.server.images import load_media
 from smolvlm_cli.server.schema import ApiError, ChatRequest, parse_chat_request, parse_json
 from smolvlm_cli.server.scheduler import Job, QueueFull, Scheduler
 from smolvlm_cli.server.settings import ServerSettings
@@ -71,6 +75,25 @@ class RequestLog:
             note = scope.get("state", {}).get("log_note", "")
             log.info("%s %s %s %s %.3f s%s", client[0], scope["method"], scope["path"], status[0] or "-",
                      time.perf_counter() - started, f" {note}" if note else "")
+
+
+class ScratchFolder:
+    """A request's temporary files (videos sent as bytes: PyAV reads files), made on first use."""
+
+    def __init__(self):
+        self._dir: str | None = None
+        self._count = 0
+
+    def __call__(self, extension: str) -> Path:
+        if self._dir is None:
+            self._dir = tempfile.mkdtemp(prefix="smolvlm-serve-")
+        self._count += 1
+        return Path(self._dir) / f"video{self._count}.{extension}"
+
+    def cleanup(self) -> None:
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
 
 
 class ChatServer:
@@ -117,17 +140,20 @@ class ChatServer:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def prepare(self, raw: bytes) -> tuple[ChatRequest, Any]:
-        """The request checked, its images decoded and its prompt tokenized (in a worker thread:
-        a large body's JSON and base64, PIL and the tokenizer would stall the event loop)."""
+    def prepare(self, raw: bytes, scratch: ScratchFolder) -> tuple[ChatRequest, Any]:
+        """The request checked, its images decoded, its videos probed and its prompt tokenized
+        (in a worker thread: a large body's JSON and base64, PIL and the tokenizer would stall
+        the event loop)."""
         req = parse_chat_request(parse_json(raw), self.settings.max_images)
         self.check_model(req.model)
-        images = load_images(req.images, self.settings)
+        media = load_media(req.images, self.settings, scratch)
         config, settings = self.vlm.config, self.settings
         edge, split = (detail_tiling(req.detail, config.longest_edge, config.tile_size) if req.detail
                        else (settings.longest_edge, settings.split))
         try:
-            return req, self.vlm.prepare(images, messages=req.messages, longest_edge=edge, split=split)
+            return req, self.vlm.prepare(media, messages=req.messages, longest_edge=edge, split=split)
+        except VideoError as exc:
+            raise ApiError(400, error_message(exc), param="messages", code="invalid_video") from None
         except (ValueError, SmolVLMError) as exc:
             raise ApiError(400, error_message(exc), param="messages", code="invalid_messages") from None
 
@@ -174,7 +200,17 @@ class ChatServer:
         raw = await self.read_body(request)
         if self._prepare_threads is None:  # made in the event loop (anyio needs one)
             self._prepare_threads = anyio.CapacityLimiter(PREPARE_THREADS)
-        req, prepared = await anyio.to_thread.run_sync(self.prepare, raw, limiter=self._prepare_threads)
+        scratch = ScratchFolder()
+        try:
+            response = await self._answer(request, raw, scratch)
+        except BaseException:
+            scratch.cleanup()
+            raise
+        response.background = BackgroundTask(scratch.cleanup)  # once the answer is out (or abandoned)
+        return response
+
+    async def _answer(self, request: Request, raw: bytes, scratch: ScratchFolder) -> Response:
+        req, prepared = await anyio.to_thread.run_sync(self.prepare, raw, scratch, limiter=self._prepare_threads)
         opts = self.options(req, len(prepared.input_ids))
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()

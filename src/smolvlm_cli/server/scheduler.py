@@ -108,7 +108,7 @@ class Job:
     cancelled: bool = False
     # the worker's
     features: list[np.ndarray] = field(default_factory=list)
-    tiles: int = 0
+    tiles: int = 0  # encoded or taken from the cache (video frames included)
     cached_tiles: int = 0
     vision_s: float = 0.0
     started_at: float = 0.0  # its admission's first work (a tile, or its prefill)
@@ -249,11 +249,19 @@ class Scheduler:
         tiles = prepared.num_tiles
         job.started_at = job.started_at or time.perf_counter()
         try:
-            while len(job.features) < tiles:
+            if prepared.media and not job.features:  # videos: frames decoded and encoded in one go
+                stats = GenerationStats()
+                job.features.append(self._replier.image_features(prepared, stats))
+                job.vision_s, job.tiles = stats.vision_s, stats.image_tiles
+                self.stats.tiles_encoded += stats.image_tiles
+                if tiles_left is not None:
+                    return
+            while not prepared.media and len(job.features) < tiles:
                 t0 = time.perf_counter()
                 i = len(job.features)
                 features, cached = self._cache.get(prepared.pixel_values[i], prepared.pixel_attention_mask[i])
                 job.features.append(features)
+                job.tiles += 1
                 job.vision_s += time.perf_counter() - t0
                 job.cached_tiles += cached
                 self.stats.tiles_cached += cached
@@ -278,7 +286,7 @@ class Scheduler:
         def features(prepared: PreparedInputs, stats: GenerationStats) -> np.ndarray | None:
             if not job.features:
                 return None
-            stats.vision_s, stats.image_tiles = job.vision_s, len(job.features)
+            stats.vision_s, stats.image_tiles = job.vision_s, job.tiles
             joined = np.concatenate(job.features)
             stats.image_tokens = len(joined)
             return joined
@@ -291,7 +299,7 @@ class Scheduler:
         job.first_token_at = time.perf_counter()
         # in the KV cache now: the pixels (~3 MB a tile) and features go
         job.prepared.pixel_values = job.prepared.pixel_attention_mask = None
-        job.tiles, job.features = len(job.features), []
+        job.features = []
         if row.loop.done:  # stopped at its first token (RowBatch.step finishes the others)
             row.finish()
         self._running[job.id] = (job, row)

@@ -40,9 +40,12 @@ class ApiError(Exception):
 
 @dataclass
 class ImageRef:
+    """An image (or video) of a request: where it is and where the request named it."""
+
     url: str  # a data URI, an http(s) URL, a file:// URL or a path
     param: str  # where it was, e.g. "messages[0].content[1].image_url.url"
     detail: str | None = None  # OpenAI's low / auto / high (options.detail_tiling)
+    kind: str = "image"  # or "video" (a `video_url` part, vLLM's convention)
 
 
 def _detail(value: Any, where: str) -> str | None:
@@ -60,7 +63,7 @@ class ChatRequest:
     `{"type": "image"}` placeholders, `images` the sources of those placeholders in order."""
 
     messages: list[dict[str, Any]]
-    images: list[ImageRef]
+    images: list[ImageRef]  # images and videos, in prompt order
     model: str | None = None
     stream: bool = False
     include_usage: bool = False
@@ -146,11 +149,22 @@ def _content(content: Any, param: str, role: str, images: list[ImageRef]) -> lis
             images.append(ImageRef(url, f"{where}.image_url.url",
                                    _detail(image.get("detail") if isinstance(image, dict) else None, where)))
             parts.append({"type": "image"})
+        elif kind == "video_url":
+            video = part.get("video_url")
+            url = video.get("url") if isinstance(video, dict) else video
+            if not isinstance(url, str) or not url:
+                raise _bad(f"'{where}.video_url.url' must be a non-empty string", f"{where}.video_url.url",
+                           "invalid_type")
+            if role != "user":
+                raise _bad(f"videos are only accepted in user messages ('{where}' is in a {role} message)",
+                           where)
+            images.append(ImageRef(url, f"{where}.video_url.url", kind="video"))
+            parts.append({"type": "video"})
         elif kind in ("text", None):
             raise _bad(f"'{where}' must be {{\"type\": \"text\", \"text\": ...}} or "
                        "{\"type\": \"image_url\", \"image_url\": {\"url\": ...}}", where, "invalid_type")
         else:
-            raise _bad(f"content parts of type {kind!r} are not supported (text and image_url are)",
+            raise _bad(f"content parts of type {kind!r} are not supported (text, image_url and video_url are)",
                        f"{where}.type", "unsupported_content")
     return parts
 
@@ -222,7 +236,8 @@ def parse_chat_request(body: dict[str, Any], max_images: int) -> ChatRequest:
     _unsupported(body)
     messages, images = _messages(body)
     if len(images) > max_images:
-        raise ApiError(400, f"{len(images)} images in one request; this server takes at most {max_images}",
+        raise ApiError(400, f"{len(images)} images and videos in one request; this server takes at most "
+                            f"{max_images}",
                        param="messages", code="too_many_images")
     details = {ref.detail for ref in images if ref.detail is not None}
     if len(details) > 1:

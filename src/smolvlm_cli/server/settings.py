@@ -21,6 +21,7 @@ class ServerSettings:
     max_batch: int = 8  # replies decoded together (rows of the batched decoder)
     max_queue: int = 32  # requests waiting for a row; one more gets 503 at once
     max_image_bytes: int = 10_000_000  # per image, whatever its source (data URI, URL, file)
+    max_video_bytes: int = 100_000_000  # per video (`video_url` parts)
     max_images: int = 10  # per request
     max_request_tokens: int | None = None  # prompt + completion; None: the model's context
     allow_remote_images: bool = False
@@ -33,7 +34,7 @@ class ServerSettings:
     feature_cache_tiles: int = 256  # vision features kept by tile content (~150 KB each, 256M)
 
     def __post_init__(self):
-        for name in ("max_batch", "max_image_bytes", "max_images"):
+        for name in ("max_batch", "max_image_bytes", "max_video_bytes", "max_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_queue < 0 or self.feature_cache_tiles < 0:
@@ -43,5 +44,5 @@ class ServerSettings:
 
     @property
     def max_body_bytes(self) -> int:
-        """A request body's cap: every image as base64 (4/3) plus 1 MB of text."""
-        return self.max_images * self.max_image_bytes * 4 // 3 + 1_000_000
+        """A request body's cap: every image and one video as base64 (4/3), plus 1 MB of text."""
+        return (self.max_images * self.max_image_bytes + self.max_video_bytes) * 4 // 3 + 1_000_000
