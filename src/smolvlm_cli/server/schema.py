@@ -125,6 +125,19 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     return body
 
 
+def _media_ref(part: dict, media: str, where: str, role: str) -> ImageRef:
+    """An `image_url` / `video_url` part's source (`{"url": ..., "detail": ...}` or a bare URL)."""
+    value = part.get(f"{media}_url")
+    url = value.get("url") if isinstance(value, dict) else value
+    if not isinstance(url, str) or not url:
+        raise _bad(f"'{where}.{media}_url.url' must be a non-empty string", f"{where}.{media}_url.url",
+                   "invalid_type")
+    if role != "user":
+        raise _bad(f"{media}s are only accepted in user messages ('{where}' is in a {role} message)", where)
+    detail = _detail(value.get("detail") if isinstance(value, dict) and media == "image" else None, where)
+    return ImageRef(url, f"{where}.{media}_url.url", detail, kind=media)
+
+
 def _content(content: Any, param: str, role: str, images: list[ImageRef]) -> list[dict[str, Any]]:
     """A message's content as Hugging Face parts; image_url parts become placeholders."""
     if isinstance(content, str):
@@ -137,29 +150,10 @@ def _content(content: Any, param: str, role: str, images: list[ImageRef]) -> lis
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text" and isinstance(part.get("text"), str):
             parts.append({"type": "text", "text": part["text"]})
-        elif kind == "image_url":
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
-            if not isinstance(url, str) or not url:
-                raise _bad(f"'{where}.image_url.url' must be a non-empty string", f"{where}.image_url.url",
-                           "invalid_type")
-            if role != "user":
-                raise _bad(f"images are only accepted in user messages ('{where}' is in a {role} message)",
-                           where)
-            images.append(ImageRef(url, f"{where}.image_url.url",
-                                   _detail(image.get("detail") if isinstance(image, dict) else None, where)))
-            parts.append({"type": "image"})
-        elif kind == "video_url":
-            video = part.get("video_url")
-            url = video.get("url") if isinstance(video, dict) else video
-            if not isinstance(url, str) or not url:
-                raise _bad(f"'{where}.video_url.url' must be a non-empty string", f"{where}.video_url.url",
-                           "invalid_type")
-            if role != "user":
-                raise _bad(f"videos are only accepted in user messages ('{where}' is in a {role} message)",
-                           where)
-            images.append(ImageRef(url, f"{where}.video_url.url", kind="video"))
-            parts.append({"type": "video"})
+        elif kind in ("image_url", "video_url"):
+            media = kind.removesuffix("_url")
+            images.append(_media_ref(part, media, where, role))
+            parts.append({"type": media})
         elif kind in ("text", None):
             raise _bad(f"'{where}' must be {{\"type\": \"text\", \"text\": ...}} or "
                        "{\"type\": \"image_url\", \"image_url\": {\"url\": ...}}", where, "invalid_type")
