@@ -96,7 +96,7 @@ def worker_config(args) -> dict:
     options = GenerationOptions(ignore_eos=True, max_new_tokens=args.new_tokens)
     runs = []
     for _ in range(args.runs):
-        stream = vlm.stream([args.image], args.prompt, split=False if args.no_split else None,
+        stream = vlm.stream([args.image], args.prompt, tiling="low" if args.no_split else None,
                             options=options)
         for _delta in stream:
             pass

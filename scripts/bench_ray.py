@@ -54,7 +54,7 @@ def run_one(way: str, args) -> dict:
     """One way, in this process: the summary, per-result times and the captions."""
     from smolvlm_cli.batch.progress import Reporter
     from smolvlm_cli.batch.runner import BatchConfig, run_batch
-    from smolvlm_cli.options import GenerationOptions
+    from smolvlm_cli.options import GenerationOptions, Tiling
 
     t0 = time.perf_counter()
     options = GenerationOptions(max_new_tokens=args.max_new_tokens)
@@ -67,12 +67,12 @@ def run_one(way: str, args) -> dict:
 
         def engine():
             vlm = SmolVLM.from_pretrained(args.model, dtype=args.dtype, threads=args.threads)
-            return LocalEngine(vlm, options, model_name=args.model, split=False)
+            return LocalEngine(vlm, options, model_name=args.model, tiling=Tiling(split=False))
         summary = run_batch(config, engine, reporter=reporter)
     else:
         from smolvlm_cli.batch.ray_engine import RaySettings, run_ray
 
-        settings = RaySettings(args.model, options, dtype=args.dtype, split=False,
+        settings = RaySettings(args.model, options, dtype=args.dtype, tiling=Tiling(split=False),
                                workers=workers,
                                threads_per_worker=args.threads)
         summary = run_ray(config, settings, reporter=reporter)

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             photo_jpeg(Path(image), 1024, 768)
         try:
             vlm = SmolVLM.from_pretrained(args.model, backend="onnx", dtype="fp32", threads=args.threads)
-            prepared = vlm.prepare([image], args.prompt, split=False if args.no_split else None)
+            prepared = vlm.prepare([image], args.prompt, tiling="low" if args.no_split else None)
             ref_features = vlm.backend.encode_images(prepared.pixel_values, prepared.pixel_attention_mask)
             flat_ref = ref_features.reshape(-1, ref_features.shape[-1])
             log(f"fp32: {len(prepared.input_ids)} prompt tokens, {prepared.num_tiles} tiles, {args.steps} steps")

@@ -51,7 +51,7 @@ class FakeVLM:
         self.broken = broken
         self.calls: list[int] = []  # batch sizes of the inference calls
 
-    def prepare(self, images, prompt, longest_edge=None, split=None):
+    def prepare(self, images, prompt, tiling=None):
         image = images[0]
         mean = np.asarray(image).mean(axis=(0, 1)).round().astype(int).tolist()
         return SimpleNamespace(prompt=prompt, desc=f"{image.width}x{image.height} rgb{mean}")

@@ -24,7 +24,7 @@ from smolvlm_cli.batch.discover import ImageItem
 from smolvlm_cli.batch.records import Job
 from smolvlm_cli.reply import Replier
 from smolvlm_cli.values import GenerationStats
-from smolvlm_cli.options import GenerationOptions
+from smolvlm_cli.options import GenerationOptions, Tiling
 
 MODEL = "SmolVLM2-256M-Video-Instruct"
 GREEDY = GenerationOptions(max_new_tokens=14)
@@ -55,12 +55,12 @@ def prompts(vlm):
 
 def five_prompts(vlm):
     """Five prompts of different lengths: 1, 3 and 5 tiles, text only, two images."""
-    return [vlm.prepare([photo(300, 200, 0)], "Describe.", split=False),
+    return [vlm.prepare([photo(300, 200, 0)], "Describe.", tiling="low"),
             vlm.prepare([photo(900, 500, 1)], "What is going on in this picture? Be precise.",
-                        longest_edge=1024),
+                        tiling=Tiling(longest_edge=1024)),
             vlm.prepare([], "Write a haiku about the sea."),
-            vlm.prepare([photo(700, 700, 2)], "Caption it.", longest_edge=1024),
-            vlm.prepare([photo(256, 400, 3), photo(500, 260, 4)], "Compare the two images.", split=False)]
+            vlm.prepare([photo(700, 700, 2)], "Caption it.", tiling=Tiling(longest_edge=1024)),
+            vlm.prepare([photo(256, 400, 3), photo(500, 260, 4)], "Compare the two images.", tiling="low")]
 
 
 def one_by_one(vlm, prompts, opts):
@@ -236,12 +236,12 @@ def test_local_engine_with_real_batches_equals_one_by_one(fast_vlm, tmp_path):
 
     def runs(batch_size, opts):
         out = []
-        engine = LocalEngine(vlm, opts, batch_size=batch_size, longest_edge=1024)
+        engine = LocalEngine(vlm, opts, batch_size=batch_size, tiling=Tiling(longest_edge=1024))
         engine.run(jobs, lambda job, record: out.append(record))
         return [(r.path, r.caption, r.generated_tokens, r.prompt_tokens, r.error) for r in out]
 
     def tokens(job):
-        stream = vlm.stream_prepared(LocalEngine(vlm, free, longest_edge=1024)._prepare(job)[0], free)
+        stream = vlm.stream_prepared(LocalEngine(vlm, free, tiling=Tiling(longest_edge=1024))._prepare(job)[0], free)
         stream.text()
         return stream.token_ids
 
@@ -258,6 +258,6 @@ def test_torch_backend_answers_one_by_one(tiny_checkpoints):
     """The reference backend has no batched decoding: generate_batch/generate_many still work."""
     vlm = SmolVLM.from_pretrained(tiny_checkpoints[MODEL], backend="torch")
     assert vlm.backend.new_rows(2) is None
-    items = [vlm.prepare([photo(300, 200, 0)], "Describe.", split=False), vlm.prepare([], "Hello.")]
+    items = [vlm.prepare([photo(300, 200, 0)], "Describe.", tiling="low"), vlm.prepare([], "Hello.")]
     assert summary(vlm.generate_batch(items, GREEDY)) == one_by_one(vlm, items, GREEDY)
     assert [i for i, _ in vlm.generate_many(items, GREEDY, batch_size=2)] == [0, 1]

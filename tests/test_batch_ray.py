@@ -84,7 +84,7 @@ def run_local(config: BatchConfig, model: Path):
     def engine():
         vlm = SmolVLM.from_pretrained(str(model))
         return LocalEngine(vlm, OPTIONS, model_name=str(model), batch_size=1, workers=2,
-                           split=False)
+                           tiling="low")
     return run_batch(config, engine, reporter=Reporter(quiet=True))
 
 

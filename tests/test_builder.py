@@ -29,6 +29,7 @@ from smolvlm_cli.config import ModelConfig
 from smolvlm_cli.errors import ConfigError
 from smolvlm_cli.export import check as chk
 from smolvlm_cli.export.checkpoint import make_random_checkpoint, write_2_2b_config
+from smolvlm_cli.options import Tiling
 from smolvlm_cli.processor import Processor
 from smolvlm_cli.prompt import build_messages
 from test_engine import photo
@@ -127,7 +128,7 @@ def test_built_graphs_match_transformers_step_by_step(built, name, fmt, case):
     ckpt, graphs, reference = built(name, fmt)
     vlm = _vlm(ckpt, graphs)
     images, prompt, split = CASES[case]
-    inputs = vlm.processor.prepare_inputs(build_messages(prompt, len(images)), images, split=split)
+    inputs = vlm.processor.prepare_inputs(build_messages(prompt, len(images)), images, Tiling(split=split))
     ref_tokens, ref_logits = _reference(reference, inputs)
     tokens, logits = _ours(vlm, inputs)
     for step, (got, want) in enumerate(zip(logits, ref_logits)):
@@ -153,7 +154,7 @@ def test_int8_graphs_stay_close_to_fp32(built, name):
     ckpt, graphs, _ = built(name, FORMATS[0])
     fp32, int8 = _vlm(ckpt, graphs), _vlm(ckpt, graphs, "int8")
     images, prompt, split = CASES["two-images"]
-    inputs = fp32.processor.prepare_inputs(build_messages(prompt, len(images)), images, split=split)
+    inputs = fp32.processor.prepare_inputs(build_messages(prompt, len(images)), images, Tiling(split=split))
     tokens, ref = _ours(fp32, inputs)
     _, got = _ours(int8, inputs, forced=tokens)
     assert chk.cosine(np.stack(got), np.stack(ref)) > 0.99

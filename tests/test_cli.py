@@ -100,7 +100,7 @@ def test_json_output(model_dir, vlm, image_path):
     lines = out(result).splitlines()
     assert len(lines) == 1
     data = json.loads(lines[0])
-    assert data["text"] == vlm.generate(str(image_path), max_new_tokens=6, split=False)
+    assert data["text"] == vlm.generate(str(image_path), max_new_tokens=6, tiling="low")
     assert data["backend"] == "onnx" and data["dtype"] == "fp32" and data["model"] == str(model_dir)
     assert data["generated_tokens"] == 6 and data["image_tiles"] == 1 and data["image_tokens"] == 64
     assert data["prompt_tokens"] > 64 and data["stop_reason"] in ("stop", "length")

@@ -10,6 +10,7 @@ from PIL import Image
 
 from conftest import fast_first, invoke_cli
 from smolvlm_cli import SmolVLM, TextStream
+from smolvlm_cli.options import Tiling
 
 NAME = "SmolVLM2-256M-Video-Instruct"
 OPTS = dict(max_new_tokens=12)
@@ -183,11 +184,11 @@ def test_ask_cli_prints_answers_in_order_and_jsonl(tiny_onnx_dir, image):
 
 def test_ask_and_chat_refuse_too_long_an_edge_as_describe_does(vlm, image, monkeypatch):
     with pytest.raises(ValueError, match="cuts the image into 6x8 tiles") as describe:
-        vlm.generate(str(image), "hi", longest_edge=4096, **OPTS)
+        vlm.generate(str(image), "hi", tiling=Tiling(longest_edge=4096), **OPTS)
     spy = Spy(vlm, monkeypatch)
     with pytest.raises(ValueError) as ask:
-        vlm.ask(str(image), ["hi"], longest_edge=4096, **OPTS)
-    chat = vlm.chat(longest_edge=4096, **OPTS)
+        vlm.ask(str(image), ["hi"], tiling=Tiling(longest_edge=4096), **OPTS)
+    chat = vlm.chat(tiling=Tiling(longest_edge=4096), **OPTS)
     with pytest.raises(ValueError) as send:
         chat.send("hi", images=[str(image)]).text()
     assert str(ask.value) == str(send.value) == str(describe.value)

@@ -18,7 +18,7 @@ from smolvlm_cli.backends.onnx import OnnxBackend
 from smolvlm_cli.backends.torch import TorchBackend
 from smolvlm_cli.errors import BackendUnavailableError, ConfigError
 from smolvlm_cli.backends.select import Selection, select_backend
-from smolvlm_cli.options import GenerationOptions
+from smolvlm_cli.options import GenerationOptions, Tiling
 from smolvlm_cli.prompt import build_messages
 
 NAMES = ("SmolVLM2-256M-Video-Instruct", "SmolVLM-256M-Instruct")
@@ -111,7 +111,7 @@ def test_logits_and_tokens_match_transformers(tiny_onnx_dir, references, loaded,
     vlm = loaded(model_dir, backend)
     assert vlm.backend.name == backend
     images, prompt, split = CASES[case]
-    inputs = vlm.processor.prepare_inputs(build_messages(prompt, len(images)), images, split=split)
+    inputs = vlm.processor.prepare_inputs(build_messages(prompt, len(images)), images, Tiling(split=split))
     if case == "split":
         assert inputs["pixel_values"].shape[1] > 1
     if case == "no-split":
@@ -122,7 +122,7 @@ def test_logits_and_tokens_match_transformers(tiny_onnx_dir, references, loaded,
         np.testing.assert_allclose(ours, ref, atol=ATOL, rtol=0, err_msg=f"step {step}")
     assert tokens == ref_tokens
     # The public API produces the same tokens (it stops at eos like transformers would).
-    stream = vlm.stream(images, prompt, split=split, max_new_tokens=STEPS,
+    stream = vlm.stream(images, prompt, tiling=Tiling(split=split), max_new_tokens=STEPS,
                         options=GenerationOptions(ignore_eos=True))
     text = stream.text()
     assert stream.token_ids == ref_tokens
@@ -132,7 +132,7 @@ def test_logits_and_tokens_match_transformers(tiny_onnx_dir, references, loaded,
 
 def test_seeded_sampling_is_reproducible(tiny_onnx_dir):
     vlm = SmolVLM.from_pretrained(tiny_onnx_dir(NAMES[0]))
-    kwargs = dict(split=False, max_new_tokens=16, temperature=1.0, top_k=50, top_p=0.95)
+    kwargs = dict(tiling="low", max_new_tokens=16, temperature=1.0, top_k=50, top_p=0.95)
     image = photo(320, 240)
     first = vlm.stream([image], "Describe.", seed=3, **kwargs)
     first.text()
@@ -150,7 +150,7 @@ def test_quantized_variants_load_and_generate(tiny_onnx, dtype):
     model_dir = tiny_onnx[NAMES[0]]
     vlm = SmolVLM.from_pretrained(model_dir, dtype=dtype)
     assert vlm.backend.name == "onnx"
-    stream = vlm.stream([photo(320, 240)], "Describe.", split=False, max_new_tokens=8,
+    stream = vlm.stream([photo(320, 240)], "Describe.", tiling="low", max_new_tokens=8,
                         options=GenerationOptions(ignore_eos=True))
     stream.text()
     assert len(stream.token_ids) == 8

@@ -65,11 +65,11 @@ def dynamic_vlm(tiny_onnx_dir):
 
 
 def make_prompts(vlm):
-    return [vlm.prepare([photo(300, 200, 0)], "Describe.", split=False),
-            vlm.prepare([photo(900, 500, 1)], "What is going on in this picture? Be precise.", split=False),
+    return [vlm.prepare([photo(300, 200, 0)], "Describe.", tiling="low"),
+            vlm.prepare([photo(900, 500, 1)], "What is going on in this picture? Be precise.", tiling="low"),
             vlm.prepare([], "Write a haiku about the sea."),
-            vlm.prepare([photo(700, 700, 2)], "Caption it.", split=False),
-            vlm.prepare([photo(256, 400, 3), photo(500, 260, 4)], "Compare the two images.", split=False)]
+            vlm.prepare([photo(700, 700, 2)], "Caption it.", tiling="low"),
+            vlm.prepare([photo(256, 400, 3), photo(500, 260, 4)], "Compare the two images.", tiling="low")]
 
 
 def test_nbits8_decoder_graph(nbits_vlm):

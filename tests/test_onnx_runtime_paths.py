@@ -25,6 +25,7 @@ from smolvlm_cli import SmolVLM  # noqa: E402
 from smolvlm_cli.backends import onnx_decoder, onnx_session  # noqa: E402
 from smolvlm_cli.builder.layout import data_files  # noqa: E402
 from smolvlm_cli.backends.onnx import OnnxBackend  # noqa: E402
+from smolvlm_cli.options import Tiling
 from smolvlm_cli.prompt import build_messages  # noqa: E402
 
 STEPS = 16
@@ -46,7 +47,7 @@ def reference_model():
 
 def _inputs(vlm, case):
     images, prompt, split = CASES[case]
-    return vlm.processor.prepare_inputs(build_messages(prompt, len(images)), images, split=split)
+    return vlm.processor.prepare_inputs(build_messages(prompt, len(images)), images, Tiling(split=split))
 
 
 # -- the official contract --------------------------------------------------------------------------

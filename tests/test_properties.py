@@ -22,6 +22,7 @@ from PIL import Image
 from conftest import fixture_dir, special_ids
 from smolvlm_cli.errors import ImageError
 from smolvlm_cli.image_processing import image_size, load_image, num_tiles
+from smolvlm_cli.options import Tiling
 from smolvlm_cli.processor import Processor
 from smolvlm_cli.prompt import build_messages
 from smolvlm_cli.tokenizer import Tokenizer
@@ -75,8 +76,7 @@ def test_any_image_tiles_agree_with_the_prompt(processor, mode, width, height, l
     image = random_image(mode, width, height, seed)
     config = processor.config
     rows, cols = processor.image_processor.tile_grid(width, height, longest_edge, split)
-    inputs = processor.prepare_inputs(build_messages("Describe.", 1), [image],
-                                      longest_edge=longest_edge, split=split)
+    inputs = processor.prepare_inputs(build_messages("Describe.", 1), [image], Tiling(longest_edge, split))
     pixels, mask = inputs["pixel_values"], inputs["pixel_attention_mask"]
     tiles = num_tiles(rows, cols)
     tile = config.tile_size

@@ -126,7 +126,7 @@ def test_auto_map_code_never_runs_on_the_torch_backend(model_dir, tmp_path):
     hostile, _, marker = hostile_model(model_dir, tmp_path)
     vlm = SmolVLM.from_pretrained(hostile, backend="torch")
     assert vlm.backend.name == "torch"
-    assert vlm.generate(Image.new("RGB", (20, 20)), max_new_tokens=2, split=False)
+    assert vlm.generate(Image.new("RGB", (20, 20)), max_new_tokens=2, tiling="low")
     assert not marker.exists()
     assert "evil" not in sys.modules and "outside_evil" not in sys.modules
 

@@ -237,7 +237,7 @@ def test_image_detail_sets_the_tiling(client, vlm, files):
     reply = client.chat.completions.create(model=NAME, messages=messages, max_tokens=6)
     assert reply.model_extra["timings"]["image_tiles"] == 1
     assert reply.choices[0].message.content == vlm.generate([files["photo"]], "What is it?", max_new_tokens=6,
-                                                            split=False)
+                                                            tiling="low")
 
 
 def test_cors_for_the_allowed_origin_only(http):

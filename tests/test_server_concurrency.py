@@ -52,7 +52,7 @@ def test_sixteen_clients_get_their_one_at_a_time_replies(vlm):
         # replies end at different steps; images as one tile (detail low: tiled ones are tested
         # in test_server.py, and take 5x the time here)
         asks.append((prompt, image, 4 + (i * 5) % 17))
-    one_at_a_time = [vlm.generate([image] if image else [], prompt, max_new_tokens=n, split=False)
+    one_at_a_time = [vlm.generate([image] if image else [], prompt, max_new_tokens=n, tiling="low")
                      for prompt, image, n in asks]
     cases = [(*ask, stream, "low") for stream in (True, False) for ask in asks]
     expected = one_at_a_time * 2
@@ -129,8 +129,8 @@ def test_a_failing_request_fails_alone(vlm):
     from smolvlm_cli.options import GenerationOptions
     from smolvlm_cli.server.scheduler import Job, Scheduler
 
-    good = vlm.prepare([noise_png()], "Hi.", split=False)
-    broken = vlm.prepare([noise_png()], "Hi.", split=False)
+    good = vlm.prepare([noise_png()], "Hi.", tiling="low")
+    broken = vlm.prepare([noise_png()], "Hi.", tiling="low")
     broken.input_ids = broken.input_ids[:-70]  # fewer image tokens than the tile's features
     events: dict[str, list] = {"broken": [], "good": []}
     scheduler = Scheduler(vlm, max_batch=2, max_queue=2).start()

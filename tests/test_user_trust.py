@@ -351,7 +351,7 @@ def test_image_urls(capsys, monkeypatch, model_dir, vlm, thumb, server):
     code, out, err = cli(capsys, monkeypatch, "describe", f"{server}/photo.jpg", "What is it?",
                          "-m", model_dir, "-n", "4", "--detail", "low")
     assert code == 0, err
-    assert out == vlm.generate(str(thumb), "What is it?", max_new_tokens=4, split=False) + "\n"
+    assert out == vlm.generate(str(thumb), "What is it?", max_new_tokens=4, tiling="low") + "\n"
     code, _, err = cli(capsys, monkeypatch, "describe", f"{server}/nothing.jpg", "-m", model_dir)
     assert code == 1 and "HTTP 404" in err and "Traceback" not in err
     monkeypatch.setattr(image_loading, "URL_MAX_BYTES", 1000)
@@ -378,14 +378,14 @@ def test_system_prompt(capsys, monkeypatch, model_dir, vlm, thumb, tmp_path):
     assert with_system["system"] == system
     assert with_system["prompt_tokens"] > json.loads(plain[1])["prompt_tokens"]
     messages = build_messages("Describe this image in detail.", 1, system)
-    assert with_system["text"] == vlm.stream(str(thumb), messages=messages, split=False,
+    assert with_system["text"] == vlm.stream(str(thumb), messages=messages, tiling="low",
                                              max_new_tokens=3).text()
     code, out, err = cli(capsys, monkeypatch, "ask", thumb, "-q", "Why?", "-m", model_dir, "-n",
                          "2", "--detail", "low", "--json", "-s", system)
     assert code == 0, err
     asked = json.loads(out)
     assert asked["text"] == vlm.stream(str(thumb), messages=build_messages("Why?", 1, system),
-                                       split=False, max_new_tokens=2).text()
+                                       tiling="low", max_new_tokens=2).text()
     transcript = tmp_path / "t.json"
     code, _, err = cli(capsys, monkeypatch, "chat", thumb, "-m", model_dir, "-n", "2", "--detail",
                        "low", "--system", system, stdin=f"Hi\n/save {transcript}\n".encode())

@@ -67,7 +67,7 @@ def test_library_video_paths_images_and_video_cache(vlm, clip):
     text = vlm.generate(str(clip), "What happens?", max_new_tokens=4)
     assert isinstance(text, str)
     image = Image.fromarray(np.full((40, 60, 3), 120, np.uint8))
-    stream = vlm.stream([image, str(clip)], "Same?", max_new_tokens=2, split=False)
+    stream = vlm.stream([image, str(clip)], "Same?", max_new_tokens=2, tiling="low")
     stream.text()
     assert stream.stats.image_tiles == 1 + 3 and stream.stats.video_frames == 3
     chat = vlm.chat(max_new_tokens=2)

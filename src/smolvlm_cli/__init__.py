@@ -26,6 +26,7 @@ _EXPORTS = {
     "Tokenizer": "smolvlm_cli.tokenizer",
     "ModelConfig": "smolvlm_cli.config",
     "GenerationOptions": "smolvlm_cli.options",
+    "Tiling": "smolvlm_cli.options",
     "SmolVLMError": "smolvlm_cli.errors",
     "open_video": "smolvlm_cli.video.clip",
     "SampledVideo": "smolvlm_cli.video.clip",
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from smolvlm_cli.errors import SmolVLMError
     from smolvlm_cli.image_processing import ImageProcessor
     from smolvlm_cli.model import SmolVLM
-    from smolvlm_cli.options import GenerationOptions
+    from smolvlm_cli.options import GenerationOptions, Tiling
     from smolvlm_cli.processor import Processor
     from smolvlm_cli.tokenizer import Tokenizer
     from smolvlm_cli.values import Generation, GenerationStats, PreparedInputs, TextStream

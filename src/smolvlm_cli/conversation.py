@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from smolvlm_cli.options import GenerationOptions
+from smolvlm_cli.options import GenerationOptions, Tiling
 from smolvlm_cli.processor import Processor
 from smolvlm_cli.prompt import build_messages, system_messages
 from smolvlm_cli.reply import Replier, check_video_context
@@ -40,21 +40,19 @@ class EncodedVideo:
 
 
 def media_prompt(processor: Processor, messages: list[dict], encoded: Sequence[Any],
-                 longest_edge: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+                 tiling: Tiling) -> tuple[np.ndarray, np.ndarray | None]:
     """The prompt ids of `messages` whose media are `encoded` (in order), and their features."""
     grids = [e.grid for e in encoded if isinstance(e, EncodedImage)]
     videos = [e.video for e in encoded if isinstance(e, EncodedVideo)]
-    ids = np.asarray(processor.prompt_ids(messages, grids, longest_edge, videos=videos), dtype=np.int64)
+    ids = np.asarray(processor.prompt_ids(messages, grids, tiling, videos=videos), dtype=np.int64)
     return ids, (np.concatenate([e.features for e in encoded]) if encoded else None)
 
 
 class ImageCache:
     """Tiles and features per image: preprocessing by source, vision by pixel content."""
 
-    def __init__(self, replier: Replier, processor: Processor, longest_edge: int | None,
-                 split: bool | None):
-        self.replier, self.processor = replier, processor
-        self.longest_edge, self.split = longest_edge, split
+    def __init__(self, replier: Replier, processor: Processor, tiling: Tiling):
+        self.replier, self.processor, self.tiling = replier, processor, tiling
         self._by_source: dict[Any, EncodedImage] = {}
         self._by_content: dict[bytes, np.ndarray] = {}
         self.vision_calls = 0
@@ -66,7 +64,7 @@ class ImageCache:
         if key is not None and key in self._by_source:
             return self._by_source[key]
         t0 = time.perf_counter()
-        values, mask, grid = self.processor.tile_image(image, self.longest_edge, self.split)
+        values, mask, grid = self.processor.tile_image(image, self.tiling)
         stats.preprocess_s += time.perf_counter() - t0
         digest = hashlib.blake2b(values.tobytes(), digest_size=16).digest()
         features = self._by_content.get(digest)
@@ -177,19 +175,19 @@ class Conversation:
         replier: runs the replies (`SmolVLM`'s).
         processor: builds the prompts and tiles the images.
         options: generation options of every turn (`send` keywords override them).
-        longest_edge, split: how images are tiled (default: the model's settings).
+        tiling: how images are tiled: a `Tiling`, a detail level, or None (the model's own).
         max_context: the token budget of prompt and reply (default: the model's context).
         system: a system prompt that opens the chat (kept through `reset` and trimming).
     """
 
     def __init__(self, replier: Replier, processor: Processor, options: GenerationOptions | None = None,
-                 longest_edge: int | None = None, split: bool | None = None,
-                 max_context: int | None = None, system: str | None = None):
+                 tiling: Tiling | str | None = None, max_context: int | None = None,
+                 system: str | None = None):
         self.replier, self.processor = replier, processor
         self.system = system  # kept through /reset and context trimming
         self.options = options or GenerationOptions()
-        self.longest_edge = longest_edge
-        self.images = ImageCache(replier, processor, longest_edge, split)
+        self.tiling = processor.tiling(tiling)
+        self.images = ImageCache(replier, processor, self.tiling)
         self.max_context = max_context or processor.config.max_position_embeddings
         self.notices: list[str] = []  # e.g. dropped turns; the CLI prints them on stderr
         self.reset()
@@ -242,7 +240,7 @@ class Conversation:
         while True:
             stats = GenerationStats()
             encoded = [self.images.get(img, stats) for turn in self._turn_images for img in turn]
-            ids, features = media_prompt(self.processor, self.messages, encoded, self.longest_edge)
+            ids, features = media_prompt(self.processor, self.messages, encoded, self.tiling)
             budget = self.max_context - opts.max_new_tokens
             first = 1 if self.system else 0  # the system turn is never dropped
             if len(ids) <= budget or len(self.messages) <= first + 1:
@@ -279,14 +277,15 @@ class Conversation:
 
 
 def ask_streams(replier: Replier, processor: Processor, images: Sequence[Any], questions: Sequence[str],
-                options: GenerationOptions, longest_edge: int | None = None,
-                split: bool | None = None, system: str | None = None) -> Iterator[TextStream]:
+                options: GenerationOptions, tiling: Tiling | str | None = None,
+                system: str | None = None) -> Iterator[TextStream]:
     """One reply stream per question, each answered independently about the same images.
 
     The images are tiled and encoded once; every question after the first reuses the cached
     prompt prefix (everything up to the question's own text).
     """
-    cache, prefix = ImageCache(replier, processor, longest_edge, split), CachedPrompt(replier)
+    tiling = processor.tiling(tiling)
+    cache, prefix = ImageCache(replier, processor, tiling), CachedPrompt(replier)
     media = [processor.open_video(m) if is_video(m) else m for m in images]  # probed, not decoded
     videos = [m for m in media if is_video(m)]
     kinds = ["video" if is_video(m) else "image" for m in media]
@@ -296,9 +295,9 @@ def ask_streams(replier: Replier, processor: Processor, images: Sequence[Any], q
         images_done = {i: cache.get(m, stats) for i, m in enumerate(media) if not is_video(m)}
         if videos:  # a prompt too long for the context fails before any frame is decoded
             grids = [images_done[i].grid for i in sorted(images_done)]
-            ids = processor.prompt_ids(messages, grids, longest_edge, videos=videos)
+            ids = processor.prompt_ids(messages, grids, tiling, videos=videos)
             check_video_context(len(ids), sum(v.num_frames for v in videos), len(videos),
                                 options.max_new_tokens, processor.config)
         encoded = [images_done[i] if i in images_done else cache.get(m, stats) for i, m in enumerate(media)]
-        ids, features = media_prompt(processor, messages, encoded, longest_edge)
+        ids, features = media_prompt(processor, messages, encoded, tiling)
         yield prefix.run(ids, features, options, stats, started)

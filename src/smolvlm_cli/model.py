@@ -21,7 +21,7 @@ from smolvlm_cli.backends.select import select_backend
 from smolvlm_cli.builder.layout import Progress
 from smolvlm_cli.conversation import Conversation, ask_streams
 from smolvlm_cli.hub import default_model
-from smolvlm_cli.options import GenerationOptions
+from smolvlm_cli.options import GenerationOptions, Tiling
 from smolvlm_cli.processor import Processor, image_list
 from smolvlm_cli.reply import Replier
 from smolvlm_cli.row_decoding import generate_many
@@ -100,19 +100,17 @@ class SmolVLM:
 
     # -- inputs ---------------------------------------------------------------------------
     def prepare(self, images: Sequence[Any] | Any = (), prompt: str | None = None, *,
-                messages: Sequence[dict] | None = None, longest_edge: int | None = None,
-                split: bool | None = None, videos: Sequence[Any] = (),
-                video_options: dict[str, Any] | None = None) -> PreparedInputs:
+                messages: Sequence[dict] | None = None, tiling: Tiling | str | None = None,
+                videos: Sequence[Any] = (), video_options: dict[str, Any] | None = None) -> PreparedInputs:
         """`Processor.prepare`: load, tile and tokenize ahead of inference (thread-safe)."""
-        return self.processor.prepare(images, prompt, messages=messages, longest_edge=longest_edge,
-                                      split=split, videos=videos, video_options=video_options)
+        return self.processor.prepare(images, prompt, messages=messages, tiling=tiling, videos=videos,
+                                      video_options=video_options)
 
     # -- generation ---------------------------------------------------------------------
     def stream(self, images: Sequence[Any] | Any = (), prompt: str | None = None, *,
-               messages: Sequence[dict] | None = None, longest_edge: int | None = None,
-               split: bool | None = None, options: GenerationOptions | None = None,
-               videos: Sequence[Any] = (), video_options: dict[str, Any] | None = None,
-               **sampling) -> TextStream:
+               messages: Sequence[dict] | None = None, tiling: Tiling | str | None = None,
+               options: GenerationOptions | None = None, videos: Sequence[Any] = (),
+               video_options: dict[str, Any] | None = None, **sampling) -> TextStream:
         """Stream the answer to `prompt` about `images` (or to chat `messages`) as text deltas.
 
         Args:
@@ -123,8 +121,9 @@ class SmolVLM:
                 model's `video_sampling`), `start`, `end` (seconds: a segment).
             prompt: the question (default: "Describe this image in detail.").
             messages: Hugging Face chat messages instead of `prompt`, one image placeholder per image.
-            longest_edge: resize the longest image edge to this many pixels (default: the model's).
-            split: cut images into tiles (default: the model's setting).
+            tiling: how images are tiled, the main speed knob: a detail level ("low": one
+                512-px view; "auto": the model's own tiling; "high": more tiles), or a
+                `Tiling(longest_edge=..., split=...)`; None is the model's own preprocessing.
             options: generation options; `**sampling` keywords override them.
 
         Returns:
@@ -138,8 +137,8 @@ class SmolVLM:
         started = time.perf_counter()
 
         def prepared():
-            return self.prepare(images, prompt, messages=messages, longest_edge=longest_edge,
-                                split=split, videos=videos, video_options=video_options)
+            return self.prepare(images, prompt, messages=messages, tiling=tiling, videos=videos,
+                                video_options=video_options)
 
         return self._replier.stream(prepared, opts, started)
 
@@ -192,32 +191,30 @@ class SmolVLM:
         return generate_many(self._replier, prepared, opts, batch_size, return_exceptions)
 
     # -- conversations ----------------------------------------------------------------------
-    def chat(self, options: GenerationOptions | None = None, longest_edge: int | None = None,
-             split: bool | None = None, system: str | None = None, **sampling) -> Conversation:
+    def chat(self, options: GenerationOptions | None = None, tiling: Tiling | str | None = None,
+             system: str | None = None, **sampling) -> Conversation:
         """A conversation that keeps its KV cache across turns: `chat().send(text, images)`.
 
         Args:
             options: generation options for every turn; `**sampling` keywords override them.
-            longest_edge, split: how the conversation's images are tiled (as for `stream`).
+            tiling: how the conversation's images are tiled (as for `stream`).
             system: a system prompt that opens the conversation (kept across /reset).
 
         Returns:
             A `Conversation`.
         """
         opts = (options or GenerationOptions()).updated(**sampling)
-        return Conversation(self._replier, self.processor, opts, longest_edge=longest_edge, split=split,
-                            system=system)
+        return Conversation(self._replier, self.processor, opts, tiling=tiling, system=system)
 
     def ask_stream(self, images: Sequence[Any] | Any, questions: Sequence[str],
-                   options: GenerationOptions | None = None, longest_edge: int | None = None,
-                   split: bool | None = None, system: str | None = None,
-                   **sampling) -> Iterator[TextStream]:
+                   options: GenerationOptions | None = None, tiling: Tiling | str | None = None,
+                   system: str | None = None, **sampling) -> Iterator[TextStream]:
         """One streamed answer per question; the images are encoded once for all of them.
 
         Args:
             images: an image or a sequence of them, shared by every question.
             questions: each is answered independently (not as a conversation).
-            options, longest_edge, split, **sampling: as for `stream`.
+            options, tiling, **sampling: as for `stream`.
             system: a system prompt before each question.
 
         Returns:
@@ -225,7 +222,7 @@ class SmolVLM:
         """
         opts = (options or GenerationOptions()).updated(**sampling)
         return ask_streams(self._replier, self.processor, image_list(images), list(questions), opts,
-                           longest_edge, split, system)
+                           tiling, system)
 
     def ask(self, images: Sequence[Any] | Any, questions: Sequence[str], **kwargs) -> list[str]:
         """Independent answers to each question about the same image(s).

@@ -6,6 +6,7 @@ Kept free of numpy and onnxruntime so the CLI can show defaults in `--help` with
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 DEFAULT_PROMPT = "Describe this image in detail."
 DEFAULT_VIDEO_PROMPT = "Describe this video in detail."
@@ -53,13 +54,37 @@ DETAIL_LEVELS = ("low", "auto", "high")
 HIGH_DETAIL_FACTOR = 1.5
 
 
-def detail_tiling(detail: str, model_longest_edge: int, tile_size: int) -> tuple[int | None, bool | None]:
-    """(longest_edge, split) for a detail level; None keeps the model's setting."""
-    if detail == "low":
-        return None, False
-    if detail == "high":
-        edge = int(model_longest_edge * HIGH_DETAIL_FACTOR)
-        return -(-edge // tile_size) * tile_size, None  # whole tiles
-    if detail == "auto":
-        return None, None
-    raise ValueError(f"detail must be one of {', '.join(DETAIL_LEVELS)}, not {detail!r}")
+@dataclass(frozen=True)
+class Tiling:
+    """How images are cut into tiles: one value for the library, the CLI and the server.
+
+    `longest_edge`: the longest side is resized to this many pixels before tiling (None: the
+    model's, 2048 for the 256M/500M models). `split`: cut it into tiles (None: the model's
+    setting; False: one downscaled view). `Tiling()` is the model's own preprocessing.
+    """
+
+    longest_edge: int | None = None
+    split: bool | None = None
+
+    @classmethod
+    def for_detail(cls, detail: str, config: Any) -> Tiling:
+        """A detail level's tiling (`low`, `auto`, `high`) for a model `config` (its
+        `longest_edge` and `tile_size`)."""
+        if detail == "low":
+            return cls(split=False)
+        if detail == "high":
+            edge = int(config.longest_edge * HIGH_DETAIL_FACTOR)
+            return cls(longest_edge=-(-edge // config.tile_size) * config.tile_size)  # whole tiles
+        if detail == "auto":
+            return cls()
+        raise ValueError(f"detail must be one of {', '.join(DETAIL_LEVELS)}, not {detail!r}")
+
+    @classmethod
+    def of(cls, tiling: Tiling | str | None, config: Any) -> Tiling:
+        """What the library's `tiling=` arguments take, as a `Tiling`: a `Tiling` as it is, a
+        detail level (`"low"`, `"auto"`, `"high"`) for `config`, None for the model's own."""
+        if tiling is None:
+            return cls()
+        if isinstance(tiling, str):
+            return cls.for_detail(tiling.lower(), config)
+        return tiling

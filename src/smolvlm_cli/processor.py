@@ -22,7 +22,7 @@ import numpy as np
 from smolvlm_cli.config import ModelConfig
 from smolvlm_cli.errors import ConfigError
 from smolvlm_cli.image_processing import ImageProcessor, num_tiles
-from smolvlm_cli.options import DEFAULT_PROMPT, DEFAULT_VIDEO_PROMPT
+from smolvlm_cli.options import DEFAULT_PROMPT, DEFAULT_VIDEO_PROMPT, Tiling
 from smolvlm_cli.prompt import (VIDEO_CHAT_TEMPLATE, ChatTemplate, build_messages, expand_image_tokens,
                                 expand_video_tokens, has_video, normalize_messages, row_col_token)
 from smolvlm_cli.tokenizer import Tokenizer
@@ -117,17 +117,17 @@ class Processor:
         return template.render(messages, add_generation_prompt=add_generation_prompt)
 
     def prompt_ids(self, messages: Sequence[dict], grids: Sequence[tuple[int, int]],
-                   longest_edge: int | None = None, add_generation_prompt: bool = True,
+                   tiling: Tiling | str | None = None, add_generation_prompt: bool = True,
                    videos: Sequence[Any] = ()) -> list[int]:
         """The prompt's token ids: `messages` rendered, each `<image>` expanded for its tile grid
         (`(rows, cols)`, `(0, 0)` unsplit, in order), each `<video>` for its `SampledVideo`
         (`videos`, in order), then encoded.
 
         Raises ValueError when a grid has more rows or columns than the vocabulary has markers
-        for (`longest_edge`, the one that cut the images, goes into the message)."""
+        for (`tiling`, the one that cut the images, goes into the message)."""
         text = self.render(messages, add_generation_prompt=add_generation_prompt)
         if grids:
-            self._check_grids(grids, longest_edge)
+            self._check_grids(grids, self.tiling(tiling))
             text = expand_image_tokens(text, grids, self.config.image_seq_len)
         if videos or has_video(normalize_messages(messages)):
             text = expand_video_tokens(text, videos, self.config.image_seq_len)
@@ -142,34 +142,41 @@ class Processor:
 
         return open_video(source, self.config, **sampling)
 
-    def tile_image(self, image: Any, longest_edge: int | None = None, split: bool | None = None
+    def tiling(self, tiling: Tiling | str | None) -> Tiling:
+        """`tiling` as a `Tiling` for this model (see `Tiling.of`)."""
+        return Tiling.of(tiling, self.config)
+
+    def _preprocess(self, images: Sequence[Any], tiling: Tiling) -> dict[str, Any]:
+        return self.image_processor.preprocess(images, longest_edge=tiling.longest_edge, split=tiling.split)
+
+    def tile_image(self, image: Any, tiling: Tiling | str | None = None
                    ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
         """One image's tiles [tiles, 3, T, T], their bool mask and its grid `(rows, cols)`.
 
         Checks the grid as `prompt_ids` will, before any vision work is spent on the tiles."""
-        pixels = self.image_processor.preprocess([image], longest_edge=longest_edge, split=split)
+        tiling = self.tiling(tiling)
+        pixels = self._preprocess([image], tiling)
         grid = (pixels["rows"][0][0], pixels["cols"][0][0])
-        self._check_grids([grid], longest_edge)
+        self._check_grids([grid], tiling)
         values, mask = drop_padding_tiles(pixels["pixel_values"][0], pixels["pixel_attention_mask"][0])
         return values, mask, grid
 
-    def _check_grids(self, grids: list[tuple[int, int]], longest_edge: int | None) -> None:
+    def _check_grids(self, grids: list[tuple[int, int]], tiling: Tiling) -> None:
         """The vocabulary has <row_r_col_c> markers up to 6x6: a larger grid would be garbage."""
         for rows, cols in grids:
             if rows and self.tokenizer.token_to_id(row_col_token(rows, cols)) is None:
-                edge = longest_edge or self.config.longest_edge
+                edge = tiling.longest_edge or self.config.longest_edge
                 raise ValueError(f"a longest edge of {edge} px cuts the image into {rows}x{cols} tiles; "
                                  "this model knows positions up to 6x6 "
                                  f"(use a longest edge of at most {6 * self.config.tile_size})")
 
     def prepare_inputs(self, messages: Sequence[dict], images: Sequence[Any] | None = None,
-                       longest_edge: int | None = None, split: bool | None = None,
-                       add_generation_prompt: bool = True, videos: Sequence[Any] | None = None
-                       ) -> dict[str, np.ndarray]:
+                       tiling: Tiling | str | None = None, add_generation_prompt: bool = True,
+                       videos: Sequence[Any] | None = None) -> dict[str, np.ndarray]:
         """`input_ids`, `attention_mask` [1, seq] int64 and, with images or videos, `pixel_values`
         and `pixel_attention_mask` [1, tiles, ...], as transformers' processor returns them (a
         video's frames are decoded here; its tiles follow the images' in prompt order)."""
-        messages = normalize_messages(messages)
+        messages, tiling = normalize_messages(messages), self.tiling(tiling)
         kinds, inline = media_in_messages(messages)
         images = list(images) if images is not None else [s for k, s in inline if k == "image"]
         videos = [self.open_video(v) for v in
@@ -182,7 +189,7 @@ class Processor:
         grids: list[tuple[int, int]] = []
         tiles: list[np.ndarray] = []
         if images:
-            pixels = self.image_processor.preprocess(images, longest_edge=longest_edge, split=split)
+            pixels = self._preprocess(images, tiling)
             grids = list(zip(pixels["rows"][0], pixels["cols"][0]))
             inputs["pixel_values"] = pixels["pixel_values"]
             inputs["pixel_attention_mask"] = pixels["pixel_attention_mask"]
@@ -198,14 +205,13 @@ class Processor:
                                  next(next_video).tiles(self.config))
             inputs["pixel_values"] = np.stack(tiles)[None]
             inputs["pixel_attention_mask"] = np.ones((1, len(tiles), *tiles[0].shape[1:]), dtype=np.int64)
-        ids = np.asarray([self.prompt_ids(messages, grids, longest_edge, add_generation_prompt, videos)],
+        ids = np.asarray([self.prompt_ids(messages, grids, tiling, add_generation_prompt, videos)],
                          dtype=np.int64)
         return {"input_ids": ids, "attention_mask": np.ones_like(ids), **inputs}
 
     def prepare(self, images: Sequence[Any] | Any = (), prompt: str | None = None, *,
-                messages: Sequence[dict] | None = None, longest_edge: int | None = None,
-                split: bool | None = None, videos: Sequence[Any] = (),
-                video_options: dict[str, Any] | None = None) -> PreparedInputs:
+                messages: Sequence[dict] | None = None, tiling: Tiling | str | None = None,
+                videos: Sequence[Any] = (), video_options: dict[str, Any] | None = None) -> PreparedInputs:
         """Load, tile and tokenize one prompt (numpy/PIL only, thread-safe): run it ahead of inference.
 
         Videos are probed and sampled here (their prompt is then known); their frames are
@@ -218,15 +224,15 @@ class Processor:
                 None. Ignored when `messages` is given.
             messages: Hugging Face chat messages with one placeholder per image or video
                 (`{"type": "video", "path": ...}` parts may carry their video).
-            longest_edge: resize the longest edge to this (default: the model's).
-            split: cut the image into tiles (default: the model's setting).
+            tiling: how images are tiled: a `Tiling`, a detail level ("low", "auto", "high"),
+                or None for the model's own preprocessing. Video frames are one tile each.
             videos: videos after the images (paths or `SampledVideo`s).
             video_options: `fps`, `max_frames`, `start`, `end` for the video paths.
 
         Returns:
             `PreparedInputs`: the prompt ids and the real (unpadded) tiles.
         """
-        t0 = time.perf_counter()
+        t0, tiling = time.perf_counter(), self.tiling(tiling)
         media = image_list(images) + list(videos)
         if messages is None:
             kinds = ["video" if is_video(m) else "image" for m in media]
@@ -244,7 +250,7 @@ class Processor:
         images = [m for m, k in zip(media, kinds) if k == "image"]
         videos = [m for m, k in zip(media, kinds) if k == "video"]
         if not videos:
-            inputs = self.prepare_inputs(messages, images or None, longest_edge=longest_edge, split=split)
+            inputs = self.prepare_inputs(messages, images or None, tiling)
             pixels = masks = None
             if "pixel_values" in inputs:
                 pixels, masks = drop_padding_tiles(inputs["pixel_values"][0], inputs["pixel_attention_mask"][0])
@@ -252,11 +258,11 @@ class Processor:
                                   time.perf_counter() - t0)
         grids, pixels, masks, counts = [], None, None, iter(())
         if images:
-            tiled = [self.tile_image(image, longest_edge, split) for image in images]
+            tiled = [self.tile_image(image, tiling) for image in images]
             grids = [grid for _, _, grid in tiled]
             pixels = np.concatenate([values for values, _, _ in tiled])
             masks = np.concatenate([mask for _, mask, _ in tiled])
             counts = iter([len(values) for values, _, _ in tiled])
-        ids = np.asarray(self.prompt_ids(messages, grids, longest_edge, videos=videos), dtype=np.int64)
+        ids = np.asarray(self.prompt_ids(messages, grids, tiling, videos=videos), dtype=np.int64)
         order = [next(counts) if k == "image" else m for m, k in zip(media, kinds)]
         return PreparedInputs(list(messages), ids, pixels, masks, time.perf_counter() - t0, media=order)

@@ -21,6 +21,7 @@ from typing import Any
 
 from smolvlm_cli.batch.records import ImageRecord, Job
 from smolvlm_cli.errors import error_message
+from smolvlm_cli.options import Tiling
 
 FAILURES_BEFORE_GIVING_UP = 3
 
@@ -57,8 +58,7 @@ class LocalEngine:
     name = "local"
 
     def __init__(self, vlm: Any, options: Any, *, model_name: str = "", batch_size: int = 1,
-                 workers: int = 2, longest_edge: int | None = None, split: bool | None = None,
-                 video_options: dict | None = None):
+                 workers: int = 2, tiling: Tiling | None = None, video_options: dict | None = None):
         if batch_size < 1 or workers < 1:
             raise ValueError("batch_size and workers must be at least 1")
         self.vlm = vlm
@@ -66,8 +66,7 @@ class LocalEngine:
         self.model_name = model_name or getattr(vlm, "model_id", "") or ""
         self.batch_size = batch_size
         self.workers = workers
-        self.longest_edge = longest_edge
-        self.split = split
+        self.tiling = tiling
         self.video_options = video_options or {}  # fps, max_frames, start, end
         self._successes = 0
         self._failures_in_a_row = 0
@@ -83,8 +82,7 @@ class LocalEngine:
                                         video_options=self.video_options)
             return prepared, time.perf_counter() - t0
         image = load_image(job.item.path)
-        prepared = self.vlm.prepare([image], job.prompt, longest_edge=self.longest_edge,
-                                    split=self.split)
+        prepared = self.vlm.prepare([image], job.prompt, tiling=self.tiling)
         return prepared, time.perf_counter() - t0
 
     # -- the loop ---------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from smolvlm_cli.batch.progress import Reporter, Summary
 from smolvlm_cli.batch.records import ImageRecord, Job
 from smolvlm_cli.batch.runner import BatchConfig, run_batch
 from smolvlm_cli.errors import BackendUnavailableError, SmolVLMError, error_message
-from smolvlm_cli.options import GenerationOptions
+from smolvlm_cli.options import GenerationOptions, Tiling
 
 MAX_ROWS_PER_BLOCK = 16  # what a killed job can lose per actor; also a Parquet file's rows
 TASKS_IN_FLIGHT_PER_ACTOR = 2  # one running, one queued: no idle gap, little tail imbalance
@@ -82,8 +82,7 @@ class RaySettings:
     backend: str = "auto"
     dtype: str | None = None
     batch_size: int = 1
-    longest_edge: int | None = None
-    split: bool | None = None
+    tiling: Tiling = Tiling()
     address: str | None = None  # None: RAY_ADDRESS / a `ray start` cluster here, else a new one
     workers: int = 1  # actors in the captioning pool
     threads_per_worker: int | None = None  # onnxruntime threads per actor; None: CPUs / workers
@@ -271,8 +270,7 @@ class RayEngine:
         # is milliseconds against seconds of inference; at most one task per actor at a time.
         ds = ds.map_batches(preprocess, batch_format="pyarrow", batch_size=None, num_cpus=0,
                             **_task_pool(s.workers),
-                            fn_kwargs={"model_dir": self.model_dir,
-                                       "longest_edge": s.longest_edge, "split": s.split})
+                            fn_kwargs={"model_dir": self.model_dir, "tiling": s.tiling})
         # On a cluster Ray Data's fault tolerance stays on (a lost node's actors are restarted,
         # their tasks retried); on this machine a dead actor (out of memory) stops the run with
         # its reason, and the next run resumes (restarts would only log a warning per run).

@@ -30,6 +30,7 @@ from ray.data.datasource import FilenameProvider
 from smolvlm_cli.batch.discover import ImageItem
 from smolvlm_cli.batch.records import FIELDS, ImageRecord, Job
 from smolvlm_cli.errors import ModelNotFoundError, error_message
+from smolvlm_cli.options import Tiling
 from smolvlm_cli.processor import Processor
 
 PREPARED_SCHEMA = pa.schema([
@@ -68,8 +69,7 @@ def _processor(model_dir: str) -> Processor:
     return processor
 
 
-def preprocess(batch: pa.Table, model_dir: str, longest_edge: int | None,
-               split: bool | None) -> pa.Table:
+def preprocess(batch: pa.Table, model_dir: str, tiling: Tiling) -> pa.Table:
     """Rows `idx, path, file, prompt` -> `idx, path, file, prompt, prepared | error, prep_s`.
 
     `file` is the absolute path (workers do not share the driver's current folder), `path` the
@@ -84,8 +84,7 @@ def preprocess(batch: pa.Table, model_dir: str, longest_edge: int | None,
         prepared, error = None, None
         try:
             image = load_image(from_bytes(row["file"]), name=str(Path(path)))
-            prepared = pickle.dumps(processor.prepare([image], prompt, longest_edge=longest_edge,
-                                                split=split), protocol=5)
+            prepared = pickle.dumps(processor.prepare([image], prompt, tiling=tiling), protocol=5)
         except Exception as exc:  # noqa: BLE001 - an unreadable file is that file's failure
             error = error_message(exc)
         for name, value in (("idx", row["idx"]), ("path", row["path"]), ("file", row["file"]),

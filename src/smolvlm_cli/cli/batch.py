@@ -207,9 +207,8 @@ def batch(
         from smolvlm_cli.batch.local import LocalEngine
 
         vlm = model.load(quiet)
-        edge, split = tiling.resolve(lambda: vlm.config)
-        return LocalEngine(vlm, options, model_name=model.model, batch_size=batch_size,
-                           workers=prefetch, longest_edge=edge, split=split, video_options=video.options)
+        return LocalEngine(vlm, options, model_name=model.model, batch_size=batch_size, workers=prefetch,
+                           tiling=tiling.resolve(lambda: vlm.config), video_options=video.options)
 
     def advise(items) -> Optional[str]:
         """The slow-default warning, for runs that left the tiling to the model."""
@@ -236,10 +235,10 @@ def batch(
         from smolvlm_cli.config import ModelConfig
         from smolvlm_cli.hub import CONFIG_FILES, resolve_model
 
-        edge, split = tiling.resolve(lambda: ModelConfig.from_dir(resolve_model(model.model, list(CONFIG_FILES))))
         settings = RaySettings(model=model.model, options=options, backend=model.backend, dtype=model.dtype,
-                               batch_size=batch_size, longest_edge=edge,
-                               split=split, address=ray_address,
+                               batch_size=batch_size, address=ray_address,
+                               tiling=tiling.resolve(lambda: ModelConfig.from_dir(
+                                   resolve_model(model.model, list(CONFIG_FILES)))),
                                workers=workers, threads_per_worker=threads_per_worker or model.threads,
                                manifest=manifest)
         summary = run_ray(config, settings, reporter=reporter,

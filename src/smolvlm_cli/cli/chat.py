@@ -124,11 +124,10 @@ def ask(
     questions = _read_questions(list(questions), quiet)
     loaded = [_open(path) for path in images]  # bad files fail before the model loads
     vlm = model.load(quiet)
-    edge, split = tiling.resolve(lambda: vlm.config)
     status, labeled = output.Status(quiet), len(questions) > 1
     vlm.progress = frame_progress(status)
-    streams = vlm.ask_stream(_sampled(loaded, vlm, video), questions, options=options, longest_edge=edge,
-                             split=split, system=system)
+    streams = vlm.ask_stream(_sampled(loaded, vlm, video), questions, options=options,
+                             tiling=tiling.resolve(lambda: vlm.config), system=system)
     for number, (question, stream) in enumerate(zip(questions, streams)):
         if json_out:
             text = "".join(_thinking(status, stream, not number))
@@ -171,8 +170,7 @@ def chat(
 
     pending = [_open(path) for path in images or ()]
     vlm = model.load(quiet)
-    edge, split = tiling.resolve(lambda: vlm.config)
-    conversation = vlm.chat(options, longest_edge=edge, split=split, system=system)
+    conversation = vlm.chat(options, tiling=tiling.resolve(lambda: vlm.config), system=system)
     interactive = sys.stdin.isatty()
     status = output.Status(quiet)
     vlm.progress = frame_progress(status)

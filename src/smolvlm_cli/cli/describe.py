@@ -129,12 +129,11 @@ def describe(
     t0 = time.perf_counter()
     vlm = model.load(quiet, status)
     load_s = time.perf_counter() - t0
-    edge, split = tiling.resolve(lambda: vlm.config)
     media = open_media(loaded, vlm.config, probed, video.options)
     kinds = ["video" if hasattr(m, "num_frames") else "image" for m in media]
     prompt = prompt or (DEFAULT_VIDEO_PROMPT if "video" in kinds else DEFAULT_PROMPT)
     prepared = vlm.prepare(media, messages=build_messages(prompt, kinds, system),
-                           longest_edge=edge, split=split)
+                           tiling=tiling.resolve(lambda: vlm.config))
     vlm.progress = frame_progress(status)
     stream = vlm.stream_prepared(prepared, options)
     buffered = json_out or no_stream

@@ -152,7 +152,8 @@ def inspect(
                                  "terminal: pipe an image in (smolvlm inspect - < photo.jpg)")
     source = sys.stdin.buffer.read() if image == "-" else image
     width, height = image_size(source, name="<stdin>" if image == "-" else None)  # header only
-    longest_edge, split = tiling.resolve(lambda: config)
+    chosen = tiling.resolve(lambda: config)
+    longest_edge, split = chosen.longest_edge, chosen.split
     rows, cols = tile_grid(width, height, config, longest_edge=longest_edge, split=split)
     tiles = num_tiles(rows, cols)
     info = {"image": image, "width": width, "height": height, "rows": rows, "cols": cols,

@@ -22,7 +22,7 @@ from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DetailOpt, DtypeOpt, 
                                      RepetitionPenaltyOpt, SeedOpt, StartOpt, TemperatureOpt, ThreadsOpt,
                                      TopKOpt, TopPOpt)
 from smolvlm_cli.hub import DEFAULT_MODEL
-from smolvlm_cli.options import GenerationOptions, detail_tiling
+from smolvlm_cli.options import GenerationOptions, Tiling
 
 
 @dataclass(frozen=True)
@@ -60,13 +60,12 @@ class TilingChoice:
         """Whether the user set any of them (else the model's own tiling applies)."""
         return self.detail is not None or self.longest_edge is not None or self.no_split
 
-    def resolve(self, config: Callable[[], Any]) -> tuple[Optional[int], Optional[bool]]:
-        """(longest_edge, split) for the library; `config()` (the model's config) is asked for
-        only when --detail needs it."""
+    def resolve(self, config: Callable[[], Any]) -> Tiling:
+        """The library's `Tiling`; `config()` (the model's config) is asked for only when
+        --detail needs it."""
         if self.detail is not None:
-            model_config = config()
-            return detail_tiling(self.detail, model_config.longest_edge, model_config.tile_size)
-        return self.longest_edge, (False if self.no_split else None)
+            return Tiling.for_detail(self.detail, config())
+        return Tiling(self.longest_edge, False if self.no_split else None)
 
 
 @dataclass(frozen=True)

@@ -135,8 +135,7 @@ def serve(
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     vlm = model.load(quiet)
-    edge, split = tiling.resolve(lambda: vlm.config)
-    app = create_app(vlm, replace(settings, longest_edge=edge, split=split), options)
+    app = create_app(vlm, replace(settings, tiling=tiling.resolve(lambda: vlm.config)), options)
     bound_host, bound_port = sock.getsockname()[:2]
     if not quiet:
         output.log(f"Serving {model.model} ({vlm.backend.dtype}) at http://{bound_host}:{bound_port}/v1 "

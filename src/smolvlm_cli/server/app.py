@@ -36,7 +36,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from smolvlm_cli.errors import SmolVLMError, VideoError, error_message
-from smolvlm_cli.options import GenerationOptions, detail_tiling
+from smolvlm_cli.options import GenerationOptions
 from smolvlm_cli.server.images import load_media
 from smolvlm_cli.server.schema import ApiError, ChatRequest, parse_chat_request, parse_json
 from smolvlm_cli.server.scheduler import Job, QueueFull, Scheduler
@@ -147,11 +147,8 @@ class ChatServer:
         req = parse_chat_request(parse_json(raw), self.settings.max_images)
         self.check_model(req.model)
         media = load_media(req.images, self.settings, scratch)
-        config, settings = self.vlm.config, self.settings
-        edge, split = (detail_tiling(req.detail, config.longest_edge, config.tile_size) if req.detail
-                       else (settings.longest_edge, settings.split))
         try:
-            return req, self.vlm.prepare(media, messages=req.messages, longest_edge=edge, split=split)
+            return req, self.vlm.prepare(media, messages=req.messages, tiling=req.detail or self.settings.tiling)
         except VideoError as exc:
             raise ApiError(400, error_message(exc), param="messages", code="invalid_video") from None
         except (ValueError, SmolVLMError) as exc:

@@ -44,7 +44,7 @@ class ImageRef:
 
     url: str  # a data URI, an http(s) URL, a file:// URL or a path
     param: str  # where it was, e.g. "messages[0].content[1].image_url.url"
-    detail: str | None = None  # OpenAI's low / auto / high (options.detail_tiling)
+    detail: str | None = None  # OpenAI's low / auto / high (options.Tiling.for_detail)
     kind: str = "image"  # or "video" (a `video_url` part, vLLM's convention)
 
 

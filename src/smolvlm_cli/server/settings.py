@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from smolvlm_cli.options import Tiling
+
 DEFAULT_HOST = "127.0.0.1"  # loopback: exposing the model is a decision (--host 0.0.0.0)
 DEFAULT_PORT = 8080
 
@@ -28,9 +30,8 @@ class ServerSettings:
     remote_timeout_s: float = 10.0
     local_root: Path | None = None  # images given as paths / file:// URLs only below this folder
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
-    # images' tiling when a request gives no `image_url.detail` (None: the model's own)
-    longest_edge: int | None = None
-    split: bool | None = None
+    # images' tiling when a request gives no `image_url.detail` (default: the model's own)
+    tiling: Tiling = Tiling()
     feature_cache_tiles: int = 256  # vision features kept by tile content (~150 KB each, 256M)
 
     def __post_init__(self):
