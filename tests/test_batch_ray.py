@@ -26,7 +26,7 @@ from smolvlm_cli.batch.resume import LEDGER_NAME
 from smolvlm_cli.batch.runner import BatchConfig, run_batch
 from smolvlm_cli.batch.templates import CaptionStyle
 from smolvlm_cli.errors import SmolVLMError
-from smolvlm_cli.options import GenerationOptions
+from smolvlm_cli.options import GenerationOptions, Tiling
 
 pytestmark = pytest.mark.slow  # Ray clusters
 
@@ -84,14 +84,14 @@ def run_local(config: BatchConfig, model: Path):
     def engine():
         vlm = SmolVLM.from_pretrained(str(model))
         return LocalEngine(vlm, OPTIONS, model_name=str(model), batch_size=1, workers=2,
-                           tiling="low")
+                           tiling=Tiling(split=False))
     return run_batch(config, engine, reporter=Reporter(quiet=True))
 
 
 def run_on_ray(config: BatchConfig, model: Path, **settings):
     from smolvlm_cli.batch.ray_engine import RaySettings, run_ray
 
-    settings = {"workers": 2, "batch_size": 2, "split": False, **settings}
+    settings = {"workers": 2, "batch_size": 2, "tiling": Tiling(split=False), **settings}
     return run_ray(config, RaySettings(str(model), OPTIONS, **settings),
                    reporter=Reporter(quiet=True))
 
