@@ -38,14 +38,19 @@ def main() -> int:
     from smolvlm_cli.server.scheduler import Job, Scheduler
 
     vlm = SmolVLM.from_pretrained(args.model, dtype=args.dtype, threads=args.threads)
-    prepared = []
-    for seed in range(args.newcomers):
-        buffer = io.BytesIO()
-        pixels = np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(buffer, "PNG")
-        prepared.append(vlm.prepare([buffer.getvalue()], "Describe it."))
+    def newcomers(first_seed: int) -> list:
+        """Images no earlier run saw: the backend caches features by content across schedulers."""
+        prepared = []
+        for seed in range(first_seed, first_seed + args.newcomers):
+            buffer = io.BytesIO()
+            pixels = np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(buffer, "PNG")
+            prepared.append(vlm.prepare([buffer.getvalue()], "Describe it."))
+        return prepared
+
     long = vlm.prepare([], "Talk.")
-    for policy in (1, None):
+    for run, policy in enumerate((1, None)):
+        prepared = newcomers(1000 * run)
         scheduler = Scheduler(vlm, args.newcomers + 1, args.newcomers, feature_cache_tiles=0,
                               tiles_per_turn=policy).start()
         arrivals, finished, done = [], [], threading.Event()
