@@ -16,6 +16,19 @@ Inputs: `inputs_embeds` [batch, seq, hidden], `attention_mask` int64 [batch, tot
 [batch, 1, vocab], `present.{i}.key|value` (concat(past, new) without a shared buffer, so the
 plain `sess.run` loop works too). Metadata `smolvlm.decoder_style = gqa` tells the runtime it may
 share buffers.
+
+Measured and not taken (issue #18, ORT 1.32, AVX-512 VNNI, 2 threads, ~900 cached positions,
+interleaved runs, medians):
+- a float16 KV cache: the CPU GroupQueryAttention takes one only with float16 queries and runs
+  it 1.44x slower than float32 per layer and step on an idle machine (1.26x on a loaded one);
+- an int8 KV cache (CPU GroupQueryAttention accepts int8 `past_key`/`past_value` with static
+  per-channel `k_scale`/`v_scale`): 0.54x the attention's CPU time per layer and step (1
+  thread, 30 layers' caches, so not cache-resident) on an idle machine (0.84x on a loaded one), so up to ~12% of an int8 decode
+  step (attention is ~25% of it), but it needs calibrated static scales (post-rotary K, V) and
+  its fidelity measured on real weights: the most promising decode lead, not done;
+- prefilling in chunks (to skip part of the upper causal triangle GroupQueryAttention computes
+  in one run), int8, 876 rows: chunks of 256 0.95x and 440 0.99x the time of one run on an idle
+  machine, 1.13-1.14x on a loaded one; ~0.4% of the time to first token at best.
 """
 
 from __future__ import annotations
