@@ -75,13 +75,20 @@ def _reduce_gbps(threads: int) -> float:
 
     data = np.ones((threads, (1 << 29) // 4 // threads), np.float32)
     node = helper.make_node("ReduceSum", ["X", "axes"], ["Y"], keepdims=0)
-    graph = helper.make_graph([node], "read", [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(data.shape))],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [threads])],
-                              [helper.make_tensor("axes", TensorProto.INT64, [1], [1])])
+    graph = helper.make_graph(
+        [node],
+        "read",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(data.shape))],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [threads])],
+        [helper.make_tensor("axes", TensorProto.INT64, [1], [1])],
+    )
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    reduce = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-                                  .SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    reduce = ort.InferenceSession(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(),
+        opts,
+        providers=["CPUExecutionProvider"],
+    )
     return data.nbytes / best_time(lambda: reduce.run(None, {"X": data}), 8) / 1e9
 
 
@@ -100,9 +107,15 @@ def worker_machine(args) -> dict:  # the `--worker machine` subprocess
     # read bandwidth 2: a GEMV over a 512 MiB weight matrix (what a decode step does)
     gemv, gemv_feeds = matmul_session([(1, 4096, 32768)], threads)
     gemv_gbps = 4096 * 32768 * 4 / best_time(lambda: gemv.run(None, gemv_feeds), 8) / 1e9
-    return {"matmul_gflops": flops / seconds / 1e9, "read_gbps": max(reduce_gbps, gemv_gbps),
-            "reduce_gbps": reduce_gbps, "gemv_gbps": gemv_gbps, "threads": threads,
-            "ort_version": ort.__version__, "isa": cpu_isa()}
+    return {
+        "matmul_gflops": flops / seconds / 1e9,
+        "read_gbps": max(reduce_gbps, gemv_gbps),
+        "reduce_gbps": reduce_gbps,
+        "gemv_gbps": gemv_gbps,
+        "threads": threads,
+        "ort_version": ort.__version__,
+        "isa": cpu_isa(),
+    }
 
 
 def cpu_isa() -> str:
@@ -123,8 +136,8 @@ def vision_flops_per_tile(model_dir: Path) -> float:
     inter = int(vision.get("intermediate_size", 3072))
     p = (c.vision_image_size // c.patch_size) ** 2
     per_layer = 2 * p * d * 3 * d + 2 * p * d * d + 2 * 2 * p * p * d + 2 * 2 * p * d * inter
-    patch = 2 * p * (3 * c.patch_size ** 2) * d
-    connector = 2 * (p // c.scale_factor ** 2) * (d * c.scale_factor ** 2) * c.hidden_size
+    patch = 2 * p * (3 * c.patch_size**2) * d
+    connector = 2 * (p // c.scale_factor**2) * (d * c.scale_factor**2) * c.hidden_size
     return layers * per_layer + patch + connector
 
 

@@ -65,13 +65,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _script_common import fail, log  # noqa: E402
-from _bench_machine import (best_time, cpu_isa, decoder_bytes, kv_bytes_per_step, matmul_session,  # noqa: E402
-                            vision_flops_per_tile, wait_idle, worker_machine)
+from _bench_machine import (
+    best_time,
+    cpu_isa,
+    decoder_bytes,
+    kv_bytes_per_step,
+    matmul_session,  # noqa: E402
+    vision_flops_per_tile,
+    wait_idle,
+    worker_machine,
+)
 
 PROMPT = "Describe this image."
 
 
 # -- workers (run in fresh subprocesses) --------------------------------------------------------
+
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
@@ -90,14 +99,14 @@ def worker_config(args) -> dict:
 
     imported = time.perf_counter()
     dtype = None if args.dtype in ("default", "") else args.dtype
-    vlm = SmolVLM.from_pretrained(args.model, backend=args.backend, dtype=dtype, threads=args.threads,
-                                  graphs=args.graphs)
+    vlm = SmolVLM.from_pretrained(
+        args.model, backend=args.backend, dtype=dtype, threads=args.threads, graphs=args.graphs
+    )
     loaded = time.perf_counter()
     options = GenerationOptions(ignore_eos=True, max_new_tokens=args.new_tokens)
     runs = []
     for _ in range(args.runs):
-        stream = vlm.stream([args.image], args.prompt, tiling="low" if args.no_split else None,
-                            options=options)
+        stream = vlm.stream([args.image], args.prompt, tiling="low" if args.no_split else None, options=options)
         for _delta in stream:
             pass
         runs.append(stream.stats)
@@ -108,14 +117,23 @@ def worker_config(args) -> dict:
     # the two around a row can flatter its ceiling
     gbps_here = _read_gbps(args.threads)
     return {
-        "backend": vlm.backend.name, "dtype": vlm.backend.dtype,
-        "import_s": imported - t0, "load_s": loaded - imported,
-        "prompt_tokens": stats.prompt_tokens, "tiles": stats.image_tiles,
-        "image_tokens": stats.image_tokens, "preprocess_s": stats.preprocess_s,
-        "vision_s": stats.vision_s, "prefill_s": stats.prefill_s, "ttft_s": stats.ttft_s,
-        "decode_tok_s": stats.decode_tokens_per_s, "new_tokens": stats.generated_tokens,
-        "peak_rss_mb": peak_rss, "read_gbps_after_decode": gbps_here,
-        "graphs_dir": str(getattr(vlm.backend, "model_dir", "")), "config_dir": str(_config_dir(args.model)),
+        "backend": vlm.backend.name,
+        "dtype": vlm.backend.dtype,
+        "import_s": imported - t0,
+        "load_s": loaded - imported,
+        "prompt_tokens": stats.prompt_tokens,
+        "tiles": stats.image_tiles,
+        "image_tokens": stats.image_tokens,
+        "preprocess_s": stats.preprocess_s,
+        "vision_s": stats.vision_s,
+        "prefill_s": stats.prefill_s,
+        "ttft_s": stats.ttft_s,
+        "decode_tok_s": stats.decode_tokens_per_s,
+        "new_tokens": stats.generated_tokens,
+        "peak_rss_mb": peak_rss,
+        "read_gbps_after_decode": gbps_here,
+        "graphs_dir": str(getattr(vlm.backend, "model_dir", "")),
+        "config_dir": str(_config_dir(args.model)),
     }
 
 
@@ -132,8 +150,7 @@ def worker_warm(args) -> dict:
     from smolvlm_cli import SmolVLM
 
     dtype = None if args.dtype in ("default", "") else args.dtype
-    SmolVLM.from_pretrained(args.model, backend=args.backend, dtype=dtype, threads=args.threads,
-                            graphs=args.graphs)
+    SmolVLM.from_pretrained(args.model, backend=args.backend, dtype=dtype, threads=args.threads, graphs=args.graphs)
     return {"first_load_s": time.perf_counter() - t0}
 
 
@@ -150,6 +167,7 @@ def help_seconds() -> float:
 
 
 # -- the parent ------------------------------------------------------------------------------------
+
 
 def _run_worker(kind: str, extra: list[str], timeout: float, env: dict[str, str] | None = None) -> dict:
     import os
@@ -185,8 +203,9 @@ def parse_source(spec: str) -> dict:
         if not Path(hf_home, "hub").is_dir():
             raise ValueError(f"--source {label}: {hf_home} is not a Hugging Face home (no hub/ folder)")
     elif not (Path(model) / "config.json").is_file():
-        raise ValueError(f"--source {label}: {model} is not a model directory (no config.json); "
-                         "a Hub id needs @HF_HOME")
+        raise ValueError(
+            f"--source {label}: {model} is not a model directory (no config.json); a Hub id needs @HF_HOME"
+        )
     return {"label": label, "graphs": graphs, "model": model, "hf_home": hf_home}
 
 
@@ -201,30 +220,43 @@ def _fmt(v, spec: str) -> str:
 
 
 def print_table(results: list[dict], machine: dict, baseline: str | None = None) -> None:
-    print(f"machine: {machine['isa']}, {machine['threads']} threads, ONNX Runtime {machine['ort_version']}: "
-          f"fp32 matmul {machine['gflops_runs']} GFLOP/s, read {machine['gbps_runs']} GB/s "
-          f"(measured before each configuration and after the last)")
-    head = (f"{'config':<26}{'tiles':>6}{'pre s':>7}{'vision s':>9}{'prefill s':>10}{'TTFT s':>8}"
-            f"{'tok/s':>7}{'RSS MB':>8}{'load s':>7}{'GFLOP/s':>8}{'vis/floor':>10}{'GB/s':>6}{'dec/ceil':>9}{'+KV':>5}"
-            f"{'TTFT x':>8}{'tok/s x':>8}")
+    print(
+        f"machine: {machine['isa']}, {machine['threads']} threads, ONNX Runtime {machine['ort_version']}: "
+        f"fp32 matmul {machine['gflops_runs']} GFLOP/s, read {machine['gbps_runs']} GB/s "
+        f"(measured before each configuration and after the last)"
+    )
+    head = (
+        f"{'config':<26}{'tiles':>6}{'pre s':>7}{'vision s':>9}{'prefill s':>10}{'TTFT s':>8}"
+        f"{'tok/s':>7}{'RSS MB':>8}{'load s':>7}{'GFLOP/s':>8}{'vis/floor':>10}{'GB/s':>6}{'dec/ceil':>9}{'+KV':>5}"
+        f"{'TTFT x':>8}{'tok/s x':>8}"
+    )
     print(head)
     print("-" * len(head))
     for r in results:
         name = f"{r['source']} {r['dtype']}" if r.get("source") else f"{r['backend']} {r['dtype']}"
-        print(f"{name:<26}{r['tiles']:>6}{r['preprocess_s']:>7.2f}{r['vision_s']:>9.2f}"
-              f"{r['prefill_s']:>10.2f}{r['ttft_s']:>8.2f}{r['decode_tok_s']:>7.1f}{r['peak_rss_mb']:>8.0f}"
-              f"{r['load_s']:>7.2f}{_fmt(r.get('matmul_gflops'), '>8.0f')}{_fmt(r.get('vision_x_floor'), '>10.2f')}"
-              f"{_fmt(r.get('read_gbps'), '>6.1f')}{_fmt(r.get('decode_of_ceiling'), '>9.0%')}"
-              f"{_fmt(r.get('decode_of_ceiling_with_kv'), '>5.0%')}{_fmt(r.get('ttft_x'), '>7.2f')}x"
-              f"{_fmt(r.get('decode_x'), '>7.2f')}x")
-    print(f"smolvlm --help: {results[0]['cli_help_s']:.2f} s; first load in this run (optimizes and fills "
-          "the session cache when it is empty, see --clear-cache): "
-          + ", ".join(f"{r.get('source') or r['backend']} {r['dtype']} {r['first_load_s']:.2f} s"
-                      for r in results if r.get("first_load_s")))
-    print("GFLOP/s, GB/s: the machine's best just before/after the row; vis/floor: vision time / (tiles x "
-          "FLOP per tile / GFLOP/s), 1.00 = at the floor; dec/ceil: decode tok/s / (GB/s / decoder bytes "
-          "per token); +KV: the same ceiling with the KV cache's bytes added (past ~prompt + new/2); "
-          + (f"x: ratio to {baseline} of the same dtype (>1: faster)" if baseline else "x: speed-up over torch fp32"))
+        print(
+            f"{name:<26}{r['tiles']:>6}{r['preprocess_s']:>7.2f}{r['vision_s']:>9.2f}"
+            f"{r['prefill_s']:>10.2f}{r['ttft_s']:>8.2f}{r['decode_tok_s']:>7.1f}{r['peak_rss_mb']:>8.0f}"
+            f"{r['load_s']:>7.2f}{_fmt(r.get('matmul_gflops'), '>8.0f')}{_fmt(r.get('vision_x_floor'), '>10.2f')}"
+            f"{_fmt(r.get('read_gbps'), '>6.1f')}{_fmt(r.get('decode_of_ceiling'), '>9.0%')}"
+            f"{_fmt(r.get('decode_of_ceiling_with_kv'), '>5.0%')}{_fmt(r.get('ttft_x'), '>7.2f')}x"
+            f"{_fmt(r.get('decode_x'), '>7.2f')}x"
+        )
+    print(
+        f"smolvlm --help: {results[0]['cli_help_s']:.2f} s; first load in this run (optimizes and fills "
+        "the session cache when it is empty, see --clear-cache): "
+        + ", ".join(
+            f"{r.get('source') or r['backend']} {r['dtype']} {r['first_load_s']:.2f} s"
+            for r in results
+            if r.get("first_load_s")
+        )
+    )
+    print(
+        "GFLOP/s, GB/s: the machine's best just before/after the row; vis/floor: vision time / (tiles x "
+        "FLOP per tile / GFLOP/s), 1.00 = at the floor; dec/ceil: decode tok/s / (GB/s / decoder bytes "
+        "per token); +KV: the same ceiling with the KV cache's bytes added (past ~prompt + new/2); "
+        + (f"x: ratio to {baseline} of the same dtype (>1: faster)" if baseline else "x: speed-up over torch fp32")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,12 +273,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", default=PROMPT)
     parser.add_argument("--runs", type=int, default=1, help="generations per configuration (median reported)")
     parser.add_argument("--no-machine", action="store_true", help="skip the FLOP/s and GB/s measurement")
-    parser.add_argument("--clear-cache", action="store_true",
-                        help="delete the optimized-graph cache first (time a true first load)")
-    parser.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
-                        help="before each measurement, wait up to this long for idle CPUs (shared machines)")
-    parser.add_argument("--source", action="append", metavar="LABEL=[GRAPHS:]MODEL[@HF_HOME]",
-                        help="a graph source to compare (repeatable; replaces MODEL_DIR)")
+    parser.add_argument(
+        "--clear-cache", action="store_true", help="delete the optimized-graph cache first (time a true first load)"
+    )
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="before each measurement, wait up to this long for idle CPUs (shared machines)",
+    )
+    parser.add_argument(
+        "--source",
+        action="append",
+        metavar="LABEL=[GRAPHS:]MODEL[@HF_HOME]",
+        help="a graph source to compare (repeatable; replaces MODEL_DIR)",
+    )
     parser.add_argument("--baseline", help="the source the x columns are ratios to (default: the first hub: one)")
     parser.add_argument("--graphs", default="auto", help=argparse.SUPPRESS)  # a worker's graph source
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -305,8 +347,18 @@ def main(argv: list[str] | None = None) -> int:
             return fail(f"image {image} not found")
         # one graph cache for the run: a building source builds in its first load, not in its rows
         run_env = {"SMOLVLM_CACHE": str(Path(tmp) / "smolvlm-cache")}
-        common = ["--threads", str(threads), "--new-tokens", str(args.new_tokens), "--image", str(image),
-                  "--prompt", args.prompt, "--runs", str(args.runs)] + (["--no-split"] if args.no_split else [])
+        common = [
+            "--threads",
+            str(threads),
+            "--new-tokens",
+            str(args.new_tokens),
+            "--image",
+            str(image),
+            "--prompt",
+            args.prompt,
+            "--runs",
+            str(args.runs),
+        ] + (["--no-split"] if args.no_split else [])
         machine_runs = []
 
         def measure_machine() -> None:
@@ -327,21 +379,40 @@ def main(argv: list[str] | None = None) -> int:
                 if backend == "onnx":
                     log(f"first load: {label or model} {dtype} ...")
                     first_loads[(label, dtype)] = _run_worker(
-                        "warm", [model, "--backend-one", backend, "--dtype", dtype, "--threads", str(threads),
-                                 "--graphs", graphs], 3600, {**run_env, **env})
+                        "warm",
+                        [
+                            model,
+                            "--backend-one",
+                            backend,
+                            "--dtype",
+                            dtype,
+                            "--threads",
+                            str(threads),
+                            "--graphs",
+                            graphs,
+                        ],
+                        3600,
+                        {**run_env, **env},
+                    )
             log(f"measuring the machine ({threads} threads) before each configuration and after the last")
             for backend, dtype, model, graphs, label, env in configs:
                 measure_machine()
                 wait_idle(args.wait_idle)
                 log(f"running {label or backend} {dtype} ...")
-                r = _run_worker("config", [model, "--backend-one", backend, "--dtype", dtype, "--graphs", graphs,
-                                           *common], 3600, {**run_env, **env})
+                r = _run_worker(
+                    "config",
+                    [model, "--backend-one", backend, "--dtype", dtype, "--graphs", graphs, *common],
+                    3600,
+                    {**run_env, **env},
+                )
                 r["first_load_s"] = first_loads.get((label, dtype), {}).get("first_load_s")
                 r["decoder_bytes"] = decoder_bytes(Path(r["graphs_dir"] or r["config_dir"]), backend, r["dtype"])
                 r["model_dir"], r["source"], r["graphs"] = model, label, graphs
                 results.append(r)
-                log(f"   TTFT {r['ttft_s']:.2f} s, vision {r['vision_s']:.2f} s, {r['decode_tok_s']:.1f} tok/s, "
-                    f"peak {r['peak_rss_mb']:.0f} MB")
+                log(
+                    f"   TTFT {r['ttft_s']:.2f} s, vision {r['vision_s']:.2f} s, {r['decode_tok_s']:.1f} tok/s, "
+                    f"peak {r['peak_rss_mb']:.0f} MB"
+                )
             measure_machine()
             cli_help_s = help_seconds()
         except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
@@ -363,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         if machine_runs:
             # the machine's best in the measurements just before and after this configuration:
             # its speed drifts on a shared host, so compare like with like (and strictly)
-            window = machine_runs[i:i + 2]
+            window = machine_runs[i : i + 2]
             gflops = max(m["matmul_gflops"] for m in window)
             gbps = max(m["read_gbps"] for m in window)
             floor = r["tiles"] * flops_tile / (gflops * 1e9)
@@ -376,15 +447,20 @@ def main(argv: list[str] | None = None) -> int:
             kv = kv_bytes_per_step(Path(r["config_dir"]), r["prompt_tokens"], r["new_tokens"])
             r["kv_bytes"] = kv
             r["decode_of_ceiling_with_kv"] = r["decode_tok_s"] / (gbps * 1e9 / (r["decoder_bytes"] + kv))
-            r["decode_of_ceiling_after_decode"] = r["decode_tok_s"] / (r["read_gbps_after_decode"] * 1e9
-                                                                        / r["decoder_bytes"])
+            r["decode_of_ceiling_after_decode"] = r["decode_tok_s"] / (
+                r["read_gbps_after_decode"] * 1e9 / r["decoder_bytes"]
+            )
             r["matmul_gflops"], r["read_gbps"] = gflops, gbps
         if torch_ref is not None:
             r["ttft_speedup_vs_torch"] = torch_ref["ttft_s"] / r["ttft_s"]
-            r["decode_speedup_vs_torch"] = (r["decode_tok_s"] / torch_ref["decode_tok_s"]
-                                            if torch_ref["decode_tok_s"] else None)
-        ref = (next((b for b in results if b["source"] == baseline and b["dtype"] == r["dtype"]), None)
-               if baseline else torch_ref)
+            r["decode_speedup_vs_torch"] = (
+                r["decode_tok_s"] / torch_ref["decode_tok_s"] if torch_ref["decode_tok_s"] else None
+            )
+        ref = (
+            next((b for b in results if b["source"] == baseline and b["dtype"] == r["dtype"]), None)
+            if baseline
+            else torch_ref
+        )
         if ref is not None:  # the x columns: >1 is faster than the reference row
             r["ttft_x"] = ref["ttft_s"] / r["ttft_s"]
             r["decode_x"] = r["decode_tok_s"] / ref["decode_tok_s"] if ref["decode_tok_s"] else None
@@ -395,8 +471,18 @@ def main(argv: list[str] | None = None) -> int:
         if machine.get("matmul_gflops"):
             print_table(results, machine, baseline)
         else:
-            print_table(results, {**machine, "matmul_gflops": float("nan"), "read_gbps": float("nan"),
-                                  "gflops_runs": "-", "gbps_runs": "-", "ort_version": "?"}, baseline)
+            print_table(
+                results,
+                {
+                    **machine,
+                    "matmul_gflops": float("nan"),
+                    "read_gbps": float("nan"),
+                    "gflops_runs": "-",
+                    "gbps_runs": "-",
+                    "ort_version": "?",
+                },
+                baseline,
+            )
     return 0
 
 

@@ -70,15 +70,25 @@ def model_args(args) -> list[str]:
 def run_loop(args, images: list[Path], out_dir: Path) -> dict[str, str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     describe = " ".join(shlex.quote(a) for a in launcher() + ["describe", "-q", *model_args(args)])
-    script = (f'for f in {shlex.quote(str(images[0].parent))}/*.jpg; do '
-              f'{describe} "$f" > {shlex.quote(str(out_dir))}/"$(basename "$f")".txt || exit 1; done')
+    script = (
+        f"for f in {shlex.quote(str(images[0].parent))}/*.jpg; do "
+        f'{describe} "$f" > {shlex.quote(str(out_dir))}/"$(basename "$f")".txt || exit 1; done'
+    )
     subprocess.run(["bash", "-c", script], check=True)
     return {p.name: (out_dir / f"{p.name}.txt").read_text().strip() for p in images}
 
 
 def run_batch(args, images: list[Path], batch_size: int, out_file: Path) -> dict[str, str]:
-    cmd = launcher() + ["batch", str(images[0].parent), "-q", "-o", str(out_file),
-                        "--batch-size", str(batch_size), *model_args(args)]
+    cmd = launcher() + [
+        "batch",
+        str(images[0].parent),
+        "-q",
+        "-o",
+        str(out_file),
+        "--batch-size",
+        str(batch_size),
+        *model_args(args),
+    ]
     subprocess.run(cmd, check=True)
     records = [json.loads(line) for line in out_file.read_text().splitlines()]
     failed = [r for r in records if r["error"]]
@@ -89,16 +99,16 @@ def run_batch(args, images: list[Path], batch_size: int, out_file: Path) -> dict
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=os.environ.get("SMOLVLM_MODEL",
-                                                          "/work/models/smolvlm2-256m-random-onnx"))
+    parser.add_argument("--model", default=os.environ.get("SMOLVLM_MODEL", "/work/models/smolvlm2-256m-random-onnx"))
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--size", default="640x480", help="image size WxH (default 640x480)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--prompt", default="Describe this image in one sentence.")
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--ways", default=",".join(WAYS),
-                        help=f"comma-separated, among loop and batch-N (default {','.join(WAYS)})")
+    parser.add_argument(
+        "--ways", default=",".join(WAYS), help=f"comma-separated, among loop and batch-N (default {','.join(WAYS)})"
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args()
@@ -122,11 +132,9 @@ def main() -> int:
             if way == "loop":
                 captions[way] = run_loop(args, images, work / "loop")
             else:
-                captions[way] = run_batch(args, images, int(way.split("-")[1]),
-                                          work / f"{way}.jsonl")
+                captions[way] = run_batch(args, images, int(way.split("-")[1]), work / f"{way}.jsonl")
             seconds = time.perf_counter() - t0
-            results[way] = {"seconds": round(seconds, 2),
-                            "images_per_min": round(60 * len(images) / seconds, 2)}
+            results[way] = {"seconds": round(seconds, 2), "images_per_min": round(60 * len(images) / seconds, 2)}
             log(f"   {seconds:.1f} s, {results[way]['images_per_min']:.1f} images/min")
     except (subprocess.CalledProcessError, RuntimeError, OSError) as exc:
         return fail(str(exc))
@@ -140,9 +148,19 @@ def main() -> int:
     same = {way: captions[way] == reference for way in ways[1:]}
     base = results.get("loop", {}).get("images_per_min")
     if args.json:
-        print(json.dumps({"images": args.images, "size": args.size, "model": args.model,
-                          "max_new_tokens": args.max_new_tokens, "results": results,
-                          "same_captions_as_" + ways[0]: same}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "images": args.images,
+                    "size": args.size,
+                    "model": args.model,
+                    "max_new_tokens": args.max_new_tokens,
+                    "results": results,
+                    "same_captions_as_" + ways[0]: same,
+                },
+                indent=2,
+            )
+        )
     else:
         print(f"{'way':<10}{'seconds':>10}{'images/min':>12}{'speed-up':>10}")
         for way, r in results.items():

@@ -37,6 +37,7 @@ GB = 2**30
 
 # -- worker (a fresh process per dtype) -------------------------------------------------------------
 
+
 def _status_kb() -> dict[str, int]:
     out = {}
     with open("/proc/self/status") as f:
@@ -116,21 +117,30 @@ def worker(checkpoint: Path, out_dir: Path, dtype: str) -> dict:
     seconds = time.perf_counter() - started
     recorder.step("after the last step")  # the last graph's tail (final norm, lm_head, save)
     sampler.stop()
-    return {"dtype": dtype, "build_s": seconds,
-            "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-            "children_peak_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-            "peak_anon_kb": sampler.peak["RssAnon"], "peak_file_kb": sampler.peak["RssFile"],
-            "sizes": {p.name: graph_bytes(p) for p in paths}, "phases": phases}
+    return {
+        "dtype": dtype,
+        "build_s": seconds,
+        "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "children_peak_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+        "peak_anon_kb": sampler.peak["RssAnon"],
+        "peak_file_kb": sampler.peak["RssFile"],
+        "sizes": {p.name: graph_bytes(p) for p in paths},
+        "phases": phases,
+    }
 
 
 # -- parent -----------------------------------------------------------------------------------------
+
 
 def run_one(checkpoint: Path, dtype: str, work_dir: Path) -> dict:
     tmp = Path(tempfile.mkdtemp(dir=work_dir, prefix=f".bench-build-{dtype}-"))
     try:
         started = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--worker", str(checkpoint), str(tmp / "onnx"), dtype],
-                              stdout=subprocess.PIPE, text=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--worker", str(checkpoint), str(tmp / "onnx"), dtype],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"the {dtype} build failed (exit {proc.returncode}): see its errors above")
         row = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -141,19 +151,25 @@ def run_one(checkpoint: Path, dtype: str, work_dir: Path) -> dict:
 
 
 def _table(checkpoint: Path, rows: list[dict], phases: bool) -> str:
-    head = (f"{'dtype':<6} {'build s':>8} {'process s':>9} {'peak RSS GB':>11} {'anon GB':>8} {'file GB':>8} "
-            f"{'children GB':>11} {'output GB':>9}")
+    head = (
+        f"{'dtype':<6} {'build s':>8} {'process s':>9} {'peak RSS GB':>11} {'anon GB':>8} {'file GB':>8} "
+        f"{'children GB':>11} {'output GB':>9}"
+    )
     lines = [f"checkpoint: {checkpoint}", head]
     for r in rows:
-        lines.append(f"{r['dtype']:<6} {r['build_s']:>8.1f} {r['process_s']:>9.1f} {r['peak_rss_kb'] / 2**20:>11.2f} "
-                     f"{r['peak_anon_kb'] / 2**20:>8.2f} {r['peak_file_kb'] / 2**20:>8.2f} "
-                     f"{r['children_peak_rss_kb'] / 2**20:>11.2f} {sum(r['sizes'].values()) / GB:>9.3f}")
+        lines.append(
+            f"{r['dtype']:<6} {r['build_s']:>8.1f} {r['process_s']:>9.1f} {r['peak_rss_kb'] / 2**20:>11.2f} "
+            f"{r['peak_anon_kb'] / 2**20:>8.2f} {r['peak_file_kb'] / 2**20:>8.2f} "
+            f"{r['children_peak_rss_kb'] / 2**20:>11.2f} {sum(r['sizes'].values()) / GB:>9.3f}"
+        )
     if phases:
         for r in rows:
             lines.append(f"\n{r['dtype']} phases: {'seconds':>8} {'peak RSS GB':>11} {'anon GB':>8}")
             for p in r["phases"]:
-                lines.append(f"  {p['phase']:<34} {p['seconds']:>8.1f} {p['peak_rss_kb'] / 2**20:>11.2f} "
-                             f"{p['peak_anon_kb'] / 2**20:>8.2f}")
+                lines.append(
+                    f"  {p['phase']:<34} {p['seconds']:>8.1f} {p['peak_rss_kb'] / 2**20:>11.2f} "
+                    f"{p['peak_anon_kb'] / 2**20:>8.2f}"
+                )
             lines.append("  sizes: " + ", ".join(f"{n} {b / GB:.3f} GB" for n, b in r["sizes"].items()))
     return "\n".join(lines)
 
@@ -166,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path, help="checkpoint folder (config.json + safetensors)")
     parser.add_argument("--dtype", default="fp32,int8", help="comma-separated dtypes (default fp32,int8)")
-    parser.add_argument("--work-dir", type=Path, help="where the temporary outputs go (default: the "
-                        "checkpoint's parent folder)")
+    parser.add_argument(
+        "--work-dir", type=Path, help="where the temporary outputs go (default: the checkpoint's parent folder)"
+    )
     parser.add_argument("--phases", action="store_true", help="also print time and peak RSS per phase")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)
@@ -189,8 +206,10 @@ def main(argv: list[str] | None = None) -> int:
 
     checkpoint = args.checkpoint.resolve()
     size = sum(p.stat().st_size for p in weight_files(checkpoint))
-    log(f"building {', '.join(dtypes)} graphs of {checkpoint} ({size / GB:.2f} GB of safetensors), "
-        f"one process each, on {os.cpu_count()} CPUs")
+    log(
+        f"building {', '.join(dtypes)} graphs of {checkpoint} ({size / GB:.2f} GB of safetensors), "
+        f"one process each, on {os.cpu_count()} CPUs"
+    )
     rows = []
     for dtype in dtypes:
         try:

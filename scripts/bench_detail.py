@@ -28,8 +28,7 @@ LEVELS = ("low", "auto", "high")
 
 
 def smolvlm(*args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "smolvlm_cli", *args], capture_output=True,
-                            text=True)
+    result = subprocess.run([sys.executable, "-m", "smolvlm_cli", *args], capture_output=True, text=True)
     if result.returncode:
         sys.exit(f"smolvlm {' '.join(args)} failed:\n{result.stderr}")
     return result
@@ -42,11 +41,15 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batch-runs", type=int, default=1)
-    parser.add_argument("--images", default="low=24,auto=8,high=4",
-                        help="batch images per level")
+    parser.add_argument("--images", default="low=24,auto=8,high=4", help="batch images per level")
     parser.add_argument("--threads", default="2")
-    parser.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
-                        help="before each measurement, wait up to this long for idle CPUs")
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="before each measurement, wait up to this long for idle CPUs",
+    )
     args = parser.parse_args()
     width, height = map(int, args.size.split("x"))
     counts = dict(part.split("=") for part in args.images.split(","))
@@ -61,8 +64,7 @@ def main() -> None:
         ttfts, tiles = [], 0
         for _ in range(args.runs):
             wait_idle(args.wait_idle)
-            data = json.loads(smolvlm("describe", str(image), "--detail", level, "--json",
-                                      *common).stdout)
+            data = json.loads(smolvlm("describe", str(image), "--detail", level, "--json", *common).stdout)
             ttfts.append(data["timings"]["ttft_s"])
             tiles = data["image_tiles"]
         folder = work / level
@@ -72,14 +74,19 @@ def main() -> None:
         rates = []
         for _ in range(args.batch_runs):
             wait_idle(args.wait_idle)
-            stderr = smolvlm("batch", str(folder), "--detail", level, "--overwrite", "-o",
-                             str(work / f"{level}.jsonl"), *common).stderr
+            stderr = smolvlm(
+                "batch", str(folder), "--detail", level, "--overwrite", "-o", str(work / f"{level}.jsonl"), *common
+            ).stderr
             rates.append(float(re.findall(r"([\d.]+) images/min", stderr)[-1]))
         rows.append((level, tiles, min(ttfts), max(rates)))
-        print(f"{level}: {tiles} tiles, ttft {min(ttfts):.2f} s (median "
-              f"{statistics.median(ttfts):.2f}), {max(rates):.1f} images/min", file=sys.stderr)
-    print(f"| `--detail` | tiles ({width}x{height}) | time to first token | batch images/min "
-          f"({args.new_tokens} tokens) |")
+        print(
+            f"{level}: {tiles} tiles, ttft {min(ttfts):.2f} s (median "
+            f"{statistics.median(ttfts):.2f}), {max(rates):.1f} images/min",
+            file=sys.stderr,
+        )
+    print(
+        f"| `--detail` | tiles ({width}x{height}) | time to first token | batch images/min ({args.new_tokens} tokens) |"
+    )
     print("|---|---|---|---|")
     for level, tiles, ttft, rate in rows:
         print(f"| `{level}` | {tiles} | {ttft:.1f} s | {rate:.1f} |")

@@ -38,6 +38,7 @@ def main() -> int:
     from smolvlm_cli.server.scheduler import Job, Scheduler
 
     vlm = SmolVLM.from_pretrained(args.model, dtype=args.dtype, threads=args.threads)
+
     def newcomers(first_seed: int) -> list:
         """Images no earlier run saw: the backend caches features by content across schedulers."""
         prepared = []
@@ -51,8 +52,9 @@ def main() -> int:
     long = vlm.prepare([], "Talk.")
     for run, policy in enumerate((1, None)):
         prepared = newcomers(1000 * run)
-        scheduler = Scheduler(vlm, args.newcomers + 1, args.newcomers, feature_cache_tiles=0,
-                              tiles_per_turn=policy).start()
+        scheduler = Scheduler(
+            vlm, args.newcomers + 1, args.newcomers, feature_cache_tiles=0, tiles_per_turn=policy
+        ).start()
         arrivals, finished, done = [], [], threading.Event()
 
         def on_long(kind, _value):
@@ -66,14 +68,21 @@ def main() -> int:
         while not arrivals:
             time.sleep(0.001)
         for one in prepared:
-            scheduler.submit(Job(one, GenerationOptions(max_new_tokens=20, ignore_eos=True),
-                                 lambda kind, _v: kind != "delta" and finished.append(time.perf_counter())))
+            scheduler.submit(
+                Job(
+                    one,
+                    GenerationOptions(max_new_tokens=20, ignore_eos=True),
+                    lambda kind, _v: kind != "delta" and finished.append(time.perf_counter()),
+                )
+            )
         done.wait()
         scheduler.close()
         gaps = sorted(b - a for a, b in zip(arrivals, arrivals[1:]))
-        log(f"tiles_per_turn={policy}: the running reply's longest wait {gaps[-1] * 1000:.0f} ms "
+        log(
+            f"tiles_per_turn={policy}: the running reply's longest wait {gaps[-1] * 1000:.0f} ms "
             f"(median {gaps[len(gaps) // 2] * 1000:.1f} ms); newcomers finished after "
-            f"{', '.join(f'{f - t0:.2f}' for f in sorted(finished))} s")
+            f"{', '.join(f'{f - t0:.2f}' for f in sorted(finished))} s"
+        )
     return 0
 
 

@@ -58,8 +58,9 @@ def median_seconds(fn, runs: int) -> tuple[float, object]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model_dir", type=Path, nargs="?", default=DEFAULT_MODEL,
-                        help="model directory with preprocessor_config.json")
+    parser.add_argument(
+        "model_dir", type=Path, nargs="?", default=DEFAULT_MODEL, help="model directory with preprocessor_config.json"
+    )
     parser.add_argument("--size", default="4000x3000", help="WIDTHxHEIGHT of the test JPEG")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per case (median)")
     args = parser.parse_args(argv)
@@ -80,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
         from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
     except ImportError as exc:
-        return fail(f"transformers is needed for the reference: {exc}",
-                    hint="pip install -e '.[torch]'")
+        return fail(f"transformers is needed for the reference: {exc}", hint="pip install -e '.[torch]'")
 
     kind = json.loads(pre_path.read_text()).get("image_processor_type", "")
     ref_cls = Idefics3ImageProcessorPil if kind.startswith("Idefics3") else SmolVLMImageProcessorPil
@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def ref_run(split: bool):
             image = ImageOps.exif_transpose(Image.open(path))
-            return reference(images=[image], return_tensors="np", return_row_col_info=True,
-                             do_image_splitting=split)
+            return reference(images=[image], return_tensors="np", return_row_col_info=True, do_image_splitting=split)
 
         def decode_only():
             with Image.open(path) as image:
@@ -108,18 +107,25 @@ def main(argv: list[str] | None = None) -> int:
         for split in (True, False):
             ref_s, expected = median_seconds(lambda: ref_run(split), args.runs)
             our_s, got = median_seconds(lambda: ours.preprocess([path], split=split), args.runs)
-            same = (np.array_equal(got["pixel_values"], expected["pixel_values"])
-                    and np.array_equal(got["pixel_attention_mask"], expected["pixel_attention_mask"])
-                    and got["rows"] == expected["rows"] and got["cols"] == expected["cols"])
+            same = (
+                np.array_equal(got["pixel_values"], expected["pixel_values"])
+                and np.array_equal(got["pixel_attention_mask"], expected["pixel_attention_mask"])
+                and got["rows"] == expected["rows"]
+                and got["cols"] == expected["cols"]
+            )
             tiles = got["pixel_values"].shape[1]
             rows.append((f"split {'on' if split else 'off'}", tiles, ref_s, our_s, same))
 
-    print(f"model: {args.model_dir.name}  image: {width}x{height} JPEG  "
-          f"(decode alone: {decode_s * 1e3:.0f} ms)  median of {args.runs}")
+    print(
+        f"model: {args.model_dir.name}  image: {width}x{height} JPEG  "
+        f"(decode alone: {decode_s * 1e3:.0f} ms)  median of {args.runs}"
+    )
     print(f"{'case':<10} {'tiles':>5} {'transformers':>13} {'smolvlm_cli':>12} {'speed-up':>9} {'identical':>9}")
     for case, tiles, ref_s, our_s, same in rows:
-        print(f"{case:<10} {tiles:>5} {ref_s * 1e3:>10.0f} ms {our_s * 1e3:>9.0f} ms "
-              f"{ref_s / our_s:>8.2f}x {'yes' if same else 'NO':>9}")
+        print(
+            f"{case:<10} {tiles:>5} {ref_s * 1e3:>10.0f} ms {our_s * 1e3:>9.0f} ms "
+            f"{ref_s / our_s:>8.2f}x {'yes' if same else 'NO':>9}"
+        )
     return 0 if all(r[-1] for r in rows) else 1
 
 

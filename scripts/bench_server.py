@@ -51,11 +51,21 @@ def images(count: int, size: int) -> list[str]:
 
 def one_request(client, uri: str, prompt: str, max_tokens: int, headers: dict) -> dict:
     """A streamed request: time to first token, latency, tokens, the longest gap between tokens."""
-    body = {"messages": [{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": uri, "detail": "low"}},
-                {"type": "text", "text": prompt}]}],
-            "max_tokens": max_tokens, "ignore_eos": True, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": uri, "detail": "low"}},
+                    {"type": "text", "text": prompt},
+                ],
+            }
+        ],
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     t0 = time.perf_counter()
     arrivals, usage = [], None
     with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as response:
@@ -73,8 +83,12 @@ def one_request(client, uri: str, prompt: str, max_tokens: int, headers: dict) -
                 arrivals.append(time.perf_counter())
     end = time.perf_counter()
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-    return {"ttft": (arrivals[0] if arrivals else end) - t0, "latency": end - t0,
-            "tokens": usage["completion_tokens"] if usage else len(arrivals), "max_gap": max(gaps, default=0.0)}
+    return {
+        "ttft": (arrivals[0] if arrivals else end) - t0,
+        "latency": end - t0,
+        "tokens": usage["completion_tokens"] if usage else len(arrivals),
+        "max_gap": max(gaps, default=0.0),
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -89,34 +103,60 @@ def run_level(url: str, uris: list[str], concurrency: int, max_tokens: int, head
     with httpx2.Client(base_url=url, timeout=3600, limits=httpx2.Limits(max_connections=concurrency)) as client:
         t0 = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
-            results = list(pool.map(lambda i: one_request(client, uris[i], f"Describe image {i}.", max_tokens,
-                                                          headers), range(len(uris))))
+            results = list(
+                pool.map(
+                    lambda i: one_request(client, uris[i], f"Describe image {i}.", max_tokens, headers),
+                    range(len(uris)),
+                )
+            )
         wall = time.perf_counter() - t0
     stats1 = httpx2.get(f"{url}/stats", headers=headers).json()
     steps = stats1["steps"] - stats0["steps"]
     tokens = sum(r["tokens"] for r in results)
-    return {"concurrency": concurrency, "requests": len(results), "wall_s": round(wall, 2),
-            "requests_per_min": round(60 * len(results) / wall, 2), "tokens_per_s": round(tokens / wall, 2),
-            "ttft_p50_s": round(percentile([r["ttft"] for r in results], 0.5), 3),
-            "ttft_p95_s": round(percentile([r["ttft"] for r in results], 0.95), 3),
-            "latency_p50_s": round(percentile([r["latency"] for r in results], 0.5), 3),
-            "latency_p95_s": round(percentile([r["latency"] for r in results], 0.95), 3),
-            "longest_token_gap_s": round(max(r["max_gap"] for r in results), 3),
-            "mean_batch": round((stats1["rows_stepped"] - stats0["rows_stepped"]) / steps, 2) if steps else 0.0}
+    return {
+        "concurrency": concurrency,
+        "requests": len(results),
+        "wall_s": round(wall, 2),
+        "requests_per_min": round(60 * len(results) / wall, 2),
+        "tokens_per_s": round(tokens / wall, 2),
+        "ttft_p50_s": round(percentile([r["ttft"] for r in results], 0.5), 3),
+        "ttft_p95_s": round(percentile([r["ttft"] for r in results], 0.95), 3),
+        "latency_p50_s": round(percentile([r["latency"] for r in results], 0.5), 3),
+        "latency_p95_s": round(percentile([r["latency"] for r in results], 0.95), 3),
+        "longest_token_gap_s": round(max(r["max_gap"] for r in results), 3),
+        "mean_batch": round((stats1["rows_stepped"] - stats0["rows_stepped"]) / steps, 2) if steps else 0.0,
+    }
 
 
 def start_server(args) -> tuple[subprocess.Popen, str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "smolvlm_cli", "serve", "-m", args.model, "--port", str(port),
-               "--max-batch", str(max(args.concurrency)), "--max-queue", str(args.requests), "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "smolvlm_cli",
+        "serve",
+        "-m",
+        args.model,
+        "--port",
+        str(port),
+        "--max-batch",
+        str(max(args.concurrency)),
+        "--max-queue",
+        str(args.requests),
+        "--quiet",
+    ]
     for flag, value in (("--dtype", args.dtype), ("--threads", args.threads)):
         if value is not None:
             command += [flag, str(value)]
     log(f"starting: {' '.join(command)}")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
-                                                        os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
     process = subprocess.Popen(command, env=env)
     url = f"http://127.0.0.1:{port}"
     import httpx2
@@ -136,14 +176,19 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
 
 def table(rows: list[dict]) -> str:
     base = rows[0]
-    lines = ["| clients | req/min | tokens/s | speed-up | TTFT p50 / p95 s | latency p50 / p95 s | "
-             "longest token gap s | mean batch |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| clients | req/min | tokens/s | speed-up | TTFT p50 / p95 s | latency p50 / p95 s | "
+        "longest token gap s | mean batch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         speedup = r["requests_per_min"] / base["requests_per_min"] if base["requests_per_min"] else 0
-        lines.append(f"| {r['concurrency']}{' (sequential)' if r['concurrency'] == 1 else ''} | "
-                     f"{r['requests_per_min']} | {r['tokens_per_s']} | {speedup:.2f}x | {r['ttft_p50_s']} / "
-                     f"{r['ttft_p95_s']} | {r['latency_p50_s']} / {r['latency_p95_s']} | "
-                     f"{r['longest_token_gap_s']} | {r['mean_batch']} |")
+        lines.append(
+            f"| {r['concurrency']}{' (sequential)' if r['concurrency'] == 1 else ''} | "
+            f"{r['requests_per_min']} | {r['tokens_per_s']} | {speedup:.2f}x | {r['ttft_p50_s']} / "
+            f"{r['ttft_p95_s']} | {r['latency_p50_s']} / {r['latency_p95_s']} | "
+            f"{r['longest_token_gap_s']} | {r['mean_batch']} |"
+        )
     return "\n".join(lines)
 
 

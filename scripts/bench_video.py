@@ -46,7 +46,7 @@ def make_clip(path: Path, seconds: float, fps: int, width: int, height: int) -> 
             frame = base.copy()
             x = (i * 7) % (width - 200)
             y = (i * 3) % (height - 150)
-            frame[y:y + 150, x:x + 200] = (255 - i % 256, i % 256, 128)
+            frame[y : y + 150, x : x + 200] = (255 - i % 256, i % 256, 128)
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
@@ -55,8 +55,11 @@ def make_clip(path: Path, seconds: float, fps: int, width: int, height: int) -> 
 
 def run_describe(args: list[str]) -> tuple[dict, float]:
     """`smolvlm describe ... --json` in a child: its record and its peak RSS in MB."""
-    process = subprocess.Popen([sys.executable, "-m", "smolvlm_cli", "describe", *args, "--json"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "smolvlm_cli", "describe", *args, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     stdout = process.stdout.read()
     stderr = process.stderr.read()
     _, status, usage = os.wait4(process.pid, 0)
@@ -90,8 +93,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--threads", default="2")
     parser.add_argument("--dtype", default="int8")
-    parser.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
-                        help="before each measurement, wait up to this long for idle CPUs")
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="before each measurement, wait up to this long for idle CPUs",
+    )
     args = parser.parse_args()
     width, height = map(int, args.size.split("x"))
     work = Path(tempfile.mkdtemp(prefix="bench-video-"))
@@ -114,18 +122,38 @@ def main() -> None:
                 best = (record, rss)
         record, rss = best
         t = record["timings"]
-        rows.append((setting, frames, record["prompt_tokens"], t["ttft_s"], alone_s, t["preprocess_s"],
-                     t["vision_s"], t["prefill_s"], t["decode_tokens_per_s"], rss))
-        log(f"{setting}: {frames} frames, ttft {t['ttft_s']:.2f} s, vision {t['vision_s']:.2f} s, "
-            f"decode+resize {alone_s:.2f} s alone, peak RSS {rss:.0f} MB")
-    print(f"{args.seconds:g} s {width}x{height} {args.fps} fps clip, {args.dtype}, {args.threads} threads, "
-          f"{args.new_tokens} new tokens\n")
-    print("| --max-frames | frames | prompt tokens | time to first token | decode+resize alone | "
-          "decode+resize (overlapped) | vision | prefill | tokens/s | peak RSS |")
+        rows.append(
+            (
+                setting,
+                frames,
+                record["prompt_tokens"],
+                t["ttft_s"],
+                alone_s,
+                t["preprocess_s"],
+                t["vision_s"],
+                t["prefill_s"],
+                t["decode_tokens_per_s"],
+                rss,
+            )
+        )
+        log(
+            f"{setting}: {frames} frames, ttft {t['ttft_s']:.2f} s, vision {t['vision_s']:.2f} s, "
+            f"decode+resize {alone_s:.2f} s alone, peak RSS {rss:.0f} MB"
+        )
+    print(
+        f"{args.seconds:g} s {width}x{height} {args.fps} fps clip, {args.dtype}, {args.threads} threads, "
+        f"{args.new_tokens} new tokens\n"
+    )
+    print(
+        "| --max-frames | frames | prompt tokens | time to first token | decode+resize alone | "
+        "decode+resize (overlapped) | vision | prefill | tokens/s | peak RSS |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for setting, frames, tokens, ttft, alone, pre, vision, prefill, tps, rss in rows:
-        print(f"| {setting} | {frames} | {tokens} | {ttft:.2f} s | {alone:.2f} s | {pre:.2f} s | {vision:.2f} s | "
-              f"{prefill:.2f} s | {tps:.1f} | {rss:.0f} MB |")
+        print(
+            f"| {setting} | {frames} | {tokens} | {ttft:.2f} s | {alone:.2f} s | {pre:.2f} s | {vision:.2f} s | "
+            f"{prefill:.2f} s | {tps:.1f} | {rss:.0f} MB |"
+        )
 
 
 if __name__ == "__main__":

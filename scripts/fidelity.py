@@ -73,9 +73,11 @@ def score(rows: np.ndarray, ref_rows: np.ndarray) -> dict:
     """Per step: the variant's greedy token vs fp32's, logits cosine, fp32's token in the top 5."""
     ref = ref_rows.argmax(-1)
     top5 = np.argsort(rows, axis=-1)[:, -5:]
-    return {"top1": float((rows.argmax(-1) == ref).mean()),
-            "cosine": float(cosine_rows(rows, ref_rows).mean()),
-            "top5": float((top5 == ref[:, None]).any(-1).mean())}
+    return {
+        "top1": float((rows.argmax(-1) == ref).mean()),
+        "cosine": float(cosine_rows(rows, ref_rows).mean()),
+        "top5": float((top5 == ref[:, None]).any(-1).mean()),
+    }
 
 
 def _variants(values: list[str]) -> list[str]:
@@ -89,12 +91,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", type=Path, help="model directory with onnx/ graphs")
     parser.add_argument("--image", help="image file (default: a generated 1024x768 photo-like JPEG)")
-    parser.add_argument("--variants", action="append",
-                        help="dtype specs to compare with fp32 (default: int8,q4 and vision=int8,embed=int8,decoder=q4)")
+    parser.add_argument(
+        "--variants",
+        action="append",
+        help="dtype specs to compare with fp32 (default: int8,q4 and vision=int8,embed=int8,decoder=q4)",
+    )
     parser.add_argument("--prompt", default=PROMPT)
     parser.add_argument("--steps", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=1.0,
-                        help="how fp32 picks the fed tokens: 1 samples (varied contexts, default), 0 is greedy")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="how fp32 picks the fed tokens: 1 samples (varied contexts, default), 0 is greedy",
+    )
     parser.add_argument("--no-split", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", action="store_true")
@@ -118,10 +127,13 @@ def main(argv: list[str] | None = None) -> int:
             ref_features = vlm.backend.encode_images(prepared.pixel_values, prepared.pixel_attention_mask)
             flat_ref = ref_features.reshape(-1, ref_features.shape[-1])
             log(f"fp32: {len(prepared.input_ids)} prompt tokens, {prepared.num_tiles} tiles, {args.steps} steps")
-            ref_tokens, ref_rows = reference_run(vlm.backend, prepared.input_ids, flat_ref, args.steps,
-                                                 args.temperature)
-            log(f"fp32 fed {len(set(ref_tokens))} distinct tokens; greedy choices: "
-                f"{len(set(ref_rows.argmax(-1).tolist()))} distinct")
+            ref_tokens, ref_rows = reference_run(
+                vlm.backend, prepared.input_ids, flat_ref, args.steps, args.temperature
+            )
+            log(
+                f"fp32 fed {len(set(ref_tokens))} distinct tokens; greedy choices: "
+                f"{len(set(ref_rows.argmax(-1).tolist()))} distinct"
+            )
             results = []
             for spec in variants:
                 log(f"{spec} ...")
@@ -132,20 +144,25 @@ def main(argv: list[str] | None = None) -> int:
                 decoder_only = forced(backend, prepared.input_ids, flat_ref, ref_tokens)
                 end_to_end = forced(backend, prepared.input_ids, features.reshape(flat_ref.shape), ref_tokens)
                 for mode, rows in (("decoder", decoder_only), ("end-to-end", end_to_end)):
-                    results.append({"variant": backend.dtype, "mode": mode, "steps": args.steps, **vision,
-                                    **score(rows, ref_rows)})
+                    results.append(
+                        {"variant": backend.dtype, "mode": mode, "steps": args.steps, **vision, **score(rows, ref_rows)}
+                    )
                 del backend
         except (SmolVLMError, ValueError, OSError) as exc:
             return fail(str(exc))
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"fidelity to fp32 over {args.steps} steps (teacher-forced on fp32's tokens, "
-          f"temperature {args.temperature:g}), {prepared.num_tiles} tiles")
+    print(
+        f"fidelity to fp32 over {args.steps} steps (teacher-forced on fp32's tokens, "
+        f"temperature {args.temperature:g}), {prepared.num_tiles} tiles"
+    )
     print(f"{'variant':<36}{'mode':<12}{'top-1':>7}{'top-5':>7}{'logits cos':>11}{'vision cos (min)':>18}")
     for r in results:
-        print(f"{r['variant']:<36}{r['mode']:<12}{r['top1']:>7.0%}{r['top5']:>7.0%}{r['cosine']:>11.4f}"
-              f"{r['vision_cosine']:>11.4f} ({r['vision_cosine_min']:.4f})")
+        print(
+            f"{r['variant']:<36}{r['mode']:<12}{r['top1']:>7.0%}{r['top5']:>7.0%}{r['cosine']:>11.4f}"
+            f"{r['vision_cosine']:>11.4f} ({r['vision_cosine_min']:.4f})"
+        )
     return 0
 
 

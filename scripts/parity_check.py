@@ -59,17 +59,22 @@ def main() -> int:
     t0 = time.perf_counter()
     ref_model = AutoModelForImageTextToText.from_pretrained(args.model_dir, dtype=torch.float32).eval()
     with torch.inference_mode():
-        out = ref_model.generate(**{k: torch.from_numpy(v) for k, v in inputs.items()},
-                                 max_new_tokens=args.steps, do_sample=False, output_logits=True,
-                                 return_dict_in_generate=True, eos_token_id=None, pad_token_id=0)
-    ref_tokens = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+        out = ref_model.generate(
+            **{k: torch.from_numpy(v) for k, v in inputs.items()},
+            max_new_tokens=args.steps,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    ref_tokens = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
     ref_logits = [step[0].float().numpy() for step in out.logits]
     print(f"transformers: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
     t0 = time.perf_counter()
     real = inputs["pixel_attention_mask"][0].any(axis=(-1, -2))
-    features = vlm.backend.encode_images(inputs["pixel_values"][0][real],
-                                         inputs["pixel_attention_mask"][0][real])
+    features = vlm.backend.encode_images(inputs["pixel_values"][0][real], inputs["pixel_attention_mask"][0][real])
     state = vlm.backend.new_state()
     logits = vlm.backend.forward(state, inputs["input_ids"][0], features.reshape(-1, features.shape[-1]))
     ours = []
@@ -94,8 +99,10 @@ def main() -> int:
             ties.append(step)
         print(f"{step:>4} {diff:>10.2e} {margin:>8.4f} {token:>6} {mine:>6} {flag}")
     agree = sum(int(np.argmax(a)) == t for a, t in zip(ours, ref_tokens))
-    print(f"tokens identical at {agree}/{len(ref_tokens)} steps; near-ties at steps {ties or 'none'}; "
-          f"{'OK' if not failures else f'{failures} FAILURES'}")
+    print(
+        f"tokens identical at {agree}/{len(ref_tokens)} steps; near-ties at steps {ties or 'none'}; "
+        f"{'OK' if not failures else f'{failures} FAILURES'}"
+    )
     return 1 if failures else 0
 
 

@@ -29,10 +29,13 @@ from _script_common import fail
 
 def _phases(events: list[dict]) -> dict[str, list[tuple[float, list[dict]]]]:
     """Each `model_run` event (one session.run) with the operator events inside it."""
-    runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
-                  key=lambda e: e["ts"])
-    nodes = sorted((e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")),
-                   key=lambda e: e["ts"])
+    runs = sorted(
+        (e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"), key=lambda e: e["ts"]
+    )
+    nodes = sorted(
+        (e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")),
+        key=lambda e: e["ts"],
+    )
     out, i = [], 0
     for run in runs:
         end = run["ts"] + run["dur"]
@@ -55,10 +58,17 @@ def _summary(label: str, runs: list[tuple[float, list[dict]]], top: int) -> dict
             entry[1] += 1
     in_ops = sum(v[0] for v in by_op.values())
     ops = sorted(by_op.items(), key=lambda kv: -kv[1][0])
-    return {"phase": label, "runs": len(runs), "wall_s": wall, "in_operators": in_ops / wall if wall else 0.0,
-            "kernels_per_run": sum(v[1] for v in by_op.values()) / max(len(runs), 1),
-            "ops": [{"op": op, "s": s, "share": s / wall if wall else 0.0, "per_run": n / max(len(runs), 1)}
-                    for op, (s, n) in ops[:top]]}
+    return {
+        "phase": label,
+        "runs": len(runs),
+        "wall_s": wall,
+        "in_operators": in_ops / wall if wall else 0.0,
+        "kernels_per_run": sum(v[1] for v in by_op.values()) / max(len(runs), 1),
+        "ops": [
+            {"op": op, "s": s, "share": s / wall if wall else 0.0, "per_run": n / max(len(runs), 1)}
+            for op, (s, n) in ops[:top]
+        ],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,14 +115,24 @@ def main(argv: list[str] | None = None) -> int:
     if image is None:
         image = profile_dir / "w1.jpg"
         photo(image)
-    stream = vlm.stream(image, "Describe this image in detail.",
-                        options=GenerationOptions(max_new_tokens=args.new_tokens, ignore_eos=True))
+    stream = vlm.stream(
+        image,
+        "Describe this image in detail.",
+        options=GenerationOptions(max_new_tokens=args.new_tokens, ignore_eos=True),
+    )
     text = "".join(stream)
     stats = stream.stats
-    report = {"model": args.model_dir, "dtype": args.dtype, "threads": args.threads,
-              "tiles": stats.image_tiles, "prompt_tokens": stats.prompt_tokens,
-              "generated_tokens": stats.generated_tokens, "ttft_s": stats.ttft_s,
-              "decode_tokens_per_s": stats.decode_tokens_per_s, "phases": []}
+    report = {
+        "model": args.model_dir,
+        "dtype": args.dtype,
+        "threads": args.threads,
+        "tiles": stats.image_tiles,
+        "prompt_tokens": stats.prompt_tokens,
+        "generated_tokens": stats.generated_tokens,
+        "ttft_s": stats.ttft_s,
+        "decode_tokens_per_s": stats.decode_tokens_per_s,
+        "phases": [],
+    }
     for name, session in sessions:
         trace = json.loads(Path(session.end_profiling()).read_text())
         runs = _phases(trace)
@@ -126,12 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
-    print(f"{args.model_dir} {args.dtype}: {stats.image_tiles} tiles, {stats.prompt_tokens} prompt tokens, "
-          f"{stats.generated_tokens} generated ({len(text)} chars); first token {stats.ttft_s:.2f} s, "
-          f"decode {stats.decode_tokens_per_s:.1f} tok/s (profiled)")
+    print(
+        f"{args.model_dir} {args.dtype}: {stats.image_tiles} tiles, {stats.prompt_tokens} prompt tokens, "
+        f"{stats.generated_tokens} generated ({len(text)} chars); first token {stats.ttft_s:.2f} s, "
+        f"decode {stats.decode_tokens_per_s:.1f} tok/s (profiled)"
+    )
     for phase in report["phases"]:
-        print(f"\n{phase['phase']}: {phase['runs']} run(s), {phase['wall_s']:.3f} s, "
-              f"{phase['in_operators']:.0%} inside operators, {phase['kernels_per_run']:.0f} kernels/run")
+        print(
+            f"\n{phase['phase']}: {phase['runs']} run(s), {phase['wall_s']:.3f} s, "
+            f"{phase['in_operators']:.0%} inside operators, {phase['kernels_per_run']:.0f} kernels/run"
+        )
         for op in phase["ops"]:
             print(f"  {op['op']:<28} {op['s']:8.3f} s  {op['share']:6.1%}  {op['per_run']:6.1f}/run")
     return 0

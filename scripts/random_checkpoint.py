@@ -43,6 +43,7 @@ CHUNK = 1 << 22  # elements generated at once (16 MB of float32): memory stays f
 
 # -- tensor list ------------------------------------------------------------------------------------
 
+
 def checkpoint_tensors(arch) -> list[tuple[str, tuple[int, ...], str]]:
     """(name, shape, init) of every tensor transformers saves for this SmolVLM / Idefics3 model,
     in module order; init is "normal", "ones" or "zeros"."""
@@ -60,10 +61,9 @@ def checkpoint_tensors(arch) -> list[tuple[str, tuple[int, ...], str]]:
             out.append((f"{name}.bias", (size,), "zeros"))
 
     emb = "model.vision_model.embeddings."
-    out.append((emb + "patch_embedding.weight", (v.hidden_size, v.num_channels, v.patch_size, v.patch_size),
-                "normal"))
+    out.append((emb + "patch_embedding.weight", (v.hidden_size, v.num_channels, v.patch_size, v.patch_size), "normal"))
     out.append((emb + "patch_embedding.bias", (v.hidden_size,), "zeros"))
-    out.append((emb + "position_embedding.weight", (v.patches_per_side ** 2, v.hidden_size), "normal"))
+    out.append((emb + "position_embedding.weight", (v.patches_per_side**2, v.hidden_size), "normal"))
     for i in range(v.num_layers):
         p = f"model.vision_model.encoder.layers.{i}."
         for proj in ("k", "v", "q"):
@@ -75,8 +75,7 @@ def checkpoint_tensors(arch) -> list[tuple[str, tuple[int, ...], str]]:
         layer_norm(p + "layer_norm2", v.hidden_size)
     layer_norm("model.vision_model.post_layernorm", v.hidden_size)
     # the connector: pixel shuffle (scale^2 patches side by side) then one Linear without bias
-    linear("model.connector.modality_projection.proj", t.hidden_size, v.hidden_size * arch.scale_factor ** 2,
-           False)
+    linear("model.connector.modality_projection.proj", t.hidden_size, v.hidden_size * arch.scale_factor**2, False)
 
     out.append(("model.text_model.embed_tokens.weight", (t.vocab_size, t.hidden_size), "normal"))
     q, kv = t.num_heads * t.head_dim, t.num_kv_heads * t.head_dim
@@ -120,6 +119,7 @@ def split_shards(tensors: list, itemsize: int, shards: int) -> list[list]:
 
 
 # -- safetensors writer -----------------------------------------------------------------------------
+
 
 def _encode(x, dtype: str):
     import numpy as np
@@ -201,9 +201,17 @@ def write_numpy_checkpoint(out_dir: Path, dtype: str = "bf16", shards: int = 1, 
         weight_map.update({name: path.name for name, _, _ in group})
     index = out_dir / "model.safetensors.index.json"
     n_params = sum(_count(s) for _, s, _ in tensors)
-    index.write_text(json.dumps({"metadata": {"total_parameters": n_params, "total_size": total},
-                                 "weight_map": dict(sorted(weight_map.items()))}, indent=2) + "\n",
-                     encoding="utf-8")
+    index.write_text(
+        json.dumps(
+            {
+                "metadata": {"total_parameters": n_params, "total_size": total},
+                "weight_map": dict(sorted(weight_map.items())),
+            },
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     return [*files, index]
 
 
@@ -223,6 +231,7 @@ def write_numpy_config(config_dir: Path, out_dir: Path, dtype: str, tiny: bool, 
 
 # -- command line -----------------------------------------------------------------------------------
 
+
 def _has_torch() -> bool:
     import importlib.util
 
@@ -235,10 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path, help="where to write the checkpoint")
     parser.add_argument("--tiny", action="store_true", help="2-layer, 64-wide test model")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--arch", choices=("2.2b",), help="2.2b: the SmolVLM2-2.2B-like config "
-                        "(CONFIG_DIR must be a SmolVLM2 folder)")
-    parser.add_argument("--numpy", action="store_true", help="the torch-free streaming writer "
-                        "(automatic when torch is not installed)")
+    parser.add_argument(
+        "--arch", choices=("2.2b",), help="2.2b: the SmolVLM2-2.2B-like config (CONFIG_DIR must be a SmolVLM2 folder)"
+    )
+    parser.add_argument(
+        "--numpy", action="store_true", help="the torch-free streaming writer (automatic when torch is not installed)"
+    )
     parser.add_argument("--dtype", choices=tuple(ST_DTYPES), help="numpy writer only (default bf16)")
     parser.add_argument("--shards", type=int, default=1, help="numpy writer only: number of files")
     args = parser.parse_args(argv)
@@ -246,8 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.config_dir.is_dir():
         return fail(f"{args.config_dir} is not a directory")
     if not (args.config_dir / "config.json").is_file():
-        return fail(f"config.json not found in {args.config_dir}",
-                    hint="pass a SmolVLM model directory in the Hugging Face layout")
+        return fail(
+            f"config.json not found in {args.config_dir}",
+            hint="pass a SmolVLM model directory in the Hugging Face layout",
+        )
     if args.out_dir.exists() and not args.out_dir.is_dir():
         return fail(f"{args.out_dir} exists and is not a directory")
     if args.shards < 1:
@@ -263,8 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if use_numpy:
             dtype = args.dtype or "bf16"
-            log(f"writing a {what} of {args.config_dir} with numpy ({dtype}, {args.shards} file(s), "
-                f"seed {args.seed})")
+            log(f"writing a {what} of {args.config_dir} with numpy ({dtype}, {args.shards} file(s), seed {args.seed})")
             args.out_dir.mkdir(parents=True, exist_ok=True)
             write_numpy_config(args.config_dir, args.out_dir, dtype, args.tiny, args.arch == "2.2b")
             write_numpy_checkpoint(args.out_dir, dtype, args.shards, args.seed)

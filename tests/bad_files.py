@@ -33,7 +33,8 @@ TINY_HEIC = base64.b64decode(
     "wIkAAAATY29scm5jbHgAAQANAAaAAAAAFGlzcGUAAAAAAAAAQAAAAEAAAAAoY2xhcAAAAEAAAAABAAAAMAAAAAEAAAAAAAAA"
     "Av////AAAAACAAAAEHBpeGkAAAAAAwgICAAAABhpcG1hAAAAAAAAAAEAAQWBAgMFhAAAAHhtZGF0AAAAbCgBrxOA9UU941XB"
     "s/sF0d+nYIrAATa5H37rfOZsSIFsIYPw8uPwNdP/knXIXjewbNVdwL6Q5Z0GR316Aw5neEsr/NnVps+5WGiq5xJiOnIw58ne"
-    "7ULDjGRiDZQjI4Edv1ci5/0de2kgFE93gA==")
+    "7ULDjGRiDZQjI4Edv1ci5/0de2kgFE93gA=="
+)
 
 UNICODE_NAME = "ph\u00f6to \u00e9t\u00e9 \u5199\u771f \U0001f600.png"  # spaces, accents, CJK, an emoji
 
@@ -65,8 +66,12 @@ def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
     parts.append(comp.compress(row * (height % 256)))
     parts.append(comp.flush())
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", b"".join(parts))
-            + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", b"".join(parts))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def _save(image: Image.Image, path: Path, **kwargs) -> Path:
@@ -93,36 +98,53 @@ def make_good_inputs(folder: Path) -> dict[str, InputCase]:
     def good(name: str, path: Path, note: str) -> None:
         cases[name] = InputCase(path, True, note=note)
 
-    good("tiny_1x1", _save(Image.new("RGB", (1, 1), (200, 30, 30)), folder / "one_pixel.png"),
-         "a 1x1 image")
-    good("panorama", _save(Image.fromarray(_noise(50, 20000, seed=1)), folder / "panorama.jpg",
-                           quality=60), "a 20000x50 panorama")
-    good("cmyk_jpeg", _save(Image.fromarray(_noise(40, 60, 4, seed=2), "CMYK"),
-                            folder / "cmyk.jpg", quality=85), "a CMYK JPEG")
+    good("tiny_1x1", _save(Image.new("RGB", (1, 1), (200, 30, 30)), folder / "one_pixel.png"), "a 1x1 image")
+    good(
+        "panorama",
+        _save(Image.fromarray(_noise(50, 20000, seed=1)), folder / "panorama.jpg", quality=60),
+        "a 20000x50 panorama",
+    )
+    good(
+        "cmyk_jpeg",
+        _save(Image.fromarray(_noise(40, 60, 4, seed=2), "CMYK"), folder / "cmyk.jpg", quality=85),
+        "a CMYK JPEG",
+    )
     wide = (np.arange(64 * 48, dtype=np.uint32).reshape(48, 64) * 21).astype(np.uint16)
     sixteen = Image.fromarray(wide)
     assert sixteen.mode.startswith("I;16")
     good("png_16bit", _save(sixteen, folder / "sixteen_bit.png"), "a 16-bit grayscale PNG")
     palette = Image.fromarray(_noise(32, 48, seed=3)).quantize(16)
     palette.info["transparency"] = 0
-    good("palette_transparent", _save(palette, folder / "palette_alpha.png", transparency=0),
-         "a palette PNG with a transparent index")
+    good(
+        "palette_transparent",
+        _save(palette, folder / "palette_alpha.png", transparency=0),
+        "a palette PNG with a transparent index",
+    )
     frames = [Image.new("RGB", (40, 30), c) for c in ("red", "green", "blue")]
-    good("animated_gif", _save(frames[0], folder / "animated.gif", save_all=True,
-                               append_images=frames[1:], duration=100, loop=0),
-         "a 3-frame animated GIF (the first frame is used)")
-    good("webp", _save(Image.fromarray(_noise(30, 40, seed=4)), folder / "photo.webp", quality=80),
-         "a WebP")
+    good(
+        "animated_gif",
+        _save(frames[0], folder / "animated.gif", save_all=True, append_images=frames[1:], duration=100, loop=0),
+        "a 3-frame animated GIF (the first frame is used)",
+    )
+    good("webp", _save(Image.fromarray(_noise(30, 40, seed=4)), folder / "photo.webp", quality=80), "a WebP")
     if features.check("avif"):
-        good("avif", _save(Image.fromarray(_noise(30, 40, seed=5)), folder / "photo.avif",
-                           quality=60), "an AVIF (Pillow >= 11.2 decodes it natively)")
-    good("corrupt_exif", _corrupt_exif_jpeg(folder / "corrupt_exif.jpg"),
-         "a JPEG whose EXIF block is cut short (Pillow warns, the pixels are fine)")
-    good("unicode_name", _save(Image.new("RGB", (30, 20), "navy"), folder / UNICODE_NAME),
-         "a name with spaces, accents, CJK and an emoji")
+        good(
+            "avif",
+            _save(Image.fromarray(_noise(30, 40, seed=5)), folder / "photo.avif", quality=60),
+            "an AVIF (Pillow >= 11.2 decodes it natively)",
+        )
+    good(
+        "corrupt_exif",
+        _corrupt_exif_jpeg(folder / "corrupt_exif.jpg"),
+        "a JPEG whose EXIF block is cut short (Pillow warns, the pixels are fine)",
+    )
+    good(
+        "unicode_name",
+        _save(Image.new("RGB", (30, 20), "navy"), folder / UNICODE_NAME),
+        "a name with spaces, accents, CJK and an emoji",
+    )
     latin1 = Path(os.fsdecode(os.fsencode(folder) + b"/latin-1 caf\xe9.png"))
-    good("latin1_name", _save(Image.new("RGB", (30, 20), "gold"), latin1),
-         "a name that is not UTF-8 (Latin-1 bytes)")
+    good("latin1_name", _save(Image.new("RGB", (30, 20), "gold"), latin1), "a name that is not UTF-8 (Latin-1 bytes)")
     return cases
 
 
@@ -157,8 +179,12 @@ def make_bad_inputs(folder: Path, *, heic_supported: bool) -> dict[str, InputCas
     unreadable = folder / "locked.png"
     Image.new("RGB", (8, 8)).save(unreadable)
     unreadable.chmod(0)
-    bad("unreadable", unreadable, "permission denied",
-        "a chmod-000 file (the run drops root's file-permission override)")
+    bad(
+        "unreadable",
+        unreadable,
+        "permission denied",
+        "a chmod-000 file (the run drops root's file-permission override)",
+    )
 
     dangling = folder / "dangling.png"
     dangling.symlink_to(folder / "gone" / "nowhere.png")
@@ -170,13 +196,16 @@ def make_bad_inputs(folder: Path, *, heic_supported: bool) -> dict[str, InputCas
     assert buf.getvalue().count(entry) == 1
     tiff = folder / "scan.tif"
     tiff.write_bytes(buf.getvalue().replace(entry, entry[:8] + struct.pack("<H", 142)))
-    bad("tiff_bad_header", tiff, "not an image",
-        "a TIFF claiming 142 samples per pixel (Pillow logs an error before refusing it)")
+    bad(
+        "tiff_bad_header",
+        tiff,
+        "not an image",
+        "a TIFF claiming 142 samples per pixel (Pillow logs an error before refusing it)",
+    )
 
     bomb = folder / "bomb.png"
     bomb.write_bytes(bomb_png())
-    bad("decompression_bomb", bomb, "decompression bomb",
-        "a ~110 KB PNG whose header claims 30000x30000")
+    bad("decompression_bomb", bomb, "decompression bomb", "a ~110 KB PNG whose header claims 30000x30000")
 
     heic = folder / "iphone.heic"
     heic.write_bytes(TINY_HEIC)

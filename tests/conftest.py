@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("SMOLVLM_FIXTURES", REPO.parent / "shared" / "fixtures"))
 MODEL_NAMES = ("SmolVLM2-256M-Video-Instruct", "SmolVLM2-500M-Video-Instruct", "SmolVLM-256M-Instruct")
 
+
 def special_id(tokenizer, name: str) -> int | None:
     """The id of a named special token ("bos_token", "eos_token", ...) of our `Tokenizer`."""
     token = tokenizer.special_tokens.get(name)
@@ -31,6 +32,7 @@ def special_ids(tokenizer) -> frozenset[int]:
 
 
 # -- broken copies of a model directory ------------------------------------------------------
+
 
 def clone(src: Path, dst: Path) -> Path:
     """A copy of a model directory made of hard links (fast); `replace` writes a file anew, so
@@ -139,8 +141,15 @@ def permissions_enforced() -> bool:
 
 # -- running the CLI ------------------------------------------------------------------------
 
-def run_cli(*args, input: bytes | str | None = b"", env: dict | None = None, timeout: float = 120,
-            cwd: str | Path | None = None, python_code: str | None = None):
+
+def run_cli(
+    *args,
+    input: bytes | str | None = b"",
+    env: dict | None = None,
+    timeout: float = 120,
+    cwd: str | Path | None = None,
+    python_code: str | None = None,
+):
     """`python -m smolvlm_cli ARGS` as a user runs it: a real subprocess obeying file
     permissions even as root (see `without_root_file_powers`), stdin given (default empty),
     SMOLVLM_DEBUG unset unless `env` sets it, output captured as bytes. `python_code` runs
@@ -153,9 +162,15 @@ def run_cli(*args, input: bytes | str | None = b"", env: dict | None = None, tim
         full_env.pop("SMOLVLM_DEBUG", None)
     data = input.encode() if isinstance(input, str) else input
     command = ["-c", python_code] if python_code is not None else ["-m", "smolvlm_cli"]
-    return subprocess.run([*prefix, sys.executable, *command, *map(os.fsdecode, args)],
-                          input=data, capture_output=True, env=full_env, timeout=timeout,
-                          preexec_fn=preexec, cwd=cwd)
+    return subprocess.run(
+        [*prefix, sys.executable, *command, *map(os.fsdecode, args)],
+        input=data,
+        capture_output=True,
+        env=full_env,
+        timeout=timeout,
+        preexec_fn=preexec,
+        cwd=cwd,
+    )
 
 
 def invoke_cli(*args, input: bytes | str | None = None, env: dict | None = None):

@@ -35,8 +35,16 @@ TINY_MODEL_NAMES = ("SmolVLM2-256M-Video-Instruct", "SmolVLM-256M-Instruct")
 _ALL_DTYPES = ("fp32", "fp16", "int8", "q4")
 _REPO = Path(__file__).resolve().parents[1]
 
-__all__ = ["TINY_MODEL_NAMES", "build_tiny_checkpoint", "build_tiny_model", "source_dir",
-           "tiny_checkpoint_factory", "tiny_checkpoints", "tiny_onnx_dir", "tiny_onnx"]
+__all__ = [
+    "TINY_MODEL_NAMES",
+    "build_tiny_checkpoint",
+    "build_tiny_model",
+    "source_dir",
+    "tiny_checkpoint_factory",
+    "tiny_checkpoints",
+    "tiny_onnx_dir",
+    "tiny_onnx",
+]
 
 
 def source_dir(name: str) -> Path:
@@ -61,8 +69,10 @@ def _dtypes(dtypes) -> tuple[str, ...]:
 def _has_graphs(model_dir: Path, dtype: str) -> bool:
     from smolvlm_cli.dtypes import DTYPE_SUFFIXES
 
-    return all((model_dir / "onnx" / f"{g}{DTYPE_SUFFIXES[dtype]}.onnx").is_file()
-               for g in ("vision_encoder", "embed_tokens", "decoder_model_merged"))
+    return all(
+        (model_dir / "onnx" / f"{g}{DTYPE_SUFFIXES[dtype]}.onnx").is_file()
+        for g in ("vision_encoder", "embed_tokens", "decoder_model_merged")
+    )
 
 
 def _clone(src: Path, dst: Path) -> None:
@@ -89,8 +99,16 @@ def build_tiny_checkpoint(name: str, out_dir: str | Path, seed: int = 0) -> Path
 STYLES = {"fast": {}, "official": {"style": "official"}}
 
 
-def build_tiny_model(name: str, out_root: str | Path, dtypes=("fp32",), *, check: bool = False,
-                     checkpoint: str | Path | None = None, seed: int = 0, style: str = "fast") -> Path:
+def build_tiny_model(
+    name: str,
+    out_root: str | Path,
+    dtypes=("fp32",),
+    *,
+    check: bool = False,
+    checkpoint: str | Path | None = None,
+    seed: int = 0,
+    style: str = "fast",
+) -> Path:
     """`out_root/name`: a tiny checkpoint plus `onnx/` graphs for `dtypes` (missing ones only).
 
     `checkpoint` reuses an existing tiny checkpoint directory (hard-linked) instead of building
@@ -105,8 +123,7 @@ def build_tiny_model(name: str, out_root: str | Path, dtypes=("fp32",), *, check
     build_tiny_checkpoint(name, model_dir, seed=seed)
     missing = tuple(d for d in _dtypes(dtypes) if not _has_graphs(model_dir, d))
     if missing:
-        export_onnx(model_dir, model_dir, dtypes=missing, check=check, log=lambda _msg: None,
-                    **STYLES[style])
+        export_onnx(model_dir, model_dir, dtypes=missing, check=check, log=lambda _msg: None, **STYLES[style])
     return model_dir
 
 
@@ -181,8 +198,12 @@ def tiny_onnx_dir(tmp_path_factory, tiny_checkpoint_factory):
         for (cached_name, cached_dtypes, cached_style), path in cache.items():
             # a folder with more variants will do, unless the extra ones change what the default
             # dtype loads (an fp32-only folder must not turn into an int8 one)
-            if cached_name == name and cached_style == style and set(key[1]) <= set(cached_dtypes) \
-                    and defaults & set(key[1]) == defaults & set(cached_dtypes):
+            if (
+                cached_name == name
+                and cached_style == style
+                and set(key[1]) <= set(cached_dtypes)
+                and defaults & set(key[1]) == defaults & set(cached_dtypes)
+            ):
                 return path
         folder = f"{style}-{'-'.join(key[1])}"
         checkpoint = tiny_checkpoint_factory(name)

@@ -33,8 +33,9 @@ from smolvlm_cli.errors import SmolVLMError
 class FakeStream:
     def __init__(self, text: str):
         self._text = text
-        self.stats = SimpleNamespace(prompt_tokens=10, generated_tokens=len(text.split()),
-                                     image_tiles=1, stop_reason="stop")
+        self.stats = SimpleNamespace(
+            prompt_tokens=10, generated_tokens=len(text.split()), image_tiles=1, stop_reason="stop"
+        )
         self.token_ids = []
 
     def text(self) -> str:
@@ -117,16 +118,26 @@ def add_bad_files(folder: Path) -> dict[str, str]:
     (folder / "truncated.jpg").write_bytes(good.getvalue()[:200])
     os.symlink(folder / "gone.jpg", folder / "dangling.jpg")
     (folder / "huge.png").write_bytes(png_bomb(40000, 40000))
-    return {"empty.jpg": "empty", "text.png": "not an image", "truncated.jpg": "truncat",
-            "dangling.jpg": ("no such file", "broken symbolic link"), "huge.png": "too many pixels"}
+    return {
+        "empty.jpg": "empty",
+        "text.png": "not an image",
+        "truncated.jpg": "truncat",
+        "dangling.jpg": ("no such file", "broken symbolic link"),
+        "huge.png": "too many pixels",
+    }
 
 
 def png_bomb(width: int, height: int) -> bytes:
     """A tiny PNG file that claims a huge size (a decompression bomb)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 64)))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+    )
 
 
 def run(config: BatchConfig, vlm=None, *, batch_size=1, stop_after=None, stdin=None):
@@ -144,10 +155,11 @@ def run(config: BatchConfig, vlm=None, *, batch_size=1, stop_after=None, stdin=N
                 count[0] += 1
                 if count[0] == stop_after:
                     should_stop.signum = 15
+
             real_run(jobs, counting_emit, should_stop)
+
         engine.run = stopping_run
-    summary = run_batch(config, lambda: engine, reporter=Reporter(quiet=True), stdin=stdin,
-                        out=printed.append)
+    summary = run_batch(config, lambda: engine, reporter=Reporter(quiet=True), stdin=stdin, out=printed.append)
     return summary, printed, vlm
 
 
@@ -164,26 +176,26 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def test_sidecars_with_prefix_and_templates(photos):
-    config = BatchConfig(["photos"], prompt="What is in {stem} from {parent}?",
-                         style=CaptionStyle(prefix="ohwx,", suffix="{filename}"))
+    config = BatchConfig(
+        ["photos"], prompt="What is in {stem} from {parent}?", style=CaptionStyle(prefix="ohwx,", suffix="{filename}")
+    )
     summary, printed, _ = run(config)
     assert (summary.done, summary.failed, summary.exit_code) == (6, 0, 0)
     caption = (photos / "sub" / "img01.txt").read_text()
     assert caption.startswith("ohwx, A 17x13 rgb[")  # the pixels were decoded
     assert caption.endswith("Asked: What is in img01 from sub? img01.jpg\n")
     assert printed == []  # sidecars: nothing on stdout
-    assert sorted(p.name for p in photos.iterdir() if p.suffix == ".txt") == [
-        f"img{i:02d}.txt" for i in range(4)]
+    assert sorted(p.name for p in photos.iterdir() if p.suffix == ".txt") == [f"img{i:02d}.txt" for i in range(4)]
 
 
 def test_jsonl_record_fields(photos):
     summary, _, _ = run(BatchConfig(["photos"], fmt="jsonl", output="out.jsonl"))
     records = read_jsonl(Path("out.jsonl"))
     assert [r["path"] for r in records] == [os.path.join("photos", f"img{i:02d}.png") for i in range(4)] + [
-        os.path.join("photos", "sub", f"img{i:02d}.jpg") for i in range(2)]
+        os.path.join("photos", "sub", f"img{i:02d}.jpg") for i in range(2)
+    ]
     first = records[0]
-    assert set(first) >= {"path", "caption", "model", "prompt", "prompt_tokens", "generated_tokens",
-                          "seconds", "error"}
+    assert set(first) >= {"path", "caption", "model", "prompt", "prompt_tokens", "generated_tokens", "seconds", "error"}
     assert first["error"] is None and first["model"] == "fake/model"
     assert first["caption"].startswith("A 16x12") and first["prompt_tokens"] == 10
 
@@ -239,8 +251,7 @@ def test_bad_files_reported_and_run_goes_on(photos, fmt):
 
 def test_overwrite_redoes_everything(photos):
     run(BatchConfig(["photos"], fmt="jsonl", output="out.jsonl"))
-    summary, _, vlm = run(BatchConfig(["photos"], fmt="jsonl", output="out.jsonl", overwrite=True,
-                                      prompt="Again?"))
+    summary, _, vlm = run(BatchConfig(["photos"], fmt="jsonl", output="out.jsonl", overwrite=True, prompt="Again?"))
     assert summary.done == 6 and len(vlm.calls) == 6
     records = read_jsonl(Path("out.jsonl"))
     assert len(records) == 6 and all(r["prompt"] == "Again?" for r in records)
@@ -256,8 +267,10 @@ def test_stdin_path_list(photos):
     listing = "photos/img02.png\nphotos/sub\nphotos/notes.md\n"
     summary, printed, _ = run(BatchConfig(["-"], fmt="jsonl"), stdin=io.StringIO(listing))
     assert [json.loads(line)["path"] for line in printed] == [
-        os.path.join("photos", "img02.png"), os.path.join("photos", "sub", "img00.jpg"),
-        os.path.join("photos", "sub", "img01.jpg")]
+        os.path.join("photos", "img02.png"),
+        os.path.join("photos", "sub", "img00.jpg"),
+        os.path.join("photos", "sub", "img01.jpg"),
+    ]
 
 
 @pytest.mark.parametrize("batch_size", [2, 4])
@@ -269,13 +282,13 @@ def test_batched_equals_one_by_one(photos, batch_size):
 
     def key(path):
         return sorted((r["path"], r["caption"], r["error"]) for r in read_jsonl(Path(path)))
+
     assert key("one.jsonl") == key("many.jsonl")
 
 
 def test_inference_error_fails_only_its_image(photos):
     vlm = FakeVLM(fail_on="img01")
-    summary, _, _ = run(BatchConfig(["photos"], prompt="{filename}", fmt="jsonl", output="o.jsonl"),
-                        vlm, batch_size=3)
+    summary, _, _ = run(BatchConfig(["photos"], prompt="{filename}", fmt="jsonl", output="o.jsonl"), vlm, batch_size=3)
     assert (summary.done, summary.failed) == (4, 2)  # photos/img01.png and photos/sub/img01.jpg
     errors = [r for r in read_jsonl(Path("o.jsonl")) if r["error"]]
     assert all("inference blew up" in r["error"] for r in errors)
@@ -292,33 +305,35 @@ def test_broken_model_stops_the_run(photos):
 def test_continuous_batching_keeps_job_order(photos, batch_size):
     add_bad_files(photos)
     run(BatchConfig(["photos"], fmt="jsonl", output="one.jsonl"))
-    _, _, vlm = run(BatchConfig(["photos"], fmt="jsonl", output="many.jsonl"), FakeManyVLM(),
-                    batch_size=batch_size)
+    _, _, vlm = run(BatchConfig(["photos"], fmt="jsonl", output="many.jsonl"), FakeManyVLM(), batch_size=batch_size)
     assert max(vlm.in_flight) == batch_size and vlm.calls == []
 
     def key(path):
         return [(r["path"], r["caption"], r["error"]) for r in read_jsonl(Path(path))]
+
     assert key("one.jsonl") == key("many.jsonl")  # not sorted: the same order
     assert all(r["seconds"] > 0 for r in read_jsonl(Path("many.jsonl")) if not r["error"])
 
 
 def test_continuous_batching_failures(photos):
     vlm = FakeManyVLM(fail_on="img01", step_fails_once=True)
-    summary, _, _ = run(BatchConfig(["photos"], prompt="{filename}", fmt="jsonl", output="o.jsonl"),
-                        vlm, batch_size=3)
+    summary, _, _ = run(BatchConfig(["photos"], prompt="{filename}", fmt="jsonl", output="o.jsonl"), vlm, batch_size=3)
     assert (summary.done, summary.failed) == (4, 2)
     assert vlm.calls == [1, 1, 1]  # the images of the failed step, retried one by one
     with pytest.raises(RuntimeError, match="blew up"):
-        run(BatchConfig(["photos"], fmt="jsonl", output="b.jsonl", overwrite=True),
-            FakeManyVLM(broken=True), batch_size=2)
+        run(
+            BatchConfig(["photos"], fmt="jsonl", output="b.jsonl", overwrite=True),
+            FakeManyVLM(broken=True),
+            batch_size=2,
+        )
 
 
 def test_continuous_batching_stop_signal_finishes_in_flight(photos):
-    summary, _, _ = run(BatchConfig(["photos"], fmt="jsonl", output="o.jsonl"), FakeManyVLM(),
-                        batch_size=3, stop_after=2)
+    summary, _, _ = run(
+        BatchConfig(["photos"], fmt="jsonl", output="o.jsonl"), FakeManyVLM(), batch_size=3, stop_after=2
+    )
     assert summary.signal == 15 and summary.exit_code == 143 and summary.done == 3  # 3 in flight
-    summary, _, _ = run(BatchConfig(["photos"], fmt="jsonl", output="o.jsonl"), FakeManyVLM(),
-                        batch_size=3)
+    summary, _, _ = run(BatchConfig(["photos"], fmt="jsonl", output="o.jsonl"), FakeManyVLM(), batch_size=3)
     assert (summary.done, summary.skipped_done) == (3, 3)
     paths = [r["path"] for r in read_jsonl(Path("o.jsonl"))]
     assert len(paths) == len(set(paths)) == 6
@@ -345,8 +360,7 @@ def test_stop_flag_second_signal_interrupts():
 def test_nothing_to_do_does_not_load_the_model(photos):
     run(BatchConfig(["photos"]))
     loads = []
-    summary = run_batch(BatchConfig(["photos"]), lambda: loads.append(1),
-                        reporter=Reporter(quiet=True))
+    summary = run_batch(BatchConfig(["photos"]), lambda: loads.append(1), reporter=Reporter(quiet=True))
     assert loads == [] and summary.skipped_done == 6 and summary.exit_code == 0
 
 
@@ -358,17 +372,18 @@ def test_no_images_is_an_error(tmp_path):
 
 # -- the command line, with the fake in place of the model ---------------------------------------
 
+
 @pytest.fixture
 def cli(monkeypatch, photos):
     from smolvlm_cli import model as model_module
     from smolvlm_cli.cli.main import app
 
-    monkeypatch.setattr(model_module.SmolVLM, "from_pretrained",
-                        classmethod(lambda cls, *a, **k: FakeVLM()))
+    monkeypatch.setattr(model_module.SmolVLM, "from_pretrained", classmethod(lambda cls, *a, **k: FakeVLM()))
     runner = CliRunner()
 
     def invoke(*args, input=None):
         return runner.invoke(app, ["batch", *args], input=input)
+
     return invoke
 
 
@@ -385,7 +400,12 @@ def test_cli_formats_and_exit_codes(cli, photos):
     assert rows["img00.png"]["caption"].startswith("ohwx A ") and rows["empty.jpg"]["error"]
     result = cli("-", "--ext", "png", "--exclude", "img03*", "-o", "-", input="photos\n")
     assert [Path(json.loads(line)["path"]).name for line in result.stdout.splitlines()] == [
-        "huge.png", "img00.png", "img01.png", "img02.png", "text.png"]
+        "huge.png",
+        "img00.png",
+        "img01.png",
+        "img02.png",
+        "text.png",
+    ]
 
 
 def test_cli_usage_errors(cli):

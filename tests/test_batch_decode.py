@@ -28,8 +28,7 @@ from smolvlm_cli.options import GenerationOptions, Tiling
 
 MODEL = "SmolVLM2-256M-Video-Instruct"
 GREEDY = GenerationOptions(max_new_tokens=14)
-SAMPLED = GenerationOptions(max_new_tokens=14, temperature=0.9, top_k=40, top_p=0.95,
-                            repetition_penalty=1.3, seed=11)
+SAMPLED = GenerationOptions(max_new_tokens=14, temperature=0.9, top_k=40, top_p=0.95, repetition_penalty=1.3, seed=11)
 
 
 def photo(width: int, height: int, seed: int) -> Image.Image:
@@ -55,12 +54,15 @@ def prompts(vlm):
 
 def five_prompts(vlm):
     """Five prompts of different lengths: 1, 3 and 5 tiles, text only, two images."""
-    return [vlm.prepare([photo(300, 200, 0)], "Describe.", tiling="low"),
-            vlm.prepare([photo(900, 500, 1)], "What is going on in this picture? Be precise.",
-                        tiling=Tiling(longest_edge=1024)),
-            vlm.prepare([], "Write a haiku about the sea."),
-            vlm.prepare([photo(700, 700, 2)], "Caption it.", tiling=Tiling(longest_edge=1024)),
-            vlm.prepare([photo(256, 400, 3), photo(500, 260, 4)], "Compare the two images.", tiling="low")]
+    return [
+        vlm.prepare([photo(300, 200, 0)], "Describe.", tiling="low"),
+        vlm.prepare(
+            [photo(900, 500, 1)], "What is going on in this picture? Be precise.", tiling=Tiling(longest_edge=1024)
+        ),
+        vlm.prepare([], "Write a haiku about the sea."),
+        vlm.prepare([photo(700, 700, 2)], "Caption it.", tiling=Tiling(longest_edge=1024)),
+        vlm.prepare([photo(256, 400, 3), photo(500, 260, 4)], "Compare the two images.", tiling="low"),
+    ]
 
 
 def one_by_one(vlm, prompts, opts):
@@ -198,8 +200,9 @@ def test_continuous_batching_refills_free_slots(vlm, prompts, monkeypatch):
 
 
 def test_a_failing_prompt_fails_alone(vlm, prompts):
-    broken = dataclasses.replace(prompts[1], pixel_values=prompts[1].pixel_values[:1],
-                                 pixel_attention_mask=prompts[1].pixel_attention_mask[:1])
+    broken = dataclasses.replace(
+        prompts[1], pixel_values=prompts[1].pixel_values[:1], pixel_attention_mask=prompts[1].pixel_attention_mask[:1]
+    )
     items = [prompts[0], broken, prompts[2]]
     results = dict(vlm.generate_many(items, GREEDY, batch_size=3, return_exceptions=True))
     assert isinstance(results[1], ValueError) and "image tokens" in str(results[1])

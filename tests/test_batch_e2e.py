@@ -36,7 +36,7 @@ def make_images(folder: Path, n: int, *, varied: bool = False) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
-        size = ((300 + 250 * (i % 3), 200 + 180 * (i % 2)) if varied else (64 + i, 48 + i))
+        size = (300 + 250 * (i % 3), 200 + 180 * (i % 2)) if varied else (64 + i, 48 + i)
         image = Image.new("RGB", size, (15 * i % 256, 100, 255 - 9 * i % 256))
         image.paste((255 - 20 * i % 256, 30, 60), (0, 0, size[0] // 2, size[1] // 3))
         path = folder / f"img{i:02d}.{'png' if i % 2 else 'jpg'}"
@@ -54,8 +54,7 @@ def env() -> dict:
 
 
 def run(cmd: list[str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, input=stdin, capture_output=True, text=True, env=env(),
-                          timeout=120)
+    return subprocess.run(cmd, cwd=cwd, input=stdin, capture_output=True, text=True, env=env(), timeout=120)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -64,8 +63,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def start_and_signal(cmd: list[str], cwd: Path, done, sig: int) -> subprocess.Popen:
     """Start `cmd`, send `sig` as soon as `done()` results exist (>= 3), wait for the end."""
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env())
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
     deadline = time.monotonic() + 60
     while done() < 3:
         assert proc.poll() is None, f"finished before the signal: {proc.communicate()[1]}"
@@ -121,8 +119,7 @@ def test_sigterm_finishes_in_flight_and_exits_143(tiny_model, tmp_path):
         with open(out, newline="") as f:
             return max(0, len(list(csv.reader(f))) - 1)
 
-    proc = start_and_signal(command(tiny_model, "photos", "-n", "24", "-o", "out.csv"), tmp_path,
-                            done, signal.SIGTERM)
+    proc = start_and_signal(command(tiny_model, "photos", "-n", "24", "-o", "out.csv"), tmp_path, done, signal.SIGTERM)
     assert proc.returncode == 143, proc.stderr_text
     assert "Stopped by SIGTERM" in proc.stderr_text and "skipped" in proc.stderr_text
     stopped_at = done()
@@ -147,8 +144,7 @@ def test_bad_files_in_the_folder(tiny_model, tmp_path):
     assert result.stdout == ""
     assert result.stderr.count("Error:") == 3 and "4 done, 0 skipped, 3 failed" in result.stderr
     records = {Path(r["path"]).name: r for r in read_jsonl(tmp_path / "out.jsonl")}
-    assert {name for name, r in records.items() if r["error"]} == {"empty.jpg", "notes.png",
-                                                                     "truncated.jpg"}
+    assert {name for name, r in records.items() if r["error"]} == {"empty.jpg", "notes.png", "truncated.jpg"}
     assert all(r["caption"] is None for r in records.values() if r["error"])
     assert records["zzz.gif"]["caption"] and records["zzz.gif"]["generated_tokens"] > 0
 
@@ -156,8 +152,7 @@ def test_bad_files_in_the_folder(tiny_model, tmp_path):
 def test_stdin_path_list_to_stdout(tiny_model, tmp_path):
     images = make_images(tmp_path / "photos", 4)
     listing = "\n".join(os.path.join("photos", p.name) for p in images[1:]) + "\nphotos/x.txt\n"
-    result = run(command(tiny_model, "-", "-n", "6", "-o", "-", "-p", "Name {stem}."), tmp_path,
-                 stdin=listing)
+    result = run(command(tiny_model, "-", "-n", "6", "-o", "-", "-p", "Name {stem}."), tmp_path, stdin=listing)
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]  # stdout: results only
     assert [r["path"] for r in records] == [os.path.join("photos", p.name) for p in images[1:]]
@@ -171,16 +166,28 @@ def test_batch_size_n_equals_batch_size_1(tiny_model, tmp_path, size):
     in length (tiling by aspect ratio, a prompt template with the file name)."""
     images = make_images(tmp_path / "photos", 6, varied=True)
     (tmp_path / "photos" / "x.jpg").write_bytes(b"not an image")  # a failure among the batches
-    common = ["photos", "-n", "12", "--format", "jsonl", "--longest-edge", "1024",
-              "-p", "Describe {stem}" + " in detail" * 3]
+    common = [
+        "photos",
+        "-n",
+        "12",
+        "--format",
+        "jsonl",
+        "--longest-edge",
+        "1024",
+        "-p",
+        "Describe {stem}" + " in detail" * 3,
+    ]
     base = [sys.executable, "-m", "smolvlm_cli", "batch", "-m", str(tiny_model)]
     one = run([*base, *common, "-o", "b1.jsonl"], tmp_path)
     many = run([*base, *common, "-o", "bn.jsonl", "--batch-size", size], tmp_path)
     assert one.returncode == many.returncode == 1, many.stderr  # 1: an image failed
 
     def key(name):
-        return [(r["path"], r["caption"], r["generated_tokens"], r["prompt_tokens"], r["error"])
-                for r in read_jsonl(tmp_path / name)]
+        return [
+            (r["path"], r["caption"], r["generated_tokens"], r["prompt_tokens"], r["error"])
+            for r in read_jsonl(tmp_path / name)
+        ]
+
     assert key("b1.jsonl") == key("bn.jsonl")
     assert len({r[3] for r in key("b1.jsonl") if r[3]}) >= 2  # prompts of different lengths
     assert sum(r[4] is None for r in key("b1.jsonl")) == len(images)

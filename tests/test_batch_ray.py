@@ -32,20 +32,37 @@ pytestmark = pytest.mark.slow  # Ray clusters
 
 MODEL = "SmolVLM2-256M-Video-Instruct"
 OPTIONS = GenerationOptions(max_new_tokens=10)  # greedy
-KEYS = ("path", "caption", "error", "model", "prompt", "prompt_tokens", "generated_tokens",
-        "image_tiles", "stop_reason")  # every field but `seconds`
+KEYS = (
+    "path",
+    "caption",
+    "error",
+    "model",
+    "prompt",
+    "prompt_tokens",
+    "generated_tokens",
+    "image_tiles",
+    "stop_reason",
+)  # every field but `seconds`
 ray_test = pytest.mark.ray
 
 
 # -- fixtures ---------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def ray_local():
     import ray
+
     started = not ray.is_initialized()
     if started:
-        ray.init("local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.ERROR, object_store_memory=300 * 2**20)
+        ray.init(
+            "local",
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+            object_store_memory=300 * 2**20,
+        )
     yield ray
     if started:
         ray.shutdown()
@@ -83,8 +100,8 @@ def run_local(config: BatchConfig, model: Path):
 
     def engine():
         vlm = SmolVLM.from_pretrained(str(model))
-        return LocalEngine(vlm, OPTIONS, model_name=str(model), batch_size=1, workers=2,
-                           tiling=Tiling(split=False))
+        return LocalEngine(vlm, OPTIONS, model_name=str(model), batch_size=1, workers=2, tiling=Tiling(split=False))
+
     return run_batch(config, engine, reporter=Reporter(quiet=True))
 
 
@@ -92,8 +109,7 @@ def run_on_ray(config: BatchConfig, model: Path, **settings):
     from smolvlm_cli.batch.ray_engine import RaySettings, run_ray
 
     settings = {"workers": 2, "batch_size": 2, "tiling": Tiling(split=False), **settings}
-    return run_ray(config, RaySettings(str(model), OPTIONS, **settings),
-                   reporter=Reporter(quiet=True))
+    return run_ray(config, RaySettings(str(model), OPTIONS, **settings), reporter=Reporter(quiet=True))
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -119,11 +135,10 @@ def local_jsonl(photos, tiny_model, tmp_path_factory) -> list[dict]:
 
 # -- the same outputs as the local engine -------------------------------------------------------
 
+
 @ray_test
-def test_jsonl_csv_and_sidecars_equal_the_local_engine(ray_local, photos, tiny_model, local_jsonl,
-                                                       tmp_path):
-    summary = run_on_ray(BatchConfig([str(photos)], fmt="jsonl", output=str(tmp_path / "r.jsonl")),
-                         tiny_model)
+def test_jsonl_csv_and_sidecars_equal_the_local_engine(ray_local, photos, tiny_model, local_jsonl, tmp_path):
+    summary = run_on_ray(BatchConfig([str(photos)], fmt="jsonl", output=str(tmp_path / "r.jsonl")), tiny_model)
     assert (summary.done, summary.failed, summary.exit_code) == (6, 4, 1)  # the job went on
     assert summary.images_per_min > 0
     ray_records = read_jsonl(tmp_path / "r.jsonl")
@@ -134,8 +149,9 @@ def test_jsonl_csv_and_sidecars_equal_the_local_engine(ray_local, photos, tiny_m
 
     local_csv = tmp_path / "l.csv"
     run_local(BatchConfig([str(photos)], fmt="csv", output=str(local_csv)), tiny_model)
-    summary = run_on_ray(BatchConfig([str(photos)], fmt="csv", output=str(tmp_path / "r.csv")),
-                         tiny_model, batch_size=1, workers=1)
+    summary = run_on_ray(
+        BatchConfig([str(photos)], fmt="csv", output=str(tmp_path / "r.csv")), tiny_model, batch_size=1, workers=1
+    )
     assert (summary.done, summary.failed) == (6, 4)
     assert key(read_csv(tmp_path / "r.csv")) == key(read_csv(local_csv))
 
@@ -147,19 +163,43 @@ def test_jsonl_csv_and_sidecars_equal_the_local_engine(ray_local, photos, tiny_m
     assert len(list((tmp_path / "ray-txt").glob("*.txt"))) == 6
 
     def ledger(folder):
-        return sorted((e["image"], e["output"], e["error"], e["generated_tokens"])
-                      for e in read_jsonl(folder / LEDGER_NAME))
+        return sorted(
+            (e["image"], e["output"], e["error"], e["generated_tokens"]) for e in read_jsonl(folder / LEDGER_NAME)
+        )
+
     assert ledger(tmp_path / "ray-txt") == ledger(tmp_path / "local-txt")
 
 
 @ray_test
 def test_cli_engine_ray_end_to_end(ray_local, photos, tiny_model, local_jsonl):
     """The real command in a subprocess (its own local Ray): results alone on stdout."""
-    cmd = [sys.executable, "-m", "smolvlm_cli", "batch", str(photos), "-m", str(tiny_model),
-           "--no-split", "-n", str(OPTIONS.max_new_tokens), "-o", "-", "--engine", "ray",
-           "--workers", "2", "-b", "2"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "SMOLVLM_DEBUG": "0"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "smolvlm_cli",
+        "batch",
+        str(photos),
+        "-m",
+        str(tiny_model),
+        "--no-split",
+        "-n",
+        str(OPTIONS.max_new_tokens),
+        "-o",
+        "-",
+        "--engine",
+        "ray",
+        "--workers",
+        "2",
+        "-b",
+        "2",
+    ]
+    result = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "SMOLVLM_DEBUG": "0"},
+    )
     assert result.returncode == 1, result.stderr  # some images failed
     assert key(json.loads(line) for line in result.stdout.splitlines()) == key(local_jsonl)
     assert "6 done, 0 skipped, 4 failed" in result.stderr
@@ -168,9 +208,11 @@ def test_cli_engine_ray_end_to_end(ray_local, photos, tiny_model, local_jsonl):
 
 # -- resume ------------------------------------------------------------------------------------
 
+
 @ray_test
-def test_stopped_then_killed_job_resumes_without_duplicates(ray_local, photos, tiny_model,
-                                                            local_jsonl, tmp_path, monkeypatch):
+def test_stopped_then_killed_job_resumes_without_duplicates(
+    ray_local, photos, tiny_model, local_jsonl, tmp_path, monkeypatch
+):
     from smolvlm_cli.batch import ray_engine
 
     out = tmp_path / "r.jsonl"
@@ -185,6 +227,7 @@ def test_stopped_then_killed_job_resumes_without_duplicates(ray_local, photos, t
             count[0] += 1
             if count[0] == 2:
                 should_stop.signum = 15
+
         real_run(self, jobs, counting_emit, should_stop)
 
     monkeypatch.setattr(ray_engine.RayEngine, "run", stopping_run)
@@ -194,7 +237,7 @@ def test_stopped_then_killed_job_resumes_without_duplicates(ray_local, photos, t
     assert stopped.signal == 15 and stopped.exit_code == 143
     assert 2 <= len(kept) < 10 and stopped.done + stopped.failed == len(kept)
     with open(out, "ab") as f:  # then a kill -9 in the middle of a record
-        f.write(b'{"path": "' + str(photos).encode() + b'/img0')
+        f.write(b'{"path": "' + str(photos).encode() + b"/img0")
 
     again = run_on_ray(config, tiny_model)
     assert again.skipped == len(kept) and again.done + again.failed == 10 - len(kept)
@@ -220,16 +263,19 @@ def test_sidecar_resume_skips_done_and_failed(ray_local, tiny_model, tmp_path):
 
 # -- Parquet and manifests -----------------------------------------------------------------------
 
+
 @ray_test
-def test_parquet_from_a_manifest_retry_and_compaction(ray_local, photos, tiny_model, local_jsonl,
-                                                      tmp_path, monkeypatch):
+def test_parquet_from_a_manifest_retry_and_compaction(
+    ray_local, photos, tiny_model, local_jsonl, tmp_path, monkeypatch
+):
     import pyarrow.parquet as pq
 
     monkeypatch.chdir(tmp_path)
     shutil.copytree(photos, "in", symlinks=True)
     wanted = ["in/img01.png", "in/img04.jpg", "in/empty.jpg", "in/img00.jpg"]
-    Path("list.jsonl").write_text("".join(json.dumps({"path": p}) + "\n" for p in wanted[:2])
-                                  + "".join(json.dumps(p) + "\n" for p in wanted[2:]))
+    Path("list.jsonl").write_text(
+        "".join(json.dumps({"path": p}) + "\n" for p in wanted[:2]) + "".join(json.dumps(p) + "\n" for p in wanted[2:])
+    )
     style = CaptionStyle(prefix="ohwx,")
     config = BatchConfig([], fmt="parquet", output="out.parquet", style=style)
     summary = run_on_ray(config, tiny_model, manifest="list.jsonl")
@@ -243,8 +289,7 @@ def test_parquet_from_a_manifest_retry_and_compaction(ray_local, photos, tiny_mo
     assert sorted(got) == sorted(Path(p).name for p in wanted)
     for name, record in got.items():
         if local[name]["error"]:
-            assert record["caption"] is None and record["error"] == local[name]["error"].replace(
-                str(photos), "in")
+            assert record["caption"] is None and record["error"] == local[name]["error"].replace(str(photos), "in")
         else:
             assert record["caption"] == style.apply(local[name]["caption"], name)
             assert record["generated_tokens"] == local[name]["generated_tokens"]
@@ -259,6 +304,7 @@ def test_parquet_from_a_manifest_retry_and_compaction(ray_local, photos, tiny_mo
 
 def replace_config(config: BatchConfig, **changes) -> BatchConfig:
     from dataclasses import replace
+
     return replace(config, **changes)
 
 
@@ -293,8 +339,10 @@ def test_parquet_folder_removes_torn_files_and_refuses_foreign_ones(tmp_path):
 
     folder = tmp_path / "out"
     folder.mkdir()
-    pq.write_table(pa.table({"path": [str(tmp_path / "a.jpg")], "error": [None],
-                             "caption": ["x"]}), folder / "smolvlm-20250101T000000-000001-u-0-0.parquet")
+    pq.write_table(
+        pa.table({"path": [str(tmp_path / "a.jpg")], "error": [None], "caption": ["x"]}),
+        folder / "smolvlm-20250101T000000-000001-u-0-0.parquet",
+    )
     (folder / "smolvlm-20250101T000000-000002-u-0-0.parquet").write_bytes(b"PAR1 torn")
     store = ParquetStore(folder)
     store.open()
@@ -315,26 +363,30 @@ def test_a_model_that_cannot_load_is_one_error(ray_local, tiny_model, tmp_path):
     shutil.copytree(tiny_model, broken)
     (broken / "onnx" / "decoder_model_merged.onnx").write_bytes(b"not a graph")
     make_photos(tmp_path / "p", n=2, bad=False)
-    with pytest.raises(SmolVLMError, match=r"^captioning failed on a Ray worker: cannot load "
-                                           r".*decoder_model_merged\.onnx"):
-        run_on_ray(BatchConfig([str(tmp_path / "p")], fmt="jsonl", output=str(tmp_path / "o.jsonl")),
-                   broken)
+    with pytest.raises(
+        SmolVLMError,
+        match=r"^captioning failed on a Ray worker: cannot load "
+        r".*decoder_model_merged\.onnx",
+    ):
+        run_on_ray(BatchConfig([str(tmp_path / "p")], fmt="jsonl", output=str(tmp_path / "o.jsonl")), broken)
 
 
 # -- without Ray --------------------------------------------------------------------------------
 
+
 def test_remote_errors_read_from_ray_tracebacks():
     from smolvlm_cli.batch.ray_engine import remote_error
 
-    text = ("\x1b[36mray::MapWorker(MapBatches(Captioner)).submit()\x1b[39m (pid=1, ip=x)\n"
-            '  File "x.py", line 7, in __call__\n'
-            "onnxruntime.capi.onnxruntime_pybind11_state.InvalidProtobuf: [ONNXRuntimeError] bad\n"
-            "The above exception was the direct cause of the following exception:\n"
-            "smolvlm_cli.errors.ConfigError: cannot load decoder.onnx: bad\n"
-            "ray.exceptions.UserCodeException: UDF failed to process a data block.\n")
+    text = (
+        "\x1b[36mray::MapWorker(MapBatches(Captioner)).submit()\x1b[39m (pid=1, ip=x)\n"
+        '  File "x.py", line 7, in __call__\n'
+        "onnxruntime.capi.onnxruntime_pybind11_state.InvalidProtobuf: [ONNXRuntimeError] bad\n"
+        "The above exception was the direct cause of the following exception:\n"
+        "smolvlm_cli.errors.ConfigError: cannot load decoder.onnx: bad\n"
+        "ray.exceptions.UserCodeException: UDF failed to process a data block.\n"
+    )
     assert remote_error(text) == "cannot load decoder.onnx: bad"
-    assert remote_error("x\nnumpy.core._exceptions.MemoryError: out of memory\n") == (
-        "MemoryError: out of memory")
+    assert remote_error("x\nnumpy.core._exceptions.MemoryError: out of memory\n") == ("MemoryError: out of memory")
     assert remote_error("ray.exceptions.RayActorError: died\n") is None
 
 
@@ -346,8 +398,7 @@ def test_missing_extra_is_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if not installed
     make_photos(tmp_path / "p", n=1, bad=False)
     with pytest.raises(RayUnavailableError) as caught:
-        run_ray(BatchConfig([str(tmp_path / "p")]), RaySettings("some/model", OPTIONS),
-                reporter=Reporter(quiet=True))
+        run_ray(BatchConfig([str(tmp_path / "p")]), RaySettings("some/model", OPTIONS), reporter=Reporter(quiet=True))
     assert caught.value.message == "the ray engine needs Ray"
     assert caught.value.hint == "pip install 'smolvlm-cli[ray]'"
     assert isinstance(caught.value, SmolVLMError)
@@ -359,15 +410,16 @@ def test_ray_client_addresses_are_refused_before_any_work(tmp_path):
 
     make_photos(tmp_path / "p", n=1, bad=False)
     with pytest.raises(SmolVLMError, match="Ray Client") as caught:
-        run_ray(BatchConfig([str(tmp_path / "p")]), RaySettings("m", OPTIONS, address="ray://h:10001"),
-                reporter=Reporter(quiet=True))
+        run_ray(
+            BatchConfig([str(tmp_path / "p")]),
+            RaySettings("m", OPTIONS, address="ray://h:10001"),
+            reporter=Reporter(quiet=True),
+        )
     assert "ray job submit" in caught.value.hint
     assert list((tmp_path / "p").iterdir()) == [tmp_path / "p" / "img00.jpg"]
 
 
 def test_importing_the_engine_does_not_import_ray():
-    code = ("import sys; import smolvlm_cli.batch.ray_engine, smolvlm_cli.batch.ray_io; "
-            "print('ray' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=60)
+    code = "import sys; import smolvlm_cli.batch.ray_engine, smolvlm_cli.batch.ray_io; print('ray' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "False", result.stderr

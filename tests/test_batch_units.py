@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from smolvlm_cli.batch.discover import PathFilter, discover, parse_extensions, read_path_list
-from smolvlm_cli.batch.files import (AppendLog, atomic_write, complete_records, repair_tail,
-                                     sweep_temps, temp_path)
+from smolvlm_cli.batch.files import AppendLog, atomic_write, complete_records, repair_tail, sweep_temps, temp_path
 from smolvlm_cli.batch.records import FIELDS, ImageRecord, csv_line
 from smolvlm_cli.batch.resume import LEDGER_NAME, State, plan
 from smolvlm_cli.batch.templates import CaptionStyle, render, unknown_fields
@@ -34,29 +33,59 @@ def rels(found) -> list[str]:
 def tree(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = tmp_path / "photos"
-    for name in ("b.jpg", "A.PNG", "c.Tiff", "notes.txt", "x.heic", "y.AVIF", "sub/d.webp", "sub/deep/e.gif",
-                 ".hidden/h.jpg", "sub/.dot.jpg", "raw/r.jpg", "thumbs/t.jpg"):
+    for name in (
+        "b.jpg",
+        "A.PNG",
+        "c.Tiff",
+        "notes.txt",
+        "x.heic",
+        "y.AVIF",
+        "sub/d.webp",
+        "sub/deep/e.gif",
+        ".hidden/h.jpg",
+        "sub/.dot.jpg",
+        "raw/r.jpg",
+        "thumbs/t.jpg",
+    ):
         touch(root / name)
     return root
 
 
 # -- discovery ---------------------------------------------------------------------------------
 
+
 def test_discover_recursive_sorted_filtered(tree):
     found = discover(["photos"])
-    assert rels(found) == ["A.PNG", "b.jpg", "c.Tiff", "raw/r.jpg", "sub/d.webp", "sub/deep/e.gif",
-                           "thumbs/t.jpg", "y.AVIF"]
+    assert rels(found) == [
+        "A.PNG",
+        "b.jpg",
+        "c.Tiff",
+        "raw/r.jpg",
+        "sub/d.webp",
+        "sub/deep/e.gif",
+        "thumbs/t.jpg",
+        "y.AVIF",
+    ]
     assert found.items[0].path == os.path.join("photos", "A.PNG")  # as the user spelled it
     assert rels(discover(["photos"], recursive=False)) == ["A.PNG", "b.jpg", "c.Tiff", "y.AVIF"]
 
 
 def test_discover_extensions_and_globs(tree):
     assert rels(discover(["photos"], extensions=parse_extensions(["heic, .JPG"]))) == [
-        "b.jpg", "raw/r.jpg", "thumbs/t.jpg", "x.heic"]
-    assert rels(discover(["photos"], include=["*.jpg", "*.png"])) == [
-        "A.PNG", "b.jpg", "raw/r.jpg", "thumbs/t.jpg"]
+        "b.jpg",
+        "raw/r.jpg",
+        "thumbs/t.jpg",
+        "x.heic",
+    ]
+    assert rels(discover(["photos"], include=["*.jpg", "*.png"])) == ["A.PNG", "b.jpg", "raw/r.jpg", "thumbs/t.jpg"]
     assert rels(discover(["photos"], exclude=["thumbs", "raw/**"])) == [
-        "A.PNG", "b.jpg", "c.Tiff", "sub/d.webp", "sub/deep/e.gif", "y.AVIF"]
+        "A.PNG",
+        "b.jpg",
+        "c.Tiff",
+        "sub/d.webp",
+        "sub/deep/e.gif",
+        "y.AVIF",
+    ]
     assert rels(discover(["photos"], include=["sub/**"])) == ["sub/d.webp", "sub/deep/e.gif"]
     assert rels(discover(["photos"], include=["**/e.gif"])) == ["sub/deep/e.gif"]
     f = PathFilter(include=["[ab].*"])
@@ -103,6 +132,7 @@ def test_discover_unreadable_folder_is_a_warning(tree, monkeypatch):
         if str(path).endswith("sub"):
             raise PermissionError(13, "Permission denied")
         return real_scandir(path)
+
     monkeypatch.setattr(os, "scandir", scandir)
     found = discover(["photos"])
     assert "sub/d.webp" not in rels(found) and "b.jpg" in rels(found)
@@ -118,6 +148,7 @@ def test_discover_rel_never_escapes(tmp_path, monkeypatch):
 
 
 # -- templates and caption style -----------------------------------------------------------------
+
 
 def test_templates():
     path = os.path.join("trips", "rome", "day1.jpg")
@@ -137,16 +168,26 @@ def test_caption_style():
 
 # -- records --------------------------------------------------------------------------------------
 
+
 def test_record_json_and_csv_round_trip():
-    record = ImageRecord("a/b, \"c\".jpg", caption='He said "hi",\nthen left.\u2028', model="m",
-                         prompt="p", prompt_tokens=5, generated_tokens=7, image_tiles=1,
-                         stop_reason="stop", seconds=1.25)
+    record = ImageRecord(
+        'a/b, "c".jpg',
+        caption='He said "hi",\nthen left.\u2028',
+        model="m",
+        prompt="p",
+        prompt_tokens=5,
+        generated_tokens=7,
+        image_tiles=1,
+        stop_reason="stop",
+        seconds=1.25,
+    )
     assert "\n" not in record.to_json()
     assert ImageRecord.from_dict(json.loads(record.to_json())) == record
     line = csv_line(record.to_row())
     records, end = complete_records(line.encode(), "csv")
     assert len(records) == 1 and end == len(line.encode())
     import csv
+
     row = next(csv.reader(io.StringIO(line, newline="")))
     assert ImageRecord.from_row(list(FIELDS), row) == record
     failed = ImageRecord.failure("x.jpg", "bad file")
@@ -154,6 +195,7 @@ def test_record_json_and_csv_round_trip():
 
 
 # -- crash-safe files -----------------------------------------------------------------------------
+
 
 def test_complete_records_finds_torn_tails():
     assert complete_records(b'{"a":1}\n{"b":2}\n{"c"', "jsonl") == ([b'{"a":1}\n', b'{"b":2}\n'], 16)
@@ -196,6 +238,7 @@ def test_append_log_lock(tmp_path):
 
 # -- writers and resume state ---------------------------------------------------------------------
 
+
 def ok(path: str, caption: str = "a caption") -> ImageRecord:
     return ImageRecord(path, caption=caption, model="m", prompt="p", generated_tokens=3)
 
@@ -219,7 +262,13 @@ def test_sidecars_next_to_images_and_ledger(tree):
     assert states["b.jpg"] is State.DONE and states["A.PNG"] is State.FAILED
     assert states["c.Tiff"] is State.NEW
     assert [i.rel for i in plan(items, again.state).todo] == [
-        "c.Tiff", "raw/r.jpg", "sub/d.webp", "sub/deep/e.gif", "thumbs/t.jpg", "y.AVIF"]
+        "c.Tiff",
+        "raw/r.jpg",
+        "sub/d.webp",
+        "sub/deep/e.gif",
+        "thumbs/t.jpg",
+        "y.AVIF",
+    ]
     assert "A.PNG" in [i.rel for i in plan(items, again.state, retry_errors=True).todo]
     assert len(plan(items, again.state, overwrite=True).todo) == len(items)
     (tree / "b.txt").unlink()  # a deleted sidecar: the image is to do again
@@ -258,7 +307,7 @@ def test_record_file_resume_and_compaction(tree, tmp_path, cls):
     out = tmp_path / f"out.{cls.kind}"
     writer = cls(out)
     writer.open(items)
-    writer.write(items[0], ok(items[0].path, "first,\n\"quoted\""))
+    writer.write(items[0], ok(items[0].path, 'first,\n"quoted"'))
     writer.write(items[1], ImageRecord.failure(items[1].path, "truncated"))
     writer.close()
     text = out.read_bytes().decode()
@@ -323,9 +372,14 @@ def test_foreign_files_are_refused_and_junk_lines_kept(tree, tmp_path):
     # a user's file given by mistake is refused untouched, torn-looking tail and all
     image = io.BytesIO()
     from PIL import Image
+
     Image.new("RGB", (32, 32), (1, 2, 3)).save(image, "PNG")
-    for cls, data in ((JsonlWriter, image.getvalue()), (CsvWriter, image.getvalue()),
-                      (JsonlWriter, b"no newline at all"), (CsvWriter, b"a,b\r\n1,2\r\n3,")):
+    for cls, data in (
+        (JsonlWriter, image.getvalue()),
+        (CsvWriter, image.getvalue()),
+        (JsonlWriter, b"no newline at all"),
+        (CsvWriter, b"a,b\r\n1,2\r\n3,"),
+    ):
         victim = touch(tmp_path / "victim", data)
         with pytest.raises(SmolVLMError):
             cls(victim).open([])
@@ -338,7 +392,7 @@ def test_foreign_files_are_refused_and_junk_lines_kept(tree, tmp_path):
         writer.close()
         assert torn.read_bytes() == b"" and "torn" in writer.notices[0]
     items = discover(["photos"]).items[:1]
-    junk = b'\x00\x00garbage\n'
+    junk = b"\x00\x00garbage\n"
     out = touch(tmp_path / "y.jsonl", (ok(items[0].path, "old").to_json() + "\n").encode() + junk)
     writer = JsonlWriter(out)
     writer.open(items)
@@ -359,7 +413,6 @@ def test_stdout_writer_has_no_state(tree):
     writer.write(items[0], ok(items[0].path))
     writer.close()
     assert lines[0].startswith(",".join(FIELDS) + "\r\n") and len(lines) == 2
-
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/null and /dev/full")
@@ -423,6 +476,7 @@ def test_a_failed_write_is_rolled_back_and_names_the_file(tmp_path, monkeypatch)
         if len(calls) == 1:
             return real_write(fd, bytes(data)[:3])
         raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(os, "write", full_disk)
     with pytest.raises(OSError) as caught:
         log.append(b"two two\n")
@@ -441,6 +495,7 @@ def test_path_list_bytes_are_file_names():
         def __init__(self, data: bytes):
             super().__init__()
             self.buffer = io.BytesIO(data)
+
     names = read_path_list(Stdin(b"caf\xe9.jpg\r\nb c.png\n\n"))
     assert names == [os.fsdecode(b"caf\xe9.jpg"), "b c.png"]
     assert read_path_list(Stdin(b"a\nb.jpg\0c.jpg\0"), null=True) == ["a\nb.jpg", "c.jpg"]

@@ -34,8 +34,7 @@ from smolvlm_cli.processor import Processor
 from smolvlm_cli.prompt import build_messages
 from test_engine import photo
 
-MODELS = ("SmolVLM2-256M-Video-Instruct", "SmolVLM2-500M-Video-Instruct", "SmolVLM-256M-Instruct",
-          "SmolVLM2-2.2B-like")
+MODELS = ("SmolVLM2-256M-Video-Instruct", "SmolVLM2-500M-Video-Instruct", "SmolVLM-256M-Instruct", "SmolVLM2-2.2B-like")
 FORMATS = ("fp32-single", "bf16-sharded")
 STEPS = 32
 ATOL = 1e-5
@@ -97,9 +96,16 @@ def _vlm(ckpt, graphs_dir, dtype="fp32") -> SmolVLM:
 def _reference(model, inputs):
     feeds = {k: torch.from_numpy(v) for k, v in inputs.items()}
     with torch.inference_mode():
-        out = model.generate(**feeds, max_new_tokens=STEPS, do_sample=False, output_logits=True,
-                             return_dict_in_generate=True, eos_token_id=None, pad_token_id=0)
-    return out.sequences[0, inputs["input_ids"].shape[1]:].tolist(), [s[0].numpy() for s in out.logits]
+        out = model.generate(
+            **feeds,
+            max_new_tokens=STEPS,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    return out.sequences[0, inputs["input_ids"].shape[1] :].tolist(), [s[0].numpy() for s in out.logits]
 
 
 def _ours(vlm, inputs, forced=None):
@@ -108,8 +114,9 @@ def _ours(vlm, inputs, forced=None):
     features = None
     if "pixel_values" in inputs:
         real = inputs["pixel_attention_mask"][0].any(axis=(-1, -2))
-        features = vlm.backend.encode_images(inputs["pixel_values"][0][real],
-                                             inputs["pixel_attention_mask"][0][real].astype(bool))
+        features = vlm.backend.encode_images(
+            inputs["pixel_values"][0][real], inputs["pixel_attention_mask"][0][real].astype(bool)
+        )
         features = features.reshape(-1, features.shape[-1])
     state = vlm.backend.new_state()
     logits = vlm.backend.forward(state, ids, features)
@@ -142,7 +149,8 @@ def test_vision_graph_takes_partial_patch_masks_as_transformers_does(built, name
     pixels, mask = chk.vision_inputs(reference, seed=2)  # a full tile, a partial one, a padding tile
     want = chk.vision_reference(reference, pixels, mask)
     (got,) = chk.session(graphs / "onnx" / "vision_encoder.onnx").run(
-        None, {"pixel_values": pixels.numpy(), "pixel_attention_mask": mask.numpy()})
+        None, {"pixel_values": pixels.numpy(), "pixel_attention_mask": mask.numpy()}
+    )
     assert got.shape == (3, *want.shape[1:]) and np.isfinite(got).all()
     np.testing.assert_allclose(got[:2], want, atol=ATOL, rtol=0)
 
@@ -186,16 +194,30 @@ def test_the_2_2b_config_reads_like_transformers_reads_it(tmp_path):
     src = write_2_2b_config(source_dir("SmolVLM2-256M-Video-Instruct"), tmp_path)
     ref = AutoConfig.from_pretrained(src)
     arch = Architecture.from_dir(src)
-    assert (arch.text.num_heads, arch.text.num_kv_heads) == (ref.text_config.num_attention_heads,
-                                                             ref.text_config.num_key_value_heads) == (32, 32)
+    assert (
+        (arch.text.num_heads, arch.text.num_kv_heads)
+        == (ref.text_config.num_attention_heads, ref.text_config.num_key_value_heads)
+        == (32, 32)
+    )
     assert (arch.vision.num_layers, arch.vision.intermediate_size) == (27, 4304)
     assert arch.tokens_per_tile == ModelConfig.from_dir(src).image_seq_len == 81
     assert arch.tie_word_embeddings is bool(ref.tie_word_embeddings) is False
 
 
-@pytest.mark.parametrize("rope", [None, {"rope_type": "linear", "factor": 2.0},
-                                  {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 1024}])
+@pytest.mark.parametrize(
+    "rope",
+    [
+        None,
+        {"rope_type": "linear", "factor": 2.0},
+        {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 1024,
+        },
+    ],
+)
 def test_rotary_tables_equal_transformers(rope):
     from transformers import SmolVLMConfig
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
@@ -206,8 +228,7 @@ def test_rotary_tables_equal_transformers(rope):
     if rope:
         raw["text_config"]["rope_scaling"] = rope
     arch = Architecture.from_config(raw)
-    cos, sin = LlamaRotaryEmbedding(SmolVLMConfig(**raw).text_config)(torch.zeros(1, 1, 64),
-                                                                      torch.arange(8192)[None])
+    cos, sin = LlamaRotaryEmbedding(SmolVLMConfig(**raw).text_config)(torch.zeros(1, 1, 64), torch.arange(8192)[None])
     ours = rotary_tables(arch.text.rope, 64, 8192)
     np.testing.assert_allclose(ours[0], cos[0, :, :32].numpy(), atol=1.2e-7, rtol=0)
     np.testing.assert_allclose(ours[1], sin[0, :, :32].numpy(), atol=1.2e-7, rtol=0)

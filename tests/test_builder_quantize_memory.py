@@ -42,10 +42,14 @@ def test_streaming_int8_is_identical_to_quantize_dynamic(fp32_graphs, tmp_path, 
 def test_onnxruntime_is_left_unpatched(fp32_graphs, tmp_path):
     from onnxruntime.quantization import base_quantizer, onnx_quantizer
 
-    before = [(m, n, getattr(m, n)) for m in (onnx_quantizer, base_quantizer)
-              for n in ("save_and_reload_model_with_shape_infer", "tensor_proto_to_array")]
-    quantize.make_variant("decoder_model_merged", "int8", fp32_graphs / "decoder_model_merged.onnx",
-                          tmp_path / "d.onnx")
+    before = [
+        (m, n, getattr(m, n))
+        for m in (onnx_quantizer, base_quantizer)
+        for n in ("save_and_reload_model_with_shape_infer", "tensor_proto_to_array")
+    ]
+    quantize.make_variant(
+        "decoder_model_merged", "int8", fp32_graphs / "decoder_model_merged.onnx", tmp_path / "d.onnx"
+    )
     assert all(getattr(m, n) is f for m, n, f in before)
 
 

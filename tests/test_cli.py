@@ -22,22 +22,30 @@ from smolvlm_cli.image_processing import tile_grid
 from smolvlm_cli.config import ModelConfig
 
 NAME = "SmolVLM2-256M-Video-Instruct"
-NO_TORCH_CHECK = ("import atexit, sys\n"
-                  "atexit.register(lambda: print('HEAVY', sorted({m.split('.')[0] for m in sys.modules}"
-                  " & {'torch', 'transformers', 'starlette', 'uvicorn'}), file=sys.stderr))\n"
-                  "from smolvlm_cli.cli.main import main\n"
-                  "sys.argv[0] = 'smolvlm'\n"
-                  "main()\n")
+NO_TORCH_CHECK = (
+    "import atexit, sys\n"
+    "atexit.register(lambda: print('HEAVY', sorted({m.split('.')[0] for m in sys.modules}"
+    " & {'torch', 'transformers', 'starlette', 'uvicorn'}), file=sys.stderr))\n"
+    "from smolvlm_cli.cli.main import main\n"
+    "sys.argv[0] = 'smolvlm'\n"
+    "main()\n"
+)
 
 
-def run(*args, input: bytes | str | None = None, env: dict | None = None, timeout: float = 120,
-        check_no_torch: bool = False) -> subprocess.CompletedProcess:
+def run(
+    *args, input: bytes | str | None = None, env: dict | None = None, timeout: float = 120, check_no_torch: bool = False
+) -> subprocess.CompletedProcess:
     """The CLI in this process (`invoke_cli`), or in a real one (`run_cli`) where the test needs
     it: to see which modules a fresh process imports, or with Hub settings (huggingface_hub
     reads them at import)."""
     if check_no_torch or set(env or ()) - {"SMOLVLM_DEBUG"}:
-        return run_cli(*args, input=b"" if input is None else input, env=env, timeout=timeout,
-                       python_code=NO_TORCH_CHECK if check_no_torch else None)
+        return run_cli(
+            *args,
+            input=b"" if input is None else input,
+            env=env,
+            timeout=timeout,
+            python_code=NO_TORCH_CHECK if check_no_torch else None,
+        )
     return invoke_cli(*args, input=input, env=env)
 
 
@@ -79,8 +87,7 @@ def test_help_and_version_do_not_load_torch():
 
 @pytest.mark.slow
 def test_describe_streams_exactly_what_generate_returns(model_dir, vlm, image_path):
-    result = run("describe", image_path, "What is this?", "-m", model_dir, "-n", "12",
-                 check_no_torch=True)
+    result = run("describe", image_path, "What is this?", "-m", model_dir, "-n", "12", check_no_torch=True)
     assert result.returncode == 0, err(result)
     expected = vlm.generate(str(image_path), "What is this?", max_new_tokens=12)
     assert out(result) == expected + "\n"
@@ -105,8 +112,7 @@ def test_json_output(model_dir, vlm, image_path):
     assert data["generated_tokens"] == 6 and data["image_tiles"] == 1 and data["image_tokens"] == 64
     assert data["prompt_tokens"] > 64 and data["stop_reason"] in ("stop", "length")
     assert data["images"] == [str(image_path)]
-    for key in ("load_s", "preprocess_s", "vision_s", "prefill_s", "ttft_s", "decode_s",
-                "decode_tokens_per_s"):
+    for key in ("load_s", "preprocess_s", "vision_s", "prefill_s", "ttft_s", "decode_s", "decode_tokens_per_s"):
         assert isinstance(data["timings"][key], (int, float)) and data["timings"][key] >= 0
 
 
@@ -137,12 +143,15 @@ def test_verbose_timings_go_to_stderr(model_dir, image_path):
     assert "tokens/s" in err(result) and "tokens/s" not in out(result)
 
 
-@pytest.mark.parametrize("make, reason", [
-    (lambda p: p / "missing.jpg", "no such file"),
-    (lambda p: (p / "text.jpg").write_text("hello") and p / "text.jpg", "not an image"),
-    (lambda p: (p / "empty.png").write_bytes(b"") or p / "empty.png", "empty"),
-    (lambda p: p, "directory"),
-])
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda p: p / "missing.jpg", "no such file"),
+        (lambda p: (p / "text.jpg").write_text("hello") and p / "text.jpg", "not an image"),
+        (lambda p: (p / "empty.png").write_bytes(b"") or p / "empty.png", "empty"),
+        (lambda p: p, "directory"),
+    ],
+)
 def test_bad_images_are_one_line_errors(model_dir, tmp_path, make, reason):
     path = make(tmp_path)
     result = run("describe", path, "-m", model_dir)
@@ -167,20 +176,32 @@ def test_model_errors(model_dir, image_path, tmp_path):
     assert missing.returncode == 1 and "no ONNX files" in err(missing)
     assert "Hint: " in err(missing) and "Traceback" not in err(missing)
 
-    offline = run("describe", image_path, "-m", "HuggingFaceTB/SmolVLM2-256M-Video-Instruct",
-                  env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    offline = run(
+        "describe",
+        image_path,
+        "-m",
+        "HuggingFaceTB/SmolVLM2-256M-Video-Instruct",
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
     assert offline.returncode == 1 and "not in the local cache" in err(offline)
 
     missing_dtype = run("describe", image_path, "-m", model_dir, "--dtype", "q4f16", "--backend", "onnx")
     assert missing_dtype.returncode == 1
-    assert re.search(r"^Error: .* has no ONNX files for dtype q4f16",
-                     err(missing_dtype))
+    assert re.search(r"^Error: .* has no ONNX files for dtype q4f16", err(missing_dtype))
 
 
-@pytest.mark.parametrize("args", [
-    ["--top-p", "2"], ["--dtype", "int9"], ["--backend", "tpu"], ["-n", "0"], ["--temperature", "-1"],
-    ["--repetition-penalty", "0"], ["--bogus"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--top-p", "2"],
+        ["--dtype", "int9"],
+        ["--backend", "tpu"],
+        ["-n", "0"],
+        ["--temperature", "-1"],
+        ["--repetition-penalty", "0"],
+        ["--bogus"],
+    ],
+)
 def test_bad_option_values_are_usage_errors(model_dir, image_path, args):
     result = run("describe", image_path, "-m", model_dir, *args)
     assert result.returncode == 2, err(result)
@@ -205,10 +226,24 @@ def test_debug_shows_the_traceback(model_dir, tmp_path):
 def test_ctrl_c_keeps_the_output_and_exits_130(model_dir, image_path):
     # a shell starts background jobs with SIGINT ignored, and Python then keeps ignoring it: give
     # the child the disposition of a command typed at a terminal, wherever the tests run
-    proc = subprocess.Popen([sys.executable, "-m", "smolvlm_cli", "describe", str(image_path), "-m",
-                             str(model_dir), "-n", "100000", "--no-split"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "smolvlm_cli",
+            "describe",
+            str(image_path),
+            "-m",
+            str(model_dir),
+            "-n",
+            "100000",
+            "--no-split",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     first = proc.stdout.read(1)  # the answer has started streaming
     assert first
     proc.send_signal(signal.SIGINT)
@@ -220,9 +255,23 @@ def test_ctrl_c_keeps_the_output_and_exits_130(model_dir, image_path):
 
 @pytest.mark.slow
 def test_closed_pipe_exits_quietly(model_dir, image_path):
-    proc = subprocess.Popen([sys.executable, "-m", "smolvlm_cli", "describe", str(image_path), "-m",
-                             str(model_dir), "-n", "100000", "--no-split"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "smolvlm_cli",
+            "describe",
+            str(image_path),
+            "-m",
+            str(model_dir),
+            "-n",
+            "100000",
+            "--no-split",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
     assert len(proc.stdout.read(10)) == 10  # like `| head -c 10`
     proc.stdout.close()
     stderr = proc.stderr.read().decode()

@@ -21,14 +21,12 @@ def test_config_matches_transformers(model_files):
     assert ours.image_token_id == ref.image_token_id
     assert ours.scale_factor == ref.scale_factor
     assert (ours.hidden_size, ours.num_hidden_layers) == (text.hidden_size, text.num_hidden_layers)
-    assert (ours.num_attention_heads, ours.num_key_value_heads) == (text.num_attention_heads,
-                                                                    text.num_key_value_heads)
+    assert (ours.num_attention_heads, ours.num_key_value_heads) == (text.num_attention_heads, text.num_key_value_heads)
     assert ours.head_dim == getattr(text, "head_dim", text.hidden_size // text.num_attention_heads)
     assert (ours.vision_image_size, ours.patch_size) == (vision.image_size, vision.patch_size)
-    assert (ours.vision_hidden_size, ours.vision_num_layers) == (vision.hidden_size,
-                                                                 vision.num_hidden_layers)
+    assert (ours.vision_hidden_size, ours.vision_num_layers) == (vision.hidden_size, vision.num_hidden_layers)
     assert ours.vocab_size == text.vocab_size
-    tokens = (vision.image_size // vision.patch_size) ** 2 // ref.scale_factor ** 2
+    tokens = (vision.image_size // vision.patch_size) ** 2 // ref.scale_factor**2
     assert ours.image_seq_len == tokens == 64
     gen = json.loads((model_files / "generation_config.json").read_text())
     assert ours.eos_token_ids[0] == gen["eos_token_id"] == 49279

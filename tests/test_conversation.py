@@ -153,8 +153,7 @@ def test_scripted_chat_on_stdin(tiny_onnx_dir, image, tmp_path):
     answers = result.stdout.decode().splitlines()
     vlm = SmolVLM.from_pretrained(model_dir)
     chat = vlm.chat(max_new_tokens=8)
-    expected = [chat.send("What is this?", images=[str(image)]).text(),
-                chat.send("And the colours?").text()]
+    expected = [chat.send("What is this?", images=[str(image)]).text(), chat.send("And the colours?").text()]
     assert answers == expected
     assert json.loads(transcript.read_text())[1]["content"][0]["text"] == expected[0]
 
@@ -172,7 +171,8 @@ def test_ask_cli_prints_answers_in_order_and_jsonl(tiny_onnx_dir, image):
     expected = [vlm.generate(str(image), q, max_new_tokens=8) for q in questions]
     # several questions: each answer labeled (tests/test_user_trust.py covers multi-line replies)
     assert text.stdout.decode() == "\n".join(
-        f"Q: {q}\nA: " + a.lstrip(" ").replace("\n", "\n   ") + "\n" for q, a in zip(questions, expected))
+        f"Q: {q}\nA: " + a.lstrip(" ").replace("\n", "\n   ") + "\n" for q, a in zip(questions, expected)
+    )
     as_json = invoke_cli(*args, "--json")
     records = [json.loads(line) for line in as_json.stdout.decode().splitlines()]
     assert [r["question"] for r in records] == questions
@@ -181,6 +181,7 @@ def test_ask_cli_prints_answers_in_order_and_jsonl(tiny_onnx_dir, image):
 
 
 # -- too long an edge: the vocabulary has <row_r_col_c> markers up to 6x6 ---------------------------
+
 
 def test_ask_and_chat_refuse_too_long_an_edge_as_describe_does(vlm, image, monkeypatch):
     with pytest.raises(ValueError, match="cuts the image into 6x8 tiles") as describe:
@@ -197,9 +198,11 @@ def test_ask_and_chat_refuse_too_long_an_edge_as_describe_does(vlm, image, monke
 
 def test_cli_ask_and_chat_refuse_too_long_an_edge_as_describe_does(tiny_onnx_dir, image):
     common = ["-m", str(tiny_onnx_dir(NAME)), "-n", "4", "--longest-edge", "4096"]
-    results = [invoke_cli("describe", str(image), "hi", *common),
-               invoke_cli("ask", str(image), "-q", "hi", *common),
-               invoke_cli("chat", str(image), *common, input="hi\n")]
+    results = [
+        invoke_cli("describe", str(image), "hi", *common),
+        invoke_cli("ask", str(image), "-q", "hi", *common),
+        invoke_cli("chat", str(image), *common, input="hi\n"),
+    ]
     for result in results:
         assert result.returncode == 1 and result.stdout == b"", result.stderr
     errors = [result.stderr.decode().splitlines()[0] for result in results]

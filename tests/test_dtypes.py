@@ -26,8 +26,10 @@ def test_default_falls_back_per_component_to_what_the_folder_has(tmp_path):
 
 def test_files_follow_the_hub_layout():
     assert onnx_files("vision=fp16,decoder=q4") == {
-        "vision": "onnx/vision_encoder_fp16.onnx", "embed": "onnx/embed_tokens_int8.onnx",
-        "decoder": "onnx/decoder_model_merged_q4.onnx"}
+        "vision": "onnx/vision_encoder_fp16.onnx",
+        "embed": "onnx/embed_tokens_int8.onnx",
+        "decoder": "onnx/decoder_model_merged_q4.onnx",
+    }
 
 
 @pytest.mark.parametrize("spec", ["int9", "vision=int9", "eyes=int8", "decoder="])

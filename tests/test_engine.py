@@ -73,9 +73,16 @@ def _reference_run(model, inputs, steps):
     """transformers' greedy generate: the token ids and the raw logits of every step."""
     feeds = {k: torch.from_numpy(v) for k, v in inputs.items()}
     with torch.inference_mode():
-        out = model.generate(**feeds, max_new_tokens=steps, do_sample=False, output_logits=True,
-                             return_dict_in_generate=True, eos_token_id=None, pad_token_id=0)
-    new = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+        out = model.generate(
+            **feeds,
+            max_new_tokens=steps,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    new = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
     return new, [step[0].float().numpy() for step in out.logits]
 
 
@@ -85,8 +92,7 @@ def _our_run(vlm, inputs, steps):
     features = None
     if "pixel_values" in inputs:
         real = inputs["pixel_attention_mask"][0].any(axis=(-1, -2))
-        features = vlm.backend.encode_images(inputs["pixel_values"][0][real],
-                                             inputs["pixel_attention_mask"][0][real])
+        features = vlm.backend.encode_images(inputs["pixel_values"][0][real], inputs["pixel_attention_mask"][0][real])
         features = features.reshape(-1, features.shape[-1])
     state = vlm.backend.new_state()
     logits = vlm.backend.forward(state, ids, features)
@@ -102,10 +108,21 @@ def _our_run(vlm, inputs, steps):
 FAST_MATRIX = {("onnx", NAMES[0], "split"), ("torch", NAMES[0], "no-split")}
 
 
-@pytest.mark.parametrize("backend, name, case", [
-    pytest.param(backend, name, case, id=f"{backend}-{name}-{case}",
-                 marks=() if (backend, name, case) in FAST_MATRIX else pytest.mark.slow)
-    for backend in ("onnx", "torch") for name in NAMES for case in CASES])
+@pytest.mark.parametrize(
+    "backend, name, case",
+    [
+        pytest.param(
+            backend,
+            name,
+            case,
+            id=f"{backend}-{name}-{case}",
+            marks=() if (backend, name, case) in FAST_MATRIX else pytest.mark.slow,
+        )
+        for backend in ("onnx", "torch")
+        for name in NAMES
+        for case in CASES
+    ],
+)
 def test_logits_and_tokens_match_transformers(tiny_onnx_dir, references, loaded, name, case, backend):
     model_dir = tiny_onnx_dir(name)
     vlm = loaded(model_dir, backend)
@@ -122,8 +139,9 @@ def test_logits_and_tokens_match_transformers(tiny_onnx_dir, references, loaded,
         np.testing.assert_allclose(ours, ref, atol=ATOL, rtol=0, err_msg=f"step {step}")
     assert tokens == ref_tokens
     # The public API produces the same tokens (it stops at eos like transformers would).
-    stream = vlm.stream(images, prompt, tiling=Tiling(split=split), max_new_tokens=STEPS,
-                        options=GenerationOptions(ignore_eos=True))
+    stream = vlm.stream(
+        images, prompt, tiling=Tiling(split=split), max_new_tokens=STEPS, options=GenerationOptions(ignore_eos=True)
+    )
     text = stream.text()
     assert stream.token_ids == ref_tokens
     assert text == vlm.tokenizer.decode(ref_tokens, skip_special_tokens=True).lstrip()
@@ -150,8 +168,9 @@ def test_quantized_variants_load_and_generate(tiny_onnx, dtype):
     model_dir = tiny_onnx[NAMES[0]]
     vlm = SmolVLM.from_pretrained(model_dir, dtype=dtype)
     assert vlm.backend.name == "onnx"
-    stream = vlm.stream([photo(320, 240)], "Describe.", tiling="low", max_new_tokens=8,
-                        options=GenerationOptions(ignore_eos=True))
+    stream = vlm.stream(
+        [photo(320, 240)], "Describe.", tiling="low", max_new_tokens=8, options=GenerationOptions(ignore_eos=True)
+    )
     stream.text()
     assert len(stream.token_ids) == 8
     assert all(0 <= t < vlm.config.vocab_size for t in stream.token_ids)
@@ -187,8 +206,11 @@ def test_auto_backend_selection(tiny_onnx_dir, tiny_checkpoints, tmp_path):
     # the session fixture may hand back a folder built with more dtypes (test_export.py asks for
     # fp16 too): copy its fp32 graphs only, so that fp16 is really missing below
     with_onnx = tmp_path / "fp32-only"
-    shutil.copytree(tiny_onnx_dir(NAMES[0]), with_onnx,
-                    ignore=shutil.ignore_patterns("*_fp16.onnx*", "*_int8.onnx*", "*_q4.onnx*", ".smolvlm-cache"))
+    shutil.copytree(
+        tiny_onnx_dir(NAMES[0]),
+        with_onnx,
+        ignore=shutil.ignore_patterns("*_fp16.onnx*", "*_int8.onnx*", "*_q4.onnx*", ".smolvlm-cache"),
+    )
     # a folder holding our graphs runs them
     assert select_backend(str(with_onnx), "auto", "fp32") == Selection("onnx", with_onnx, with_onnx)
     # a checkpoint alone: our graphs are built from its safetensors into the cache

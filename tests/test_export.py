@@ -31,15 +31,20 @@ pytestmark = pytest.mark.slow  # ONNX exports and exporter subprocesses
 ALL_DTYPES = ("fp32", "fp16", "int8", "q4")
 GRAPHS = ("vision_encoder", "embed_tokens", "decoder_model_merged")
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-FLOAT, FLOAT16, INT64, BOOL = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
-                               onnx.TensorProto.INT64, onnx.TensorProto.BOOL)
+FLOAT, FLOAT16, INT64, BOOL = (
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.INT64,
+    onnx.TensorProto.BOOL,
+)
 
 
 STYLES = ("fast", "official")
 
 
-@pytest.fixture(scope="module", params=[(n, s) for s in STYLES for n in TINY_MODEL_NAMES],
-                ids=lambda p: f"{p[0]}-{p[1]}")
+@pytest.fixture(
+    scope="module", params=[(n, s) for s in STYLES for n in TINY_MODEL_NAMES], ids=lambda p: f"{p[0]}-{p[1]}"
+)
 def exported_style(request, tiny_onnx_dir) -> tuple[Path, str]:
     """(model dir, style): every dtype of both formats, in both export styles."""
     name, style = request.param
@@ -80,9 +85,13 @@ def _io(values) -> list[tuple[str, int, list]]:
 def expected_io(c: ModelConfig, name: str, dtype: str, style: str = "official"):
     b, s = "batch_size", "sequence_length"
     if name == "vision_encoder":
-        return ([("pixel_values", FLOAT, [b, "num_images", 3, "height", "width"]),
-                 ("pixel_attention_mask", BOOL, [b, "num_images", "height", "width"])],
-                [("image_features", FLOAT, ["num_tiles", "tokens_per_tile", c.hidden_size])])
+        return (
+            [
+                ("pixel_values", FLOAT, [b, "num_images", 3, "height", "width"]),
+                ("pixel_attention_mask", BOOL, [b, "num_images", "height", "width"]),
+            ],
+            [("image_features", FLOAT, ["num_tiles", "tokens_per_tile", c.hidden_size])],
+        )
     if name == "embed_tokens":
         return ([("input_ids", INT64, [b, s])], [("inputs_embeds", FLOAT, [b, s, c.hidden_size])])
     cache = FLOAT16 if dtype == "fp16" else FLOAT
@@ -90,19 +99,28 @@ def expected_io(c: ModelConfig, name: str, dtype: str, style: str = "official"):
     pasts = [(n, cache, [b, kv[0], "past_sequence_length", kv[1]]) for n in past_names(c.num_hidden_layers)]
     if style == "fast":  # GroupQueryAttention: positions from the mask, last position's logits only
         total = "total_sequence_length"
-        presents = [(n.replace("past_key_values.", "present."), cache, [b, kv[0], total, kv[1]])
-                    for n, _, _ in pasts]
-        return ([("inputs_embeds", FLOAT, [b, s, c.hidden_size]), ("attention_mask", INT64, [b, total]),
-                 *pasts], [("logits", FLOAT, [b, 1, c.vocab_size]), *presents])
-    presents = [(n.replace("past_key_values.", "present."), cache,
-                 [b, kv[0], "past_sequence_length + sequence_length", kv[1]]) for n, _, _ in pasts]
-    return ([("inputs_embeds", FLOAT, [b, s, c.hidden_size]),
-             ("attention_mask", INT64, [b, "past_sequence_length + sequence_length"]),
-             ("position_ids", INT64, [b, s]), *pasts],
-            [("logits", FLOAT, [b, s, c.vocab_size]), *presents])
+        presents = [(n.replace("past_key_values.", "present."), cache, [b, kv[0], total, kv[1]]) for n, _, _ in pasts]
+        return (
+            [("inputs_embeds", FLOAT, [b, s, c.hidden_size]), ("attention_mask", INT64, [b, total]), *pasts],
+            [("logits", FLOAT, [b, 1, c.vocab_size]), *presents],
+        )
+    presents = [
+        (n.replace("past_key_values.", "present."), cache, [b, kv[0], "past_sequence_length + sequence_length", kv[1]])
+        for n, _, _ in pasts
+    ]
+    return (
+        [
+            ("inputs_embeds", FLOAT, [b, s, c.hidden_size]),
+            ("attention_mask", INT64, [b, "past_sequence_length + sequence_length"]),
+            ("position_ids", INT64, [b, s]),
+            *pasts,
+        ],
+        [("logits", FLOAT, [b, s, c.vocab_size]), *presents],
+    )
 
 
 # -- the graph contract --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
 def test_graphs_have_the_official_names_dtypes_and_axes(exported_style, dtype):
@@ -122,8 +140,10 @@ def test_graphs_have_the_official_names_dtypes_and_axes(exported_style, dtype):
 def test_fast_graphs_say_what_they_are(exported_style):
     """The runtime picks its decoder loop from this metadata (shared KV buffers for GQA graphs)."""
     exported, style = exported_style
-    meta = {name: {p.key: p.value for p in onnx.load(str(graph(exported, name)), load_external_data=False)
-                   .metadata_props} for name in ("vision_encoder", "decoder_model_merged")}
+    meta = {
+        name: {p.key: p.value for p in onnx.load(str(graph(exported, name)), load_external_data=False).metadata_props}
+        for name in ("vision_encoder", "decoder_model_merged")
+    }
     if style == "fast":
         assert meta["decoder_model_merged"] == {"smolvlm.decoder_style": "gqa", "smolvlm.logits": "last"}
         assert meta["vision_encoder"] == {"smolvlm.vision_style": "fused"}
@@ -142,6 +162,7 @@ def test_export_copies_every_config_file(exported):
 
 
 # -- fp32 graphs vs transformers -----------------------------------------------------------------
+
 
 def test_vision_matches_transformers_with_partial_and_padding_tiles(exported):
     model = torch_model(exported)
@@ -179,12 +200,16 @@ def test_decoder_prefill_and_decode_match_transformers(exported_style):
     model = torch_model(exported)
     prompt = np.random.default_rng(2).integers(3, model.config.text_config.vocab_size, (1, 12))
     tokens, ref = chk.decoder_reference(model, prompt, steps=5)
-    logits = chk.run_decoder(chk.session(graph(exported, "decoder_model_merged")),
-                             chk.session(graph(exported, "embed_tokens")), tokens, *_dims(model))
+    logits = chk.run_decoder(
+        chk.session(graph(exported, "decoder_model_merged")),
+        chk.session(graph(exported, "embed_tokens")),
+        tokens,
+        *_dims(model),
+    )
     # the fast decoder returns only the last position's logits (a 12-token prefill gives one row)
     assert [x.shape[1] for x in logits] == [12 if style == "official" else 1, 1, 1, 1, 1, 1]
     for got, want in zip(logits, ref):
-        np.testing.assert_allclose(got, want[:, -got.shape[1]:], atol=1e-4)
+        np.testing.assert_allclose(got, want[:, -got.shape[1] :], atol=1e-4)
     assert [int(x[0, -1].argmax()) for x in logits[:-1]] == [int(t[0, 0]) for t in tokens[1:]]
 
 
@@ -197,10 +222,14 @@ def _greedy(dec, embeds_fn, ids: np.ndarray, mask: np.ndarray, steps: int, layer
     chunk, result = ids, []
     for _ in range(steps + 1):
         seq = chunk.shape[1]
-        feeds = {"inputs_embeds": embeds_fn(chunk), "attention_mask": mask,
-                 "position_ids": positions[:, -seq:], **pasts}
+        feeds = {
+            "inputs_embeds": embeds_fn(chunk),
+            "attention_mask": mask,
+            "position_ids": positions[:, -seq:],
+            **pasts,
+        }
         out = dict(zip(outs, dec.run(None, feeds)))
-        pasts = {n: out["present." + n[len("past_key_values."):]] for n in pasts}
+        pasts = {n: out["present." + n[len("past_key_values.") :]] for n in pasts}
         result.append(out["logits"])
         chunk = out["logits"][:, -1:].argmax(-1)
         mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=1)
@@ -227,7 +256,7 @@ def test_decoder_batch_with_left_padding_equals_single_runs(exported_style):
     batched = _greedy(dec, embeds, ids, mask, 3, *dims)
     for row, prompt in enumerate((long, short)):
         single = _greedy(dec, embeds, prompt, np.ones(prompt.shape, np.int64), 3, *dims)
-        np.testing.assert_allclose(batched[0][row, -prompt.shape[1]:], single[0][0], atol=1e-4)
+        np.testing.assert_allclose(batched[0][row, -prompt.shape[1] :], single[0][0], atol=1e-4)
         for got, want in zip(batched[1:], single[1:]):
             np.testing.assert_allclose(got[row], want[0], atol=1e-4)
 
@@ -238,8 +267,9 @@ def test_check_export_reports_and_raises(exported_style):
     model = torch_model(exported)
     fp32 = {g: graph(exported, g) for g in GRAPHS}
     messages: list[str] = []
-    diffs, fidelity = chk.check_export(model, fp32, {"int8": {g: graph(exported, g, "int8") for g in GRAPHS}},
-                                       log=messages.append)
+    diffs, fidelity = chk.check_export(
+        model, fp32, {"int8": {g: graph(exported, g, "int8") for g in GRAPHS}}, log=messages.append
+    )
     assert set(diffs) == set(GRAPHS) and max(diffs.values()) < 1e-4
     assert set(fidelity) == {f"{g}_int8" for g in GRAPHS}
     assert any("fidelity decoder_model_merged_int8" in m for m in messages)
@@ -258,8 +288,12 @@ def test_variants_load_and_stay_close_to_fp32(exported, dtype):
     dims = _dims(model)
     prompt = np.random.default_rng(4).integers(3, 49000, (1, 10))
     tokens, _ = chk.decoder_reference(model, prompt, steps=3)
-    ref = chk.run_decoder(chk.session(graph(exported, "decoder_model_merged")),
-                          chk.session(graph(exported, "embed_tokens")), tokens, *dims)
+    ref = chk.run_decoder(
+        chk.session(graph(exported, "decoder_model_merged")),
+        chk.session(graph(exported, "embed_tokens")),
+        tokens,
+        *dims,
+    )
     dec = chk.session(graph(exported, "decoder_model_merged", dtype))
     got = chk.run_decoder(dec, chk.session(graph(exported, "embed_tokens", dtype)), tokens, *dims)
     flat_ref = np.concatenate([x[0] for x in ref])
@@ -281,8 +315,9 @@ def test_graphs_above_the_protobuf_limit_use_one_onnx_data_file(tmp_path, monkey
     from smolvlm_cli.export.onnx_export import export_onnx
 
     monkeypatch.setattr(onnx_writer, "_TWO_GB", 1_000_000)  # pretend every graph is large
-    result = export_onnx(tiny_checkpoints[TINY_MODEL_NAMES[0]], tmp_path, ("fp32", "int8"), check=True,
-                         log=lambda _m: None)
+    result = export_onnx(
+        tiny_checkpoints[TINY_MODEL_NAMES[0]], tmp_path, ("fp32", "int8"), check=True, log=lambda _m: None
+    )
     names = sorted(p.name for p in (tmp_path / "onnx").iterdir())
     assert "decoder_model_merged.onnx_data" in names and "decoder_model_merged_int8.onnx_data" in names
     assert not any(n.endswith(".data") for n in names)  # the quantizers' own naming is rewritten
@@ -291,6 +326,7 @@ def test_graphs_above_the_protobuf_limit_use_one_onnx_data_file(tmp_path, monkey
 
 
 # -- geometry from the config: the 2.2B models' 384-px tiles, patch 14, scale 3 ----------------------
+
 
 @pytest.mark.parametrize("vision_style", ["fused", "plain"])
 def test_vision_geometry_comes_from_the_config(tmp_path, vision_style):
@@ -316,12 +352,12 @@ def test_vision_geometry_comes_from_the_config(tmp_path, vision_style):
         build_graphs(ckpt, tmp_path, [("vision", "fp32")])
     else:
         export_traced_graph(model, "vision_encoder", path)
-    (feats,) = chk.session(path).run(None, {"pixel_values": pixels.numpy(),
-                                            "pixel_attention_mask": mask.numpy()})
+    (feats,) = chk.session(path).run(None, {"pixel_values": pixels.numpy(), "pixel_attention_mask": mask.numpy()})
     np.testing.assert_allclose(feats[:2], ref, atol=1e-4)
 
 
 # -- random checkpoints ------------------------------------------------------------------------------
+
 
 def test_random_checkpoint_round_trips_and_is_seeded(tmp_path, tiny_checkpoints):
     from safetensors.numpy import load_file
@@ -353,7 +389,7 @@ def test_random_weights_give_varied_greedy_tokens(tiny_checkpoints, name):
         out = model.generate(input_ids=ids, max_new_tokens=12, do_sample=False)
         logits = model(input_ids=ids).logits
     assert torch.isfinite(logits).all()
-    assert len(set(out[0, ids.shape[1]:].tolist())) >= 3
+    assert len(set(out[0, ids.shape[1] :].tolist())) >= 3
 
 
 def test_hub_ids_fetch_weights_and_configs_but_no_onnx(monkeypatch, tiny_checkpoints):
@@ -362,9 +398,11 @@ def test_hub_ids_fetch_weights_and_configs_but_no_onnx(monkeypatch, tiny_checkpo
 
     calls = []
     local = tiny_checkpoints[TINY_MODEL_NAMES[0]]
-    monkeypatch.setattr(hub, "_snapshot", lambda repo, patterns, _progress: calls.append((repo, patterns)) or str(local))
+    monkeypatch.setattr(
+        hub, "_snapshot", lambda repo, patterns, _progress: calls.append((repo, patterns)) or str(local)
+    )
     assert resolve_source("HuggingFaceTB/SmolVLM2-256M-Video-Instruct") == local
-    (repo, patterns), = calls
+    ((repo, patterns),) = calls
     assert repo == "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
     assert "*.safetensors" in patterns and "*.json" in patterns and "*.txt" in patterns
     assert not any("onnx" in p for p in patterns)
@@ -372,20 +410,23 @@ def test_hub_ids_fetch_weights_and_configs_but_no_onnx(monkeypatch, tiny_checkpo
 
 # -- scripts -------------------------------------------------------------------------------------------
 
+
 def _script(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("argv", [
-    ("export_onnx.py", "/nonexistent/model", "OUT"),
-    ("export_onnx.py", "FIXTURE", "OUT", "--dtype", "fp32,int3"),
-    ("export_onnx.py", "FIXTURE", "OUT"),  # no weights
-    ("random_checkpoint.py", "/nonexistent/config", "OUT"),
-    ("random_checkpoint.py", "EMPTY", "OUT"),  # no config.json
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("export_onnx.py", "/nonexistent/model", "OUT"),
+        ("export_onnx.py", "FIXTURE", "OUT", "--dtype", "fp32,int3"),
+        ("export_onnx.py", "FIXTURE", "OUT"),  # no weights
+        ("random_checkpoint.py", "/nonexistent/config", "OUT"),
+        ("random_checkpoint.py", "EMPTY", "OUT"),  # no config.json
+    ],
+)
 def test_scripts_fail_with_one_error_line(tmp_path, argv):
-    subs = {"OUT": str(tmp_path / "out"), "FIXTURE": str(source_dir(TINY_MODEL_NAMES[0])),
-            "EMPTY": str(tmp_path)}
+    subs = {"OUT": str(tmp_path / "out"), "FIXTURE": str(source_dir(TINY_MODEL_NAMES[0])), "EMPTY": str(tmp_path)}
     proc = _script(str(SCRIPTS / argv[0]), *(subs.get(a, a) for a in argv[1:]))
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.startswith("Error: "), proc.stderr
@@ -406,8 +447,14 @@ def test_official_style_writes_the_hub_contract(tmp_path, tiny_checkpoints):
 
 def test_export_script_writes_only_the_asked_variants(tmp_path, tiny_checkpoints):
     out = tmp_path / "out"
-    proc = _script(str(SCRIPTS / "export_onnx.py"), str(tiny_checkpoints[TINY_MODEL_NAMES[1]]),
-                   str(out), "--dtype", "int8", "--check")
+    proc = _script(
+        str(SCRIPTS / "export_onnx.py"),
+        str(tiny_checkpoints[TINY_MODEL_NAMES[1]]),
+        str(out),
+        "--dtype",
+        "int8",
+        "--check",
+    )
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (out / "onnx").glob("*.onnx*")) == [f"{g}_int8.onnx" for g in sorted(GRAPHS)]
     assert json.loads((out / "onnx" / "smolvlm-graphs.json").read_text())["dtypes"] == ["int8"]
@@ -421,14 +468,18 @@ def test_export_command_prints_the_folder_and_the_backend_runs_it(tmp_path, tiny
     from smolvlm_cli import SmolVLM
 
     out = tmp_path / "exported"
-    proc = subprocess.run([sys.executable, "-m", "smolvlm_cli", "export",
-                           str(tiny_checkpoints[TINY_MODEL_NAMES[0]]), str(out)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "smolvlm_cli", "export", str(tiny_checkpoints[TINY_MODEL_NAMES[0]]), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"{out}\n"  # stdout: only the result
     assert "export done" in proc.stderr and "decoder_model_merged_int8.onnx" in proc.stderr
     assert sorted(p.name for p in (out / "onnx").glob("*.onnx")) == sorted(
-        [f"{g}.onnx" for g in GRAPHS] + [f"{g}_int8.onnx" for g in GRAPHS])  # default fp32,int8
+        [f"{g}.onnx" for g in GRAPHS] + [f"{g}_int8.onnx" for g in GRAPHS]
+    )  # default fp32,int8
     vlm = SmolVLM.from_pretrained(out)
     assert vlm.backend.name == "onnx" and vlm.backend.dtype == "int8"
     assert vlm.backend.decoder_style == "gqa"
@@ -436,10 +487,12 @@ def test_export_command_prints_the_folder_and_the_backend_runs_it(tmp_path, tiny
 
 def test_export_needs_no_torch_but_check_does(tmp_path, tiny_checkpoints):
     def run(*extra):
-        code = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
-                "from smolvlm_cli.cli.main import main\n"
-                f"main(['export', {str(tiny_checkpoints[TINY_MODEL_NAMES[0]])!r}, {str(tmp_path / 'o')!r}"
-                f"{''.join(', ' + repr(e) for e in extra)}])")
+        code = (
+            "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+            "from smolvlm_cli.cli.main import main\n"
+            f"main(['export', {str(tiny_checkpoints[TINY_MODEL_NAMES[0]])!r}, {str(tmp_path / 'o')!r}"
+            f"{''.join(', ' + repr(e) for e in extra)}])"
+        )
         return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
 
     checked = run("--check")

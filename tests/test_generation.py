@@ -5,9 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers.generation.logits_process import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor,
-                                                    TemperatureLogitsWarper, TopKLogitsWarper,
-                                                    TopPLogitsWarper)
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from smolvlm_cli.generation import Sampler, generate_tokens
 from smolvlm_cli.options import GenerationOptions
@@ -27,14 +31,17 @@ def _reference(logits: np.ndarray, context: list[int], opts: GenerationOptions) 
     return chain(ids, torch.from_numpy(logits.copy())[None])[0].numpy()
 
 
-@pytest.mark.parametrize("kwargs", [
-    {},
-    {"repetition_penalty": 1.3},
-    {"temperature": 0.7},
-    {"temperature": 1.0, "top_k": 20},
-    {"temperature": 0.8, "top_p": 0.9},
-    {"temperature": 1.2, "top_k": 50, "top_p": 0.5, "repetition_penalty": 1.1},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"repetition_penalty": 1.3},
+        {"temperature": 0.7},
+        {"temperature": 1.0, "top_k": 20},
+        {"temperature": 0.8, "top_p": 0.9},
+        {"temperature": 1.2, "top_k": 50, "top_p": 0.5, "repetition_penalty": 1.1},
+    ],
+)
 def test_processed_scores_match_transformers(kwargs):
     rng = np.random.default_rng(0)
     opts = GenerationOptions(**kwargs)
@@ -96,8 +103,17 @@ def test_generate_tokens_stops_on_eos_and_on_length():
     assert list(generate_tokens(logits_for(script[0]), step, forced, [9])) == script
 
 
-@pytest.mark.parametrize("bad", [{"max_new_tokens": 0}, {"temperature": -1}, {"top_p": 0.0},
-                                 {"top_p": 1.5}, {"top_k": -1}, {"repetition_penalty": 0}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"max_new_tokens": 0},
+        {"temperature": -1},
+        {"top_p": 0.0},
+        {"top_p": 1.5},
+        {"top_k": -1},
+        {"repetition_penalty": 0},
+    ],
+)
 def test_invalid_options_are_rejected(bad):
     with pytest.raises(ValueError):
         GenerationOptions(**bad)

@@ -65,8 +65,9 @@ def _describe_cmd(image: Path, *extra: str, no_torch: bool = False) -> list[str]
 
 
 def _describe(env, image, *extra, no_torch=False) -> subprocess.CompletedProcess:
-    return subprocess.run(_describe_cmd(image, *extra, no_torch=no_torch), env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        _describe_cmd(image, *extra, no_torch=no_torch), env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def _entry(cache: Path) -> Path:
@@ -86,7 +87,10 @@ def reference_answer(hf_home, image, tmp_path_factory) -> str:
     entry = _entry(cache)
     assert json.loads((entry / "source.json").read_text())["model"] == REPO_ID
     assert sorted(p.name for p in (entry / "onnx").glob("*.onnx")) == [
-        "decoder_model_merged_int8.onnx", "embed_tokens_int8.onnx", "vision_encoder_int8.onnx"]
+        "decoder_model_merged_int8.onnx",
+        "embed_tokens_int8.onnx",
+        "vision_encoder_int8.onnx",
+    ]
     second = _describe(_env(hf_home, cache), image)
     assert second.returncode == 0, second.stderr
     assert "Building" not in second.stderr and second.stdout == first.stdout
@@ -100,16 +104,18 @@ def test_first_run_builds_and_later_runs_load(reference_answer):
 def test_a_killed_build_leaves_nothing_that_looks_finished(hf_home, image, reference_answer, tmp_path):
     cache = tmp_path / "cache"
     env = _env(hf_home, cache)
-    killer = (NO_TORCH +  # SIGKILL from inside the build, after a few layers were written
-              "import os, signal\n"
-              "from smolvlm_cli.backends.select import select_backend\n"
-              "from smolvlm_cli.builder.layout import Progress\n"
-              "class Kill(Progress):\n"
-              "    n = 0\n"
-              "    def step(self, d):\n"
-              "        self.n += 1\n"
-              "        if self.n == 3: os.kill(os.getpid(), signal.SIGKILL)\n"
-              f"select_backend({REPO_ID!r}, progress=Kill())\n")
+    killer = (
+        NO_TORCH  # SIGKILL from inside the build, after a few layers were written
+        + "import os, signal\n"
+        "from smolvlm_cli.backends.select import select_backend\n"
+        "from smolvlm_cli.builder.layout import Progress\n"
+        "class Kill(Progress):\n"
+        "    n = 0\n"
+        "    def step(self, d):\n"
+        "        self.n += 1\n"
+        "        if self.n == 3: os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"select_backend({REPO_ID!r}, progress=Kill())\n"
+    )
     killed = subprocess.run([sys.executable, "-c", killer], env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr
     onnx_dir = next((cache / "graphs").glob("*/*")) / "onnx"
@@ -126,7 +132,7 @@ def test_a_damaged_graph_is_rebuilt_with_a_notice(hf_home, image, reference_answ
     assert _describe(env, image).returncode == 0
     graph = _entry(cache) / "onnx" / "decoder_model_merged_int8.onnx"
     data = bytearray(graph.read_bytes())
-    data[len(data) // 2: len(data) // 2 + 4096] = b"\0" * 4096  # same size, other bytes
+    data[len(data) // 2 : len(data) // 2 + 4096] = b"\0" * 4096  # same size, other bytes
     graph.write_bytes(bytes(data))
     damaged = _describe(env, image)
     assert damaged.returncode == 0, damaged.stderr
@@ -140,8 +146,10 @@ def test_a_damaged_graph_is_rebuilt_with_a_notice(hf_home, image, reference_answ
 
 def test_two_first_runs_at_once_both_succeed(hf_home, image, reference_answer, tmp_path):
     env = _env(hf_home, tmp_path / "cache")
-    procs = [subprocess.Popen(_describe_cmd(image), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(_describe_cmd(image), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
     for code, out, err in results:
         assert code == 0, err
@@ -151,17 +159,22 @@ def test_two_first_runs_at_once_both_succeed(hf_home, image, reference_answer, t
 
 def test_download_builds_and_models_lists_it(hf_home, tmp_path, reference_answer):
     env = _env(hf_home, tmp_path / "cache")
-    fetched = subprocess.run([sys.executable, "-m", "smolvlm_cli", "download", REPO_ID], env=env,
-                             capture_output=True, text=True, timeout=300)
+    fetched = subprocess.run(
+        [sys.executable, "-m", "smolvlm_cli", "download", REPO_ID], env=env, capture_output=True, text=True, timeout=300
+    )
     assert fetched.returncode == 0, fetched.stderr
     assert fetched.stdout.strip().endswith("snapshots/c0ffee" + "0" * 34) and "Graphs:" in fetched.stderr
-    listed = subprocess.run([sys.executable, "-m", "smolvlm_cli", "models", "--json"], env=env,
-                            capture_output=True, text=True, timeout=120)
+    listed = subprocess.run(
+        [sys.executable, "-m", "smolvlm_cli", "models", "--json"], env=env, capture_output=True, text=True, timeout=120
+    )
     (row,) = json.loads(listed.stdout)
     assert row["model"] == REPO_ID and row["weights_bytes"] > 0 and row["onnx"] == {}
     (built,) = row["built"]
-    assert set(built["graphs"]) == {"vision_encoder_int8.onnx", "embed_tokens_int8.onnx",
-                                    "decoder_model_merged_int8.onnx"}
+    assert set(built["graphs"]) == {
+        "vision_encoder_int8.onnx",
+        "embed_tokens_int8.onnx",
+        "decoder_model_merged_int8.onnx",
+    }
 
 
 def test_offline_first_run_without_the_files_is_one_clear_error(image, tmp_path):

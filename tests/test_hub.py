@@ -46,17 +46,21 @@ def test_files_for_a_dtype_only():
 def _resolve_in_subprocess(model: str, hf_home, dtype: str = "fp32", select: bool = False):
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
     env.pop("HF_HUB_CACHE", None)
-    call = (f"select_backend({model!r}, 'auto', {dtype!r})" if select
-            else f"resolve_model({model!r}, files_for('onnx', {dtype!r}))")
-    code = ("import sys; from smolvlm_cli.hub import resolve_model, files_for\n"
-            "from smolvlm_cli.backends.select import select_backend\n"
-            "from smolvlm_cli.errors import SmolVLMError\n"
-            "try:\n"
-            f"    print({call})\n"
-            "except SmolVLMError as e:\n"
-            "    print('ERR', e.message, '|', e.hint); sys.exit(3)\n")
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=60)
+    call = (
+        f"select_backend({model!r}, 'auto', {dtype!r})"
+        if select
+        else f"resolve_model({model!r}, files_for('onnx', {dtype!r}))"
+    )
+    code = (
+        "import sys; from smolvlm_cli.hub import resolve_model, files_for\n"
+        "from smolvlm_cli.backends.select import select_backend\n"
+        "from smolvlm_cli.errors import SmolVLMError\n"
+        "try:\n"
+        f"    print({call})\n"
+        "except SmolVLMError as e:\n"
+        "    print('ERR', e.message, '|', e.hint); sys.exit(3)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
 
 
 @pytest.mark.slow
@@ -97,7 +101,6 @@ def test_offline_uses_the_hub_cache(tmp_path):
 def test_default_dtype_falls_back_to_the_graphs_a_hub_repo_has(tmp_path):
     """A repo without the default (int8) graphs still runs on ONNX with the fp32 ones it has."""
     snapshot = _cached_snapshot(tmp_path)
-    result = _resolve_in_subprocess("HuggingFaceTB/SmolVLM2-256M-Video-Instruct", tmp_path,
-                                    dtype=None, select=True)
+    result = _resolve_in_subprocess("HuggingFaceTB/SmolVLM2-256M-Video-Instruct", tmp_path, dtype=None, select=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == repr(Selection("onnx", snapshot, snapshot))

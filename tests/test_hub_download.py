@@ -89,7 +89,7 @@ def _handler(hub: FakeHub):
                 hub.downloaded.append(path)
             chunk = 64 * 1024
             for start in range(0, len(data), chunk):
-                self.wfile.write(data[start:start + chunk])
+                self.wfile.write(data[start : start + chunk])
                 time.sleep(chunk / hub.bytes_per_s)
 
         def do_HEAD(self):
@@ -141,8 +141,14 @@ def image(tmp_path_factory) -> Path:
 
 
 def _env(hub: FakeHub, tmp_path: Path) -> dict:
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": hub.endpoint,
-           "SMOLVLM_CACHE": str(tmp_path / "graphs"), "COLUMNS": "120", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env = {
+        **os.environ,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_ENDPOINT": hub.endpoint,
+        "SMOLVLM_CACHE": str(tmp_path / "graphs"),
+        "COLUMNS": "120",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
     for name in ("HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_TOKEN"):
         env.pop(name, None)
     return env
@@ -173,15 +179,15 @@ def test_first_run_downloads_only_config_and_weights_with_a_bar_on_the_terminal(
 
 
 def test_off_a_terminal_the_download_is_two_plain_lines_and_quiet_is_silent(hub, image, tmp_path):
-    result = subprocess.run(_describe_cmd(image), env=_env(hub, tmp_path), capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(_describe_cmd(image), env=_env(hub, tmp_path), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
     assert lines[0] == f"Downloading {REPO_ID}..." and re.fullmatch(r"Downloaded \d+\.\d MB in \d+\.\d s", lines[1])
     assert "\x1b[" not in result.stderr and "Fetching" not in result.stderr and "%|" not in result.stderr
 
     quiet_env = {**_env(hub, tmp_path), "HF_HOME": str(tmp_path / "hf-quiet")}
-    result = subprocess.run([*_describe_cmd(image), "--quiet"], env=quiet_env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [*_describe_cmd(image), "--quiet"], env=quiet_env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0 and result.stderr == ""
     assert (tmp_path / "hf-quiet" / "hub").is_dir()  # it did download, silently

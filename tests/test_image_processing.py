@@ -36,6 +36,7 @@ DEFAULT_MODEL = MODEL_NAMES[0]
 
 # -- helpers ---------------------------------------------------------------------------------
 
+
 def photo(width: int, height: int, seed: int = 0) -> Image.Image:
     """Deterministic photo-like RGB content: smooth colour fields, shapes, sensor noise."""
     rng = np.random.default_rng(seed)
@@ -90,8 +91,9 @@ def assert_same(model_dir, images, ref_images=None, longest_edge=None, split=Non
         kwargs["size"] = {"longest_edge": longest_edge}
     if split is not None:
         kwargs["do_image_splitting"] = split
-    expected = reference(model_dir)(images=images if ref_images is None else ref_images,
-                                    return_tensors="np", return_row_col_info=True, **kwargs)
+    expected = reference(model_dir)(
+        images=images if ref_images is None else ref_images, return_tensors="np", return_row_col_info=True, **kwargs
+    )
     processor = ours(model_dir)
     got = processor.preprocess(images, longest_edge=longest_edge, split=split)
     assert got["pixel_values"].dtype == np.float32
@@ -105,8 +107,7 @@ def assert_same(model_dir, images, ref_images=None, longest_edge=None, split=Non
     # tile_grid (header-only sizes) agrees with the pixels actually produced
     nested = images if images and isinstance(images[0], (list, tuple)) else [images]
     for b, prompt in enumerate(nested):
-        grids = [processor.tile_grid(*image_size(src), longest_edge=longest_edge, split=split)
-                 for src in prompt]
+        grids = [processor.tile_grid(*image_size(src), longest_edge=longest_edge, split=split) for src in prompt]
         assert grids == list(zip(got["rows"][b], got["cols"][b]))
         real_tiles = int(got["pixel_attention_mask"][b].any(axis=(-1, -2)).sum())
         assert real_tiles == sum(num_tiles(r, c) for r, c in grids)
@@ -115,8 +116,7 @@ def assert_same(model_dir, images, ref_images=None, longest_edge=None, split=Non
 
 # -- the zoo ---------------------------------------------------------------------------------
 
-SIZES = [(1, 1), (511, 512), (513, 512), (4000, 300), (300, 4000), (1024, 768), (768, 1024),
-         (640, 640)]
+SIZES = [(1, 1), (511, 512), (513, 512), (4000, 300), (300, 4000), (1024, 768), (768, 1024), (640, 640)]
 
 
 @pytest.mark.parametrize("size", SIZES, ids=[f"{w}x{h}" for w, h in SIZES])
@@ -139,12 +139,24 @@ def _modes() -> dict[str, Image.Image]:
     l_trans = base.convert("L")
     l_trans.info["transparency"] = int(np.asarray(l_trans)[5, 5])
     return {
-        "RGB": base, "RGBA": rgba, "LA": la, "L": base.convert("L"), "1": base.convert("1"),
-        "P": palette, "P-transparency": p_trans, "PA": pa, "L-transparency": l_trans,
-        "CMYK": base.convert("CMYK"), "YCbCr": base.convert("YCbCr"), "LAB": base.convert("LAB"),
-        "HSV": base.convert("HSV"), "RGBX": base.convert("RGBX"), "RGBa": base.convert("RGBa"),
+        "RGB": base,
+        "RGBA": rgba,
+        "LA": la,
+        "L": base.convert("L"),
+        "1": base.convert("1"),
+        "P": palette,
+        "P-transparency": p_trans,
+        "PA": pa,
+        "L-transparency": l_trans,
+        "CMYK": base.convert("CMYK"),
+        "YCbCr": base.convert("YCbCr"),
+        "LAB": base.convert("LAB"),
+        "HSV": base.convert("HSV"),
+        "RGBX": base.convert("RGBX"),
+        "RGBa": base.convert("RGBa"),
         # 32-bit int / float holding 8-bit values: same as the reference (no rescaling needed)
-        "I-8bit": base.convert("L").convert("I"), "F-8bit": base.convert("L").convert("F"),
+        "I-8bit": base.convert("L").convert("I"),
+        "F-8bit": base.convert("L").convert("F"),
     }
 
 
@@ -155,18 +167,22 @@ def _every_model_for(core: list[str], extra: list[str]) -> list:
     """The brief's core cases on every fixture model, extra ones on the default model only (the
     three fixtures share one preprocessing config; this keeps the file fast). The fast loop
     runs the core cases on the default model."""
-    cases = [pytest.param(model, name, id=f"{model}-{name}",
-                          marks=() if model == DEFAULT_MODEL else pytest.mark.slow)  # see fast_first
-             for model in MODEL_NAMES for name in core]
-    return cases + [pytest.param(DEFAULT_MODEL, name, id=f"{DEFAULT_MODEL}-{name}", marks=pytest.mark.slow)
-                    for name in extra]
+    cases = [
+        pytest.param(
+            model, name, id=f"{model}-{name}", marks=() if model == DEFAULT_MODEL else pytest.mark.slow
+        )  # see fast_first
+        for model in MODEL_NAMES
+        for name in core
+    ]
+    return cases + [
+        pytest.param(DEFAULT_MODEL, name, id=f"{DEFAULT_MODEL}-{name}", marks=pytest.mark.slow) for name in extra
+    ]
 
 
 CORE_MODES = ["RGB", "RGBA", "LA", "L", "1", "P", "P-transparency", "CMYK"]
 
 
-@pytest.mark.parametrize("model,mode", _every_model_for(
-    CORE_MODES, [m for m in MODES if m not in CORE_MODES]))
+@pytest.mark.parametrize("model,mode", _every_model_for(CORE_MODES, [m for m in MODES if m not in CORE_MODES]))
 def test_modes_match_reference(model, mode):
     image = MODES[mode]
     assert_same(fixture_dir(model), [image])
@@ -195,10 +211,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     exif[0x0112] = 6
     save("exif6.png", base, exif=exif.tobytes())
     frames = [photo(200, 150, seed=s).convert("P", palette=Image.Palette.ADAPTIVE) for s in (1, 2, 3)]
-    save("anim.gif", frames[0], save_all=True, append_images=frames[1:], duration=100, loop=0,
-         transparency=0)
-    save("anim.webp", photo(200, 150, seed=4), save_all=True,
-         append_images=[photo(200, 150, seed=5)], duration=100)
+    save("anim.gif", frames[0], save_all=True, append_images=frames[1:], duration=100, loop=0, transparency=0)
+    save("anim.webp", photo(200, 150, seed=4), save_all=True, append_images=[photo(200, 150, seed=5)], duration=100)
     save("alpha.png", rgba)
     save("photo.webp", base, quality=80)
     save("alpha.webp", rgba, lossless=True)
@@ -216,8 +230,20 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 
 CORE_FILES = ["exif3.jpg", "exif6.jpg", "anim.gif", "alpha.png", "photo.webp"]
-EXTRA_FILES = ["exif8.jpg", "exif6.png", "anim.webp", "alpha.webp", "ptrans.png", "la.png",
-               "cmyk.jpg", "cmyk.tif", "gray.jpg", "bilevel.png", "photo.bmp", "tall.jpg"]
+EXTRA_FILES = [
+    "exif8.jpg",
+    "exif6.png",
+    "anim.webp",
+    "alpha.webp",
+    "ptrans.png",
+    "la.png",
+    "cmyk.jpg",
+    "cmyk.tif",
+    "gray.jpg",
+    "bilevel.png",
+    "photo.bmp",
+    "tall.jpg",
+]
 
 
 @pytest.mark.parametrize("model,name", _every_model_for(CORE_FILES, EXTRA_FILES))
@@ -259,8 +285,10 @@ def test_sources_are_equivalent(files):
 
 # -- overrides, batches, geometry ------------------------------------------------------------
 
-@pytest.mark.parametrize("longest_edge", [512, 768, 1000, 1536, 300,
-                                          pytest.param(5000, marks=pytest.mark.slow)])  # 10x10 tiles
+
+@pytest.mark.parametrize(
+    "longest_edge", [512, 768, 1000, 1536, 300, pytest.param(5000, marks=pytest.mark.slow)]
+)  # 10x10 tiles
 def test_longest_edge_override(longest_edge):
     model = fixture_dir(DEFAULT_MODEL)
     for size in [(1024, 768), (4000, 300)]:
@@ -291,8 +319,7 @@ def test_several_images_in_one_prompt(model_files):
 
 def test_split_off_batch_mixed_counts():
     model = fixture_dir(DEFAULT_MODEL)
-    assert_same(model, [[photo(800, 600, seed=41)], [photo(600, 800, seed=42), photo(5, 9, seed=43)]],
-                split=False)
+    assert_same(model, [[photo(800, 600, seed=41)], [photo(600, 800, seed=42), photo(5, 9, seed=43)]], split=False)
 
 
 @pytest.fixture(scope="module")
@@ -332,8 +359,21 @@ def _fake_np_resize(image, size, **kwargs):
 
 def _geometry_sizes() -> list[tuple[int, int]]:
     rng = np.random.default_rng(1234)
-    sizes = [(1, 1), (1, 4096), (4096, 1), (2, 3), (512, 512), (2048, 1025), (1025, 2048),
-             (2049, 1024), (1536, 1537), (5000, 37), (37, 5000), (999, 1001), (10000, 2)]
+    sizes = [
+        (1, 1),
+        (1, 4096),
+        (4096, 1),
+        (2, 3),
+        (512, 512),
+        (2048, 1025),
+        (1025, 2048),
+        (2049, 1024),
+        (1536, 1537),
+        (5000, 37),
+        (37, 5000),
+        (999, 1001),
+        (10000, 2),
+    ]
     sizes += [tuple(int(v) for v in rng.integers(1, 3000, 2)) for _ in range(60)]
     return sizes
 
@@ -344,8 +384,7 @@ def test_tile_grid_matches_reference_geometry(monkeypatch, model_22b_like, longe
     monkeypatch.setattr(tf_backends, "np_resize", _fake_np_resize)
     for model_dir in (fixture_dir(DEFAULT_MODEL), model_22b_like):
         ref, config = reference(str(model_dir)), ModelConfig.from_dir(model_dir)
-        kwargs = {"do_rescale": False, "do_normalize": False, "do_pad": False,
-                  "input_data_format": "channels_last"}
+        kwargs = {"do_rescale": False, "do_normalize": False, "do_pad": False, "input_data_format": "channels_last"}
         if longest_edge is not None:
             kwargs["size"] = {"longest_edge": longest_edge}
         if split is not None:
@@ -372,6 +411,7 @@ def test_tile_grid_known_values():
 
 
 # -- 16-bit / float: scaled, not clipped (deliberately unlike the reference) -------------------
+
 
 def _gradient16() -> np.ndarray:
     return np.linspace(0, 65535, 256).round().astype(np.uint16)[None, :].repeat(4, axis=0)
@@ -412,6 +452,7 @@ def test_32bit_and_float_are_scaled():
 
 # -- errors ----------------------------------------------------------------------------------
 
+
 def _error(source, name=None) -> ImageError:
     with pytest.raises(ImageError) as info:
         load_image(source, name=name)
@@ -437,8 +478,10 @@ def test_permission_denied(tmp_path, monkeypatch):
     path = tmp_path / "secret.png"
     photo(8, 8).save(path)
     if os.geteuid() == 0:  # root reads anything: simulate the OS refusing
+
         def refuse(file, *args, **kwargs):
             raise PermissionError(13, "Permission denied", str(file))
+
         monkeypatch.setattr(image_loading, "open", refuse, raising=False)
     else:
         path.chmod(0)
@@ -504,9 +547,12 @@ def test_bad_source_type():
 
 # -- import hygiene --------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_import_does_not_pull_torch_or_transformers():
-    code = ("import sys, smolvlm_cli.image_processing; "
-            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    code = (
+        "import sys, smolvlm_cli.image_processing; "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

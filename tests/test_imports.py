@@ -37,7 +37,7 @@ def imported_modules(name: str, path: Path, modules: dict[str, Path]) -> set[str
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(parts + ([node.module] if node.module else []))
             # `from pkg import mod` imports the module pkg.mod; `from mod import name`, mod
             targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
@@ -61,7 +61,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         path.pop()
@@ -92,16 +92,18 @@ def test_each_module_imports_alone():
     """Each module in a clean package state: a cycle that breaks only when entered from one of
     its modules would fail here (third-party modules stay loaded, to keep this fast)."""
     names = sorted(name for name in module_files() if not name.endswith("__main__"))  # runs the CLI
-    code = ("import importlib, sys, traceback\n"
-            f"failed = []\n"
-            f"for name in {names!r}:\n"
-            f"    for loaded in [m for m in sys.modules if m == {PACKAGE!r} or m.startswith({PACKAGE + '.'!r})]:\n"
-            "        del sys.modules[loaded]\n"
-            "    try:\n"
-            "        importlib.import_module(name)\n"
-            "    except Exception:\n"
-            "        failed.append(name + ': ' + traceback.format_exc(limit=3))\n"
-            "print('\\n'.join(failed))\n")
+    code = (
+        "import importlib, sys, traceback\n"
+        f"failed = []\n"
+        f"for name in {names!r}:\n"
+        f"    for loaded in [m for m in sys.modules if m == {PACKAGE!r} or m.startswith({PACKAGE + '.'!r})]:\n"
+        "        del sys.modules[loaded]\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception:\n"
+        "        failed.append(name + ': ' + traceback.format_exc(limit=3))\n"
+        "print('\\n'.join(failed))\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""

@@ -65,11 +65,13 @@ def dynamic_vlm(tiny_onnx_dir):
 
 
 def make_prompts(vlm):
-    return [vlm.prepare([photo(300, 200, 0)], "Describe.", tiling="low"),
-            vlm.prepare([photo(900, 500, 1)], "What is going on in this picture? Be precise.", tiling="low"),
-            vlm.prepare([], "Write a haiku about the sea."),
-            vlm.prepare([photo(700, 700, 2)], "Caption it.", tiling="low"),
-            vlm.prepare([photo(256, 400, 3), photo(500, 260, 4)], "Compare the two images.", tiling="low")]
+    return [
+        vlm.prepare([photo(300, 200, 0)], "Describe.", tiling="low"),
+        vlm.prepare([photo(900, 500, 1)], "What is going on in this picture? Be precise.", tiling="low"),
+        vlm.prepare([], "Write a haiku about the sea."),
+        vlm.prepare([photo(700, 700, 2)], "Caption it.", tiling="low"),
+        vlm.prepare([photo(256, 400, 3), photo(500, 260, 4)], "Compare the two images.", tiling="low"),
+    ]
 
 
 def test_nbits8_decoder_graph(nbits_vlm):
@@ -103,8 +105,9 @@ def test_nbits8_batched_greedy_equals_one_by_one(nbits_vlm, batch_size):
 def test_exported_int8_decoder_is_batch_dependent(dynamic_vlm):
     """Known limitation of `quantize_dynamic` (and of the Hub's int8/uint8/quantized decoders):
     if this starts failing, the exporter's int8 decoder became row-independent; update the docs."""
-    ops = collections.Counter(n.op_type for n in
-                              onnx.load(str(dynamic_vlm.backend.model_dir / DECODER), load_external_data=False).graph.node)
+    ops = collections.Counter(
+        n.op_type for n in onnx.load(str(dynamic_vlm.backend.model_dir / DECODER), load_external_data=False).graph.node
+    )
     assert ops["DynamicQuantizeLinear"] and ops["MatMulInteger"]
     together, alone = batched_and_alone(dynamic_vlm, make_prompts(dynamic_vlm)[:3])
     assert not np.array_equal(together[:, 1:], alone[:, 1:])  # the steps; prefills run one row

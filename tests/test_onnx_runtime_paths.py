@@ -52,6 +52,7 @@ def _inputs(vlm, case):
 
 # -- the official contract --------------------------------------------------------------------------
 
+
 @pytest.mark.slow  # official-style exports of their own
 @pytest.mark.parametrize("case", ["split", "text-only"])
 @pytest.mark.parametrize("name", NAMES)
@@ -69,6 +70,7 @@ def test_official_contract_graphs_load_and_match_transformers(tiny_onnx_dir, ref
 
 
 # -- shared buffers vs the numpy loop on the GQA graph ------------------------------------------------
+
 
 @pytest.fixture(scope="module", params=fast_first(NAMES))
 def fast_dir(request, tiny_onnx_dir):
@@ -169,6 +171,7 @@ def test_the_context_limit_is_a_clear_error(fast_dir):
 
 # -- the optimized-graph cache ------------------------------------------------------------------------
 
+
 def test_sessions_are_cached_as_optimized_graphs_next_to_the_model(tmp_path, tiny_onnx_dir, monkeypatch):
     import shutil
 
@@ -212,6 +215,7 @@ def test_session_cache_can_move_or_be_disabled(tmp_path, tiny_onnx_dir, monkeypa
 
 # -- dtype defaults ------------------------------------------------------------------------------------
 
+
 def test_per_component_default_and_fallback_to_fp32(tmp_path, monkeypatch):
     from smolvlm_cli import dtypes
 
@@ -220,8 +224,12 @@ def test_per_component_default_and_fallback_to_fp32(tmp_path, monkeypatch):
     assert dtypes.parse_dtype("decoder=q4") == {"vision": "int8", "embed": "fp32", "decoder": "q4"}
     assert dtypes.parse_dtype("fp32") == {"vision": "fp32", "embed": "fp32", "decoder": "fp32"}
     (tmp_path / "onnx").mkdir()
-    for name in ("vision_encoder.onnx", "embed_tokens.onnx", "decoder_model_merged.onnx",
-                 "decoder_model_merged_int8.onnx"):
+    for name in (
+        "vision_encoder.onnx",
+        "embed_tokens.onnx",
+        "decoder_model_merged.onnx",
+        "decoder_model_merged_int8.onnx",
+    ):
         (tmp_path / "onnx" / name).touch()
     # the default's int8 vision graph is missing: fp32 stands in; an explicit spec is kept as asked
     assert dtypes.resolve_dtype(None, tmp_path) == {"vision": "fp32", "embed": "fp32", "decoder": "int8"}

@@ -88,7 +88,8 @@ CONVERSATIONS = {
 def test_render_matches_transformers(model_files, case, add_generation_prompt):
     messages = CONVERSATIONS[case]
     ref = hf_tokenizer(str(model_files)).apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
     ours = our_template(str(model_files)).render(messages, add_generation_prompt=add_generation_prompt)
     assert ours == ref
     assert ours.count(IMAGE_TOKEN) == sum(p["type"] == "image" for m in messages for p in m["content"])
@@ -102,12 +103,13 @@ def test_render_default_adds_generation_prompt(model_files):
 def test_string_content_is_normalized(model_files):
     """A plain string content renders as one text part. (transformers' tokenizer renders a bare
     string as nothing: the template iterates over the content's parts.)"""
-    as_strings = [{"role": "user", "content": "Hello there"},
-                  {"role": "assistant", "content": " Hi!"},
-                  {"role": "user", "content": "How are you?"}]
+    as_strings = [
+        {"role": "user", "content": "Hello there"},
+        {"role": "assistant", "content": " Hi!"},
+        {"role": "user", "content": "How are you?"},
+    ]
     as_parts = [{"role": m["role"], "content": [_text(m["content"])]} for m in as_strings]
-    ref = hf_tokenizer(str(model_files)).apply_chat_template(as_parts, tokenize=False,
-                                                              add_generation_prompt=True)
+    ref = hf_tokenizer(str(model_files)).apply_chat_template(as_parts, tokenize=False, add_generation_prompt=True)
     assert our_template(str(model_files)).render(as_strings) == ref
     assert "Hello there" in ref
 
@@ -116,28 +118,43 @@ def test_media_values_and_none_keys_do_not_change_the_prompt(model_files):
     from PIL import Image
 
     pil = Image.new("RGB", (8, 8))
-    rich = [{"role": "user", "name": None, "content": [
-        {"type": "image", "image": pil}, {"type": "image", "path": "/tmp/x.png"},
-        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
-        _text("Compare.")]}]
+    rich = [
+        {
+            "role": "user",
+            "name": None,
+            "content": [
+                {"type": "image", "image": pil},
+                {"type": "image", "path": "/tmp/x.png"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                _text("Compare."),
+            ],
+        }
+    ]
     plain = [{"role": "user", "content": [_img(), _img(), _img(), _text("Compare.")]}]
     tpl = our_template(str(model_files))
-    assert tpl.render(rich) == tpl.render(plain) == hf_tokenizer(str(model_files)).apply_chat_template(
-        plain, tokenize=False, add_generation_prompt=True)
+    assert (
+        tpl.render(rich)
+        == tpl.render(plain)
+        == hf_tokenizer(str(model_files)).apply_chat_template(plain, tokenize=False, add_generation_prompt=True)
+    )
 
 
 def test_build_messages(model_files):
     messages = build_messages("What is in the box?", 2)
-    assert messages == [{"role": "user", "content": [{"type": "image"}, {"type": "image"},
-                                                     {"type": "text", "text": "What is in the box?"}]}]
+    assert messages == [
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "What is in the box?"}],
+        }
+    ]
     assert messages[0]["content"][0] is not messages[0]["content"][1]
-    ref = hf_tokenizer(str(model_files)).apply_chat_template(messages, tokenize=False,
-                                                              add_generation_prompt=True)
+    ref = hf_tokenizer(str(model_files)).apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert our_template(str(model_files)).render(messages) == ref
     assert build_messages("hi", 0) == [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
 
 
 # -- expansion ------------------------------------------------------------------------------------
+
 
 def _ref_expand(text: str, grids, seq_len: int) -> str:
     from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_string
@@ -146,8 +163,17 @@ def _ref_expand(text: str, grids, seq_len: int) -> str:
     assert len(pieces) == len(grids) + 1
     out = pieces[0]
     for (r, c), rest in zip(grids, pieces[1:]):
-        out += get_image_prompt_string(r, c, seq_len, fake_token_around_image=FAKE_IMAGE_TOKEN,
-                                       image_token=IMAGE_TOKEN, global_image_token=GLOBAL_IMAGE_TOKEN) + rest
+        out += (
+            get_image_prompt_string(
+                r,
+                c,
+                seq_len,
+                fake_token_around_image=FAKE_IMAGE_TOKEN,
+                image_token=IMAGE_TOKEN,
+                global_image_token=GLOBAL_IMAGE_TOKEN,
+            )
+            + rest
+        )
     return out
 
 
@@ -157,11 +183,20 @@ def test_expansion_matches_get_image_prompt_string(model_files, grid):
     from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_string
 
     seq = ModelConfig.from_dir(model_files).image_seq_len
-    ref = get_image_prompt_string(*grid, seq, fake_token_around_image=FAKE_IMAGE_TOKEN,
-                                  image_token=IMAGE_TOKEN, global_image_token=GLOBAL_IMAGE_TOKEN)
+    ref = get_image_prompt_string(
+        *grid,
+        seq,
+        fake_token_around_image=FAKE_IMAGE_TOKEN,
+        image_token=IMAGE_TOKEN,
+        global_image_token=GLOBAL_IMAGE_TOKEN,
+    )
     # Idefics3 (SmolVLM-256M-Instruct) has its own copy of the rule, as a processor method
-    idefics3 = SimpleNamespace(fake_image_token=FAKE_IMAGE_TOKEN, image_token=IMAGE_TOKEN,
-                               global_image_tag=GLOBAL_IMAGE_TOKEN, image_seq_len=seq)
+    idefics3 = SimpleNamespace(
+        fake_image_token=FAKE_IMAGE_TOKEN,
+        image_token=IMAGE_TOKEN,
+        global_image_tag=GLOBAL_IMAGE_TOKEN,
+        image_seq_len=seq,
+    )
     assert ref == Idefics3Processor.replace_image_token(idefics3, {"rows": [[grid[0]]], "cols": [[grid[1]]]}, 0)
     assert image_prompt_string(*grid, seq) == ref
     prompt = our_template(str(model_files)).render(CONVERSATIONS["single_image"])
@@ -170,19 +205,28 @@ def test_expansion_matches_get_image_prompt_string(model_files, grid):
     assert expanded.count(IMAGE_TOKEN) == count_image_tokens(*grid, seq)
     # an 81-token (2.2B-style) expansion follows the same rule
     assert image_prompt_string(*grid, 81) == get_image_prompt_string(
-        *grid, 81, fake_token_around_image=FAKE_IMAGE_TOKEN, image_token=IMAGE_TOKEN,
-        global_image_token=GLOBAL_IMAGE_TOKEN)
+        *grid,
+        81,
+        fake_token_around_image=FAKE_IMAGE_TOKEN,
+        image_token=IMAGE_TOKEN,
+        global_image_token=GLOBAL_IMAGE_TOKEN,
+    )
 
 
 def test_expansion_of_several_images_in_order(model_files):
     seq = ModelConfig.from_dir(model_files).image_seq_len
-    prompt = our_template(str(model_files)).render(CONVERSATIONS["multi_turn"] + [
-        {"role": "assistant", "content": [_text("Yes.")]},
-        {"role": "user", "content": [_img(), _img(), _img(), _text("Three more.")]}])
+    prompt = our_template(str(model_files)).render(
+        CONVERSATIONS["multi_turn"]
+        + [
+            {"role": "assistant", "content": [_text("Yes.")]},
+            {"role": "user", "content": [_img(), _img(), _img(), _text("Three more.")]},
+        ]
+    )
     grids = [(2, 1), (0, 0), (3, 4), (1, 2), (4, 4)]
     assert expand_image_tokens(prompt, grids, seq) == _ref_expand(prompt, grids, seq)
     assert expand_image_tokens(prompt, grids, seq).count(IMAGE_TOKEN) == sum(
-        count_image_tokens(r, c, seq) for r, c in grids)
+        count_image_tokens(r, c, seq) for r, c in grids
+    )
 
 
 def test_expansion_errors():
@@ -210,8 +254,12 @@ def test_token_constants_are_in_the_vocabulary(model_files):
     config = ModelConfig.from_dir(model_files)
     assert ours.token_to_id(IMAGE_TOKEN) == config.image_token_id == ref.convert_tokens_to_ids(IMAGE_TOKEN)
     names = ("image_token", "fake_image_token", "global_image_token", "end_of_utterance_token")
-    assert tuple(ours.special_tokens.get(name) for name in names) \
-        == (IMAGE_TOKEN, FAKE_IMAGE_TOKEN, GLOBAL_IMAGE_TOKEN, END_OF_UTTERANCE_TOKEN)
+    assert tuple(ours.special_tokens.get(name) for name in names) == (
+        IMAGE_TOKEN,
+        FAKE_IMAGE_TOKEN,
+        GLOBAL_IMAGE_TOKEN,
+        END_OF_UTTERANCE_TOKEN,
+    )
     tokens = [IMAGE_TOKEN, FAKE_IMAGE_TOKEN, GLOBAL_IMAGE_TOKEN, END_OF_UTTERANCE_TOKEN]
     tokens += [row_col_token(r, c) for r in range(1, 7) for c in range(1, 7)]
     ids = [ours.token_to_id(t) for t in tokens]
@@ -224,6 +272,7 @@ def test_token_constants_are_in_the_vocabulary(model_files):
 
 # -- prompt ids -----------------------------------------------------------------------------------
 
+
 def test_input_ids_match_the_processor_tokenization(model_files):
     """Same expanded text -> same ids as the tokenizer call transformers' processor makes."""
     seq = ModelConfig.from_dir(model_files).image_seq_len
@@ -235,8 +284,9 @@ def test_input_ids_match_the_processor_tokenization(model_files):
     cases.append((CONVERSATIONS["text_only"], []))
     cases.append((CONVERSATIONS["system_and_unicode"], []))
     for messages, grids in cases:
-        text = _ref_expand(ref_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
-                           grids, seq)
+        text = _ref_expand(
+            ref_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), grids, seq
+        )
         ref_ids = ref_tok(text)["input_ids"]  # what ProcessorMixin.__call__ does (add_special_tokens=True)
         assert ref_tok(text, add_special_tokens=False)["input_ids"] == ref_ids  # nothing added
         ours_text = expand_image_tokens(our_template(str(model_files)).render(messages), grids, seq)
@@ -267,14 +317,20 @@ def hf_processor(path: str):
 
         if processing_smolvlm.num2words is None:  # only used for video prompts
             processing_smolvlm.num2words = str
-        return ImagesOnlySmolVLMProcessor(image_processor=SmolVLMImageProcessorPil.from_pretrained(path),
-                                          tokenizer=tok, video_processor=None,
-                                          image_seq_len=config.image_seq_len)
+        return ImagesOnlySmolVLMProcessor(
+            image_processor=SmolVLMImageProcessorPil.from_pretrained(path),
+            tokenizer=tok,
+            video_processor=None,
+            image_seq_len=config.image_seq_len,
+        )
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
     from transformers.models.idefics3.processing_idefics3 import Idefics3Processor
 
-    return Idefics3Processor(image_processor=Idefics3ImageProcessorPil.from_pretrained(path), tokenizer=tok,
-                             image_seq_len=config.image_seq_len)
+    return Idefics3Processor(
+        image_processor=Idefics3ImageProcessorPil.from_pretrained(path),
+        tokenizer=tok,
+        image_seq_len=config.image_seq_len,
+    )
 
 
 def test_input_ids_match_the_full_processor(model_files):
@@ -284,28 +340,39 @@ def test_input_ids_match_the_full_processor(model_files):
         warnings.simplefilter("ignore")
         processor = hf_processor(str(model_files))  # the reference: no skipping when it breaks
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in
-              [(700, 300), (300, 1000), (64, 64)]]
-    messages = [{"role": "user", "content": [_img(), _text("Compare these"), _img()]},
-                {"role": "assistant", "content": [_text(" Two photos.")]},
-                {"role": "user", "content": [_img(), _text("And this one? 2024 🙂")]}]
+    images = [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in [(700, 300), (300, 1000), (64, 64)]
+    ]
+    messages = [
+        {"role": "user", "content": [_img(), _text("Compare these"), _img()]},
+        {"role": "assistant", "content": [_text(" Two photos.")]},
+        {"role": "user", "content": [_img(), _text("And this one? 2024 🙂")]},
+    ]
     size = {"longest_edge": 1536}  # smaller than the default 2048: faster, still split
     text = hf_tokenizer(str(model_files)).apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     out = processor(text=[text], images=[images], images_kwargs={"size": size})
     info = processor.image_processor(images=[images], return_row_col_info=True, size=size)
     grids = list(zip(info["rows"][0], info["cols"][0]))
     assert len(set(grids)) == 3 and (0, 0) not in grids
-    ours_text = expand_image_tokens(our_template(str(model_files)).render(messages), grids,
-                                    ModelConfig.from_dir(model_files).image_seq_len)
+    ours_text = expand_image_tokens(
+        our_template(str(model_files)).render(messages), grids, ModelConfig.from_dir(model_files).image_seq_len
+    )
     ref_ids = [int(i) for i in np.asarray(out["input_ids"]).reshape(-1)]
     assert our_tokenizer(str(model_files)).encode(ours_text) == ref_ids
     # and one unsplit image
-    out = processor(text=[our_template(str(model_files)).render(build_messages("Hi", 1))], images=[[images[2]]],
-                    images_kwargs={"do_image_splitting": False})
-    ours_text = expand_image_tokens(our_template(str(model_files)).render(build_messages("Hi", 1)), [(0, 0)],
-                                    ModelConfig.from_dir(model_files).image_seq_len)
-    assert our_tokenizer(str(model_files)).encode(ours_text) == [int(i) for i in
-                                                                 np.asarray(out["input_ids"]).reshape(-1)]
+    out = processor(
+        text=[our_template(str(model_files)).render(build_messages("Hi", 1))],
+        images=[[images[2]]],
+        images_kwargs={"do_image_splitting": False},
+    )
+    ours_text = expand_image_tokens(
+        our_template(str(model_files)).render(build_messages("Hi", 1)),
+        [(0, 0)],
+        ModelConfig.from_dir(model_files).image_seq_len,
+    )
+    assert our_tokenizer(str(model_files)).encode(ours_text) == [
+        int(i) for i in np.asarray(out["input_ids"]).reshape(-1)
+    ]
 
 
 # -- where the template comes from ----------------------------------------------------------------
@@ -365,8 +432,11 @@ def test_template_precedence_matches_transformers(tmp_path):
     d = _model_dir(tmp_path / "jinja", jinja_tpl=JINJA_TPL)
     ref = hf_tokenizer(str(d))
     two = msgs + [{"role": "assistant", "content": "y"}]
-    assert ChatTemplate.from_dir(d).render(two) == ref.apply_chat_template(
-        [msgs[0], {"role": "assistant", "content": [_text("y")]}], tokenize=False) == "  K:x\n  K:y\n<end_of_utterance>"
+    assert (
+        ChatTemplate.from_dir(d).render(two)
+        == ref.apply_chat_template([msgs[0], {"role": "assistant", "content": [_text("y")]}], tokenize=False)
+        == "  K:x\n  K:y\n<end_of_utterance>"
+    )
 
 
 def test_template_dicts_pick_default(tmp_path):
@@ -405,11 +475,12 @@ def test_template_errors(tmp_path):
 
 
 def test_template_environment_extras():
-    tpl = ChatTemplate("{% set ns = namespace(n=0) %}{% for m in messages %}{% if loop.index > 1 %}{% break %}"
-                       "{% endif %}{% set ns.n = ns.n + 1 %}{% generation %}{{ m['content'][0]['text'] }}"
-                       "{% endgeneration %}{% endfor %}|{{ ns.n }}|{{ {'k': 'é<'} | tojson }}|{{ dict(a=1)['a'] }}"
-                       "|{{ strftime_now('%Y') | length }}")
-    assert tpl.render([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]) \
-        == 'a|1|{"k": "é<"}|1|4'
+    tpl = ChatTemplate(
+        "{% set ns = namespace(n=0) %}{% for m in messages %}{% if loop.index > 1 %}{% break %}"
+        "{% endif %}{% set ns.n = ns.n + 1 %}{% generation %}{{ m['content'][0]['text'] }}"
+        "{% endgeneration %}{% endfor %}|{{ ns.n }}|{{ {'k': 'é<'} | tojson }}|{{ dict(a=1)['a'] }}"
+        "|{{ strftime_now('%Y') | length }}"
+    )
+    assert tpl.render([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]) == 'a|1|{"k": "é<"}|1|4'
     with pytest.raises(ValueError):
         ChatTemplate("{% set ns = namespace(_x=1) %}").render([{"role": "user", "content": "a"}])

@@ -30,8 +30,27 @@ from smolvlm_cli.tokenizer import Tokenizer
 pytestmark = pytest.mark.slow  # hypothesis-heavy
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
-MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB",
-         "HSV", "I", "I;16", "I;16B", "I;16L", "F")
+MODES = (
+    "1",
+    "L",
+    "LA",
+    "La",
+    "P",
+    "PA",
+    "RGB",
+    "RGBA",
+    "RGBa",
+    "RGBX",
+    "CMYK",
+    "YCbCr",
+    "LAB",
+    "HSV",
+    "I",
+    "I;16",
+    "I;16B",
+    "I;16L",
+    "F",
+)
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +82,14 @@ def random_image(mode: str, width: int, height: int, seed: int) -> Image.Image:
 
 
 @settings(max_examples=40, **SETTINGS)
-@given(mode=st.sampled_from(MODES),
-       width=st.one_of(st.integers(1, 64), st.integers(1, 2000)),
-       height=st.one_of(st.integers(1, 64), st.integers(1, 2000)),
-       longest_edge=st.sampled_from([None, 512, 768, 1000, 1536]),
-       split=st.sampled_from([None, True, False]),
-       seed=st.integers(0, 2**16))
+@given(
+    mode=st.sampled_from(MODES),
+    width=st.one_of(st.integers(1, 64), st.integers(1, 2000)),
+    height=st.one_of(st.integers(1, 64), st.integers(1, 2000)),
+    longest_edge=st.sampled_from([None, 512, 768, 1000, 1536]),
+    split=st.sampled_from([None, True, False]),
+    seed=st.integers(0, 2**16),
+)
 @example(mode="RGB", width=1, height=1, longest_edge=None, split=None, seed=0)
 @example(mode="L", width=20000, height=2, longest_edge=None, split=True, seed=0)
 @example(mode="RGB", width=3, height=4000, longest_edge=None, split=True, seed=0)
@@ -93,6 +114,7 @@ def test_any_image_tiles_agree_with_the_prompt(processor, mode, width, height, l
 
 
 # -- loading arbitrary bytes ----------------------------------------------------------------
+
 
 def _encoded(fmt: str, mode: str, size: tuple[int, int], orientation: int = 1) -> bytes:
     image = random_image(mode, *size, seed=size[0] * 31 + size[1])
@@ -144,9 +166,11 @@ def test_random_bytes_load_or_raise_image_error(data):
 
 
 @settings(max_examples=250, **SETTINGS)
-@given(name=st.sampled_from(sorted(VALID)), flips=st.lists(
-    st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1, max_size=4),
-    cut=st.one_of(st.none(), st.integers(0, 10**6)))
+@given(
+    name=st.sampled_from(sorted(VALID)),
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1, max_size=4),
+    cut=st.one_of(st.none(), st.integers(0, 10**6)),
+)
 def test_corrupted_images_load_or_raise_image_error(name, flips, cut):
     data = bytearray(VALID[name])
     for position, xor in flips:
@@ -166,6 +190,7 @@ def test_valid_samples_load(name):
 
 # -- the streaming detokenizer --------------------------------------------------------------
 
+
 @pytest.fixture(scope="module", params=["SmolVLM2-256M-Video-Instruct", "SmolVLM-256M-Instruct"])
 def tokenizer(request) -> Tokenizer:
     return Tokenizer.from_dir(fixture_dir(request.param))
@@ -180,12 +205,13 @@ def _ids(tokenizer: Tokenizer) -> st.SearchStrategy:
     special ids, and runs of ids of real text (emoji, CJK, accents)."""
     if id(tokenizer) not in _ID_STRATEGIES:
         special = sorted(special_ids(tokenizer))
-        text_ids = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)),
-                           max_size=12).map(tokenizer.encode)
-        single = st.one_of(st.integers(0, tokenizer.vocab_size - 1), st.integers(0, 300),
-                           st.sampled_from(special)).map(lambda i: [i])
+        text_ids = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12).map(tokenizer.encode)
+        single = st.one_of(st.integers(0, tokenizer.vocab_size - 1), st.integers(0, 300), st.sampled_from(special)).map(
+            lambda i: [i]
+        )
         _ID_STRATEGIES[id(tokenizer)] = st.lists(st.one_of(text_ids, single), max_size=12).map(
-            lambda parts: sum(parts, []))
+            lambda parts: sum(parts, [])
+        )
     return _ID_STRATEGIES[id(tokenizer)]
 
 

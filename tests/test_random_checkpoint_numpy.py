@@ -50,8 +50,11 @@ def test_bf16_single_file_loads_in_transformers_and_builds(tmp_path):
     assert ckpt.dtypes == {"BF16"}
     state = model.state_dict()
     assert set(ckpt.names()) == set(state)
-    for name in ("lm_head.weight", "model.text_model.layers.0.input_layernorm.weight",
-                 "model.vision_model.encoder.layers.1.mlp.fc1.bias"):
+    for name in (
+        "lm_head.weight",
+        "model.text_model.layers.0.input_layernorm.weight",
+        "model.vision_model.encoder.layers.1.mlp.fc1.bias",
+    ):
         assert np.array_equal(ckpt.get(name), state[name].float().numpy()), name
     q = ckpt.get("model.text_model.layers.0.self_attn.q_proj.weight")
     assert abs(float(q.std()) - 0.02) < 1e-3
@@ -62,15 +65,17 @@ def test_bf16_single_file_loads_in_transformers_and_builds(tmp_path):
 
 
 def test_sharded_2_2b_idefics3_fp16_and_values_do_not_depend_on_sharding(tmp_path):
-    sharded = _write(tmp_path, "sharded", "SmolVLM2-256M-Video-Instruct", "--arch", "2.2b", "--shards", "3",
-                     "--dtype", "fp32")
+    sharded = _write(
+        tmp_path, "sharded", "SmolVLM2-256M-Video-Instruct", "--arch", "2.2b", "--shards", "3", "--dtype", "fp32"
+    )
     single = _write(tmp_path, "single", "SmolVLM2-256M-Video-Instruct", "--arch", "2.2b", "--dtype", "fp32")
     shards = [f"model-0000{k}-of-00003.safetensors" for k in (1, 2, 3)]
     assert sorted(p.name for p in sharded.glob("*.safetensors")) == shards
     index = json.loads((sharded / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == set(shards)
     assert index["metadata"]["total_size"] == sum((sharded / s).stat().st_size for s in shards) - sum(
-        8 + int.from_bytes((sharded / s).read_bytes()[:8], "little") for s in shards)
+        8 + int.from_bytes((sharded / s).read_bytes()[:8], "little") for s in shards
+    )
     model = _load(sharded)
     assert model.config.vision_config.image_size == 384 and model.config.scale_factor == 3
     a, b = Checkpoint(sharded), Checkpoint(single)

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bad_files import (InputCase, bomb_png, heic_supported, make_bad_inputs, make_directory_case,
-                       make_good_inputs)
+from bad_files import InputCase, bomb_png, heic_supported, make_bad_inputs, make_directory_case, make_good_inputs
 from conftest import assert_clean_error, permissions_enforced, run_cli, stderr_of, stdout_of
 from smolvlm_cli.config import ModelConfig
 from smolvlm_cli.image_processing import num_tiles, tile_grid
@@ -25,8 +24,18 @@ from smolvlm_cli.image_processing import num_tiles, tile_grid
 pytestmark = pytest.mark.slow  # real CLI subprocesses: exit codes and error lines per bad input
 
 NAME = "SmolVLM2-256M-Video-Instruct"
-BAD_CASES = ("zero_bytes", "truncated_jpeg", "truncated_png", "text_as_jpg", "unreadable",
-             "broken_symlink", "decompression_bomb", "heic", "directory", "tiff_bad_header")
+BAD_CASES = (
+    "zero_bytes",
+    "truncated_jpeg",
+    "truncated_png",
+    "text_as_jpg",
+    "unreadable",
+    "broken_symlink",
+    "decompression_bomb",
+    "heic",
+    "directory",
+    "tiff_bad_header",
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +46,7 @@ def model_dir(tiny_onnx_dir):
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, InputCase]:
     root = tmp_path_factory.mktemp("robust-inputs")
-    cases = {**make_good_inputs(root / "good"),
-             **make_bad_inputs(root / "bad", heic_supported=heic_supported())}
+    cases = {**make_good_inputs(root / "good"), **make_bad_inputs(root / "bad", heic_supported=heic_supported())}
     cases["directory"] = make_directory_case(root / "bad")
     return cases
 
@@ -64,11 +72,11 @@ def test_describe_bad_input_is_one_clear_error(model_dir, inputs, case):
 
 def test_describe_a_missing_file_and_a_device(model_dir, tmp_path):
     missing = tmp_path / "no such photo.jpg"
-    assert_clean_error(run_cli("describe", missing, "-m", model_dir), names=[missing],
-                       reason="no such file")
+    assert_clean_error(run_cli("describe", missing, "-m", model_dir), names=[missing], reason="no such file")
     # /dev/zero would otherwise be read until memory runs out.
-    assert_clean_error(run_cli("describe", "/dev/zero", "-m", model_dir, timeout=60),
-                       names=["/dev/zero"], reason="not a regular file")
+    assert_clean_error(
+        run_cli("describe", "/dev/zero", "-m", model_dir, timeout=60), names=["/dev/zero"], reason="not a regular file"
+    )
 
 
 def test_describe_reads_a_fifo(model_dir, inputs, tmp_path):
@@ -94,8 +102,7 @@ def test_describe_every_odd_image_in_one_prompt(model_dir, inputs):
     """All the odd-but-valid images in one `describe` (one prompt, one tile each)."""
     good = [c.path for c in inputs.values() if c.ok]
     assert len(good) >= 9
-    result = run_cli("describe", *good, "Describe.", "-m", model_dir, "-n", "3", "--no-split",
-                     "--json")
+    result = run_cli("describe", *good, "Describe.", "-m", model_dir, "-n", "3", "--no-split", "--json")
     assert result.returncode == 0, stderr_of(result)
     assert stderr_of(result) == ""  # not even Pillow's "Corrupt EXIF data" warning
     data = json.loads(stdout_of(result))
@@ -109,8 +116,7 @@ def test_describe_extreme_geometries_split_into_the_planned_tiles(model_dir, inp
     config = ModelConfig.from_dir(model_dir)
     expected = num_tiles(*tile_grid(1, 1, config)) + num_tiles(*tile_grid(20000, 50, config))
     assert expected == 17 + 5
-    result = run_cli("describe", inputs["tiny_1x1"].path, inputs["panorama"].path, "-m",
-                     model_dir, "-n", "2", "--json")
+    result = run_cli("describe", inputs["tiny_1x1"].path, inputs["panorama"].path, "-m", model_dir, "-n", "2", "--json")
     assert result.returncode == 0, stderr_of(result)
     data = json.loads(stdout_of(result))
     assert data["image_tiles"] == expected and data["image_tokens"] == expected * 64
@@ -118,8 +124,7 @@ def test_describe_extreme_geometries_split_into_the_planned_tiles(model_dir, inp
 
 def test_describe_stops_at_the_first_bad_image_before_loading_the_model(model_dir, inputs):
     """A good image then a bad one: the bad one is named, nothing is generated."""
-    result = run_cli("describe", inputs["webp"].path, inputs["truncated_jpeg"].path, "Compare.",
-                     "-m", model_dir)
+    result = run_cli("describe", inputs["webp"].path, inputs["truncated_jpeg"].path, "Compare.", "-m", model_dir)
     assert_clean_error(result, names=[inputs["truncated_jpeg"].path], reason="truncated")
 
 
@@ -143,8 +148,7 @@ def test_describe_prompt_with_invalid_utf8(model_dir, inputs):
     would do, instead of failing in the tokenizer."""
     image = inputs["webp"].path
     argv = run_cli("describe", image, b"Is it \xff?", "-m", model_dir, "-n", "3", "--no-split")
-    piped = run_cli("describe", image, "-p", "-", "-m", model_dir, "-n", "3", "--no-split",
-                    input=b"Is it \xff?\n")
+    piped = run_cli("describe", image, "-p", "-", "-m", model_dir, "-n", "3", "--no-split", input=b"Is it \xff?\n")
     clean = run_cli("describe", image, "Is it \ufffd?", "-m", model_dir, "-n", "3", "--no-split")
     for result in (argv, piped, clean):
         assert result.returncode == 0, stderr_of(result)
@@ -153,12 +157,17 @@ def test_describe_prompt_with_invalid_utf8(model_dir, inputs):
 
 # -- stdin --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("data, reason", [
-    (b"", "no image data"),
-    (b"certainly not an image\n", "not an image"),
-    (b"\x89PNG\r\n\x1a\n", "not an image"),  # a PNG signature and nothing else
-    (bomb_png(), "decompression bomb"),
-], ids=["empty", "text", "png-signature-only", "bomb"])
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "no image data"),
+        (b"certainly not an image\n", "not an image"),
+        (b"\x89PNG\r\n\x1a\n", "not an image"),  # a PNG signature and nothing else
+        (bomb_png(), "decompression bomb"),
+    ],
+    ids=["empty", "text", "png-signature-only", "bomb"],
+)
 def test_describe_stdin_that_is_not_an_image(model_dir, data, reason):
     result = run_cli("describe", "-", "-m", model_dir, input=data)
     assert_clean_error(result, names=["<stdin>"], reason=reason)
@@ -201,8 +210,7 @@ def test_batch_folder_of_every_bad_and_odd_file(model_dir, inputs, mixed_folder,
     in its JSONL record's `error`; no traceback; the directory named like an image is walked
     (it is empty), not reported."""
     out = tmp_path / "captions.jsonl"
-    result = run_cli("batch", mixed_folder, "-o", out, "-m", model_dir, "--ext", EXTENSIONS,
-                     "--no-split", "-n", "2")
+    result = run_cli("batch", mixed_folder, "-o", out, "-m", model_dir, "--ext", EXTENSIONS, "--no-split", "-n", "2")
     err = stderr_of(result)
     assert result.returncode == 1, err
     assert "Traceback" not in err
@@ -224,7 +232,6 @@ def test_batch_folder_of_every_bad_and_odd_file(model_dir, inputs, mixed_folder,
     assert f"{good} done, 0 skipped, {len(files) - good} failed" in err
 
 
-
 def test_batch_path_list_on_stdin_that_is_empty_or_garbage(model_dir, inputs, tmp_path):
     """`batch -` reads paths, not image bytes: empty stdin is 'no images found'; a missing path
     and junk among real ones: the real ones captioned, the missing one reported; a path that is
@@ -232,8 +239,7 @@ def test_batch_path_list_on_stdin_that_is_empty_or_garbage(model_dir, inputs, tm
     empty = run_cli("batch", "-", "-m", model_dir, input=b"")
     assert_clean_error(empty, reason="no images found in -")
     missing = tmp_path / "gone.jpg"
-    listing = b"junk without an extension\n" + os.fsencode(missing) + b"\n" + \
-        os.fsencode(inputs["webp"].path) + b"\n"
+    listing = b"junk without an extension\n" + os.fsencode(missing) + b"\n" + os.fsencode(inputs["webp"].path) + b"\n"
     result = run_cli("batch", "-", "-o", "-", "-m", model_dir, "--no-split", "-n", "2", input=listing)
     err = stderr_of(result)
     assert result.returncode == 1 and "Traceback" not in err, err
@@ -243,12 +249,15 @@ def test_batch_path_list_on_stdin_that_is_empty_or_garbage(model_dir, inputs, tm
     assert any(str(missing) in l and "no such file" in l for l in err.splitlines())
 
     latin1 = inputs["latin1_name"].path
-    result = run_cli("batch", "-", "-o", "-", "-m", model_dir, "--no-split", "-n", "2",
-                     input=os.fsencode(latin1) + b"\n")
+    result = run_cli(
+        "batch", "-", "-o", "-", "-m", model_dir, "--no-split", "-n", "2", input=os.fsencode(latin1) + b"\n"
+    )
     if "codec can't decode" in stderr_of(result):
-        pytest.xfail("known cli/batch.py + batch/discover.py bug: the path list is read from "
-                     "sys.stdin as text, so with a strict UTF-8 stdin (PYTHONIOENCODING=utf-8, or a "
-                     "locale like en_US.UTF-8) a non-UTF-8 file name stops the whole run: "
-                     f"{stderr_of(result).splitlines()[0]!r}")
+        pytest.xfail(
+            "known cli/batch.py + batch/discover.py bug: the path list is read from "
+            "sys.stdin as text, so with a strict UTF-8 stdin (PYTHONIOENCODING=utf-8, or a "
+            "locale like en_US.UTF-8) a non-UTF-8 file name stops the whole run: "
+            f"{stderr_of(result).splitlines()[0]!r}"
+        )
     assert result.returncode == 0, stderr_of(result)
     assert [json.loads(l)["path"] for l in stdout_of(result).splitlines()] == [str(latin1)]

@@ -48,12 +48,14 @@ def test_missing_tokenizer_json(model_dir, image, tmp_path):
 def test_corrupt_tokenizer_and_config_files(model_dir, image, tmp_path):
     broken = clone(model_dir, tmp_path / "tok")
     replace(broken / "tokenizer.json", '{"version": "1.0", "model": ')
-    assert_clean_error(run_cli("describe", image, "-m", broken),
-                       names=[broken / "tokenizer.json"], reason="not a valid tokenizer file")
+    assert_clean_error(
+        run_cli("describe", image, "-m", broken), names=[broken / "tokenizer.json"], reason="not a valid tokenizer file"
+    )
     broken = clone(model_dir, tmp_path / "cfg")
     replace(broken / "config.json", "{not json")
-    assert_clean_error(run_cli("describe", image, "-m", broken),
-                       names=[broken / "config.json"], reason="not valid JSON")
+    assert_clean_error(
+        run_cli("describe", image, "-m", broken), names=[broken / "config.json"], reason="not valid JSON"
+    )
 
 
 def test_truncated_onnx_graph(model_dir, image, tmp_path):
@@ -69,19 +71,20 @@ def test_truncated_onnx_graph(model_dir, image, tmp_path):
 def test_onnx_graph_in_the_wrong_place(model_dir, image, tmp_path):
     """The embeddings graph saved as the vision encoder: its inputs are not the encoder's."""
     broken = clone(model_dir, tmp_path / "m")
-    replace(broken / "onnx" / "vision_encoder.onnx",
-            (model_dir / "onnx" / "embed_tokens.onnx").read_bytes())
-    assert_clean_error(run_cli("describe", image, "-m", broken),
-                       names=["vision_encoder.onnx"], reason="no pixel_values input")
+    replace(broken / "onnx" / "vision_encoder.onnx", (model_dir / "onnx" / "embed_tokens.onnx").read_bytes())
+    assert_clean_error(
+        run_cli("describe", image, "-m", broken), names=["vision_encoder.onnx"], reason="no pixel_values input"
+    )
 
 
 def test_onnx_layer_count_does_not_match_config(model_dir, image, tmp_path):
     broken = clone(model_dir, tmp_path / "m")
-    edit_json(broken / "config.json",
-              lambda c: c["text_config"].update(num_hidden_layers=c["text_config"]["num_hidden_layers"] + 1))
+    edit_json(
+        broken / "config.json",
+        lambda c: c["text_config"].update(num_hidden_layers=c["text_config"]["num_hidden_layers"] + 1),
+    )
     result = run_cli("describe", image, "-m", broken)
-    assert_clean_error(result, names=["decoder_model_merged.onnx", "config.json"],
-                       reason="does not match")
+    assert_clean_error(result, names=["decoder_model_merged.onnx", "config.json"], reason="does not match")
     assert "different models" in hint(result)
 
 
@@ -93,13 +96,16 @@ def test_onnx_kv_heads_do_not_match_config(model_dir, image, tmp_path):
     assert_clean_error(result, names=["decoder_model_merged.onnx", "config.json", "1 key/value heads"])
 
 
-@pytest.mark.parametrize("file, change, reason", [
-    ("processor_config.json", lambda c: c.update(image_seq_len=32), "image_seq_len is 32"),
-    ("preprocessor_config.json", lambda c: c.update(max_image_size={"longest_edge": 384}),
-     "384-px tile"),
-    ("config.json", lambda c: c.update(image_token_id=5), "image_token_id is 5"),
-    ("config.json", lambda c: c.update(model_type="llava"), "model_type 'llava' is not supported"),
-], ids=["image-seq-len", "tile-size", "image-token-id", "model-type"])
+@pytest.mark.parametrize(
+    "file, change, reason",
+    [
+        ("processor_config.json", lambda c: c.update(image_seq_len=32), "image_seq_len is 32"),
+        ("preprocessor_config.json", lambda c: c.update(max_image_size={"longest_edge": 384}), "384-px tile"),
+        ("config.json", lambda c: c.update(image_token_id=5), "image_token_id is 5"),
+        ("config.json", lambda c: c.update(model_type="llava"), "model_type 'llava' is not supported"),
+    ],
+    ids=["image-seq-len", "tile-size", "image-token-id", "model-type"],
+)
 def test_inconsistent_configuration_files(model_dir, image, tmp_path, file, change, reason):
     """Files that disagree with each other fail at load, naming the values, instead of as
     'N image tokens in the prompt but M image feature rows' deep inside generation."""
@@ -110,10 +116,13 @@ def test_inconsistent_configuration_files(model_dir, image, tmp_path, file, chan
     hint(result)
 
 
-@pytest.mark.parametrize("dtype, message", [
-    ("int9", "unknown dtype 'int9' (choose from fp32, fp16, int8,"),
-    ("brain=int8", "unknown model component 'brain' (choose from vision, embed, decoder)"),
-])
+@pytest.mark.parametrize(
+    "dtype, message",
+    [
+        ("int9", "unknown dtype 'int9' (choose from fp32, fp16, int8,"),
+        ("brain=int8", "unknown model component 'brain' (choose from vision, embed, decoder)"),
+    ],
+)
 def test_unknown_dtype_is_a_usage_error(model_dir, image, dtype, message):
     result = run_cli("describe", image, "-m", model_dir, "--dtype", dtype)
     err = stderr_of(result)
@@ -131,8 +140,9 @@ def test_known_dtype_without_its_files(model_dir, image):
 def test_unknown_hub_id_offline(image, tmp_path):
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     result = run_cli("describe", image, "-m", "nobody-here/no-such-smolvlm", env=env)
-    assert_clean_error(result, names=["nobody-here/no-such-smolvlm"],
-                       reason="not in the local cache, and HF_HUB_OFFLINE is set")
+    assert_clean_error(
+        result, names=["nobody-here/no-such-smolvlm"], reason="not in the local cache, and HF_HUB_OFFLINE is set"
+    )
     assert "HF_HUB_OFFLINE" in hint(result) and "smolvlm download" in hint(result)
     result = run_cli("describe", image, "-m", "not a model id", env=env)
     assert_clean_error(result, names=["not a model id"], reason="neither a local directory nor a Hub id")

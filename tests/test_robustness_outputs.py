@@ -26,8 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import (assert_clean_error, permissions_enforced, run_cli, stderr_of,
-                      without_root_file_powers)
+from conftest import assert_clean_error, permissions_enforced, run_cli, stderr_of, without_root_file_powers
 
 pytestmark = pytest.mark.slow  # real CLI subprocesses: signals, ENOSPC, permissions
 
@@ -84,13 +83,19 @@ def check_sidecars(out: Path, images: list[Path]) -> set[str]:
 
 # -- signals --------------------------------------------------------------------------------
 
+
 def start(args: list[str]) -> subprocess.Popen:
     prefix, preexec = without_root_file_powers()
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
     env.pop("SMOLVLM_DEBUG", None)
-    return subprocess.Popen([*prefix, sys.executable, "-m", "smolvlm_cli", *args], env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, preexec_fn=preexec)
+    return subprocess.Popen(
+        [*prefix, sys.executable, "-m", "smolvlm_cli", *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=preexec,
+    )
 
 
 def signal_after_first_result(proc: subprocess.Popen, count, signals) -> tuple[int, str]:
@@ -107,11 +112,15 @@ def signal_after_first_result(proc: subprocess.Popen, count, signals) -> tuple[i
     return proc.returncode, err.decode("utf-8", "backslashreplace")
 
 
-@pytest.mark.parametrize("fmt, signals, code", [
-    ("txt", [signal.SIGINT], 130),
-    ("jsonl", [signal.SIGTERM], 143),
-    ("jsonl", [signal.SIGINT, signal.SIGINT], 130),
-], ids=["sigint-sidecars", "sigterm-jsonl", "double-sigint-jsonl"])
+@pytest.mark.parametrize(
+    "fmt, signals, code",
+    [
+        ("txt", [signal.SIGINT], 130),
+        ("jsonl", [signal.SIGTERM], 143),
+        ("jsonl", [signal.SIGINT, signal.SIGINT], 130),
+    ],
+    ids=["sigint-sidecars", "sigterm-jsonl", "double-sigint-jsonl"],
+)
 def test_signal_mid_run_keeps_results_and_the_rerun_completes(model_dir, tmp_path, fmt, signals, code):
     images = make_images(tmp_path / "in", 10)
     out = tmp_path / "out"
@@ -146,6 +155,7 @@ def test_signal_mid_run_keeps_results_and_the_rerun_completes(model_dir, tmp_pat
 
 
 # -- permissions ----------------------------------------------------------------------------
+
 
 def test_output_folder_not_writable(model_dir, tmp_path):
     """A read-only --output-dir, a JSONL file in a read-only folder, sidecars beside images in a
@@ -202,8 +212,9 @@ def _tmpfs_works(probe: Path) -> bool:
     if os.geteuid() != 0 or not shutil.which("unshare") or os.environ.get("SMOLVLM_TEST_SIMULATE_ENOSPC"):
         return False
     probe.mkdir(exist_ok=True)
-    done = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=4k tmpfs '{probe}'"],
-                          capture_output=True)
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=4k tmpfs '{probe}'"], capture_output=True
+    )
     return done.returncode == 0
 
 
@@ -215,15 +226,38 @@ def run_on_full_disk(out: Path, kib: int, args: list[str], snapshot: Path):
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
     env.pop("SMOLVLM_DEBUG", None)
     if _tmpfs_works(out.parent / "probe"):
-        script = ('mount -t tmpfs -o size="$1"k tmpfs "$2" || exit 99; out="$2"; snap="$3"; '
-                  'shift 3; "$@"; rc=$?; cp -a "$out"/. "$snap"/; exit $rc')
-        result = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(kib), str(out),
-                                 str(snapshot), sys.executable, "-m", "smolvlm_cli", *args],
-                                capture_output=True, env=env, timeout=120)
+        script = (
+            'mount -t tmpfs -o size="$1"k tmpfs "$2" || exit 99; out="$2"; snap="$3"; '
+            'shift 3; "$@"; rc=$?; cp -a "$out"/. "$snap"/; exit $rc'
+        )
+        result = subprocess.run(
+            [
+                "unshare",
+                "-m",
+                "sh",
+                "-c",
+                script,
+                "sh",
+                str(kib),
+                str(out),
+                str(snapshot),
+                sys.executable,
+                "-m",
+                "smolvlm_cli",
+                *args,
+            ],
+            capture_output=True,
+            env=env,
+            timeout=120,
+        )
         assert result.returncode != 99, stderr_of(result)
         return result, "tmpfs"
-    result = subprocess.run([sys.executable, "-c", ENOSPC_WRAPPER, str(out), str(kib * 1024), *args],
-                            capture_output=True, env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", ENOSPC_WRAPPER, str(out), str(kib * 1024), *args],
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
     shutil.copytree(out, snapshot, dirs_exist_ok=True)
     return result, "simulated"
 
@@ -231,8 +265,7 @@ def run_on_full_disk(out: Path, kib: int, args: list[str], snapshot: Path):
 def test_disk_full_sidecars(model_dir, tmp_path):
     images = make_images(tmp_path / "in", 12)
     out, snap = tmp_path / "out", tmp_path / "snap"
-    result, how = run_on_full_disk(out, 12, batch_args(model_dir, tmp_path / "in", "-d", out, "-n", "2"),
-                                   snap)
+    result, how = run_on_full_disk(out, 12, batch_args(model_dir, tmp_path / "in", "-d", out, "-n", "2"), snap)
     line = assert_clean_error(result, names=[out], reason="no space left on device")
     assert "free some disk space" in stderr_of(result), (how, line)
     kept = check_sidecars(snap, images)  # whole files only, no temp file left
@@ -254,7 +287,7 @@ def test_disk_full_jsonl(model_dir, tmp_path):
     whole = data[: data.rfind(b"\n") + 1]
     kept = [json.loads(l) for l in whole.decode().splitlines()]
     assert 1 <= len(kept) < len(images) and all(r["caption"] for r in kept), how
-    torn = data[len(whole):]
+    torn = data[len(whole) :]
 
     again = run_cli(*batch_args(model_dir, tmp_path / "in", "-o", snap / "captions.jsonl", "-n", "2"))
     assert again.returncode == 0, stderr_of(again)

@@ -76,17 +76,32 @@ def hostile_model(model_dir: Path, root: Path) -> tuple[Path, Path, Path]:
     (outside / "config.json").write_text("{}")
     hostile = clone(model_dir, root / "model")
     (hostile / "evil.py").write_text(EVIL_MODULE.format(marker=str(marker)))
-    edit_json(hostile / "config.json", lambda c: c.update(
-        _name_or_path=str(outside),
-        auto_map={"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel",
-                  "AutoModelForImageTextToText": "evil.EvilModel",
-                  "AutoProcessor": "../outside/outside_evil.EvilModel"}))
-    edit_json(hostile / "tokenizer_config.json", lambda c: c.update(
-        tokenizer_file=str(outside / "tokenizer.json"), vocab_file="../outside/vocab.json",
-        merges_file=str(outside / "merges.txt"), name_or_path=str(outside),
-        auto_map={"AutoTokenizer": ["../outside/outside_evil.EvilModel", None]}))
-    edit_json(hostile / "preprocessor_config.json", lambda c: c.update(
-        auto_map={"AutoImageProcessor": "../outside/outside_evil.EvilModel"}))
+    edit_json(
+        hostile / "config.json",
+        lambda c: c.update(
+            _name_or_path=str(outside),
+            auto_map={
+                "AutoConfig": "evil.EvilConfig",
+                "AutoModel": "evil.EvilModel",
+                "AutoModelForImageTextToText": "evil.EvilModel",
+                "AutoProcessor": "../outside/outside_evil.EvilModel",
+            },
+        ),
+    )
+    edit_json(
+        hostile / "tokenizer_config.json",
+        lambda c: c.update(
+            tokenizer_file=str(outside / "tokenizer.json"),
+            vocab_file="../outside/vocab.json",
+            merges_file=str(outside / "merges.txt"),
+            name_or_path=str(outside),
+            auto_map={"AutoTokenizer": ["../outside/outside_evil.EvilModel", None]},
+        ),
+    )
+    edit_json(
+        hostile / "preprocessor_config.json",
+        lambda c: c.update(auto_map={"AutoImageProcessor": "../outside/outside_evil.EvilModel"}),
+    )
     return hostile, outside, marker
 
 
@@ -97,8 +112,7 @@ def test_source_never_enables_remote_code():
         assert "register_for_auto_class" not in text, path
 
 
-def test_auto_map_code_never_runs_and_nothing_outside_is_read(model_dir, image, tmp_path,
-                                                              tmp_path_factory):
+def test_auto_map_code_never_runs_and_nothing_outside_is_read(model_dir, image, tmp_path, tmp_path_factory):
     """The ONNX path through the CLI, every Python-level `open` audited: nothing outside the
     model directory (and the image) is opened from the test's folders, the model's code never
     runs. (onnxruntime and tokenizers open only the paths we give them: the fixed file names
@@ -107,9 +121,12 @@ def test_auto_map_code_never_runs_and_nothing_outside_is_read(model_dir, image, 
     log = tmp_path / "opened.txt"
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
     env.pop("SMOLVLM_DEBUG", None)
-    result = subprocess.run([sys.executable, "-c", AUDIT, str(log), "describe", str(image), "-m",
-                             str(hostile), "-n", "3", "--no-split"],
-                            capture_output=True, env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", AUDIT, str(log), "describe", str(image), "-m", str(hostile), "-n", "3", "--no-split"],
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 0, stderr_of(result)
     assert not marker.exists()
     opened = [Path(p) for p in log.read_text().splitlines()]
@@ -150,15 +167,19 @@ def _graph_with_external_data(location: str) -> bytes:
         entry = weight.external_data.add()
         entry.key, entry.value = key, value
     io_ = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4]) for n in ("pixel_values", "y")]
-    graph = helper.make_graph([helper.make_node("Add", ["pixel_values", "w"], ["y"])], "g",
-                              [io_[0]], [io_[1]], [weight])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["pixel_values", "w"], ["y"])], "g", [io_[0]], [io_[1]], [weight]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model.SerializeToString()
 
 
-@pytest.mark.parametrize("location", ["../../secret.bin", "{root}/secret.bin",
-                                      "sub/../../../secret.bin"], ids=["dotdot", "absolute", "nested"])
+@pytest.mark.parametrize(
+    "location",
+    ["../../secret.bin", "{root}/secret.bin", "sub/../../../secret.bin"],
+    ids=["dotdot", "absolute", "nested"],
+)
 def test_onnx_external_data_cannot_point_outside(model_dir, image, tmp_path, location):
     secret = tmp_path / "secret.bin"
     secret.write_bytes(b"TOP-SECRET-0123456789")
@@ -186,9 +207,19 @@ def test_hub_ids_cannot_be_paths(image, tmp_path):
 
 # -- batch: output paths stay inside --output-dir ---------------------------------------------
 
-HOSTILE_NAMES = ["-rf.jpg", "a\nb.jpg", "$(touch pwned).jpg", "tab\there.jpg", "semi;rm -rf.jpg",
-                 " lead space.jpg", "back\\slash.jpg", "\u2024\u2024.jpg", "nul\x01ctl.jpg",
-                 "CON.jpg", "x.jpg.txt.jpg"]
+HOSTILE_NAMES = [
+    "-rf.jpg",
+    "a\nb.jpg",
+    "$(touch pwned).jpg",
+    "tab\there.jpg",
+    "semi;rm -rf.jpg",
+    " lead space.jpg",
+    "back\\slash.jpg",
+    "\u2024\u2024.jpg",
+    "nul\x01ctl.jpg",
+    "CON.jpg",
+    "x.jpg.txt.jpg",
+]
 EXPLICIT_NAMES = ["..jpg", "...jpg", "..\\..\\escape.jpg", "..\\..\\..\\etc\\passwd.jpg"]  # hidden
 
 
@@ -217,8 +248,19 @@ def test_batch_output_paths_stay_inside_output_dir(model_dir, tmp_path):
     (folder / "link.jpg").symlink_to(outside)
     out = tmp_path / "out"
     before = _tree(tmp_path, skip=(out,))
-    result = run_cli("batch", folder, *[folder / n for n in EXPLICIT_NAMES], "-d", out, "-m",
-                     model_dir, "--no-split", "-n", "2", cwd=tmp_path)
+    result = run_cli(
+        "batch",
+        folder,
+        *[folder / n for n in EXPLICIT_NAMES],
+        "-d",
+        out,
+        "-m",
+        model_dir,
+        "--no-split",
+        "-n",
+        "2",
+        cwd=tmp_path,
+    )
     err = stderr_of(result)
     assert result.returncode in (0, 1) and "Traceback" not in err and "Error: " not in err, err
     assert _tree(tmp_path, skip=(out,)) == before  # nothing outside --output-dir changed
@@ -255,8 +297,10 @@ def test_batch_very_long_names(model_dir, tmp_path):
         assert path.resolve().is_relative_to(out.resolve())
     assert not temp_files_in(out)
     if "Error: " in err:  # the whole run stopped at one name
-        pytest.xfail("known batch/files.py bug: the temp file '.NAME.PID.smolvlm-tmp' exceeds "
-                     f"NAME_MAX for names over ~237 bytes and the run aborts: {err.splitlines()[-2]!r}")
+        pytest.xfail(
+            "known batch/files.py bug: the temp file '.NAME.PID.smolvlm-tmp' exceeds "
+            f"NAME_MAX for names over ~237 bytes and the run aborts: {err.splitlines()[-2]!r}"
+        )
     sidecars = {p.name for p in out.glob("*.txt")}
     assert "short.txt" in sidecars
 

@@ -38,15 +38,27 @@ def vlm(model_dir):
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("served")
     outside = tmp_path_factory.mktemp("outside")
-    return {"root": root, "photo": root / "photo.png", "outside": outside / "secret.png",
-            "photo_bytes": noise_png(root / "photo.png"), "other_bytes": noise_png(outside / "secret.png", seed=1)}
+    return {
+        "root": root,
+        "photo": root / "photo.png",
+        "outside": outside / "secret.png",
+        "photo_bytes": noise_png(root / "photo.png"),
+        "other_bytes": noise_png(outside / "secret.png", seed=1),
+    }
 
 
 @pytest.fixture(scope="module")
 def server(vlm, model_dir, files):
-    settings = ServerSettings(model_id=NAME, api_keys=(KEY,), max_batch=4, max_queue=8,
-                              max_image_bytes=MAX_IMAGE_BYTES, max_images=3, local_root=files["root"],
-                              cors_origins=(ORIGIN,))
+    settings = ServerSettings(
+        model_id=NAME,
+        api_keys=(KEY,),
+        max_batch=4,
+        max_queue=8,
+        max_image_bytes=MAX_IMAGE_BYTES,
+        max_images=3,
+        local_root=files["root"],
+        cors_origins=(ORIGIN,),
+    )
     with live_server(vlm, settings) as live:
         yield live
 
@@ -71,8 +83,19 @@ def _stream_text(client, **kwargs):
 
 
 def test_replies_equal_describe(client, model_dir, files):
-    cli = invoke_cli("describe", files["photo"], "What is in the picture?", "-m", model_dir, "--dtype", "fp32",
-                     "-n", "12", "--no-stream", "-q")
+    cli = invoke_cli(
+        "describe",
+        files["photo"],
+        "What is in the picture?",
+        "-m",
+        model_dir,
+        "--dtype",
+        "fp32",
+        "-n",
+        "12",
+        "--no-stream",
+        "-q",
+    )
     assert cli.returncode == 0, cli.stderr
     expected = stdout_of(cli).removesuffix("\n")
     messages = user("What is in the picture?", data_uri(files["photo_bytes"]))
@@ -84,8 +107,9 @@ def test_replies_equal_describe(client, model_dir, files):
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
     # the same file by path, under the allowed root: the same reply
-    by_path = client.chat.completions.create(model=NAME, messages=user("What is in the picture?", "photo.png"),
-                                             max_tokens=12)
+    by_path = client.chat.completions.create(
+        model=NAME, messages=user("What is in the picture?", "photo.png"), max_tokens=12
+    )
     assert by_path.choices[0].message.content == expected
 
 
@@ -97,24 +121,32 @@ def test_usage_counts_and_timings(client, vlm, files):
     assert whole.usage.total_tokens == prompt_tokens + whole.usage.completion_tokens
     timings = whole.model_extra["timings"]
     assert timings["prompt_n"] == prompt_tokens and timings["image_tiles"] > 0
-    _, chunks = _stream_text(client, model=NAME, messages=messages, max_tokens=7,
-                             stream_options={"include_usage": True})
+    _, chunks = _stream_text(
+        client, model=NAME, messages=messages, max_tokens=7, stream_options={"include_usage": True}
+    )
     assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == {
-        **whole.usage.model_dump(), "completion_tokens_details": None, "prompt_tokens_details": None}
+        **whole.usage.model_dump(),
+        "completion_tokens_details": None,
+        "prompt_tokens_details": None,
+    }
     _, plain = _stream_text(client, model=NAME, messages=messages, max_tokens=7)
     assert all(c.usage is None for c in plain)
 
 
 def test_multi_turn_system_and_several_images(client, vlm, files):
     photo, other = files["photo_bytes"], files["other_bytes"]
-    messages = [{"role": "system", "content": "Answer briefly."},
-                *user("Compare them.", data_uri(photo), data_uri(other)),
-                {"role": "assistant", "content": "They differ."},
-                {"role": "user", "content": "How?"}]
-    hf = [{"role": "system", "content": [{"type": "text", "text": "Answer briefly."}]},
-          {"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Compare them."}]},
-          {"role": "assistant", "content": [{"type": "text", "text": "They differ."}]},
-          {"role": "user", "content": [{"type": "text", "text": "How?"}]}]
+    messages = [
+        {"role": "system", "content": "Answer briefly."},
+        *user("Compare them.", data_uri(photo), data_uri(other)),
+        {"role": "assistant", "content": "They differ."},
+        {"role": "user", "content": "How?"},
+    ]
+    hf = [
+        {"role": "system", "content": [{"type": "text", "text": "Answer briefly."}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Compare them."}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "They differ."}]},
+        {"role": "user", "content": [{"type": "text", "text": "How?"}]},
+    ]
     expected = vlm.generate([photo, other], messages=hf, max_new_tokens=10)
     reply = client.chat.completions.create(model=NAME, messages=messages, max_completion_tokens=10)
     assert reply.choices[0].message.content == expected
@@ -127,11 +159,15 @@ def test_stop_strings_and_seeded_sampling(client):
     assert len(words) > 2, full
     cut = client.chat.completions.create(model=NAME, messages=messages, max_tokens=12, stop=[words[2]])
     assert cut.choices[0].finish_reason == "stop"
-    assert cut.choices[0].message.content == full[:full.index(words[2])]
+    assert cut.choices[0].message.content == full[: full.index(words[2])]
     streamed, _ = _stream_text(client, model=NAME, messages=messages, max_tokens=12, stop=words[2])
     assert streamed == cut.choices[0].message.content
-    sampled = [client.chat.completions.create(model=NAME, messages=messages, max_tokens=8, temperature=1.0,
-                                              top_p=0.9, seed=7).choices[0].message.content for _ in range(2)]
+    sampled = [
+        client.chat.completions.create(model=NAME, messages=messages, max_tokens=8, temperature=1.0, top_p=0.9, seed=7)
+        .choices[0]
+        .message.content
+        for _ in range(2)
+    ]
     assert sampled[0] == sampled[1]
 
 
@@ -154,8 +190,9 @@ def test_api_key_enforced(server, http):
         wrong.models.list()
     missing = http.post("/v1/chat/completions", json={"messages": user("Hi")})
     assert missing.status_code == 401 and missing.json()["error"]["type"] == "authentication_error"
-    other_header = http.post("/v1/chat/completions", json={"messages": user("Hi"), "max_tokens": 1},
-                             headers={"X-Api-Key": KEY})
+    other_header = http.post(
+        "/v1/chat/completions", json={"messages": user("Hi"), "max_tokens": 1}, headers={"X-Api-Key": KEY}
+    )
     assert other_header.status_code == 200
     assert http.get("/health").status_code == 200  # public
 
@@ -179,30 +216,49 @@ BAD_REQUESTS = {
     "stream_wrong_type": ({"messages": user("hi"), "stream": "yes"}, 400, "invalid_type"),
     "n_above_one": ({"messages": user("hi"), "n": 2}, 400, "unsupported_value"),
     "bad_base64": ({"messages": user("hi", "data:image/png;base64,***not base64***")}, 400, "invalid_base64"),
-    "data_uri_not_an_image_type": ({"messages": user("hi", data_uri(b"hello", "text/plain"))}, 400,
-                                   "invalid_image"),
+    "data_uri_not_an_image_type": ({"messages": user("hi", data_uri(b"hello", "text/plain"))}, 400, "invalid_image"),
     "data_uri_not_image_bytes": ({"messages": user("hi", data_uri(b"just some text"))}, 400, "invalid_image"),
-    "image_over_the_byte_limit": ({"messages": user("hi", data_uri(b"\x89PNG" + bytes(MAX_IMAGE_BYTES)))},
-                                  413, "image_too_large"),
+    "image_over_the_byte_limit": (
+        {"messages": user("hi", data_uri(b"\x89PNG" + bytes(MAX_IMAGE_BYTES)))},
+        413,
+        "image_too_large",
+    ),
     "decompression_bomb": (lambda: {"messages": user("hi", data_uri(_bomb()))}, 400, "invalid_image"),
     "too_many_images": (lambda: {"messages": user("hi", *[data_uri(noise_png())] * 4)}, 400, "too_many_images"),
     "prompt_over_the_context": ({"messages": user("word " * 9000)}, 400, "context_length_exceeded"),
-    "max_tokens_over_the_context": ({"messages": user("hi"), "max_tokens": 100_000}, 400,
-                                    "context_length_exceeded"),
+    "max_tokens_over_the_context": ({"messages": user("hi"), "max_tokens": 100_000}, 400, "context_length_exceeded"),
     "unknown_model": ({"model": "gpt-9", "messages": user("hi")}, 404, "model_not_found"),
-    "remote_url_not_allowed": ({"messages": user("hi", "https://example.com/cat.jpg")}, 403,
-                               "remote_images_disabled"),
+    "remote_url_not_allowed": ({"messages": user("hi", "https://example.com/cat.jpg")}, 403, "remote_images_disabled"),
     "local_path_outside_root": ("outside", 403, "outside_allowed_root"),
     "local_path_escaping_root": ({"messages": user("hi", "file:///etc/passwd")}, 403, "outside_allowed_root"),
     "local_folder": ({"messages": user("hi", ".")}, 400, "invalid_image"),
     "relative_escape": ({"messages": user("hi", "../../etc/passwd")}, 403, "outside_allowed_root"),
-    "video_data_uri_not_a_video": ({"messages": [{"role": "user", "content": [
-        {"type": "video_url", "video_url": {"url": data_uri(b"not a video at all", "video/mp4")}}]}]}, 400,
-        "invalid_video"),
+    "video_data_uri_not_a_video": (
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "video_url", "video_url": {"url": data_uri(b"not a video at all", "video/mp4")}}
+                    ],
+                }
+            ]
+        },
+        400,
+        "invalid_video",
+    ),
     "unknown_detail": ({"messages": user("hi", "photo.png", detail="extreme")}, 400, "invalid_value"),
     "unsupported_scheme": ({"messages": user("hi", "ftp://example.com/a.png")}, 400, "invalid_image_url"),
-    "image_in_an_assistant_message": ({"messages": [{"role": "assistant", "content": [
-        {"type": "image_url", "image_url": {"url": "x"}}]}, *user("hi")]}, 400, "invalid_value"),
+    "image_in_an_assistant_message": (
+        {
+            "messages": [
+                {"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+                *user("hi"),
+            ]
+        },
+        400,
+        "invalid_value",
+    ),
 }
 
 
@@ -213,8 +269,11 @@ def test_bad_request_corpus(case, http, files):
         body = {"messages": user("hi", str(files["outside"]))}
     body = body() if callable(body) else body
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    response = http.post("/v1/chat/completions", content=raw, headers={
-        "Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    response = http.post(
+        "/v1/chat/completions",
+        content=raw,
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    )
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -236,14 +295,20 @@ def test_image_detail_sets_the_tiling(client, vlm, files):
     messages = user("What is it?", data_uri(files["photo_bytes"]), detail="low")
     reply = client.chat.completions.create(model=NAME, messages=messages, max_tokens=6)
     assert reply.model_extra["timings"]["image_tiles"] == 1
-    assert reply.choices[0].message.content == vlm.generate([files["photo"]], "What is it?", max_new_tokens=6,
-                                                            tiling="low")
+    assert reply.choices[0].message.content == vlm.generate(
+        [files["photo"]], "What is it?", max_new_tokens=6, tiling="low"
+    )
 
 
 def test_cors_for_the_allowed_origin_only(http):
-    preflight = http.options("/v1/chat/completions", headers={
-        "Origin": ORIGIN, "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization,content-type"})
+    preflight = http.options(
+        "/v1/chat/completions",
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    )
     assert preflight.status_code == 200
     assert preflight.headers["access-control-allow-origin"] == ORIGIN
     assert http.get("/health", headers={"Origin": ORIGIN}).headers["access-control-allow-origin"] == ORIGIN
@@ -315,10 +380,14 @@ def test_video_parts_equal_the_library(client, vlm, files):
     from video_clips import make_clip
 
     clip = make_clip(files["root"] / "clip.mp4", seconds=2, fps=10, size=(48, 32))
-    hf = [{"role": "user", "content": [{"type": "video", "path": str(clip)}, {"type": "text", "text": "What happens?"}]}]
+    hf = [
+        {"role": "user", "content": [{"type": "video", "path": str(clip)}, {"type": "text", "text": "What happens?"}]}
+    ]
     expected = vlm.generate(messages=hf, max_new_tokens=8)
-    parts = [{"type": "video_url", "video_url": {"url": data_uri(clip.read_bytes(), "video/mp4")}},
-             {"type": "text", "text": "What happens?"}]
+    parts = [
+        {"type": "video_url", "video_url": {"url": data_uri(clip.read_bytes(), "video/mp4")}},
+        {"type": "text", "text": "What happens?"},
+    ]
     sent = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": parts}], max_tokens=8)
     assert sent.choices[0].message.content == expected
     assert sent.model_extra["timings"]["image_tiles"] > 0

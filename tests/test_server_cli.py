@@ -60,8 +60,11 @@ def test_a_real_serve_process_answers_logs_and_stops_on_ctrl_c(model_dir):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "smolvlm_cli", "serve", "-m", str(model_dir), "--dtype",
-                                "fp32", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "smolvlm_cli", "serve", "-m", str(model_dir), "--dtype", "fp32", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60

@@ -52,8 +52,9 @@ def test_sixteen_clients_get_their_one_at_a_time_replies(vlm):
         # replies end at different steps; images as one tile (detail low: tiled ones are tested
         # in test_server.py, and take 5x the time here)
         asks.append((prompt, image, 4 + (i * 5) % 17))
-    one_at_a_time = [vlm.generate([image] if image else [], prompt, max_new_tokens=n, tiling="low")
-                     for prompt, image, n in asks]
+    one_at_a_time = [
+        vlm.generate([image] if image else [], prompt, max_new_tokens=n, tiling="low") for prompt, image, n in asks
+    ]
     cases = [(*ask, stream, "low") for stream in (True, False) for ask in asks]
     expected = one_at_a_time * 2
 
@@ -65,7 +66,11 @@ def test_sixteen_clients_get_their_one_at_a_time_replies(vlm):
             prompt, image, n, stream, detail = case
             messages = user(prompt, *([data_uri(image)] if image else []), detail=detail)
             if not stream:
-                return client.chat.completions.create(model=NAME, messages=messages, max_tokens=n).choices[0].message.content
+                return (
+                    client.chat.completions.create(model=NAME, messages=messages, max_tokens=n)
+                    .choices[0]
+                    .message.content
+                )
             chunks = client.chat.completions.create(model=NAME, messages=messages, max_tokens=n, stream=True)
             return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
@@ -93,12 +98,16 @@ def test_disconnect_frees_the_row_for_a_waiting_request_and_a_full_queue_is_503(
     short = {}
 
     with httpx2.Client(base_url=one_row.url, timeout=60) as http:
-        with http.stream("POST", "/v1/chat/completions", json={
-                "messages": user("Talk."), "max_tokens": LONG, "stream": True}) as long_reply:
+        with http.stream(
+            "POST", "/v1/chat/completions", json={"messages": user("Talk."), "max_tokens": LONG, "stream": True}
+        ) as long_reply:
             lines = long_reply.iter_lines()
             assert next(lines).startswith("data: ")  # streaming: it holds the only row
-            waiter = threading.Thread(target=lambda: short.update(reply=client.chat.completions.create(
-                model=NAME, messages=user("Hi."), max_tokens=3)))
+            waiter = threading.Thread(
+                target=lambda: short.update(
+                    reply=client.chat.completions.create(model=NAME, messages=user("Hi."), max_tokens=3)
+                )
+            )
             waiter.start()
             _until(lambda: scheduler.waiting == 1)  # the queue is full now
             t0 = time.monotonic()
@@ -136,8 +145,13 @@ def test_a_failing_request_fails_alone(vlm):
     scheduler = Scheduler(vlm, max_batch=2, max_queue=2).start()
     try:
         for name, prepared in (("broken", broken), ("good", good)):
-            scheduler.submit(Job(prepared, GenerationOptions(max_new_tokens=3),
-                                 lambda kind, value, name=name: events[name].append((kind, value))))
+            scheduler.submit(
+                Job(
+                    prepared,
+                    GenerationOptions(max_new_tokens=3),
+                    lambda kind, value, name=name: events[name].append((kind, value)),
+                )
+            )
         _until(lambda: events["good"] and events["good"][-1][0] == "done")
     finally:
         scheduler.close()

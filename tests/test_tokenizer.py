@@ -22,15 +22,26 @@ from smolvlm_cli.config import ModelConfig  # noqa: E402
 from smolvlm_cli.errors import ConfigError  # noqa: E402
 from smolvlm_cli.tokenizer import StreamDecoder, Tokenizer  # noqa: E402
 
-HYPOTHESIS = settings(max_examples=60, deadline=None,
-                      suppress_health_check=[HealthCheck.function_scoped_fixture])
+HYPOTHESIS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 TEXTS = [
-    "", " ", "hello world", "  leading and trailing  ", "Hello\n\nworld\n", "\t tab\r\n",
-    "Year 2024: 3.14159, ½ ² ٣ 一个 ₂", "café naïve Ångström ø", "日本語のテキスト、中文", "🙂👍🏽👨‍👩‍👧 🇫🇷",
-    "<|im_start|>User:<image>What?<end_of_utterance>\nAssistant:", "a<image>b<row_1_col_2>c<global-img>",
-    "<fake_token_around_image><image><image>\n\n", "not special: <image > <Image> <row_7_col_1>",
-    "don't won't it's I'm we'll they've", "x" * 300, "\u0000\u001f\u007f\ufffd",
+    "",
+    " ",
+    "hello world",
+    "  leading and trailing  ",
+    "Hello\n\nworld\n",
+    "\t tab\r\n",
+    "Year 2024: 3.14159, ½ ² ٣ 一个 ₂",
+    "café naïve Ångström ø",
+    "日本語のテキスト、中文",
+    "🙂👍🏽👨‍👩‍👧 🇫🇷",
+    "<|im_start|>User:<image>What?<end_of_utterance>\nAssistant:",
+    "a<image>b<row_1_col_2>c<global-img>",
+    "<fake_token_around_image><image><image>\n\n",
+    "not special: <image > <Image> <row_7_col_1>",
+    "don't won't it's I'm we'll they've",
+    "x" * 300,
+    "\u0000\u001f\u007f\ufffd",
 ]
 
 # Text that stresses byte-level BPE: multibyte characters, digits, whitespace, punctuation.
@@ -82,11 +93,16 @@ def _stream_all(tok: Tokenizer, ids, skip=True) -> tuple[list[str], str]:
 
 # -- special tokens -------------------------------------------------------------------------------
 
+
 def test_special_ids_match_transformers_and_config(model_files):
     tok, ref = _both(model_files)
     auto = hf_auto_tokenizer(str(model_files))
-    assert [auto.bos_token_id, auto.eos_token_id, auto.pad_token_id, auto.unk_token_id] == \
-        [ref.bos_token_id, ref.eos_token_id, ref.pad_token_id, ref.unk_token_id]
+    assert [auto.bos_token_id, auto.eos_token_id, auto.pad_token_id, auto.unk_token_id] == [
+        ref.bos_token_id,
+        ref.eos_token_id,
+        ref.pad_token_id,
+        ref.unk_token_id,
+    ]
     config = ModelConfig.from_dir(model_files)
     for name in ("bos", "eos", "unk", "pad"):
         assert tok.special_tokens.get(f"{name}_token") == getattr(ref, f"{name}_token")
@@ -122,6 +138,7 @@ def test_vocabulary_lookups_match_transformers(model_files):
 
 
 # -- encode / decode ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("text", TEXTS)
 def test_encode_matches_transformers(model_files, text):
@@ -238,6 +255,7 @@ def test_decode_keeps_the_leading_space(model_files):
 
 # -- streaming ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("skip", [True, False])
 def test_stream_equals_one_shot_decode(model_files, skip):
     tok = ours(str(model_files))
@@ -247,7 +265,7 @@ def test_stream_equals_one_shot_decode(model_files, skip):
         for k, i in enumerate(ids):
             out += stream.put(i)  # numpy ints are fine
             # what was emitted is final: a prefix of the decode so far and of the full decode
-            assert tok.decode(ids[:k + 1], skip_special_tokens=skip).startswith(out)
+            assert tok.decode(ids[: k + 1], skip_special_tokens=skip).startswith(out)
         full = tok.decode(ids, skip_special_tokens=skip)
         assert full.startswith(out)
         assert out + stream.flush() == full
@@ -258,8 +276,11 @@ def test_stream_equals_one_shot_decode(model_files, skip):
 def test_stream_property_over_ids(model_files, data):
     tok = ours(str(model_files))
     special = sorted(special_ids(tok))
-    ids = data.draw(st.lists(st.one_of(st.integers(0, tok.vocab_size - 1), st.integers(0, 400),
-                                       st.sampled_from(special)), max_size=40))
+    ids = data.draw(
+        st.lists(
+            st.one_of(st.integers(0, tok.vocab_size - 1), st.integers(0, 400), st.sampled_from(special)), max_size=40
+        )
+    )
     skip = data.draw(st.booleans())
     deltas, rest = _stream_all(tok, ids, skip)
     full = tok.decode(ids, skip_special_tokens=skip)
@@ -315,6 +336,7 @@ def test_stream_is_a_stream_decoder(model_files):
 
 # -- loading and errors ---------------------------------------------------------------------------
 
+
 def _copy_tokenizer_files(tmp_path: Path, name: str = MODEL_NAMES[2]) -> Path:
     d = tmp_path / "model"
     d.mkdir()
@@ -364,9 +386,16 @@ def test_legacy_special_tokens_map_wins_like_transformers(tmp_path):
     del config["added_tokens_decoder"]
     (d / "tokenizer_config.json").write_text(json.dumps(config))
     tok, ref = Tokenizer.from_dir(d), hf_tokenizer(str(d))
-    assert (tok.special_tokens.get("eos_token"), special_id(tok, "eos_token")) == (ref.eos_token, ref.eos_token_id) == ("<|im_end|>", 2)
-    assert (special_id(tok, "bos_token"), special_id(tok, "pad_token"), special_id(tok, "unk_token")) == (ref.bos_token_id, ref.pad_token_id,
-                                                                      ref.unk_token_id)
+    assert (
+        (tok.special_tokens.get("eos_token"), special_id(tok, "eos_token"))
+        == (ref.eos_token, ref.eos_token_id)
+        == ("<|im_end|>", 2)
+    )
+    assert (special_id(tok, "bos_token"), special_id(tok, "pad_token"), special_id(tok, "unk_token")) == (
+        ref.bos_token_id,
+        ref.pad_token_id,
+        ref.unk_token_id,
+    )
 
 
 @pytest.mark.slow

@@ -77,13 +77,16 @@ def thumb(tmp_path_factory):
 
 # -- 1. stdin only when asked for --------------------------------------------------------------
 
+
 def test_shell_loop_keeps_its_input(model_dir, thumb, tmp_path):
     """`ls | while read f; do smolvlm describe "$f" -p Q; done` answers every file."""
     for name in ("a.jpg", "b.jpg", "c.jpg"):
         (tmp_path / name).write_bytes(thumb.read_bytes())
-    script = (f'printf "%s\\n" a.jpg b.jpg c.jpg | while read f; do "{sys.executable}" -m '
-              f'smolvlm_cli describe "$f" -p "Is there a cat?" -m "{model_dir}" -n 3 '
-              '--detail low --json; done')
+    script = (
+        f'printf "%s\\n" a.jpg b.jpg c.jpg | while read f; do "{sys.executable}" -m '
+        f'smolvlm_cli describe "$f" -p "Is there a cat?" -m "{model_dir}" -n 3 '
+        "--detail low --json; done"
+    )
     result = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, timeout=300)
     assert result.returncode == 0, result.stderr.decode()
     records = [json.loads(line) for line in result.stdout.decode().splitlines()]
@@ -92,49 +95,65 @@ def test_shell_loop_keeps_its_input(model_dir, thumb, tmp_path):
 
 
 def test_prompt_and_questions_from_stdin_only_when_asked(capsys, monkeypatch, model_dir, thumb):
-    code, out, err = cli(capsys, monkeypatch, "describe", thumb, "-m", model_dir, "-n", "2",
-                         "--json", stdin=b"ignored text\n")
+    code, out, err = cli(
+        capsys, monkeypatch, "describe", thumb, "-m", model_dir, "-n", "2", "--json", stdin=b"ignored text\n"
+    )
     assert code == 0, err
     assert json.loads(out)["prompt"] == "Describe this image in detail."  # stdin left alone
-    code, out, err = cli(capsys, monkeypatch, "describe", thumb, "-p", "-", "-m", model_dir,
-                         "-n", "2", "--json", stdin=b"What colour is it?\n")
+    code, out, err = cli(
+        capsys,
+        monkeypatch,
+        "describe",
+        thumb,
+        "-p",
+        "-",
+        "-m",
+        model_dir,
+        "-n",
+        "2",
+        "--json",
+        stdin=b"What colour is it?\n",
+    )
     assert code == 0, err
     assert json.loads(out)["prompt"] == "What colour is it?"
-    code, out, err = cli(capsys, monkeypatch, "ask", thumb, "-q", "-", "-m", model_dir, "-n", "2",
-                         "--json", stdin=b"First?\n\nSecond?\n")
+    code, out, err = cli(
+        capsys, monkeypatch, "ask", thumb, "-q", "-", "-m", model_dir, "-n", "2", "--json", stdin=b"First?\n\nSecond?\n"
+    )
     assert code == 0, err
     assert [json.loads(line)["question"] for line in out.splitlines()] == ["First?", "Second?"]
-    code, _, err = cli(capsys, monkeypatch, "describe", "-", "-p", "-", "-m", model_dir,
-                       stdin=thumb.read_bytes())
+    code, _, err = cli(capsys, monkeypatch, "describe", "-", "-p", "-", "-m", model_dir, stdin=thumb.read_bytes())
     assert code == 2 and "only once" in err
 
 
 # -- 2. the detail knob and the slow-default warning ---------------------------------------------
 
+
 def test_detail_levels_map_to_tiles(capsys, monkeypatch, thumb):
     tiles = {}
     for level in ("low", "auto", "high"):
-        code, out, err = cli(capsys, monkeypatch, "inspect", thumb, "-m", CONFIG_ONLY,
-                             "--detail", level, "--json")
+        code, out, err = cli(capsys, monkeypatch, "inspect", thumb, "-m", CONFIG_ONLY, "--detail", level, "--json")
         assert code == 0, err
         tiles[level] = json.loads(out)["tiles"]
     assert tiles == {"low": 1, "auto": 13, "high": 25}
-    code, _, err = cli(capsys, monkeypatch, "inspect", thumb, "-m", CONFIG_ONLY, "--detail",
-                       "low", "--no-split")
+    code, _, err = cli(capsys, monkeypatch, "inspect", thumb, "-m", CONFIG_ONLY, "--detail", "low", "--no-split")
     assert code == 2 and "--detail" in err
     code, _, err = cli(capsys, monkeypatch, "inspect", thumb, "-m", CONFIG_ONLY, "--detail", "max")
     assert code == 2 and "low, auto, high" in err
 
 
 def test_describe_detail_low_is_one_tile_and_help_has_numbers(capsys, monkeypatch, model_dir, thumb):
-    code, out, err = cli(capsys, monkeypatch, "describe", thumb, "-m", model_dir, "-n", "2",
-                         "--detail", "low", "--json")
+    code, out, err = cli(
+        capsys, monkeypatch, "describe", thumb, "-m", model_dir, "-n", "2", "--detail", "low", "--json"
+    )
     assert code == 0, err
     assert json.loads(out)["image_tiles"] == 1
     code, out, _ = cli(capsys, monkeypatch, "describe", "--help")
     assert code == 0
-    assert re.search(r"auto [\d.]+ s to the first token and [\d.]+ images/min in batch, low "
-                     r"[\d-]+ images/min", flat(out))
+    assert re.search(
+        r"auto [\d.]+ s to the first token and [\d.]+ images/min in batch, low "
+        r"[\d-]+ images/min",
+        flat(out),
+    )
 
 
 def test_batch_warns_when_the_default_would_be_slow(capsys, monkeypatch, thumb, tmp_path):
@@ -145,12 +164,12 @@ def test_batch_warns_when_the_default_would_be_slow(capsys, monkeypatch, thumb, 
     assert code == 1  # no graphs in the config-only folder: the warning comes before the load
     warning = [line for line in err.splitlines() if "tiles an image" in line]
     assert len(warning) == 1 and "~13 tiles" in warning[0] and "--detail low" in warning[0]
-    _, _, err = cli(capsys, monkeypatch, "batch", tmp_path, "-o", out_file, "-m", CONFIG_ONLY,
-                    "--detail", "low")
+    _, _, err = cli(capsys, monkeypatch, "batch", tmp_path, "-o", out_file, "-m", CONFIG_ONLY, "--detail", "low")
     assert "tiles an image" not in err
 
 
 # -- 3. offline errors name the cause and the way out --------------------------------------------
+
 
 def test_offline_error_names_cause_and_ways_out(tmp_path):
     env = {"HF_HOME": str(tmp_path), "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": ""}
@@ -159,13 +178,13 @@ def test_offline_error_names_cause_and_ways_out(tmp_path):
     assert result.returncode == 1 and "Traceback" not in err
     assert "Connection refused" in err and "-m DIR" in err and "HF_ENDPOINT" in err
     assert "HF_HUB_OFFLINE" not in err  # not set: not the user's problem
-    result = run("download", "HuggingFaceTB/SmolVLM2-256M-Video-Instruct",
-                 env={**env, "HF_HUB_OFFLINE": "1"})
+    result = run("download", "HuggingFaceTB/SmolVLM2-256M-Video-Instruct", env={**env, "HF_HUB_OFFLINE": "1"})
     err = result.stderr.decode()
     assert result.returncode == 1 and "HF_HUB_OFFLINE is set" in err and "-m DIR" in err
 
 
 # -- 4. speed readouts ---------------------------------------------------------------------------
+
 
 def test_summary_rate_counts_captions_only(capsys, monkeypatch, model_dir, thumb, tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
@@ -179,6 +198,7 @@ def test_summary_rate_counts_captions_only(capsys, monkeypatch, model_dir, thumb
 
 def test_progress_rate_survives_bursts():
     """Ray hands results over in blocks: the bar's rate is the run's average, not a spike."""
+
     class Terminal(io.StringIO):
         def isatty(self):
             return True
@@ -199,6 +219,7 @@ def test_progress_rate_survives_bursts():
 
 # -- 5. resume compares the prompt and the model -------------------------------------------------
 
+
 def test_resume_refuses_another_prompt_or_model(capsys, monkeypatch, model_dir, thumb, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -209,8 +230,7 @@ def test_resume_refuses_another_prompt_or_model(capsys, monkeypatch, model_dir, 
     assert cli(capsys, monkeypatch, *base, "-o", out_file)[0] == 0
     code, _, err = cli(capsys, monkeypatch, *base, "-o", out_file, "-p", "Answer in one word.")
     assert code == 1 and "another prompt" in err and "--overwrite" in err and "--resume-any" in err
-    code, _, err = cli(capsys, monkeypatch, *base, "-o", out_file, "-p", "Answer in one word.",
-                       "--resume-any")
+    code, _, err = cli(capsys, monkeypatch, *base, "-o", out_file, "-p", "Answer in one word.", "--resume-any")
     assert code == 0 and "2 already done" in err
     records = [json.loads(line) for line in out_file.read_text().splitlines()]
     out_file.write_text("".join(json.dumps({**r, "model": "someone/else"}) + "\n" for r in records))
@@ -226,12 +246,12 @@ def test_resume_refuses_another_prompt_or_model(capsys, monkeypatch, model_dir, 
 
 # -- 7. help text --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("command", ["", "describe", "ask", "chat", "batch", "inspect", "models"])
 def test_help_speaks_cli_not_python(capsys, monkeypatch, command):
     code, out, _ = cli(capsys, monkeypatch, *([command] if command else []), "--help")
     assert code == 0
-    for python_ism in ("<bool>", "<str>", "<int", "<float", "list[", "range]", "[x>=", "{IMAGE",
-                       "{PATH", "PROMPT]..."):
+    for python_ism in ("<bool>", "<str>", "<int", "<float", "list[", "range]", "[x>=", "{IMAGE", "{PATH", "PROMPT]..."):
         assert python_ism not in out, python_ism
     if command in ("inspect", "models"):  # they print no text, counts or timings
         assert "timings" not in out
@@ -240,18 +260,19 @@ def test_help_speaks_cli_not_python(capsys, monkeypatch, command):
 
 
 def test_ask_verbose(capsys, monkeypatch, model_dir, thumb):
-    code, _, err = cli(capsys, monkeypatch, "ask", thumb, "-q", "Why?", "-m", model_dir, "-n", "2",
-                       "--detail", "low", "-v")
+    code, _, err = cli(
+        capsys, monkeypatch, "ask", thumb, "-q", "Why?", "-m", model_dir, "-n", "2", "--detail", "low", "-v"
+    )
     assert code == 0 and "first token after" in err
 
 
 # -- 8. phone-sized photos pass, bombs do not ----------------------------------------------------
 
+
 def test_108_megapixel_photo_is_accepted_and_a_bomb_is_not(capsys, monkeypatch, model_dir, tmp_path):
     big = tmp_path / "phone.jpg"
     Image.new("RGB", (12000, 9000), (90, 140, 200)).save(big, quality=80)
-    code, out, err = cli(capsys, monkeypatch, "describe", big, "-m", model_dir, "-n", "2",
-                         "--detail", "low", "--json")
+    code, out, err = cli(capsys, monkeypatch, "describe", big, "-m", model_dir, "-n", "2", "--detail", "low", "--json")
     assert code == 0, err
     assert json.loads(out)["image_tiles"] == 1
     bomb = tmp_path / "bomb.png"
@@ -261,6 +282,7 @@ def test_108_megapixel_photo_is_accepted_and_a_bomb_is_not(capsys, monkeypatch, 
 
 
 # -- 10. smaller ones ----------------------------------------------------------------------------
+
 
 def test_inspect_says_one_tile(capsys, monkeypatch, thumb):
     code, out, _ = cli(capsys, monkeypatch, "inspect", thumb, "-m", CONFIG_ONLY, "--detail", "low")
@@ -275,13 +297,16 @@ def test_batch_error_names_the_file_once(capsys, monkeypatch, model_dir, tmp_pat
 
 
 def test_ask_labels_answers(capsys, monkeypatch, model_dir, thumb):
-    code, out, err = cli(capsys, monkeypatch, "ask", thumb, "-q", "One?", "-q", "Two?", "-m",
-                         model_dir, "-n", "3", "--detail", "low")
+    code, out, err = cli(
+        capsys, monkeypatch, "ask", thumb, "-q", "One?", "-q", "Two?", "-m", model_dir, "-n", "3", "--detail", "low"
+    )
     assert code == 0, err
     assert out.startswith("Q: One?\nA:") and "\n\nQ: Two?\nA:" in out
     # a multi-line reply stays under its label
-    assert "".join(labeled_answer("Q?", [" Line one", "\nline", " two\n", "three"])) == \
-        "Q: Q?\nA: Line one\n   line two\n   three"
+    assert (
+        "".join(labeled_answer("Q?", [" Line one", "\nline", " two\n", "three"]))
+        == "Q: Q?\nA: Line one\n   line two\n   three"
+    )
 
 
 @pytest.mark.ray
@@ -292,8 +317,21 @@ def test_ray_leaves_no_session_folder(model_dir, thumb, tmp_path):
     import tempfile
 
     scratch = Path(tempfile.mkdtemp(dir="/tmp", prefix="t"))  # short: Ray's socket paths
-    result = run("batch", photos, "--engine", "ray", "-m", model_dir, "-n", "2", "--detail", "low",
-                 "-o", tmp_path / "c.jsonl", env={"TMPDIR": str(scratch), "RAY_ADDRESS": ""})
+    result = run(
+        "batch",
+        photos,
+        "--engine",
+        "ray",
+        "-m",
+        model_dir,
+        "-n",
+        "2",
+        "--detail",
+        "low",
+        "-o",
+        tmp_path / "c.jsonl",
+        env={"TMPDIR": str(scratch), "RAY_ADDRESS": ""},
+    )
     leftovers = [p.name for p in scratch.iterdir() if p.is_dir()]  # Ray's session folders
     shutil.rmtree(scratch)
     assert result.returncode == 0, result.stderr.decode()
@@ -302,9 +340,11 @@ def test_ray_leaves_no_session_folder(model_dir, thumb, tmp_path):
 
 # -- issue #15: the prompt after the images ------------------------------------------------------
 
+
 def test_last_argument_with_spaces_is_the_prompt(capsys, monkeypatch, model_dir, thumb):
-    code, out, err = cli(capsys, monkeypatch, "describe", thumb, "Read the text in sign.png",
-                         "-m", model_dir, "-n", "2", "--json")
+    code, out, err = cli(
+        capsys, monkeypatch, "describe", thumb, "Read the text in sign.png", "-m", model_dir, "-n", "2", "--json"
+    )
     assert code == 0, err
     data = json.loads(out)
     assert data["prompt"] == "Read the text in sign.png" and data["images"] == [str(thumb)]
@@ -313,6 +353,7 @@ def test_last_argument_with_spaces_is_the_prompt(capsys, monkeypatch, model_dir,
 
 
 # -- new: image URLs -----------------------------------------------------------------------------
+
 
 @pytest.fixture()
 def server(thumb):
@@ -348,8 +389,19 @@ def server(thumb):
 def test_image_urls(capsys, monkeypatch, model_dir, vlm, thumb, server):
     import smolvlm_cli.image_loading as image_loading
 
-    code, out, err = cli(capsys, monkeypatch, "describe", f"{server}/photo.jpg", "What is it?",
-                         "-m", model_dir, "-n", "4", "--detail", "low")
+    code, out, err = cli(
+        capsys,
+        monkeypatch,
+        "describe",
+        f"{server}/photo.jpg",
+        "What is it?",
+        "-m",
+        model_dir,
+        "-n",
+        "4",
+        "--detail",
+        "low",
+    )
     assert code == 0, err
     assert out == vlm.generate(str(thumb), "What is it?", max_new_tokens=4, tiling="low") + "\n"
     code, _, err = cli(capsys, monkeypatch, "describe", f"{server}/nothing.jpg", "-m", model_dir)
@@ -367,28 +419,70 @@ def test_image_urls(capsys, monkeypatch, model_dir, vlm, thumb, server):
 
 # -- new: --system -------------------------------------------------------------------------------
 
+
 def test_system_prompt(capsys, monkeypatch, model_dir, vlm, thumb, tmp_path):
     system = "Answer in French."
-    plain = cli(capsys, monkeypatch, "describe", thumb, "-m", model_dir, "-n", "3", "--detail",
-                "low", "--json")
-    code, out, err = cli(capsys, monkeypatch, "describe", thumb, "-m", model_dir, "-n", "3",
-                         "--detail", "low", "--json", "--system", system)
+    plain = cli(capsys, monkeypatch, "describe", thumb, "-m", model_dir, "-n", "3", "--detail", "low", "--json")
+    code, out, err = cli(
+        capsys,
+        monkeypatch,
+        "describe",
+        thumb,
+        "-m",
+        model_dir,
+        "-n",
+        "3",
+        "--detail",
+        "low",
+        "--json",
+        "--system",
+        system,
+    )
     assert plain[0] == code == 0, err
     with_system = json.loads(out)
     assert with_system["system"] == system
     assert with_system["prompt_tokens"] > json.loads(plain[1])["prompt_tokens"]
     messages = build_messages("Describe this image in detail.", 1, system)
-    assert with_system["text"] == vlm.stream(str(thumb), messages=messages, tiling="low",
-                                             max_new_tokens=3).text()
-    code, out, err = cli(capsys, monkeypatch, "ask", thumb, "-q", "Why?", "-m", model_dir, "-n",
-                         "2", "--detail", "low", "--json", "-s", system)
+    assert with_system["text"] == vlm.stream(str(thumb), messages=messages, tiling="low", max_new_tokens=3).text()
+    code, out, err = cli(
+        capsys,
+        monkeypatch,
+        "ask",
+        thumb,
+        "-q",
+        "Why?",
+        "-m",
+        model_dir,
+        "-n",
+        "2",
+        "--detail",
+        "low",
+        "--json",
+        "-s",
+        system,
+    )
     assert code == 0, err
     asked = json.loads(out)
-    assert asked["text"] == vlm.stream(str(thumb), messages=build_messages("Why?", 1, system),
-                                       tiling="low", max_new_tokens=2).text()
+    assert (
+        asked["text"]
+        == vlm.stream(str(thumb), messages=build_messages("Why?", 1, system), tiling="low", max_new_tokens=2).text()
+    )
     transcript = tmp_path / "t.json"
-    code, _, err = cli(capsys, monkeypatch, "chat", thumb, "-m", model_dir, "-n", "2", "--detail",
-                       "low", "--system", system, stdin=f"Hi\n/save {transcript}\n".encode())
+    code, _, err = cli(
+        capsys,
+        monkeypatch,
+        "chat",
+        thumb,
+        "-m",
+        model_dir,
+        "-n",
+        "2",
+        "--detail",
+        "low",
+        "--system",
+        system,
+        stdin=f"Hi\n/save {transcript}\n".encode(),
+    )
     assert code == 0, err
     saved = json.loads(transcript.read_text())
     assert saved[0] == {"role": "system", "content": [{"type": "text", "text": system}]}

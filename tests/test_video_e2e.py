@@ -46,15 +46,21 @@ def test_onnx_greedy_tokens_equal_transformers_generate(model_dir, vlm, clip):
 
     from smolvlm_cli.options import GenerationOptions
 
-    messages = [{"role": "user", "content": [{"type": "video", "path": str(clip)},
-                                             {"type": "text", "text": "What happens?"}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "video", "path": str(clip)}, {"type": "text", "text": "What happens?"}]}
+    ]
     inputs = vlm.processor.prepare_inputs(messages)
     assert inputs["pixel_values"].shape[:2] == (1, 3)
     reference = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
     with torch.inference_mode():
-        out = reference.generate(**{k: torch.from_numpy(v) for k, v in inputs.items()}, max_new_tokens=STEPS,
-                                 do_sample=False, eos_token_id=None, pad_token_id=0)
-    expected = out[0, inputs["input_ids"].shape[1]:].tolist()
+        out = reference.generate(
+            **{k: torch.from_numpy(v) for k, v in inputs.items()},
+            max_new_tokens=STEPS,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    expected = out[0, inputs["input_ids"].shape[1] :].tolist()
     stream = vlm.stream(messages=messages, options=GenerationOptions(max_new_tokens=STEPS, ignore_eos=True))
     stream.text()
     assert stream.token_ids == expected
@@ -103,8 +109,9 @@ def test_still_frames_are_encoded_once(vlm, tmp_path):
 
 
 def test_describe_json_has_frames_timestamps_and_timings(model_dir, clip):
-    result = invoke_cli("describe", clip, "What happens?", "-m", model_dir, "-n", "4", "--json",
-                        "--max-frames", "2", "--start", "0.5")
+    result = invoke_cli(
+        "describe", clip, "What happens?", "-m", model_dir, "-n", "4", "--json", "--max-frames", "2", "--start", "0.5"
+    )
     assert result.returncode == 0, stderr_of(result)
     record = json.loads(stdout_of(result))
     video = record["videos"][0]
@@ -141,6 +148,7 @@ def test_inspect_a_video(model_dir, clip):
 
 # -- bad input ------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory):
     import av
@@ -166,8 +174,14 @@ def bad_files(tmp_path_factory):
     return good, files
 
 
-REASONS = {"truncated": "damaged", "empty": "empty (0 bytes)", "audio-only": "no video stream",
-           "text": "not a video", "codec": "cannot be decoded", "zero-seconds": "0-second"}
+REASONS = {
+    "truncated": "damaged",
+    "empty": "empty (0 bytes)",
+    "audio-only": "no video stream",
+    "text": "not a video",
+    "codec": "cannot be decoded",
+    "zero-seconds": "0-second",
+}
 
 
 @pytest.mark.parametrize("kind", list(REASONS))
@@ -211,14 +225,16 @@ def test_video_options_need_a_video_and_sane_values(model_dir, clip, tmp_path):
     assert invoke_cli("describe", image, "--fps", "2", "-m", model_dir).returncode == 2
     assert invoke_cli("describe", clip, "--fps", "0", "-m", model_dir).returncode == 2
     assert invoke_cli("describe", clip, "--start", "2", "--end", "1", "-m", model_dir).returncode == 2
-    assert_clean_error(invoke_cli("describe", clip, "--start", "9", "-m", model_dir), names=[clip],
-                       reason="past the end")
+    assert_clean_error(
+        invoke_cli("describe", clip, "--start", "9", "-m", model_dir), names=[clip], reason="past the end"
+    )
 
 
 def test_a_video_too_long_for_the_context_is_refused_with_advice(model_dir, tmp_path):
     long = make_clip(tmp_path / "long.mp4", frames=130, fps=1)
-    line = assert_clean_error(invoke_cli("describe", long, "-m", model_dir, "--max-frames", "130"),
-                              reason="context holds 8192")
+    line = assert_clean_error(
+        invoke_cli("describe", long, "-m", model_dir, "--max-frames", "130"), reason="context holds 8192"
+    )
     assert "--max-frames 1" in line
 
 

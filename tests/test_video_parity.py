@@ -55,8 +55,9 @@ def test_pinned_transformers_version():
     """The rules were read from, and are held to, transformers 5.24.0. Another version still
     runs every test here (they fail if its sampler or prompt changed); this one says so."""
     if transformers.__version__ != TRANSFORMERS_VERSION:
-        pytest.skip(f"video parity pinned to transformers {TRANSFORMERS_VERSION}, "
-                    f"running against {transformers.__version__}")
+        pytest.skip(
+            f"video parity pinned to transformers {TRANSFORMERS_VERSION}, running against {transformers.__version__}"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +183,7 @@ def test_damaged_packets_still_give_every_sampled_frame(tmp_path):
 
 # -- prompt text and input ids ------------------------------------------------------------------
 
+
 @lru_cache(maxsize=None)
 def hf_processor():
     """transformers' SmolVLMProcessor; its video processor (torchvision) replaced by a stub that
@@ -199,8 +201,7 @@ def hf_processor():
                 frames, meta = reference_read(path, self.num_frames, self.fps)
                 metas.append(meta)
                 counts.append(len(frames))
-            return {"pixel_values": np.zeros((len(videos), max(counts), 1, 1, 1), np.float32),
-                    "video_metadata": metas}
+            return {"pixel_values": np.zeros((len(videos), max(counts), 1, 1, 1), np.float32), "video_metadata": metas}
 
     class VideoStubProcessor(processing_smolvlm.SmolVLMProcessor):
         def check_argument_for_proper_class(self, argument_name, argument):
@@ -209,9 +210,12 @@ def hf_processor():
             return super().check_argument_for_proper_class(argument_name, argument)
 
     path = fixture_dir(MODEL)
-    return VideoStubProcessor(image_processor=SmolVLMImageProcessorPil.from_pretrained(path),
-                              tokenizer=AutoTokenizer.from_pretrained(path),
-                              video_processor=StubVideoProcessor(), image_seq_len=64)
+    return VideoStubProcessor(
+        image_processor=SmolVLMImageProcessorPil.from_pretrained(path),
+        tokenizer=AutoTokenizer.from_pretrained(path),
+        video_processor=StubVideoProcessor(),
+        image_seq_len=64,
+    )
 
 
 def hf_ids(messages, videos, images=None):
@@ -226,8 +230,12 @@ def hf_ids(messages, videos, images=None):
 @pytest.mark.parametrize("name", list(CLIPS))
 def test_prompt_and_input_ids_match_transformers(clips, name):
     path = clips(name)
-    messages = [{"role": "user", "content": [{"type": "video", "path": str(path)},
-                                             {"type": "text", "text": "Describe this video."}]}]
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "video", "path": str(path)}, {"type": "text", "text": "Describe this video."}],
+        }
+    ]
     text, ref = hf_ids(messages, [path])
     proc = processor()
     assert proc.render(messages) == text
@@ -240,13 +248,20 @@ def test_text_first_gets_a_space_and_a_system_turn_and_two_videos(clips):
     # Two videos of the same frame count: for different counts transformers 5.24 writes the
     # batch's padded count (`pixel_values.shape[1]`) in every intro; we write each video's own.
     a, b = clips("3s-25fps"), clips("3s-25fps")
-    messages = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
-                {"role": "user", "content": [{"type": "text", "text": "Compare "},
-                                             {"type": "video", "path": str(a)},
-                                             {"type": "text", "text": " and "},
-                                             {"type": "video", "path": str(b)}]},
-                {"role": "assistant", "content": [{"type": "text", "text": " Both move."}]},
-                {"role": "user", "content": "Which is longer?"}]
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Compare "},
+                {"type": "video", "path": str(a)},
+                {"type": "text", "text": " and "},
+                {"type": "video", "path": str(b)},
+            ],
+        },
+        {"role": "assistant", "content": [{"type": "text", "text": " Both move."}]},
+        {"role": "user", "content": "Which is longer?"},
+    ]
     text, ref = hf_ids(messages, [a, b])
     assert "User: Compare <video>" in text
     assert processor().prepare(messages=messages).input_ids.tolist() == ref
@@ -254,8 +269,7 @@ def test_text_first_gets_a_space_and_a_system_turn_and_two_videos(clips):
 
 def test_two_videos_each_get_their_own_frame_count(clips):
     a, b = clips("3s-25fps"), clips("1s-24fps")
-    messages = [{"role": "user", "content": [{"type": "video", "path": str(a)},
-                                             {"type": "video", "path": str(b)}]}]
+    messages = [{"role": "user", "content": [{"type": "video", "path": str(a)}, {"type": "video", "path": str(b)}]}]
     proc = processor()
     text = proc.tokenizer.decode(proc.prepare(messages=messages).input_ids.tolist())
     assert "series of three frames from a 0:00:03" in text and "series of one frames from a 0:00:01" in text
@@ -266,8 +280,16 @@ def test_image_then_video_prompt_matches_transformers(clips):
 
     path = clips("3s-25fps")
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 450, 3), dtype=np.uint8))
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "video", "path": str(path)},
-                                             {"type": "text", "text": "Same scene?"}]}]
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image"},
+                {"type": "video", "path": str(path)},
+                {"type": "text", "text": "Same scene?"},
+            ],
+        }
+    ]
     text, ref = hf_ids(messages, [path], images=[[image]])
     assert text.startswith("<|im_start|>User:<image><video>")
     prepared = processor().prepare([image, str(path)], messages=messages)
@@ -276,6 +298,7 @@ def test_image_then_video_prompt_matches_transformers(clips):
 
 
 # -- pixels -------------------------------------------------------------------------------------
+
 
 def torch_reference_pixels(frames: np.ndarray, longest_edge=2048, tile=512) -> np.ndarray:
     import torch
@@ -304,9 +327,16 @@ def test_pixels_match_transformers_resampling(clips, name):
     assert diff.max() <= PIXEL_TOLERANCE and diff.mean() < MEAN_TOLERANCE, (diff.max(), diff.mean())
 
 
-@pytest.mark.parametrize("size,expected", [((1280, 720), (2048, 1152)), ((720, 1280), (1152, 2048)),
-                                           ((33, 17), (2048, 1056)), ((17, 33), (1056, 2048)),
-                                           ((100, 100), (2048, 2048))])
+@pytest.mark.parametrize(
+    "size,expected",
+    [
+        ((1280, 720), (2048, 1152)),
+        ((720, 1280), (1152, 2048)),
+        ((33, 17), (2048, 1056)),
+        ((17, 33), (1056, 2048)),
+        ((100, 100), (2048, 2048)),
+    ],
+)
 def test_first_resize_size(size, expected):
     from transformers.models.smolvlm.video_processing_smolvlm import get_resize_output_image_size
 
@@ -325,5 +355,3 @@ def test_tiles_path_equals_prepare_inputs(clips):
     tiles = [proc.image_processor.normalize(t) for t in video.tiles(proc.config)]
     messages = [{"role": "user", "content": [{"type": "video"}]}]
     assert np.array_equal(np.stack(tiles), proc.prepare_inputs(messages, videos=[video])["pixel_values"][0])
-
-

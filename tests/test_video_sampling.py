@@ -11,14 +11,12 @@ import pytest
 
 from smolvlm_cli.video import is_video, is_video_path
 from smolvlm_cli.video.decode import PacketIndex, upright
-from smolvlm_cli.video.sampling import (duration_text, frame_header, number_words, sample_indices,
-                                        timestamps)
+from smolvlm_cli.video.sampling import duration_text, frame_header, number_words, sample_indices, timestamps
 
 
 def test_number_words_match_num2words():
     num2words = pytest.importorskip("num2words").num2words
-    for n in [*range(0, 2100), 9999, 10001, 12345, 100000, 100001, 999999, 1000000, 1000001,
-              2000100, 123456789]:
+    for n in [*range(0, 2100), 9999, 10001, 12345, 100000, 100001, 999999, 1000000, 1000001, 2000100, 123456789]:
         assert number_words(n) == num2words(n), n
 
 
@@ -27,9 +25,15 @@ def test_sampler_matches_transformers_on_a_grid_of_clips():
     from transformers.video_utils import VideoMetadata
 
     rng = np.random.default_rng(0)
-    cases = [(int(rng.integers(1, 20000)), float(rng.choice([23.976, 24, 25, 29.97, 30, 50, 60, 7.5])),
-              float(rng.choice([0.25, 0.5, 1, 2, 3])), int(rng.choice([1, 2, 8, 32, 64, 100])))
-             for _ in range(400)]
+    cases = [
+        (
+            int(rng.integers(1, 20000)),
+            float(rng.choice([23.976, 24, 25, 29.97, 30, 50, 60, 7.5])),
+            float(rng.choice([0.25, 0.5, 1, 2, 3])),
+            int(rng.choice([1, 2, 8, 32, 64, 100])),
+        )
+        for _ in range(400)
+    ]
     cases += [(1, 25, 1, 64), (2, 25, 1, 64), (24, 24, 1, 64), (1680, 24, 1, 64), (1728, 24, 1, 64)]
     for total, video_fps, fps, max_frames in cases:
         meta = VideoMetadata(total_num_frames=total, fps=video_fps, duration=total / video_fps)
@@ -72,14 +76,25 @@ def test_packet_index_numbers_and_keyframes():
     assert [index.keyframe_before(n) for n in (0, 2, 3, 5)] == [0, 0, 3, 3]
 
 
-@pytest.mark.parametrize("name,video", [("clip.mp4", True), ("CLIP.MOV", True), ("a.webm", True),
-                                        ("a.mkv", True), ("photo.jpg", False), ("anim.gif", False),
-                                        ("https://x.org/a.mp4", False), ("mp4", False)])
+@pytest.mark.parametrize(
+    "name,video",
+    [
+        ("clip.mp4", True),
+        ("CLIP.MOV", True),
+        ("a.webm", True),
+        ("a.mkv", True),
+        ("photo.jpg", False),
+        ("anim.gif", False),
+        ("https://x.org/a.mp4", False),
+        ("mp4", False),
+    ],
+)
 def test_video_paths_are_told_by_extension(name, video):
     assert is_video_path(name) is video and is_video(name) is video
 
 
 # -- the decode-ahead thread ------------------------------------------------------------------------
+
 
 def test_prefetched_keeps_order_and_a_bounded_lead():
     import threading
@@ -125,9 +140,11 @@ def test_prefetched_raises_the_producers_error_in_order_and_stops_early():
 def test_help_does_not_import_pyav():
     from conftest import run_cli
 
-    code = ("import sys\nfrom smolvlm_cli.cli.main import main\n"
-            "for command in ([], ['describe'], ['chat'], ['batch'], ['inspect']):\n"
-            "    try:\n        main([*command, '--help'])\n    except SystemExit:\n        pass\n"
-            "assert 'av' not in sys.modules and 'numpy' not in sys.modules, 'heavy import'\n")
+    code = (
+        "import sys\nfrom smolvlm_cli.cli.main import main\n"
+        "for command in ([], ['describe'], ['chat'], ['batch'], ['inspect']):\n"
+        "    try:\n        main([*command, '--help'])\n    except SystemExit:\n        pass\n"
+        "assert 'av' not in sys.modules and 'numpy' not in sys.modules, 'heavy import'\n"
+    )
     result = run_cli(python_code=code)
     assert result.returncode == 0, result.stderr.decode()

@@ -20,9 +20,17 @@ def frame_pixels(i: int, width: int, height: int) -> np.ndarray:
     return a
 
 
-def make_clip(path: Path | str, seconds: float = 3, fps: int = 25, size: tuple[int, int] = (32, 24),
-              codec: str = "libx264", gop: int | None = None, vfr: bool = False,
-              frames: int | None = None, rotation: int | None = None) -> Path:
+def make_clip(
+    path: Path | str,
+    seconds: float = 3,
+    fps: int = 25,
+    size: tuple[int, int] = (32, 24),
+    codec: str = "libx264",
+    gop: int | None = None,
+    vfr: bool = False,
+    frames: int | None = None,
+    rotation: int | None = None,
+) -> Path:
     """A clip of `seconds` x `fps` frames of `size` (w, h). `vfr`: frame durations alternate
     between 1/(2 fps) and 3/(2 fps) (same average rate), in a millisecond time base."""
     import av

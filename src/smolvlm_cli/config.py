@@ -22,8 +22,14 @@ PREPROCESSOR_CONFIG_FILE = "preprocessor_config.json"
 PROCESSOR_CONFIG_FILE = "processor_config.json"
 
 # transformers' defaults for fields that SmolVLM2 configs omit (SiglipVisionConfig).
-_VISION_DEFAULTS = {"num_hidden_layers": 12, "intermediate_size": 3072, "num_attention_heads": 12,
-                    "hidden_size": 768, "image_size": 512, "patch_size": 16}
+_VISION_DEFAULTS = {
+    "num_hidden_layers": 12,
+    "intermediate_size": 3072,
+    "num_attention_heads": 12,
+    "hidden_size": 768,
+    "image_size": 512,
+    "patch_size": 16,
+}
 _LLAMA_DEFAULT_MAX_POSITIONS = 2048
 _LLAMA_DEFAULT_HEADS = 32  # SmolVLM2-2.2B's config.json omits its head counts
 
@@ -32,8 +38,10 @@ def read_json(path: Path, *, required: bool = True) -> dict[str, Any]:
     """Load a JSON object, with errors that name the file."""
     if not path.is_file():
         if required:
-            raise ConfigError(f"{path.name} not found in {path.parent}",
-                              hint="is this a SmolVLM model directory in the Hugging Face layout?")
+            raise ConfigError(
+                f"{path.name} not found in {path.parent}",
+                hint="is this a SmolVLM model directory in the Hugging Face layout?",
+            )
         return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -102,8 +110,10 @@ class ModelConfig:
         try:
             config = cls._parse(cfg, gen, pre, proc)
         except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
-            raise ConfigError(f"unexpected model configuration in {model_dir}: {exc!r}",
-                              hint="expected a SmolVLM / SmolVLM2 (idefics3 or smolvlm) model") from exc
+            raise ConfigError(
+                f"unexpected model configuration in {model_dir}: {exc!r}",
+                hint="expected a SmolVLM / SmolVLM2 (idefics3 or smolvlm) model",
+            ) from exc
         config._check(model_dir)
         return config
 
@@ -113,23 +123,28 @@ class ModelConfig:
         cannot be matched, deep inside generation)."""
         for name in ("tile_size", "patch_size", "scale_factor", "image_seq_len", "longest_edge"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be positive in {model_dir}, got {getattr(self, name)}",
-                                  hint="the model's configuration files are damaged")
-        per_tile = (self.tile_size // self.patch_size) ** 2 // self.scale_factor ** 2
+                raise ConfigError(
+                    f"{name} must be positive in {model_dir}, got {getattr(self, name)}",
+                    hint="the model's configuration files are damaged",
+                )
+        per_tile = (self.tile_size // self.patch_size) ** 2 // self.scale_factor**2
         if per_tile != self.image_seq_len:
             raise ConfigError(
                 f"inconsistent model configuration in {model_dir}: a {self.tile_size}-px tile "
                 f"({PREPROCESSOR_CONFIG_FILE} max_image_size) of {self.patch_size}-px patches "
                 f"pooled by scale_factor {self.scale_factor} ({CONFIG_FILE}) gives {per_tile} "
                 f"image tokens, but image_seq_len is {self.image_seq_len}",
-                hint="the configuration files come from different models: download the model again")
+                hint="the configuration files come from different models: download the model again",
+            )
 
     @classmethod
     def _parse(cls, cfg: dict, gen: dict, pre: dict, proc: dict) -> ModelConfig:
         model_type = cfg.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ConfigError(f"config.json: model_type {model_type!r} is not supported",
-                              hint=f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+            raise ConfigError(
+                f"config.json: model_type {model_type!r} is not supported",
+                hint=f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}",
+            )
         text = cfg["text_config"]
         vision = {**_VISION_DEFAULTS, **cfg.get("vision_config", {})}
         scale = int(cfg.get("scale_factor", 1))
@@ -176,6 +191,5 @@ class ModelConfig:
             num_attention_heads=heads,
             num_key_value_heads=int(text.get("num_key_value_heads") or heads),
             head_dim=int(text.get("head_dim") or hidden // heads),
-            max_position_embeddings=int(text.get("max_position_embeddings",
-                                                 _LLAMA_DEFAULT_MAX_POSITIONS)),
+            max_position_embeddings=int(text.get("max_position_embeddings", _LLAMA_DEFAULT_MAX_POSITIONS)),
         )

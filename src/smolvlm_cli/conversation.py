@@ -39,8 +39,9 @@ class EncodedVideo:
     features: np.ndarray  # [frames x tokens per frame, hidden]
 
 
-def media_prompt(processor: Processor, messages: list[dict], encoded: Sequence[Any],
-                 tiling: Tiling) -> tuple[np.ndarray, np.ndarray | None]:
+def media_prompt(
+    processor: Processor, messages: list[dict], encoded: Sequence[Any], tiling: Tiling
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The prompt ids of `messages` whose media are `encoded` (in order), and their features."""
     grids = [e.grid for e in encoded if isinstance(e, EncodedImage)]
     videos = [e.video for e in encoded if isinstance(e, EncodedVideo)]
@@ -82,7 +83,6 @@ class ImageCache:
             self._by_source[key] = encoded
         return encoded
 
-
     def _video(self, source: Any, stats: GenerationStats) -> EncodedVideo:
         """A video's features: its frames decoded ahead of the encoder, each frame's features
         cached by content (a frame seen before, in this clip or another, is not encoded again)."""
@@ -92,8 +92,9 @@ class ImageCache:
         if key is not None and key in self._by_source:
             return self._by_source[key]
         video = self.processor.open_video(source)
-        features = encode_video(video, self.replier.backend, self.processor.image_processor, stats,
-                                self._by_content, self.replier.progress)
+        features = encode_video(
+            video, self.replier.backend, self.processor.image_processor, stats, self._by_content, self.replier.progress
+        )
         self.vision_calls += 1
         encoded = EncodedVideo(video, features)
         if key is not None:
@@ -134,8 +135,14 @@ class CachedPrompt:
         self.ids = self.ids[:common]
         return common
 
-    def run(self, ids: np.ndarray, features: np.ndarray | None, opts: GenerationOptions,
-            stats: GenerationStats | None = None, started: float | None = None) -> TextStream:
+    def run(
+        self,
+        ids: np.ndarray,
+        features: np.ndarray | None,
+        opts: GenerationOptions,
+        stats: GenerationStats | None = None,
+        started: float | None = None,
+    ) -> TextStream:
         """Stream the reply to the prompt `ids`, whose image tokens take `features` in order.
 
         `stats` may carry the image work already done for this prompt, and `started` when it
@@ -152,8 +159,7 @@ class CachedPrompt:
                 rest_features = features[skipped:]
             stats.prompt_tokens = len(ids)
             try:
-                yield from self.replier.reply_on(self.state, rest, rest_features, opts, stats,
-                                                 token_ids, started)
+                yield from self.replier.reply_on(self.state, rest, rest_features, opts, stats, token_ids, started)
             finally:
                 # The state now holds the prompt and every generated token but the last.
                 self.ids = ids.tolist() + token_ids[:-1]
@@ -180,9 +186,15 @@ class Conversation:
         system: a system prompt that opens the chat (kept through `reset` and trimming).
     """
 
-    def __init__(self, replier: Replier, processor: Processor, options: GenerationOptions | None = None,
-                 tiling: Tiling | str | None = None, max_context: int | None = None,
-                 system: str | None = None):
+    def __init__(
+        self,
+        replier: Replier,
+        processor: Processor,
+        options: GenerationOptions | None = None,
+        tiling: Tiling | str | None = None,
+        max_context: int | None = None,
+        system: str | None = None,
+    ):
         self.replier, self.processor = replier, processor
         self.system = system  # kept through /reset and context trimming
         self.options = options or GenerationOptions()
@@ -220,8 +232,7 @@ class Conversation:
         if videos:  # the frames alone, whatever older turns are dropped
             config = self.processor.config
             frames = sum(v.num_frames for v in videos)
-            check_video_context(frames * (config.image_seq_len + 13), frames, len(videos),
-                                opts.max_new_tokens, config)
+            check_video_context(frames * (config.image_seq_len + 13), frames, len(videos), opts.max_new_tokens, config)
         content = [{"type": "video" if is_video(m) else "image"} for m in images] + [{"type": "text", "text": text}]
         self.messages.append({"role": "user", "content": content})
         self._turn_images.append(images)
@@ -245,11 +256,13 @@ class Conversation:
             first = 1 if self.system else 0  # the system turn is never dropped
             if len(ids) <= budget or len(self.messages) <= first + 1:
                 if len(ids) > budget:
-                    raise ValueError(f"the prompt needs {len(ids)} tokens but the context holds "
-                                     f"{self.max_context} (with {opts.max_new_tokens} new tokens)")
+                    raise ValueError(
+                        f"the prompt needs {len(ids)} tokens but the context holds "
+                        f"{self.max_context} (with {opts.max_new_tokens} new tokens)"
+                    )
                 return ids, features, stats
             dropped = 2 if len(self.messages) > first + 2 else 1  # a user turn and its reply
-            del self.messages[first:first + dropped], self._turn_images[first:first + dropped]
+            del self.messages[first : first + dropped], self._turn_images[first : first + dropped]
             self.notices.append(f"context full ({len(ids)} tokens): dropped the oldest turn")
 
     def _finish(self, reply_ids: list[int]) -> None:
@@ -265,8 +278,11 @@ class Conversation:
             for part in message["content"]:
                 if part["type"] in ("image", "video"):
                     source = next(images)
-                    name = source if isinstance(source, (str, Path)) else getattr(
-                        source, "filename", "") or getattr(source, "path", "")
+                    name = (
+                        source
+                        if isinstance(source, (str, Path))
+                        else getattr(source, "filename", "") or getattr(source, "path", "")
+                    )
                     part = {"type": part["type"], **({"path": str(name)} if name else {})}
                 content.append(part)
             out.append({"role": message["role"], "content": content})
@@ -276,9 +292,15 @@ class Conversation:
         Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
 
 
-def ask_streams(replier: Replier, processor: Processor, images: Sequence[Any], questions: Sequence[str],
-                options: GenerationOptions, tiling: Tiling | str | None = None,
-                system: str | None = None) -> Iterator[TextStream]:
+def ask_streams(
+    replier: Replier,
+    processor: Processor,
+    images: Sequence[Any],
+    questions: Sequence[str],
+    options: GenerationOptions,
+    tiling: Tiling | str | None = None,
+    system: str | None = None,
+) -> Iterator[TextStream]:
     """One reply stream per question, each answered independently about the same images.
 
     The images are tiled and encoded once; every question after the first reuses the cached
@@ -296,8 +318,9 @@ def ask_streams(replier: Replier, processor: Processor, images: Sequence[Any], q
         if videos:  # a prompt too long for the context fails before any frame is decoded
             grids = [images_done[i].grid for i in sorted(images_done)]
             ids = processor.prompt_ids(messages, grids, tiling, videos=videos)
-            check_video_context(len(ids), sum(v.num_frames for v in videos), len(videos),
-                                options.max_new_tokens, processor.config)
+            check_video_context(
+                len(ids), sum(v.num_frames for v in videos), len(videos), options.max_new_tokens, processor.config
+            )
         encoded = [images_done[i] if i in images_done else cache.get(m, stats) for i, m in enumerate(media)]
         ids, features = media_prompt(processor, messages, encoded, tiling)
         yield prefix.run(ids, features, options, stats, started)

@@ -22,8 +22,13 @@ DTYPE_SUFFIXES = {
 EXPORT_DTYPES = ("fp32", "fp16", "int8", "q4")
 
 COMPONENTS = {"vision": "vision_encoder", "embed": "embed_tokens", "decoder": "decoder_model_merged"}
-_ALIASES = {"vision_encoder": "vision", "embed_tokens": "embed", "decoder_model_merged": "decoder",
-            "text": "decoder", "embeddings": "embed"}
+_ALIASES = {
+    "vision_encoder": "vision",
+    "embed_tokens": "embed",
+    "decoder_model_merged": "decoder",
+    "text": "decoder",
+    "embeddings": "embed",
+}
 
 # The default spec: one dtype, or per component ("vision=int8,embed=fp32,decoder=int8").
 # int8 (dynamic per-tensor weights): 2x the fp32 decode speed, half its time to first token and
@@ -79,8 +84,10 @@ def resolve_dtype(spec: str | None, model_dir) -> dict[str, str]:
     if spec is None or not spec.strip():
         root = Path(model_dir)
         for component, dtype in dtypes.items():
-            if not (root / onnx_filename(component, dtype)).is_file() and \
-                    (root / onnx_filename(component, FALLBACK_DTYPE)).is_file():
+            if (
+                not (root / onnx_filename(component, dtype)).is_file()
+                and (root / onnx_filename(component, FALLBACK_DTYPE)).is_file()
+            ):
                 dtypes[component] = FALLBACK_DTYPE
     return dtypes
 

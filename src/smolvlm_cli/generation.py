@@ -29,8 +29,7 @@ class Sampler:
         if opts.repetition_penalty != 1.0 and len(context_ids):
             seen = np.unique(np.asarray(context_ids, dtype=np.int64))
             picked = scores[seen]
-            scores[seen] = np.where(picked < 0, picked * opts.repetition_penalty,
-                                    picked / opts.repetition_penalty)
+            scores[seen] = np.where(picked < 0, picked * opts.repetition_penalty, picked / opts.repetition_penalty)
         if opts.greedy:
             return scores
         scores /= np.float32(opts.temperature)
@@ -65,8 +64,7 @@ class TokenLoop:
     a batch picks exactly the tokens the same prompt would get alone.
     """
 
-    def __init__(self, options: GenerationOptions, eos_token_ids: Sequence[int],
-                 context_ids: Sequence[int] = ()):
+    def __init__(self, options: GenerationOptions, eos_token_ids: Sequence[int], context_ids: Sequence[int] = ()):
         self.options = options
         self.sampler = Sampler(options)
         self.stops = set() if options.ignore_eos else {*eos_token_ids, *options.stop_token_ids}

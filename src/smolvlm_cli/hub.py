@@ -21,9 +21,16 @@ MODEL_ENV = "SMOLVLM_MODEL"
 
 # Everything but the weights. The tokenizer needs only tokenizer.json (+ its config files).
 CONFIG_FILES = (
-    "config.json", "generation_config.json", "preprocessor_config.json", "processor_config.json",
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "chat_template.json", "chat_template.jinja",
+    "config.json",
+    "generation_config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.json",
+    "chat_template.jinja",
 )
 # The checkpoint: what the torch backend loads and what our graphs are built from.
 WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json")
@@ -57,39 +64,48 @@ def resolve_model(model: str, patterns: list[str], progress: Progress | None = N
     if path.exists():
         raise ModelNotFoundError(f"model {model!r} is a file, not a model directory")
     if not _REPO_ID.match(model) or model.startswith((".", "/", "~")):
-        raise ModelNotFoundError(f"model {model!r} is neither a local directory nor a Hub id",
-                                 hint="pass a directory in the Hugging Face layout or an id like "
-                                      f"{DEFAULT_MODEL}")
+        raise ModelNotFoundError(
+            f"model {model!r} is neither a local directory nor a Hub id",
+            hint=f"pass a directory in the Hugging Face layout or an id like {DEFAULT_MODEL}",
+        )
     return Path(_snapshot(model, patterns, progress or Progress()))
 
 
 def _snapshot(repo_id: str, patterns: list[str], progress: Progress) -> str:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        OfflineModeIsEnabled, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         with progress.downloads() as bars:
             return snapshot_download(repo_id, allow_patterns=patterns, tqdm_class=bars)
     except GatedRepoError as exc:
-        raise ModelNotFoundError(f"model {repo_id} is gated on the Hub",
-                                 hint="accept its terms on the Hub and log in (hf auth login)") from exc
+        raise ModelNotFoundError(
+            f"model {repo_id} is gated on the Hub", hint="accept its terms on the Hub and log in (hf auth login)"
+        ) from exc
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
-        raise ModelNotFoundError(f"model {repo_id} not found on the Hugging Face Hub",
-                                 hint="check the id, or log in if it is private") from exc
+        raise ModelNotFoundError(
+            f"model {repo_id} not found on the Hugging Face Hub", hint="check the id, or log in if it is private"
+        ) from exc
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
         if _offline():
             raise ModelNotFoundError(
                 f"model {repo_id} is not in the local cache, and HF_HUB_OFFLINE is set",
                 hint=f"unset HF_HUB_OFFLINE and run `smolvlm download {repo_id}` once, or give a "
-                     "model folder you have with -m DIR") from exc
+                "model folder you have with -m DIR",
+            ) from exc
         raise ModelNotFoundError(
-            f"model {repo_id} is not in the local cache and the Hub cannot be reached "
-            f"({_root_cause(exc)})", hint=_network_hint(repo_id)) from exc
+            f"model {repo_id} is not in the local cache and the Hub cannot be reached ({_root_cause(exc)})",
+            hint=_network_hint(repo_id),
+        ) from exc
     except (HfHubHTTPError, OSError) as exc:
-        raise ModelNotFoundError(f"cannot download {repo_id}: {_root_cause(exc)}",
-                                 hint=_network_hint(repo_id)) from exc
+        raise ModelNotFoundError(f"cannot download {repo_id}: {_root_cause(exc)}", hint=_network_hint(repo_id)) from exc
 
 
 def _offline() -> bool:
@@ -99,8 +115,10 @@ def _offline() -> bool:
 
 
 def _network_hint(repo_id: str) -> str:
-    return (f"connect and run `smolvlm download {repo_id}` once; or use a mirror "
-            "(HF_ENDPOINT=https://your-mirror); or give a model folder you have with -m DIR")
+    return (
+        f"connect and run `smolvlm download {repo_id}` once; or use a mirror "
+        "(HF_ENDPOINT=https://your-mirror); or give a model folder you have with -m DIR"
+    )
 
 
 def _root_cause(exc: BaseException) -> str:

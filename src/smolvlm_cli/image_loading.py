@@ -80,8 +80,7 @@ def _read_source(source: str | os.PathLike, label: str) -> bytes:
     return read_url(source, label) if is_url(source) else _read_file(Path(source), label)
 
 
-def read_url(url: str, label: str | None = None, max_bytes: int | None = None,
-             timeout: float | None = None) -> bytes:
+def read_url(url: str, label: str | None = None, max_bytes: int | None = None, timeout: float | None = None) -> bytes:
     """The body of `url`, refused (`ImageError`) beyond `max_bytes` (default URL_MAX_BYTES) or
     `timeout` seconds (default URL_TIMEOUT_S; in total, not per read)."""
     label = label or url
@@ -93,14 +92,19 @@ def read_url(url: str, label: str | None = None, max_bytes: int | None = None,
 
     hint = "check the address and the network, or download the image and give the file"
     deadline = time.monotonic() + timeout
-    too_big = ImageTooLargeError(f"cannot download image {label}: larger than {max_bytes / 1e6:g} MB",
-                         hint="download it and give the file (or a smaller version)")
+    too_big = ImageTooLargeError(
+        f"cannot download image {label}: larger than {max_bytes / 1e6:g} MB",
+        hint="download it and give the file (or a smaller version)",
+    )
     try:
-        with httpx.stream("GET", url, follow_redirects=True, timeout=timeout,
-                          headers={"User-Agent": f"smolvlm-cli/{__version__}"}) as response:
+        with httpx.stream(
+            "GET", url, follow_redirects=True, timeout=timeout, headers={"User-Agent": f"smolvlm-cli/{__version__}"}
+        ) as response:
             if response.status_code >= 400:
-                raise ImageError(f"cannot download image {label}: HTTP {response.status_code} "
-                                 f"{response.reason_phrase}".rstrip(), hint=hint)
+                raise ImageError(
+                    f"cannot download image {label}: HTTP {response.status_code} {response.reason_phrase}".rstrip(),
+                    hint=hint,
+                )
             length = response.headers.get("content-length", "")
             if length.isdigit() and int(length) > max_bytes:
                 raise too_big
@@ -113,8 +117,7 @@ def read_url(url: str, label: str | None = None, max_bytes: int | None = None,
                     raise httpx.TimeoutException("too slow")
                 chunks.append(chunk)
     except httpx.TimeoutException:
-        raise ImageError(f"cannot download image {label}: no complete answer within "
-                         f"{timeout:g} s", hint=hint) from None
+        raise ImageError(f"cannot download image {label}: no complete answer within {timeout:g} s", hint=hint) from None
     except httpx.HTTPError as exc:
         raise ImageError(f"cannot download image {label}: {_one_line(exc)}", hint=hint) from None
     return b"".join(chunks)
@@ -130,8 +133,10 @@ def _read_file(path: Path, label: str) -> bytes:
             data = fh.read()
     except FileNotFoundError:
         if path.is_symlink():
-            raise ImageError(f"cannot read image {label}: it is a broken symbolic link "
-                             f"(to {os.readlink(path)}, which does not exist)") from None
+            raise ImageError(
+                f"cannot read image {label}: it is a broken symbolic link "
+                f"(to {os.readlink(path)}, which does not exist)"
+            ) from None
         raise ImageError(f"cannot read image {label}: no such file") from None
     except PermissionError:
         raise ImageError(f"cannot read image {label}: permission denied") from None
@@ -143,9 +148,11 @@ def _read_file(path: Path, label: str) -> bytes:
 
 
 def _bomb_error(label: str, size: tuple[int, int]) -> ImageError:
-    return ImageError(f"refusing image {label}: too many pixels ({size[0]}x{size[1]} = "
-                      f"{size[0] * size[1]:,} pixels), a possible decompression bomb",
-                      hint=f"the limit is {MAX_PIXELS / 1e6:.0f} megapixels: scale the image down")
+    return ImageError(
+        f"refusing image {label}: too many pixels ({size[0]}x{size[1]} = "
+        f"{size[0] * size[1]:,} pixels), a possible decompression bomb",
+        hint=f"the limit is {MAX_PIXELS / 1e6:.0f} megapixels: scale the image down",
+    )
 
 
 @contextlib.contextmanager
@@ -171,8 +178,9 @@ def _open(data: bytes, label: str) -> Image.Image:
     except UnidentifiedImageError:
         if _is_heif(data):
             return _open_heif(data, label)
-        raise ImageError(f"cannot read image {label}: not an image, or an unsupported format",
-                         hint=_HINT_FORMATS) from None
+        raise ImageError(
+            f"cannot read image {label}: not an image, or an unsupported format", hint=_HINT_FORMATS
+        ) from None
     except Exception as exc:  # noqa: BLE001 - plugins raise OSError, SyntaxError, ValueError, ...
         raise ImageError(f"cannot read image {label}: corrupt image header ({_one_line(exc)})") from None
     return _check_size(image, label)
@@ -188,8 +196,7 @@ def _check_size(image: Image.Image, label: str) -> Image.Image:
 
 
 # ISO-BMFF `ftyp` brands of HEIC / HEIF images (Pillow's own AVIF plugin takes `avif`/`avis`).
-_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1",
-                b"msf1", b"mif2"}
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1", b"mif2"}
 
 
 def _is_heif(data: bytes) -> bool:
@@ -201,10 +208,10 @@ def _open_heif(data: bytes, label: str) -> Image.Image:
     try:
         import pillow_heif
     except ImportError:
-        raise ImageError(f"cannot read image {label}: it is a HEIC/HEIF image, which this Pillow "
-                         "cannot decode",
-                         hint="pip install pillow-heif (smolvlm-cli uses it when installed), or "
-                              "convert the image to JPEG or PNG") from None
+        raise ImageError(
+            f"cannot read image {label}: it is a HEIC/HEIF image, which this Pillow cannot decode",
+            hint="pip install pillow-heif (smolvlm-cli uses it when installed), or convert the image to JPEG or PNG",
+        ) from None
     try:
         with _our_pixel_limit():
             pillow_heif.register_heif_opener()

@@ -33,6 +33,7 @@ MAX_IMAGE_SIDE = 4096  # transformers' absolute cap on a side after the longest-
 
 # -- geometry ------------------------------------------------------------------------------
 
+
 def _longest_edge_size(width: int, height: int, max_len: int) -> tuple[int, int]:
     """Step 2: longest edge to `max_len` (short edge made even), then the 4096 cap. (w, h)."""
     aspect = width / height
@@ -68,8 +69,9 @@ def _tile_multiple_size(width: int, height: int, tile: int) -> tuple[int, int]:
     return width, height
 
 
-def _plan(width: int, height: int, config: ModelConfig, longest_edge: int | None,
-          split: bool | None) -> tuple[tuple[int, int], tuple[int, int] | None, int, int]:
+def _plan(
+    width: int, height: int, config: ModelConfig, longest_edge: int | None, split: bool | None
+) -> tuple[tuple[int, int], tuple[int, int] | None, int, int]:
     """(size after step 2, canvas size when splitting or None, rows, cols) for a w x h image."""
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
@@ -87,8 +89,9 @@ def _plan(width: int, height: int, config: ModelConfig, longest_edge: int | None
     return size, canvas, 0, 0
 
 
-def tile_grid(width: int, height: int, config: ModelConfig, longest_edge: int | None = None,
-              split: bool | None = None) -> tuple[int, int]:
+def tile_grid(
+    width: int, height: int, config: ModelConfig, longest_edge: int | None = None, split: bool | None = None
+) -> tuple[int, int]:
     """(rows, cols) of the tile grid for a width x height image, without touching pixels.
 
     (0, 0) means a single tile (splitting off, or an image no larger than one tile); otherwise
@@ -104,6 +107,7 @@ def num_tiles(rows: int, cols: int) -> int:
 
 
 # -- preprocessing -------------------------------------------------------------------------
+
 
 def _normalize_table(config: ModelConfig) -> np.ndarray:
     """[3, 256] float32: what rescale + normalize turn each uint8 value into, per channel,
@@ -148,12 +152,14 @@ class ImageProcessor:
     def from_dir(cls, model_dir: str | Path) -> ImageProcessor:
         return cls(ModelConfig.from_dir(model_dir))
 
-    def tile_grid(self, width: int, height: int, longest_edge: int | None = None,
-                  split: bool | None = None) -> tuple[int, int]:
+    def tile_grid(
+        self, width: int, height: int, longest_edge: int | None = None, split: bool | None = None
+    ) -> tuple[int, int]:
         return tile_grid(width, height, self.config, longest_edge, split)
 
-    def tiles(self, image: ImageSource, longest_edge: int | None = None,
-              split: bool | None = None) -> tuple[list[np.ndarray], int, int]:
+    def tiles(
+        self, image: ImageSource, longest_edge: int | None = None, split: bool | None = None
+    ) -> tuple[list[np.ndarray], int, int]:
         """One image's uint8 HWC tiles (row-major, then the global tile), rows, cols."""
         image = load_image(image)
         size, canvas, rows, cols = _plan(image.width, image.height, self.config, longest_edge, split)
@@ -167,13 +173,11 @@ class ImageProcessor:
         pixels = np.asarray(image)
         if not rows:
             return [pixels], 0, 0
-        crops = [pixels[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile]
-                 for r in range(rows) for c in range(cols)]
+        crops = [pixels[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] for r in range(rows) for c in range(cols)]
         crops.append(np.asarray(image.resize((tile, tile), self.resample)))
         return crops, rows, cols
 
-    def preprocess(self, images: Any, longest_edge: int | None = None,
-                   split: bool | None = None) -> dict[str, Any]:
+    def preprocess(self, images: Any, longest_edge: int | None = None, split: bool | None = None) -> dict[str, Any]:
         """Images of one prompt (a flat list) or of a batch of prompts (a list of lists) ->
         `pixel_values` float32 [batch, max_tiles, 3, T, T], `pixel_attention_mask` int64
         [batch, max_tiles, T, T], `rows` and `cols` (lists of lists of ints, per prompt and image).
@@ -204,8 +208,8 @@ class ImageProcessor:
         for b, prompt_tiles in enumerate(tiles):
             for k, pixels in enumerate(prompt_tiles):
                 self.normalize(pixels, out=pixel_values[b, k])
-            pixel_values[b, len(prompt_tiles):] = 0.0
-            mask[b, :len(prompt_tiles)] = 1
+            pixel_values[b, len(prompt_tiles) :] = 0.0
+            mask[b, : len(prompt_tiles)] = 1
         return {"pixel_values": pixel_values, "pixel_attention_mask": mask, "rows": rows, "cols": cols}
 
     __call__ = preprocess
@@ -219,5 +223,4 @@ class ImageProcessor:
         return out
 
 
-__all__ = ["ImageProcessor", "ImageSource", "MAX_IMAGE_SIDE", "image_size", "load_image",
-           "num_tiles", "tile_grid"]
+__all__ = ["ImageProcessor", "ImageSource", "MAX_IMAGE_SIDE", "image_size", "load_image", "num_tiles", "tile_grid"]

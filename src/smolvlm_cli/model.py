@@ -43,8 +43,7 @@ class SmolVLM:
         model_id: the Hub id or directory it came from (recorded in batch outputs).
     """
 
-    def __init__(self, processor: Processor, tokenizer: Tokenizer, backend: Backend,
-                 model_id: str | None = None):
+    def __init__(self, processor: Processor, tokenizer: Tokenizer, backend: Backend, model_id: str | None = None):
         self.processor = processor
         self.tokenizer = tokenizer
         self.config = processor.config
@@ -58,10 +57,17 @@ class SmolVLM:
         return Replier(self.backend, self.tokenizer, self.config, self.progress)
 
     @classmethod
-    def from_pretrained(cls, model: str | Path | None = None, backend: str = "auto",
-                        dtype: str | None = None, threads: int | None = None, *, graphs: str = "auto",
-                        progress: Progress | None = None,
-                        notice: Callable[[str], None] = lambda _m: None) -> SmolVLM:
+    def from_pretrained(
+        cls,
+        model: str | Path | None = None,
+        backend: str = "auto",
+        dtype: str | None = None,
+        threads: int | None = None,
+        *,
+        graphs: str = "auto",
+        progress: Progress | None = None,
+        notice: Callable[[str], None] = lambda _m: None,
+    ) -> SmolVLM:
         """Load a model from the Hub or a local directory.
 
         By default our fast ONNX graphs are built once from the checkpoint's safetensors and
@@ -99,18 +105,34 @@ class SmolVLM:
         return cls(processor, processor.tokenizer, runner, model_id=model)
 
     # -- inputs ---------------------------------------------------------------------------
-    def prepare(self, images: Sequence[Any] | Any = (), prompt: str | None = None, *,
-                messages: Sequence[dict] | None = None, tiling: Tiling | str | None = None,
-                videos: Sequence[Any] = (), video_options: dict[str, Any] | None = None) -> PreparedInputs:
+    def prepare(
+        self,
+        images: Sequence[Any] | Any = (),
+        prompt: str | None = None,
+        *,
+        messages: Sequence[dict] | None = None,
+        tiling: Tiling | str | None = None,
+        videos: Sequence[Any] = (),
+        video_options: dict[str, Any] | None = None,
+    ) -> PreparedInputs:
         """`Processor.prepare`: load, tile and tokenize ahead of inference (thread-safe)."""
-        return self.processor.prepare(images, prompt, messages=messages, tiling=tiling, videos=videos,
-                                      video_options=video_options)
+        return self.processor.prepare(
+            images, prompt, messages=messages, tiling=tiling, videos=videos, video_options=video_options
+        )
 
     # -- generation ---------------------------------------------------------------------
-    def stream(self, images: Sequence[Any] | Any = (), prompt: str | None = None, *,
-               messages: Sequence[dict] | None = None, tiling: Tiling | str | None = None,
-               options: GenerationOptions | None = None, videos: Sequence[Any] = (),
-               video_options: dict[str, Any] | None = None, **sampling) -> TextStream:
+    def stream(
+        self,
+        images: Sequence[Any] | Any = (),
+        prompt: str | None = None,
+        *,
+        messages: Sequence[dict] | None = None,
+        tiling: Tiling | str | None = None,
+        options: GenerationOptions | None = None,
+        videos: Sequence[Any] = (),
+        video_options: dict[str, Any] | None = None,
+        **sampling,
+    ) -> TextStream:
         """Stream the answer to `prompt` about `images` (or to chat `messages`) as text deltas.
 
         Args:
@@ -137,13 +159,15 @@ class SmolVLM:
         started = time.perf_counter()
 
         def prepared():
-            return self.prepare(images, prompt, messages=messages, tiling=tiling, videos=videos,
-                                video_options=video_options)
+            return self.prepare(
+                images, prompt, messages=messages, tiling=tiling, videos=videos, video_options=video_options
+            )
 
         return self._replier.stream(prepared, opts, started)
 
-    def stream_prepared(self, prepared: PreparedInputs, options: GenerationOptions | None = None,
-                        **sampling) -> TextStream:
+    def stream_prepared(
+        self, prepared: PreparedInputs, options: GenerationOptions | None = None, **sampling
+    ) -> TextStream:
         """Like `stream`, for inputs already made by `prepare` (e.g. in a background thread)."""
         opts = (options or GenerationOptions()).updated(**sampling)
         return self._replier.stream_prepared(prepared, opts)
@@ -159,8 +183,14 @@ class SmolVLM:
         """
         return self.stream(images, prompt, **kwargs).text()
 
-    def generate_batch(self, prepared: Sequence[PreparedInputs], options: GenerationOptions | None = None,
-                       *, batch_size: int | None = None, **sampling) -> list[Generation]:
+    def generate_batch(
+        self,
+        prepared: Sequence[PreparedInputs],
+        options: GenerationOptions | None = None,
+        *,
+        batch_size: int | None = None,
+        **sampling,
+    ) -> list[Generation]:
         """Answer several prepared prompts, decoding up to `batch_size` (default: all) together.
 
         Results are in input order and equal to one-by-one answers (int8 aside, see `generate_many`).
@@ -172,9 +202,15 @@ class SmolVLM:
             results[index] = generation
         return results  # type: ignore[return-value]
 
-    def generate_many(self, prepared: Iterable[PreparedInputs], options: GenerationOptions | None = None,
-                      *, batch_size: int = 4, return_exceptions: bool = False,
-                      **sampling) -> Iterator[tuple[int, Generation | Exception]]:
+    def generate_many(
+        self,
+        prepared: Iterable[PreparedInputs],
+        options: GenerationOptions | None = None,
+        *,
+        batch_size: int = 4,
+        return_exceptions: bool = False,
+        **sampling,
+    ) -> Iterator[tuple[int, Generation | Exception]]:
         """Answer a stream of prepared prompts, `batch_size` at a time, as `(index, Generation)`
         pairs in the order they finish (index: position in `prepared`).
 
@@ -191,8 +227,13 @@ class SmolVLM:
         return generate_many(self._replier, prepared, opts, batch_size, return_exceptions)
 
     # -- conversations ----------------------------------------------------------------------
-    def chat(self, options: GenerationOptions | None = None, tiling: Tiling | str | None = None,
-             system: str | None = None, **sampling) -> Conversation:
+    def chat(
+        self,
+        options: GenerationOptions | None = None,
+        tiling: Tiling | str | None = None,
+        system: str | None = None,
+        **sampling,
+    ) -> Conversation:
         """A conversation that keeps its KV cache across turns: `chat().send(text, images)`.
 
         Args:
@@ -206,9 +247,15 @@ class SmolVLM:
         opts = (options or GenerationOptions()).updated(**sampling)
         return Conversation(self._replier, self.processor, opts, tiling=tiling, system=system)
 
-    def ask_stream(self, images: Sequence[Any] | Any, questions: Sequence[str],
-                   options: GenerationOptions | None = None, tiling: Tiling | str | None = None,
-                   system: str | None = None, **sampling) -> Iterator[TextStream]:
+    def ask_stream(
+        self,
+        images: Sequence[Any] | Any,
+        questions: Sequence[str],
+        options: GenerationOptions | None = None,
+        tiling: Tiling | str | None = None,
+        system: str | None = None,
+        **sampling,
+    ) -> Iterator[TextStream]:
         """One streamed answer per question; the images are encoded once for all of them.
 
         Args:
@@ -221,8 +268,7 @@ class SmolVLM:
             An iterator of `TextStream`s, one per question; consume each before the next.
         """
         opts = (options or GenerationOptions()).updated(**sampling)
-        return ask_streams(self._replier, self.processor, image_list(images), list(questions), opts,
-                           tiling, system)
+        return ask_streams(self._replier, self.processor, image_list(images), list(questions), opts, tiling, system)
 
     def ask(self, images: Sequence[Any] | Any, questions: Sequence[str], **kwargs) -> list[str]:
         """Independent answers to each question about the same image(s).

@@ -23,8 +23,16 @@ from smolvlm_cli.config import ModelConfig
 from smolvlm_cli.errors import ConfigError
 from smolvlm_cli.image_processing import ImageProcessor, num_tiles
 from smolvlm_cli.options import DEFAULT_PROMPT, DEFAULT_VIDEO_PROMPT, Tiling
-from smolvlm_cli.prompt import (VIDEO_CHAT_TEMPLATE, ChatTemplate, build_messages, expand_image_tokens,
-                                expand_video_tokens, has_video, normalize_messages, row_col_token)
+from smolvlm_cli.prompt import (
+    VIDEO_CHAT_TEMPLATE,
+    ChatTemplate,
+    build_messages,
+    expand_image_tokens,
+    expand_video_tokens,
+    has_video,
+    normalize_messages,
+    row_col_token,
+)
 from smolvlm_cli.tokenizer import Tokenizer
 from smolvlm_cli.values import PreparedInputs
 from smolvlm_cli.video import is_video
@@ -67,8 +75,7 @@ def image_list(images: Sequence[Any] | Any) -> list[Any]:
     return list(images)
 
 
-def drop_padding_tiles(pixel_values: np.ndarray, pixel_attention_mask: np.ndarray
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def drop_padding_tiles(pixel_values: np.ndarray, pixel_attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One prompt's tiles ([tiles, ...]) without the all-padding tiles of a padded batch, and the
     mask as bool (what the graphs take: an eighth of int64's memory)."""
     real = pixel_attention_mask.any(axis=(-1, -2))
@@ -88,8 +95,9 @@ class Processor:
         chat_template: renders chat messages to the prompt text.
     """
 
-    def __init__(self, config: ModelConfig, image_processor: ImageProcessor, tokenizer: Tokenizer,
-                 chat_template: ChatTemplate):
+    def __init__(
+        self, config: ModelConfig, image_processor: ImageProcessor, tokenizer: Tokenizer, chat_template: ChatTemplate
+    ):
         self.config = config
         self.image_processor = image_processor
         self.tokenizer = tokenizer
@@ -104,8 +112,8 @@ class Processor:
             raise ConfigError(
                 f"{model_dir}: config.json's image_token_id is {config.image_token_id} but the "
                 f"tokenizer gives {tokenizer.image_token!r} the id {tokenizer.image_token_id}",
-                hint="config.json and tokenizer.json come from different models: download the "
-                     "model again")
+                hint="config.json and tokenizer.json come from different models: download the model again",
+            )
         return cls(config, ImageProcessor(config), tokenizer, ChatTemplate.from_dir(model_dir))
 
     def render(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
@@ -116,9 +124,14 @@ class Processor:
             template = ChatTemplate(VIDEO_CHAT_TEMPLATE, template.special_tokens, origin="video chat template")
         return template.render(messages, add_generation_prompt=add_generation_prompt)
 
-    def prompt_ids(self, messages: Sequence[dict], grids: Sequence[tuple[int, int]],
-                   tiling: Tiling | str | None = None, add_generation_prompt: bool = True,
-                   videos: Sequence[Any] = ()) -> list[int]:
+    def prompt_ids(
+        self,
+        messages: Sequence[dict],
+        grids: Sequence[tuple[int, int]],
+        tiling: Tiling | str | None = None,
+        add_generation_prompt: bool = True,
+        videos: Sequence[Any] = (),
+    ) -> list[int]:
         """The prompt's token ids: `messages` rendered, each `<image>` expanded for its tile grid
         (`(rows, cols)`, `(0, 0)` unsplit, in order), each `<video>` for its `SampledVideo`
         (`videos`, in order), then encoded.
@@ -149,8 +162,9 @@ class Processor:
     def _preprocess(self, images: Sequence[Any], tiling: Tiling) -> dict[str, Any]:
         return self.image_processor.preprocess(images, longest_edge=tiling.longest_edge, split=tiling.split)
 
-    def tile_image(self, image: Any, tiling: Tiling | str | None = None
-                   ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    def tile_image(
+        self, image: Any, tiling: Tiling | str | None = None
+    ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
         """One image's tiles [tiles, 3, T, T], their bool mask and its grid `(rows, cols)`.
 
         Checks the grid as `prompt_ids` will, before any vision work is spent on the tiles."""
@@ -166,25 +180,34 @@ class Processor:
         for rows, cols in grids:
             if rows and self.tokenizer.token_to_id(row_col_token(rows, cols)) is None:
                 edge = tiling.longest_edge or self.config.longest_edge
-                raise ValueError(f"a longest edge of {edge} px cuts the image into {rows}x{cols} tiles; "
-                                 "this model knows positions up to 6x6 "
-                                 f"(use a longest edge of at most {6 * self.config.tile_size})")
+                raise ValueError(
+                    f"a longest edge of {edge} px cuts the image into {rows}x{cols} tiles; "
+                    "this model knows positions up to 6x6 "
+                    f"(use a longest edge of at most {6 * self.config.tile_size})"
+                )
 
-    def prepare_inputs(self, messages: Sequence[dict], images: Sequence[Any] | None = None,
-                       tiling: Tiling | str | None = None, add_generation_prompt: bool = True,
-                       videos: Sequence[Any] | None = None) -> dict[str, np.ndarray]:
+    def prepare_inputs(
+        self,
+        messages: Sequence[dict],
+        images: Sequence[Any] | None = None,
+        tiling: Tiling | str | None = None,
+        add_generation_prompt: bool = True,
+        videos: Sequence[Any] | None = None,
+    ) -> dict[str, np.ndarray]:
         """`input_ids`, `attention_mask` [1, seq] int64 and, with images or videos, `pixel_values`
         and `pixel_attention_mask` [1, tiles, ...], as transformers' processor returns them (a
         video's frames are decoded here; its tiles follow the images' in prompt order)."""
         messages, tiling = normalize_messages(messages), self.tiling(tiling)
         kinds, inline = media_in_messages(messages)
         images = list(images) if images is not None else [s for k, s in inline if k == "image"]
-        videos = [self.open_video(v) for v in
-                  (list(videos) if videos is not None else [s for k, s in inline if k == "video"])]
+        videos = [
+            self.open_video(v) for v in (list(videos) if videos is not None else [s for k, s in inline if k == "video"])
+        ]
         for kind, given in (("image", images), ("video", videos)):
             if kinds.count(kind) != len(given):
-                raise ValueError(f"the messages have {kinds.count(kind)} {kind} placeholder(s) "
-                                 f"but {len(given)} {kind}(s) were given")
+                raise ValueError(
+                    f"the messages have {kinds.count(kind)} {kind} placeholder(s) but {len(given)} {kind}(s) were given"
+                )
         inputs: dict[str, np.ndarray] = {}
         grids: list[tuple[int, int]] = []
         tiles: list[np.ndarray] = []
@@ -194,24 +217,32 @@ class Processor:
             inputs["pixel_values"] = pixels["pixel_values"]
             inputs["pixel_attention_mask"] = pixels["pixel_attention_mask"]
         if videos:
-            per_image = iter(np.split(inputs["pixel_values"][0], np.cumsum(
-                [num_tiles(r, c) for r, c in grids])[:-1])) if images else iter(())
+            per_image = (
+                iter(np.split(inputs["pixel_values"][0], np.cumsum([num_tiles(r, c) for r, c in grids])[:-1]))
+                if images
+                else iter(())
+            )
             next_video = iter(videos)
             for kind in kinds:
                 if kind == "image":
                     tiles.extend(next(per_image))
                 else:
-                    tiles.extend(self.image_processor.normalize(t) for t in
-                                 next(next_video).tiles(self.config))
+                    tiles.extend(self.image_processor.normalize(t) for t in next(next_video).tiles(self.config))
             inputs["pixel_values"] = np.stack(tiles)[None]
             inputs["pixel_attention_mask"] = np.ones((1, len(tiles), *tiles[0].shape[1:]), dtype=np.int64)
-        ids = np.asarray([self.prompt_ids(messages, grids, tiling, add_generation_prompt, videos)],
-                         dtype=np.int64)
+        ids = np.asarray([self.prompt_ids(messages, grids, tiling, add_generation_prompt, videos)], dtype=np.int64)
         return {"input_ids": ids, "attention_mask": np.ones_like(ids), **inputs}
 
-    def prepare(self, images: Sequence[Any] | Any = (), prompt: str | None = None, *,
-                messages: Sequence[dict] | None = None, tiling: Tiling | str | None = None,
-                videos: Sequence[Any] = (), video_options: dict[str, Any] | None = None) -> PreparedInputs:
+    def prepare(
+        self,
+        images: Sequence[Any] | Any = (),
+        prompt: str | None = None,
+        *,
+        messages: Sequence[dict] | None = None,
+        tiling: Tiling | str | None = None,
+        videos: Sequence[Any] = (),
+        video_options: dict[str, Any] | None = None,
+    ) -> PreparedInputs:
         """Load, tile and tokenize one prompt (numpy/PIL only, thread-safe): run it ahead of inference.
 
         Videos are probed and sampled here (their prompt is then known); their frames are
@@ -243,10 +274,11 @@ class Processor:
             kinds, inline = media_in_messages(messages)
             media = media or [source for _, source in inline]
         if len(media) != len(kinds) or any(is_video(m) != (k == "video") for m, k in zip(media, kinds)):
-            raise ValueError(f"the messages hold {kinds.count('image')} image and {kinds.count('video')} "
-                             f"video placeholder(s), which the {len(media)} media given do not match")
-        media = [self.open_video(m, **(video_options or {})) if k == "video" else m
-                 for m, k in zip(media, kinds)]
+            raise ValueError(
+                f"the messages hold {kinds.count('image')} image and {kinds.count('video')} "
+                f"video placeholder(s), which the {len(media)} media given do not match"
+            )
+        media = [self.open_video(m, **(video_options or {})) if k == "video" else m for m, k in zip(media, kinds)]
         images = [m for m, k in zip(media, kinds) if k == "image"]
         videos = [m for m, k in zip(media, kinds) if k == "video"]
         if not videos:
@@ -254,8 +286,7 @@ class Processor:
             pixels = masks = None
             if "pixel_values" in inputs:
                 pixels, masks = drop_padding_tiles(inputs["pixel_values"][0], inputs["pixel_attention_mask"][0])
-            return PreparedInputs(list(messages), inputs["input_ids"][0], pixels, masks,
-                                  time.perf_counter() - t0)
+            return PreparedInputs(list(messages), inputs["input_ids"][0], pixels, masks, time.perf_counter() - t0)
         grids, pixels, masks, counts = [], None, None, iter(())
         if images:
             tiled = [self.tile_image(image, tiling) for image in images]

@@ -42,7 +42,8 @@ VIDEO_CHAT_TEMPLATE = (
     "{% elif part['type'] == 'image' %}<image>"
     "{% elif part['type'] == 'video' %}<video>{% endif %}"
     "{% endfor %}<end_of_utterance>\n{% endfor %}"
-    "{% if add_generation_prompt %}Assistant:{% endif %}")
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
 
 
 def row_col_token(row: int, col: int) -> str:
@@ -61,6 +62,7 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
 # -- image-token expansion ----------------------------------------------------------------------
 
+
 def _check_grid(rows: int, cols: int) -> tuple[int, int]:
     rows, cols = int(rows), int(cols)
     if rows < 0 or cols < 0 or (rows == 0) != (cols == 0):
@@ -68,8 +70,15 @@ def _check_grid(rows: int, cols: int) -> tuple[int, int]:
     return rows, cols
 
 
-def image_prompt_string(rows: int, cols: int, image_seq_len: int, *, image_token: str = IMAGE_TOKEN,
-                        fake_token: str = FAKE_IMAGE_TOKEN, global_token: str = GLOBAL_IMAGE_TOKEN) -> str:
+def image_prompt_string(
+    rows: int,
+    cols: int,
+    image_seq_len: int,
+    *,
+    image_token: str = IMAGE_TOKEN,
+    fake_token: str = FAKE_IMAGE_TOKEN,
+    global_token: str = GLOBAL_IMAGE_TOKEN,
+) -> str:
     """The text that replaces one `<image>` for an image cut into rows x cols tiles ((0, 0): one
     unsplit tile): per tile `<fake_token_around_image><row_r_col_c>` + image tokens, a newline
     after each row, then `\\n` and the global tile `<fake_token_around_image><global-img>` +
@@ -88,19 +97,29 @@ def image_prompt_string(rows: int, cols: int, image_seq_len: int, *, image_token
     return "".join(parts)
 
 
-def expand_image_tokens(prompt: str, grids: Sequence[tuple[int, int]], image_seq_len: int, *,
-                        image_token: str = IMAGE_TOKEN, fake_token: str = FAKE_IMAGE_TOKEN,
-                        global_token: str = GLOBAL_IMAGE_TOKEN) -> str:
+def expand_image_tokens(
+    prompt: str,
+    grids: Sequence[tuple[int, int]],
+    image_seq_len: int,
+    *,
+    image_token: str = IMAGE_TOKEN,
+    fake_token: str = FAKE_IMAGE_TOKEN,
+    global_token: str = GLOBAL_IMAGE_TOKEN,
+) -> str:
     """Replace the i-th `<image>` of a rendered prompt with the expansion for `grids[i]`
     ((rows, cols) of its tiles; (0, 0) = not split)."""
     pieces = prompt.split(image_token)
     if len(pieces) - 1 != len(grids):
-        raise ValueError(f"the prompt has {len(pieces) - 1} {image_token} placeholder(s) "
-                         f"but {len(grids)} image grid(s) were given")
+        raise ValueError(
+            f"the prompt has {len(pieces) - 1} {image_token} placeholder(s) but {len(grids)} image grid(s) were given"
+        )
     out = [pieces[0]]
     for (rows, cols), rest in zip(grids, pieces[1:]):
-        out.append(image_prompt_string(rows, cols, image_seq_len, image_token=image_token,
-                                       fake_token=fake_token, global_token=global_token))
+        out.append(
+            image_prompt_string(
+                rows, cols, image_seq_len, image_token=image_token, fake_token=fake_token, global_token=global_token
+            )
+        )
         out.append(rest)
     return "".join(out)
 
@@ -112,8 +131,9 @@ def expand_video_tokens(prompt: str, videos: Sequence[Any], image_seq_len: int) 
 
     pieces = prompt.split(VIDEO_TOKEN)
     if len(pieces) - 1 != len(videos):
-        raise ValueError(f"the prompt has {len(pieces) - 1} {VIDEO_TOKEN} placeholder(s) "
-                         f"but {len(videos)} video(s) were given")
+        raise ValueError(
+            f"the prompt has {len(pieces) - 1} {VIDEO_TOKEN} placeholder(s) but {len(videos)} video(s) were given"
+        )
     frame = image_prompt_string(0, 0, image_seq_len)
     out = [pieces[0]]
     for video, rest in zip(videos, pieces[1:]):
@@ -125,8 +145,11 @@ def expand_video_tokens(prompt: str, videos: Sequence[Any], image_seq_len: int) 
 def has_video(messages: Sequence[Mapping[str, Any]]) -> bool:
     """Whether a (normalized) conversation holds a video part: it then renders with
     `VIDEO_CHAT_TEMPLATE`, as transformers does."""
-    return any(isinstance(part, Mapping) and part.get("type") == "video"
-               for message in messages for part in (message.get("content") or ()))
+    return any(
+        isinstance(part, Mapping) and part.get("type") == "video"
+        for message in messages
+        for part in (message.get("content") or ())
+    )
 
 
 def count_image_tokens(rows: int, cols: int, image_seq_len: int) -> int:
@@ -135,8 +158,7 @@ def count_image_tokens(rows: int, cols: int, image_seq_len: int) -> int:
     return (rows * cols + 1) * image_seq_len
 
 
-def build_messages(prompt: str, num_images: int | Sequence[str], system: str | None = None
-                   ) -> list[dict[str, Any]]:
+def build_messages(prompt: str, num_images: int | Sequence[str], system: str | None = None) -> list[dict[str, Any]]:
     """One user turn: `num_images` image placeholders (or one placeholder per kind of a list of
     "image" / "video"), then the text (after a system turn when `system` is given)."""
     kinds = ["image"] * num_images if isinstance(num_images, int) else list(num_images)
@@ -151,6 +173,7 @@ def system_messages(system: str | None) -> list[dict[str, Any]]:
 
 
 # -- chat template --------------------------------------------------------------------------------
+
 
 def _plain(value: Any) -> Any:
     """What transformers lets a template see: plain JSON-like data; other objects (images,
@@ -231,8 +254,7 @@ def _compile(source: str):
         raise jinja2.exceptions.TemplateError(message)
 
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                          sort_keys=sort_keys)
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
     def strftime_now(fmt):
         return datetime.now().strftime(fmt)
@@ -260,10 +282,12 @@ def _compile(source: str):
         def _check_name(name):
             if isinstance(name, str) and name.startswith("_"):
                 raise jinja2.exceptions.SecurityError(
-                    f"chat templates cannot set underscore-prefixed attributes ({name!r})")
+                    f"chat templates cannot set underscore-prefixed attributes ({name!r})"
+                )
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[GenerationBlock, jinja2.ext.loopcontrols])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[GenerationBlock, jinja2.ext.loopcontrols]
+    )
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
@@ -275,8 +299,7 @@ def _compile(source: str):
 class ChatTemplate:
     """A model's jinja chat template, rendered like transformers' `apply_chat_template`."""
 
-    def __init__(self, source: str, special_tokens: Mapping[str, str] | None = None,
-                 origin: str = "chat template"):
+    def __init__(self, source: str, special_tokens: Mapping[str, str] | None = None, origin: str = "chat template"):
         import jinja2
 
         self.source = source
@@ -319,12 +342,13 @@ class ChatTemplate:
         tok = read_json(model_dir / TOKENIZER_CONFIG_FILE, required=False)
         if tok.get("chat_template") is not None:
             return _pick_default(tok["chat_template"], TOKENIZER_CONFIG_FILE), TOKENIZER_CONFIG_FILE
-        raise ConfigError(f"no chat template in {model_dir}",
-                          hint=f"expected {CHAT_TEMPLATE_JSON_FILE}, {CHAT_TEMPLATE_JINJA_FILE} or a "
-                               f"'chat_template' key in {TOKENIZER_CONFIG_FILE}")
+        raise ConfigError(
+            f"no chat template in {model_dir}",
+            hint=f"expected {CHAT_TEMPLATE_JSON_FILE}, {CHAT_TEMPLATE_JINJA_FILE} or a "
+            f"'chat_template' key in {TOKENIZER_CONFIG_FILE}",
+        )
 
-    def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
-               **kwargs: Any) -> str:
+    def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True, **kwargs: Any) -> str:
         """The prompt text of `messages` (Hugging Face chat format; content as a list of
         `{"type": "image"}` / `{"type": "text", "text": ...}` parts, or a plain string).
         `add_generation_prompt` appends `Assistant:`. Extra kwargs reach the template."""
@@ -335,14 +359,14 @@ class ChatTemplate:
             raise ValueError("cannot render an empty conversation")
         variables = {**self.special_tokens, **_plain(kwargs)}
         try:
-            return self._template.render(messages=chat, tools=None, documents=None,
-                                         add_generation_prompt=add_generation_prompt, **variables)
+            return self._template.render(
+                messages=chat, tools=None, documents=None, add_generation_prompt=add_generation_prompt, **variables
+            )
         except jinja2.exceptions.TemplateError as exc:
             raise ValueError(f"the chat template rejected the messages: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - a template's own bug: {% include %} without a
             # loader (TypeError), a sandbox range limit (OverflowError), 1/0, ...
-            raise ValueError(f"the chat template ({self.origin}) failed: "
-                             f"{type(exc).__name__}: {exc}") from exc
+            raise ValueError(f"the chat template ({self.origin}) failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _pick_default(value: Any, origin: str) -> str:

@@ -21,8 +21,13 @@ from smolvlm_cli.values import GenerationStats, PreparedInputs, ReplyText, TextS
 
 
 class Replier:
-    def __init__(self, backend: Backend, tokenizer: Tokenizer, config: ModelConfig,
-                 progress: Callable[[int, int], None] | None = None):
+    def __init__(
+        self,
+        backend: Backend,
+        tokenizer: Tokenizer,
+        config: ModelConfig,
+        progress: Callable[[int, int], None] | None = None,
+    ):
         self.backend = backend
         self.tokenizer = tokenizer
         self.config = config
@@ -36,8 +41,9 @@ class Replier:
 
         return ImageProcessor(self.config)
 
-    def image_features(self, prepared: PreparedInputs, stats: GenerationStats,
-                       cache: dict | None = None) -> np.ndarray | None:
+    def image_features(
+        self, prepared: PreparedInputs, stats: GenerationStats, cache: dict | None = None
+    ) -> np.ndarray | None:
         """Features for the prepared prompt's image tokens ([n, hidden]), None without images.
 
         Videos' frames are decoded here, ahead of the encoder (`video.encode`); `cache` maps
@@ -68,12 +74,10 @@ class Replier:
                 parts.append(out.reshape(-1, out.shape[-1]))
                 done += item
             else:
-                parts.append(encode_video(item, self.backend, self.image_processor, stats, cache,
-                                          self.progress))
+                parts.append(encode_video(item, self.backend, self.image_processor, stats, cache, self.progress))
         return np.concatenate(parts)
 
-    def stream(self, get_prepared: Callable[[], PreparedInputs], opts: GenerationOptions,
-               started: float) -> TextStream:
+    def stream(self, get_prepared: Callable[[], PreparedInputs], opts: GenerationOptions, started: float) -> TextStream:
         """A fresh reply to the prompt `get_prepared()` gives (called on first iteration)."""
         stats, token_ids = GenerationStats(), []
 
@@ -84,24 +88,31 @@ class Replier:
             stats.prompt_tokens += len(prepared.input_ids)
             features = self.image_features(prepared, stats)
             state = self.backend.new_state()
-            yield from self.reply_on(state, prepared.input_ids, features, opts, stats,
-                                           token_ids, started)
+            yield from self.reply_on(state, prepared.input_ids, features, opts, stats, token_ids, started)
 
         return TextStream(run(), stats, token_ids)
 
     def check_context(self, prepared: PreparedInputs, opts: GenerationOptions) -> None:
         videos = prepared.videos
-        check_video_context(len(prepared.input_ids), sum(v.num_frames for v in videos), len(videos),
-                            opts.max_new_tokens, self.config)
+        check_video_context(
+            len(prepared.input_ids), sum(v.num_frames for v in videos), len(videos), opts.max_new_tokens, self.config
+        )
 
     def stream_prepared(self, prepared: PreparedInputs, opts: GenerationOptions) -> TextStream:
         """`stream` for inputs prepared earlier: time to first token counts their preprocessing,
         wherever it ran."""
         return self.stream(lambda: prepared, opts, time.perf_counter() - prepared.preprocess_s)
 
-    def reply_on(self, state: DecoderState, ids: np.ndarray, features: np.ndarray | None,
-                       opts: GenerationOptions, stats: GenerationStats, token_ids: list[int],
-                       started: float | None = None) -> Iterator[str]:
+    def reply_on(
+        self,
+        state: DecoderState,
+        ids: np.ndarray,
+        features: np.ndarray | None,
+        opts: GenerationOptions,
+        stats: GenerationStats,
+        token_ids: list[int],
+        started: float | None = None,
+    ) -> Iterator[str]:
         """Prefill `ids` onto `state`, then generate: the loop shared by describe, ask and chat.
 
         Appends each new token to `token_ids` and fills `stats`; yields text deltas."""
@@ -112,8 +123,9 @@ class Replier:
         reply = ReplyText(self.tokenizer)
         eos = self.eos_token_ids
         first_token_at = None
-        for token in generate_tokens(logits, lambda t: self.backend.forward(state, np.array([t])),
-                                     opts, eos, context_ids=ids):
+        for token in generate_tokens(
+            logits, lambda t: self.backend.forward(state, np.array([t])), opts, eos, context_ids=ids
+        ):
             now = time.perf_counter()
             if first_token_at is None:
                 stats.ttft_s = now - started
@@ -130,8 +142,7 @@ class Replier:
             yield tail
 
 
-def check_video_context(prompt_tokens: int, frames: int, videos: int, max_new_tokens: int,
-                        config: ModelConfig) -> None:
+def check_video_context(prompt_tokens: int, frames: int, videos: int, max_new_tokens: int, config: ModelConfig) -> None:
     """A prompt with videos that does not fit the context (with room for the reply) is an
     error that says how many frames would fit, raised before any frame is decoded. (Our
     choice over dropping frames silently: the frames sampled stay transformers'.)"""
@@ -141,7 +152,12 @@ def check_video_context(prompt_tokens: int, frames: int, videos: int, max_new_to
         return
     per_frame = config.image_seq_len + 13  # its image tokens, 3 markers, ~10 for "\nFrame from MM:SS:"
     fit = frames - -(-(need - limit) // per_frame)
-    advice = (f"use --max-frames {fit // videos} or fewer (or a lower --fps), or fewer new tokens"
-              if fit >= videos else "use fewer videos or fewer new tokens")
-    raise ValueError(f"the prompt needs {prompt_tokens} tokens ({frames} video frames) plus {max_new_tokens} "
-                     f"new ones, but the model's context holds {limit}: {advice}")
+    advice = (
+        f"use --max-frames {fit // videos} or fewer (or a lower --fps), or fewer new tokens"
+        if fit >= videos
+        else "use fewer videos or fewer new tokens"
+    )
+    raise ValueError(
+        f"the prompt needs {prompt_tokens} tokens ({frames} video frames) plus {max_new_tokens} "
+        f"new ones, but the model's context holds {limit}: {advice}"
+    )

@@ -66,8 +66,15 @@ class Row:
         return Generation("".join(self.text), self.tokens, self.stats)
 
 
-def _admit(replier: Replier, slots: DecoderRows, slot: int, index: int, prepared: PreparedInputs,
-           opts: GenerationOptions, image_features: ImageFeatures | None = None) -> Row:
+def _admit(
+    replier: Replier,
+    slots: DecoderRows,
+    slot: int,
+    index: int,
+    prepared: PreparedInputs,
+    opts: GenerationOptions,
+    image_features: ImageFeatures | None = None,
+) -> Row:
     """Vision and prefill of one prompt into `slot`, and its first token."""
     started = time.perf_counter() - prepared.preprocess_s
     replier.check_context(prepared, opts)  # a video prompt too long fails before decoding frames
@@ -77,8 +84,9 @@ def _admit(replier: Replier, slots: DecoderRows, slot: int, index: int, prepared
     logits = slots.prefill(slot, prepared.input_ids, features)
     stats.prefill_s = time.perf_counter() - t0
     eos = replier.eos_token_ids
-    row = Row(index, TokenLoop(opts, eos, prepared.input_ids), ReplyText(replier.tokenizer), stats,
-               started, frozenset(eos))
+    row = Row(
+        index, TokenLoop(opts, eos, prepared.input_ids), ReplyText(replier.tokenizer), stats, started, frozenset(eos)
+    )
     row.add(row.loop.pick(logits), time.perf_counter())
     return row
 
@@ -119,8 +127,9 @@ class RowBatch:
     def has_room(self) -> bool:
         return None in self._rows or len(self._rows) < self.slots.rows
 
-    def admit(self, index: int, prepared: PreparedInputs, opts: GenerationOptions,
-              image_features: ImageFeatures | None = None) -> Row:
+    def admit(
+        self, index: int, prepared: PreparedInputs, opts: GenerationOptions, image_features: ImageFeatures | None = None
+    ) -> Row:
         """Vision (`image_features`, default the replier's), prefill and first token of a prompt
         in a free slot (holes first, then the tail). A row already done (stopped at its first
         token) leaves its slot free."""
@@ -169,8 +178,9 @@ class RowBatch:
         return finished
 
 
-def _one_by_one(replier: Replier, prepared: Iterable[PreparedInputs], opts: GenerationOptions,
-                return_exceptions: bool) -> Iterator[tuple[int, Generation | Exception]]:
+def _one_by_one(
+    replier: Replier, prepared: Iterable[PreparedInputs], opts: GenerationOptions, return_exceptions: bool
+) -> Iterator[tuple[int, Generation | Exception]]:
     for index, item in enumerate(prepared):
         try:
             stream = replier.stream_prepared(item, opts)
@@ -183,9 +193,13 @@ def _one_by_one(replier: Replier, prepared: Iterable[PreparedInputs], opts: Gene
         yield index, Generation(text, stream.token_ids, stream.stats)
 
 
-def generate_many(replier: Replier, prepared: Iterable[PreparedInputs], opts: GenerationOptions,
-                  batch_size: int, return_exceptions: bool = False
-                  ) -> Iterator[tuple[int, Generation | Exception]]:
+def generate_many(
+    replier: Replier,
+    prepared: Iterable[PreparedInputs],
+    opts: GenerationOptions,
+    batch_size: int,
+    return_exceptions: bool = False,
+) -> Iterator[tuple[int, Generation | Exception]]:
     """`SmolVLM.generate_many`: (index, Generation or exception) in the order replies finish."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")

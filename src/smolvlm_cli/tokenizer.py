@@ -119,9 +119,11 @@ class Tokenizer:
         model_dir = Path(model_dir)
         path = model_dir / TOKENIZER_FILE
         if not path.is_file():
-            raise ConfigError(f"{TOKENIZER_FILE} not found in {model_dir}",
-                              hint="smolvlm-cli needs the fast tokenizer file (tokenizer.json) "
-                                   "of the model, as published on the Hugging Face Hub")
+            raise ConfigError(
+                f"{TOKENIZER_FILE} not found in {model_dir}",
+                hint="smolvlm-cli needs the fast tokenizer file (tokenizer.json) "
+                "of the model, as published on the Hugging Face Hub",
+            )
         try:
             tokenizer = tokenizers.Tokenizer.from_file(str(path))
         except Exception as exc:  # the library raises a bare Exception on malformed files
@@ -208,8 +210,7 @@ class StreamDecoder:
         self._reset()
 
     def _reset(self) -> None:
-        self._stream: _LibDecodeStream | None = _LibDecodeStream(
-            skip_special_tokens=self.skip_special_tokens)
+        self._stream: _LibDecodeStream | None = _LibDecodeStream(skip_special_tokens=self.skip_special_tokens)
         self._ids: list[int] = []  # since the last flush
         self._emitted: list[str] = []
 
@@ -246,13 +247,13 @@ class StreamDecoder:
         done = self.text
         if full.endswith(_REPLACEMENT_CHAR) or len(full) <= len(done) or not full.startswith(done):
             return None
-        return full[len(done):]
+        return full[len(done) :]
 
     def flush(self) -> str:
         """The rest of decode(ids) not returned yet (an incomplete trailing character decodes to
         U+FFFD, as in one-shot decode); then start afresh."""
         full = self._tokenizer.decode(self._ids, skip_special_tokens=self.skip_special_tokens)
         done = self.text
-        rest = full[len(done):] if full.startswith(done) else ""
+        rest = full[len(done) :] if full.startswith(done) else ""
         self._reset()
         return rest

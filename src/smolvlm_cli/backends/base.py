@@ -34,8 +34,7 @@ class DecoderRows(Protocol):
 
     rows: int
 
-    def prefill(self, slot: int, input_ids: np.ndarray, image_features: np.ndarray | None = None
-                ) -> np.ndarray:
+    def prefill(self, slot: int, input_ids: np.ndarray, image_features: np.ndarray | None = None) -> np.ndarray:
         """Start a reply in `slot` (at most n), as `Backend.forward` on a new state: its logits."""
 
     def step(self, tokens: Sequence[int]) -> np.ndarray:
@@ -62,8 +61,9 @@ class Backend(Protocol):
     def new_state(self) -> DecoderState:
         """An empty KV cache."""
 
-    def forward(self, state: DecoderState, input_ids: np.ndarray,
-                image_features: np.ndarray | None = None) -> np.ndarray:
+    def forward(
+        self, state: DecoderState, input_ids: np.ndarray, image_features: np.ndarray | None = None
+    ) -> np.ndarray:
         """Append `input_ids` ([seq] int64) to `state` and return the last position's logits [vocab].
 
         `image_features` ([n_image_tokens, hidden]) replace the embeddings at the image-token

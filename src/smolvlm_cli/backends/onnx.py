@@ -33,8 +33,16 @@ _PAST_PREFIX, _PRESENT_PREFIX = "past_key_values.", "present."
 class OnnxBackend:
     name = "onnx"
 
-    def __init__(self, model_dir: str | Path, config: ModelConfig, dtype: str | None = None,
-                 threads: int | None = None, *, shared_kv: bool | None = None, cache: bool = True):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        config: ModelConfig,
+        dtype: str | None = None,
+        threads: int | None = None,
+        *,
+        shared_kv: bool | None = None,
+        cache: bool = True,
+    ):
         """`shared_kv=None` uses shared KV buffers whenever the decoder supports them; False forces
         the plain numpy loop (for comparisons). `cache=False` skips the optimized-graph cache."""
         self.config = config
@@ -52,12 +60,22 @@ class OnnxBackend:
         if shared_kv is None:
             shared_kv = self.decoder_style == "gqa"
         if shared_kv:
-            self.runner = SharedBufferDecoder(self.decoder, self.embed, past_names, self._present_for,
-                                              c.num_key_value_heads, c.head_dim, c.hidden_size,
-                                              c.vocab_size, c.max_position_embeddings, ORT_TYPES)
+            self.runner = SharedBufferDecoder(
+                self.decoder,
+                self.embed,
+                past_names,
+                self._present_for,
+                c.num_key_value_heads,
+                c.head_dim,
+                c.hidden_size,
+                c.vocab_size,
+                c.max_position_embeddings,
+                ORT_TYPES,
+            )
         else:
-            self.runner = ConcatDecoder(self.decoder, past_names, self._present_for,
-                                        c.num_key_value_heads, c.head_dim, ORT_TYPES)
+            self.runner = ConcatDecoder(
+                self.decoder, past_names, self._present_for, c.num_key_value_heads, c.head_dim, ORT_TYPES
+            )
 
     def _check_contract(self, files: dict[str, str]) -> None:
         """Fail at load time, with the file named, when a graph does not fit the config."""
@@ -69,7 +87,8 @@ class OnnxBackend:
             raise ConfigError(
                 f"{files['decoder']} does not match config.json: expected inputs_embeds, attention_mask "
                 f"and {expected_pasts} past_key_values inputs, found {sorted(dec_inputs)[:6]}...",
-                hint="the ONNX files and config.json come from different models")
+                hint="the ONNX files and config.json come from different models",
+            )
         # [batch, kv_heads, past, head_dim]: graphs fix the two model dimensions; a mismatch would
         # only surface as an onnxruntime shape error at the first decoder run
         expected_kv = (self.config.num_key_value_heads, self.config.head_dim)
@@ -80,9 +99,14 @@ class OnnxBackend:
                 raise ConfigError(
                     f"{files['decoder']} does not match config.json: its KV cache {name} is shaped "
                     f"{shape}, but config.json has {expected_kv[0]} key/value heads of size "
-                    f"{expected_kv[1]}", hint="the ONNX files and config.json come from different models")
-        self._present_for = {_PAST_PREFIX + o.name[len(_PRESENT_PREFIX):]: o.name
-                             for o in self.decoder.get_outputs() if o.name.startswith(_PRESENT_PREFIX)}
+                    f"{expected_kv[1]}",
+                    hint="the ONNX files and config.json come from different models",
+                )
+        self._present_for = {
+            _PAST_PREFIX + o.name[len(_PRESENT_PREFIX) :]: o.name
+            for o in self.decoder.get_outputs()
+            if o.name.startswith(_PRESENT_PREFIX)
+        }
         if set(self._present_for) != set(self._past_names):
             raise ConfigError(f"{files['decoder']}: present.* outputs do not match past_key_values.* inputs")
         vis_inputs = {i.name: i for i in self.vision.get_inputs()}
@@ -116,8 +140,9 @@ class OnnxBackend:
         (embeds,) = self.embed.run(None, {self._embed_input: ids})
         return embeds
 
-    def forward(self, state: OnnxState | SharedKVState, input_ids: np.ndarray,
-                image_features: np.ndarray | None = None) -> np.ndarray:
+    def forward(
+        self, state: OnnxState | SharedKVState, input_ids: np.ndarray, image_features: np.ndarray | None = None
+    ) -> np.ndarray:
         ids = np.asarray(input_ids, dtype=np.int64).reshape(-1)
         if self.runner.shared and len(ids) == 1 and image_features is None:
             return self.runner.step(state, int(ids[0]))
@@ -128,8 +153,9 @@ class OnnxBackend:
         if image_features is not None and len(image_features):
             positions = np.flatnonzero(ids == self.config.image_token_id)
             if len(positions) != len(image_features):
-                raise ValueError(f"{len(positions)} image tokens in the prompt but "
-                                 f"{len(image_features)} image feature rows")
+                raise ValueError(
+                    f"{len(positions)} image tokens in the prompt but {len(image_features)} image feature rows"
+                )
             embeds[0, positions] = image_features
         return embeds
 

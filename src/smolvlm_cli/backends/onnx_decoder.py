@@ -61,7 +61,7 @@ class SharedKVState:
         # rows actually written (capacity is virtual until used)
         block = np.zeros((len(self.names), 1, kv_heads, capacity, head_dim), self._dtype)
         if self.length:
-            block[:, :, :, :self.length] = self._block[:, :, :, :self.length]
+            block[:, :, :, : self.length] = self._block[:, :, :, : self.length]
         self._block, self.capacity = block, capacity
         self.values = {n: ort.OrtValue.ortvalue_from_numpy(block[i]) for i, n in enumerate(self.names)}
         self.binding = None
@@ -78,7 +78,7 @@ class SharedKVState:
 
     def cache_view(self, name: str) -> np.ndarray:
         """The valid rows of one cache tensor (for tests and debugging)."""
-        return self._block[self.names.index(name), :, :, :self.length]
+        return self._block[self.names.index(name), :, :, : self.length]
 
 
 def _io_types(session: ort.InferenceSession, ort_types: dict) -> dict[str, type]:
@@ -93,8 +93,15 @@ class ConcatDecoder:
 
     shared = False
 
-    def __init__(self, session: ort.InferenceSession, past_names: list[str], present_for: dict[str, str],
-                 kv_heads: int, head_dim: int, ort_types: dict):
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        past_names: list[str],
+        present_for: dict[str, str],
+        kv_heads: int,
+        head_dim: int,
+        ort_types: dict,
+    ):
         self.session = session
         types = _io_types(session, ort_types)
         self.past_names = past_names
@@ -109,12 +116,12 @@ class ConcatDecoder:
         empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=self.cache_dtype)
         return OnnxState({name: empty for name in self.past_names})
 
-    def run_feeds(self, embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
-                  pasts: dict[str, np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    def run_feeds(
+        self, embeds: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, pasts: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
         """One decoder run: logits [rows, seq, vocab] and the presents in `cache_names` order.
         `position_ids` is dropped for graphs that derive positions from the mask."""
-        feeds = {"inputs_embeds": embeds.astype(self.embeds_dtype, copy=False),
-                 "attention_mask": attention_mask}
+        feeds = {"inputs_embeds": embeds.astype(self.embeds_dtype, copy=False), "attention_mask": attention_mask}
         if self.has_position_ids:
             feeds["position_ids"] = position_ids
         feeds.update(pasts)
@@ -124,8 +131,12 @@ class ConcatDecoder:
     def run(self, state: OnnxState, embeds: np.ndarray) -> np.ndarray:
         seq, past = embeds.shape[1], state.length
         # the full-length mask: a length-1 mask in decode steps gives garbage
-        logits, presents = self.run_feeds(embeds, np.ones((1, past + seq), dtype=np.int64),
-                                          np.arange(past, past + seq, dtype=np.int64)[None], state.pasts)
+        logits, presents = self.run_feeds(
+            embeds,
+            np.ones((1, past + seq), dtype=np.int64),
+            np.arange(past, past + seq, dtype=np.int64)[None],
+            state.pasts,
+        )
         state.pasts = dict(zip(self.cache_names, presents))
         state.length = past + seq
         return logits[0, -1].astype(np.float32, copy=True)
@@ -136,8 +147,9 @@ class StepBinding:
     `embeds` [n, 1, hidden] (in place when the embedding graph's output type allows), which the
     decoder binding reads."""
 
-    def __init__(self, tokens: np.ndarray, embeds: np.ndarray, embed_binding: ort.IOBinding | None,
-                 binding: ort.IOBinding):
+    def __init__(
+        self, tokens: np.ndarray, embeds: np.ndarray, embed_binding: ort.IOBinding | None, binding: ort.IOBinding
+    ):
         self.tokens, self.embeds = tokens, embeds
         self.embed_binding, self.binding = embed_binding, binding
 
@@ -151,9 +163,19 @@ class SharedBufferDecoder:
 
     shared = True
 
-    def __init__(self, session: ort.InferenceSession, embed: ort.InferenceSession,
-                 past_names: list[str], present_for: dict[str, str], kv_heads: int, head_dim: int,
-                 hidden: int, vocab: int, max_positions: int, ort_types: dict):
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        embed: ort.InferenceSession,
+        past_names: list[str],
+        present_for: dict[str, str],
+        kv_heads: int,
+        head_dim: int,
+        hidden: int,
+        vocab: int,
+        max_positions: int,
+        ort_types: dict,
+    ):
         self.session, self.embed = session, embed
         types = _io_types(session, ort_types)
         self.past_names, self._present_for = past_names, present_for
@@ -173,8 +195,13 @@ class SharedBufferDecoder:
         return min(_GROWTH, self.max_positions)
 
     def new_state(self, capacity: int | None = None) -> SharedKVState:
-        return SharedKVState(self.past_names, self.kv_heads, self.head_dim, self.cache_dtype,
-                             min(capacity or _GROWTH, self.max_positions))
+        return SharedKVState(
+            self.past_names,
+            self.kv_heads,
+            self.head_dim,
+            self.cache_dtype,
+            min(capacity or _GROWTH, self.max_positions),
+        )
 
     def _binding(self, values: dict[str, ort.OrtValue], logits: ort.OrtValue | None) -> ort.IOBinding:
         binding = self.session.io_binding()
@@ -200,8 +227,9 @@ class SharedBufferDecoder:
         logits = binding.get_outputs()[0].numpy()
         return logits[0, -1].astype(np.float32, copy=True)
 
-    def bind_step(self, values: dict[str, ort.OrtValue], tokens: np.ndarray, embeds: np.ndarray,
-                  logits: np.ndarray) -> StepBinding:
+    def bind_step(
+        self, values: dict[str, ort.OrtValue], tokens: np.ndarray, embeds: np.ndarray, logits: np.ndarray
+    ) -> StepBinding:
         """Bindings for decode steps of the caches `values` (past = present, updated in place),
         reading token ids from `tokens` and writing the logits into `logits` [n, 1, vocab]."""
         embeds_value = ort.OrtValue.ortvalue_from_numpy(embeds)

@@ -51,8 +51,7 @@ class _RowView:
 class SharedKVRows:
     """Up to `rows` replies over one shared KV block (GroupQueryAttention graphs)."""
 
-    def __init__(self, decoder: SharedBufferDecoder, rows: int, hidden: int, vocab: int,
-                 prompt_embeds: PromptEmbeds):
+    def __init__(self, decoder: SharedBufferDecoder, rows: int, hidden: int, vocab: int, prompt_embeds: PromptEmbeds):
         self.decoder, self.rows, self._prompt_embeds = decoder, rows, prompt_embeds
         self.lengths: list[int] = []  # cached positions of slots 0..n-1
         self._tokens = np.zeros((rows, 1), np.int64)
@@ -69,7 +68,7 @@ class SharedKVRows:
         block = np.zeros((len(d.past_names), self.rows, d.kv_heads, capacity, d.head_dim), d.cache_dtype)
         if self._block is not None and self.lengths:
             used = max(self.lengths)
-            block[:, :len(self.lengths), :, :used] = self._block[:, :len(self.lengths), :, :used]
+            block[:, : len(self.lengths), :, :used] = self._block[:, : len(self.lengths), :, :used]
         self._block, self.capacity = block, capacity
         self._steps.clear()  # their views point into the old block
 
@@ -80,11 +79,12 @@ class SharedKVRows:
 
     def _values(self, rows: slice) -> dict[str, ort.OrtValue]:
         # views of self._block: they stay valid while the block lives (bindings are dropped with it)
-        return {name: ort.OrtValue.ortvalue_from_numpy(self._block[i, rows])
-                for i, name in enumerate(self.decoder.past_names)}
+        return {
+            name: ort.OrtValue.ortvalue_from_numpy(self._block[i, rows])
+            for i, name in enumerate(self.decoder.past_names)
+        }
 
-    def prefill(self, slot: int, input_ids: np.ndarray, image_features: np.ndarray | None = None
-                ) -> np.ndarray:
+    def prefill(self, slot: int, input_ids: np.ndarray, image_features: np.ndarray | None = None) -> np.ndarray:
         """Replace slot `slot` (at most n) by a new prompt; its last logits."""
         embeds = self._prompt_embeds(input_ids, image_features)
         self._reserve(embeds.shape[1])
@@ -118,8 +118,9 @@ class SharedKVRows:
         self._reserve(width)
         step = self._steps.get(n)
         if step is None:
-            step = self._steps[n] = self.decoder.bind_step(self._values(slice(0, n)), self._tokens[:n],
-                                                           self._embeds[:n], self._logits[:n])
+            step = self._steps[n] = self.decoder.bind_step(
+                self._values(slice(0, n)), self._tokens[:n], self._embeds[:n], self._logits[:n]
+            )
         self._tokens[:n, 0] = tokens
         mask = (np.arange(width) <= lengths[:, None]).astype(np.int64)  # right padding
         self.decoder.run_step(step, mask)
@@ -130,8 +131,9 @@ class SharedKVRows:
 class ConcatRows:
     """Up to `rows` replies through `sess.run` with padded numpy caches (official contract)."""
 
-    def __init__(self, decoder: ConcatDecoder, rows: int, prompt_embeds: PromptEmbeds,
-                 embed: Callable[[np.ndarray], np.ndarray]):
+    def __init__(
+        self, decoder: ConcatDecoder, rows: int, prompt_embeds: PromptEmbeds, embed: Callable[[np.ndarray], np.ndarray]
+    ):
         self.decoder, self.rows = decoder, rows
         self._prompt_embeds, self._embed = prompt_embeds, embed
         self.left = decoder.has_position_ids
@@ -142,8 +144,7 @@ class ConcatRows:
         self._pieces: dict[int, list[np.ndarray]] = {}  # slot -> its cache, not yet in self._cache
         self._dirty = True
 
-    def prefill(self, slot: int, input_ids: np.ndarray, image_features: np.ndarray | None = None
-                ) -> np.ndarray:
+    def prefill(self, slot: int, input_ids: np.ndarray, image_features: np.ndarray | None = None) -> np.ndarray:
         state = self.decoder.new_state()
         logits = self.decoder.run(state, self._prompt_embeds(input_ids, image_features))
         self._pieces[slot] = [state.pasts[name][0] for name in self._names]
@@ -153,6 +154,7 @@ class ConcatRows:
             self.lengths[slot] = state.length
         self._dirty = True
         return logits
+
     def _row(self, slot: int) -> list[np.ndarray]:
         if slot in self._pieces:
             return self._pieces[slot]
@@ -182,7 +184,7 @@ class ConcatRows:
             for b, row in enumerate(rows):
                 length = self.lengths[b]
                 if self.left:
-                    a[b, :, width - length:] = row[j]
+                    a[b, :, width - length :] = row[j]
                 else:
                     a[b, :, :length] = row[j]
             arrays.append(a)
@@ -202,8 +204,9 @@ class ConcatRows:
         # new K/V right after its own positions (seqlens_k), so the mask is a prefix of ones
         valid = cols >= (self._width - lengths)[:, None] if self.left else cols <= lengths[:, None]
         embeds = self._embed(np.asarray(tokens, np.int64).reshape(n, 1))
-        logits, self._cache = self.decoder.run_feeds(embeds, valid.astype(np.int64), lengths[:, None],
-                                                     dict(zip(self._names, self._cache)))
+        logits, self._cache = self.decoder.run_feeds(
+            embeds, valid.astype(np.int64), lengths[:, None], dict(zip(self._names, self._cache))
+        )
         self._width += 1
         self.lengths = [length + 1 for length in self.lengths]
         return logits[:, -1].astype(np.float32, copy=True)

@@ -40,12 +40,28 @@ import onnxruntime as ort
 from smolvlm_cli.builder.layout import data_files
 from smolvlm_cli.errors import BackendUnavailableError, ConfigError
 
-ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
-             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(bool)": np.bool_,
+}
 CACHE_ENV = "SMOLVLM_SESSION_CACHE"
 CACHE_DIRNAME = ".smolvlm-cache"
-_ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
-              "avx512_fp16", "asimd", "sve", "i8mm")
+_ISA_FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+    "avx512_fp16",
+    "asimd",
+    "sve",
+    "i8mm",
+)
 _OPT_LEVEL = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # what the cache stores (portable ops)
 
 
@@ -86,8 +102,9 @@ def session_options(threads: int | None, optimize: bool = True, arena: bool = Tr
     opts.intra_op_num_threads = threads or default_threads()
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    opts.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     opts.log_severity_level = 3  # warnings about unused initializers etc. are not for users
     return opts
 
@@ -156,10 +173,8 @@ def cached_graph(path: Path) -> Path | None:
         opts = session_options(1, arena=False)
         opts.graph_optimization_level = _OPT_LEVEL
         opts.optimized_model_filepath = str(tmp / target.name)
-        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                      target.name + ".data")
-        opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
-                                      "1024")
+        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", target.name + ".data")
+        opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         # packed weights depend on the CPU's kernels: the key's instruction sets cover that
         opts.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
         ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -177,12 +192,12 @@ def cached_graph(path: Path) -> Path | None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_session(path: Path, threads: int | None, *, cache: bool = True,
-                 arena: bool = True) -> ort.InferenceSession:
+def load_session(path: Path, threads: int | None, *, cache: bool = True, arena: bool = True) -> ort.InferenceSession:
     """A CPU session for graph `path` (from the optimized-graph cache when possible)."""
     if not path.is_file():
-        raise BackendUnavailableError(f"{path.name} not found in {path.parent}",
-                                      hint="choose another --dtype, or export it with `smolvlm export`")
+        raise BackendUnavailableError(
+            f"{path.name} not found in {path.parent}", hint="choose another --dtype, or export it with `smolvlm export`"
+        )
     try:
         optimized = cached_graph(path) if cache else None
         opts = session_options(threads, optimize=optimized is None, arena=arena)
@@ -196,8 +211,10 @@ def load_session(path: Path, threads: int | None, *, cache: bool = True,
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot load {path}: {first_line}",
-                          hint="the file may be truncated or corrupt: download or export it again") from exc
+        raise ConfigError(
+            f"cannot load {path}: {first_line}",
+            hint="the file may be truncated or corrupt: download or export it again",
+        ) from exc
 
 
 def model_metadata(session: ort.InferenceSession) -> dict[str, str]:

@@ -41,7 +41,7 @@ def model_label(model: str, model_dir: Path) -> str:
     snapshot = model_dir.resolve()
     repo = snapshot.parent.parent.name  # <cache>/models--org--name/snapshots/<revision>
     if snapshot.parent.name == "snapshots" and repo.startswith("models--"):
-        return repo[len("models--"):].replace("--", "/")
+        return repo[len("models--") :].replace("--", "/")
     return snapshot.name
 
 
@@ -53,9 +53,14 @@ def _buildable(dtype: str | None) -> bool:
     return all(d in EXPORT_DTYPES for d in parse_dtype(dtype).values())
 
 
-def select_backend(model: str, backend: str = "auto", dtype: str | None = None, graphs: str = "auto",
-                   progress: Progress | None = None,
-                   notice: Callable[[str], None] = lambda _m: None) -> Selection:
+def select_backend(
+    model: str,
+    backend: str = "auto",
+    dtype: str | None = None,
+    graphs: str = "auto",
+    progress: Progress | None = None,
+    notice: Callable[[str], None] = lambda _m: None,
+) -> Selection:
     """Resolve `model` (a folder or a Hub id) and choose its backend and graphs, building our
     graphs when that is the choice (see the module's docstring)."""
     from smolvlm_cli.backends.torch import torch_available
@@ -67,9 +72,10 @@ def select_backend(model: str, backend: str = "auto", dtype: str | None = None, 
     if backend == "torch":
         return Selection("torch", resolve_model(model, files_for("torch", None), progress))
     if graphs == "build" and not _buildable(dtype):
-        raise BackendUnavailableError(f"dtype {format_dtype(parse_dtype(dtype))} cannot be built",
-                                      hint=f"built graphs come in {', '.join(EXPORT_DTYPES)}; "
-                                           "--graphs hub runs a repo's own variants")
+        raise BackendUnavailableError(
+            f"dtype {format_dtype(parse_dtype(dtype))} cannot be built",
+            hint=f"built graphs come in {', '.join(EXPORT_DTYPES)}; --graphs hub runs a repo's own variants",
+        )
     if graphs != "hub" and _buildable(dtype):
         model_dir = resolve_model(model, files_for("build", None), progress)
         if graphs == "auto" and _ours(model_dir, dtype):
@@ -77,17 +83,19 @@ def select_backend(model: str, backend: str = "auto", dtype: str | None = None, 
         if has_torch_weights(model_dir):
             from smolvlm_cli.builder.cache import ensure_graphs
 
-            entry = ensure_graphs(model_dir, parse_dtype(dtype), model_label(model, model_dir),
-                                  progress=progress, notice=notice)
+            entry = ensure_graphs(
+                model_dir, parse_dtype(dtype), model_label(model, model_dir), progress=progress, notice=notice
+            )
             return Selection("onnx", model_dir, entry)
         if graphs == "build":
-            raise BackendUnavailableError(f"{model} has no safetensors weights to build graphs from",
-                                          hint="--graphs hub runs the repo's own onnx/ graphs")
+            raise BackendUnavailableError(
+                f"{model} has no safetensors weights to build graphs from",
+                hint="--graphs hub runs the repo's own onnx/ graphs",
+            )
     return _hub_graphs(model, backend, dtype, torch_available(), progress)
 
 
-def _hub_graphs(model: str, backend: str, dtype: str | None, torch_ok: bool,
-                progress: Progress | None) -> Selection:
+def _hub_graphs(model: str, backend: str, dtype: str | None, torch_ok: bool, progress: Progress | None) -> Selection:
     """The repo's or folder's own `onnx/` graphs (today's Hugging Face contract)."""
     model_dir = resolve_model(model, files_for("onnx", dtype), progress)
     if dtype is None and not is_local(model) and not has_onnx(model_dir, None):
@@ -107,4 +115,5 @@ def _hub_graphs(model: str, backend: str, dtype: str | None, torch_ok: bool,
         f"{model} has no ONNX files for dtype {format_dtype(parse_dtype(dtype))}"
         + ("" if torch_ok or backend == "onnx" else " and torch is not installed"),
         hint="choose another --dtype, let --graphs auto build them from the safetensors, "
-             "or pip install 'smolvlm-cli[torch]' for the torch backend")
+        "or pip install 'smolvlm-cli[torch]' for the torch backend",
+    )

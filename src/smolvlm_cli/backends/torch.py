@@ -40,11 +40,18 @@ class TorchState:
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, model_dir: str | Path, config: ModelConfig, dtype: str | None = None,
-                 threads: int | None = None, device: str | None = None):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        config: ModelConfig,
+        dtype: str | None = None,
+        threads: int | None = None,
+        device: str | None = None,
+    ):
         if not torch_available():
-            raise BackendUnavailableError("the torch backend needs torch and transformers",
-                                          hint="pip install 'smolvlm-cli[torch]'")
+            raise BackendUnavailableError(
+                "the torch backend needs torch and transformers", hint="pip install 'smolvlm-cli[torch]'"
+            )
         import torch
         from transformers import AutoModelForImageTextToText
         from transformers.utils import logging as hf_logging
@@ -62,10 +69,13 @@ class TorchBackend:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
             model = AutoModelForImageTextToText.from_pretrained(
-                str(model_dir), dtype=getattr(torch, TORCH_DTYPES[dtype]))
+                str(model_dir), dtype=getattr(torch, TORCH_DTYPES[dtype])
+            )
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot load the torch model from {model_dir}: {first_line(exc)}",
-                              hint="the directory needs config.json and *.safetensors weights") from exc
+            raise ConfigError(
+                f"cannot load the torch model from {model_dir}: {first_line(exc)}",
+                hint="the directory needs config.json and *.safetensors weights",
+            ) from exc
         self.torch_model = model.to(self.device).eval()
         self._float = next(self.torch_model.parameters()).dtype
 
@@ -86,8 +96,7 @@ class TorchBackend:
 
         return TorchState(DynamicCache(config=self.torch_model.config.get_text_config()))
 
-    def forward(self, state: TorchState, input_ids: np.ndarray,
-                image_features: np.ndarray | None = None) -> np.ndarray:
+    def forward(self, state: TorchState, input_ids: np.ndarray, image_features: np.ndarray | None = None) -> np.ndarray:
         torch = self._torch
         ids = torch.from_numpy(np.asarray(input_ids, dtype=np.int64).reshape(1, -1)).to(self.device)
         with torch.inference_mode():
@@ -95,13 +104,15 @@ class TorchBackend:
             if image_features is not None and len(image_features):
                 positions = (ids[0] == self.config.image_token_id).nonzero().flatten()
                 if len(positions) != len(image_features):
-                    raise ValueError(f"{len(positions)} image tokens in the prompt but "
-                                     f"{len(image_features)} image feature rows")
+                    raise ValueError(
+                        f"{len(positions)} image tokens in the prompt but {len(image_features)} image feature rows"
+                    )
                 embeds[0, positions] = torch.from_numpy(np.asarray(image_features)).to(embeds)
             past = state.length
             mask = torch.ones((1, past + ids.shape[1]), dtype=torch.long, device=self.device)
-            out = self.torch_model(inputs_embeds=embeds, attention_mask=mask, past_key_values=state.cache,
-                             use_cache=True, logits_to_keep=1)
+            out = self.torch_model(
+                inputs_embeds=embeds, attention_mask=mask, past_key_values=state.cache, use_cache=True, logits_to_keep=1
+            )
             state.cache = out.past_key_values
         return out.logits[0, -1].float().cpu().numpy()
 

@@ -93,11 +93,11 @@ def _glob_regex(pattern: str) -> re.Pattern:
         elif c == "?":
             out.append("[^/]")
         elif c == "[":
-            end = pattern.find("]", i + 2 if pattern[i + 1:i + 2] in ("!", "]") else i + 1)
+            end = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("!", "]") else i + 1)
             if end < 0:
                 out.append(re.escape(c))
             else:
-                body = pattern[i + 1:end]
+                body = pattern[i + 1 : end]
                 if body.startswith("!"):
                     body = "^" + body[1:]
                 out.append("[" + body.replace("\\", "\\\\") + "]")
@@ -111,8 +111,9 @@ def _glob_regex(pattern: str) -> re.Pattern:
 class PathFilter:
     """Extension, include and exclude rules for files found in folders or read from stdin."""
 
-    def __init__(self, extensions: Sequence[str] = DEFAULT_EXTENSIONS,
-                 include: Sequence[str] = (), exclude: Sequence[str] = ()):
+    def __init__(
+        self, extensions: Sequence[str] = DEFAULT_EXTENSIONS, include: Sequence[str] = (), exclude: Sequence[str] = ()
+    ):
         self.extensions = {"." + e.lower().lstrip(".") for e in extensions}
         self.include = [self._compile(p) for p in include]
         self.exclude = [self._compile(p) for p in exclude]
@@ -162,8 +163,7 @@ def read_path_list(stream: TextIO, null: bool = False) -> list[str]:
     return [name for name in names if name.strip()]
 
 
-def _walk(root: str, recursive: bool, filt: PathFilter, seen_dirs: set,
-          warnings: list[str]) -> Iterable[str]:
+def _walk(root: str, recursive: bool, filt: PathFilter, seen_dirs: set, warnings: list[str]) -> Iterable[str]:
     """Files under `root` passing `filt` (depth first, no recursion limit), each folder (by
     identity: links and loops) once."""
     stack = [""]
@@ -189,8 +189,7 @@ def _walk(root: str, recursive: bool, filt: PathFilter, seen_dirs: set,
             try:
                 is_dir = entry.is_dir()  # follows links
                 is_file = not is_dir and entry.is_file()
-                broken = (not is_dir and not is_file and entry.is_symlink()
-                          and not os.path.exists(entry.path))
+                broken = not is_dir and not is_file and entry.is_symlink() and not os.path.exists(entry.path)
             except OSError:
                 is_dir = is_file = False
                 broken = True
@@ -221,9 +220,16 @@ def _relative(abspath: str, base: str) -> str:
     return "/".join(parts)
 
 
-def discover(inputs: Sequence[str], *, recursive: bool = True, include: Sequence[str] = (),
-             exclude: Sequence[str] = (), extensions: Sequence[str] = DEFAULT_EXTENSIONS,
-             stdin: TextIO | None = None, null: bool = False) -> Discovery:
+def discover(
+    inputs: Sequence[str],
+    *,
+    recursive: bool = True,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    extensions: Sequence[str] = DEFAULT_EXTENSIONS,
+    stdin: TextIO | None = None,
+    null: bool = False,
+) -> Discovery:
     """Find the images named by `inputs` (folders, files, `-` for a path list on `stdin`)."""
     if list(inputs).count(STDIN) > 1:
         raise SmolVLMError("'-' (paths on stdin) can be given only once")
@@ -256,8 +262,9 @@ def discover(inputs: Sequence[str], *, recursive: bool = True, include: Sequence
         elif os.path.lexists(arg):
             add_file(arg)
         else:
-            raise SmolVLMError(f"no such file or folder: {arg}",
-                               hint="give image files, folders, or '-' to read paths from stdin")
+            raise SmolVLMError(
+                f"no such file or folder: {arg}", hint="give image files, folders, or '-' to read paths from stdin"
+            )
 
     base = _common_base(anchors)
     result.base = base
@@ -279,4 +286,3 @@ def _listed_rel(line: str) -> str:
     """A stdin path as matched by the globs: relative to the current folder when under it."""
     rel = os.path.relpath(os.path.abspath(line)) if not os.path.isabs(line) else line
     return rel.replace(os.sep, "/").lstrip("/")
-

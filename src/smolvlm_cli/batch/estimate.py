@@ -39,8 +39,7 @@ def mean_tiles(items: Sequence[ImageItem], config, longest_edge=None, split=None
             width, height = image_size(item.path)
         except (SmolVLMError, OSError, ValueError):
             continue
-        tiles.append(num_tiles(*tile_grid(width, height, config, longest_edge=longest_edge,
-                                          split=split)))
+        tiles.append(num_tiles(*tile_grid(width, height, config, longest_edge=longest_edge, split=split)))
     return sum(tiles) / len(tiles) if tiles else None
 
 
@@ -52,6 +51,8 @@ def slow_run_line(items: Sequence[ImageItem], config) -> str | None:
     total = tiles * SECONDS_PER_TILE * len(items)
     if total < SLOW_RUN_S:
         return None
-    return (f"~{tiles:.0f} tiles an image: about {_duration(total)} for these {len(items)} "
-            f"images on a 2-core laptop CPU (~{_duration(tiles * SECONDS_PER_TILE * 100)} per 100); "
-            f"--detail low (1 tile) is ~{tiles:.0f}x faster")
+    return (
+        f"~{tiles:.0f} tiles an image: about {_duration(total)} for these {len(items)} "
+        f"images on a 2-core laptop CPU (~{_duration(tiles * SECONDS_PER_TILE * 100)} per 100); "
+        f"--detail low (1 tile) is ~{tiles:.0f}x faster"
+    )

@@ -40,7 +40,7 @@ def temp_path(target: Path) -> Path:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _named(exc: OSError, path: Path) -> OSError:
@@ -190,8 +190,10 @@ class AppendLog:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise SmolVLMError(f"{self.path} is being written by another smolvlm batch run",
-                                   hint="wait for it to finish, or write to another file") from None
+                raise SmolVLMError(
+                    f"{self.path} is being written by another smolvlm batch run",
+                    hint="wait for it to finish, or write to another file",
+                ) from None
             except OSError:
                 pass  # a file system without locks
         self._fd = fd

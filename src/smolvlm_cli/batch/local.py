@@ -57,8 +57,17 @@ class _InFlight:
 class LocalEngine:
     name = "local"
 
-    def __init__(self, vlm: Any, options: Any, *, model_name: str = "", batch_size: int = 1,
-                 workers: int = 2, tiling: Tiling | None = None, video_options: dict | None = None):
+    def __init__(
+        self,
+        vlm: Any,
+        options: Any,
+        *,
+        model_name: str = "",
+        batch_size: int = 1,
+        workers: int = 2,
+        tiling: Tiling | None = None,
+        video_options: dict | None = None,
+    ):
         if batch_size < 1 or workers < 1:
             raise ValueError("batch_size and workers must be at least 1")
         self.vlm = vlm
@@ -78,8 +87,7 @@ class LocalEngine:
 
         t0 = time.perf_counter()
         if is_video_path(job.item.path):  # probed and sampled here; frames decoded while encoding
-            prepared = self.vlm.prepare([], job.prompt, videos=[job.item.path],
-                                        video_options=self.video_options)
+            prepared = self.vlm.prepare([], job.prompt, videos=[job.item.path], video_options=self.video_options)
             return prepared, time.perf_counter() - t0
         image = load_image(job.item.path)
         prepared = self.vlm.prepare([image], job.prompt, tiling=self.tiling)
@@ -109,8 +117,12 @@ class LocalEngine:
                 try:
                     prepared, prep_s = future.result()
                 except Exception as exc:  # noqa: BLE001 - any undecodable file is that file's failure
-                    failed(job, ImageRecord.failure(job.item.path, error_message(exc),
-                                                    model=self.model_name, prompt=job.prompt))
+                    failed(
+                        job,
+                        ImageRecord.failure(
+                            job.item.path, error_message(exc), model=self.model_name, prompt=job.prompt
+                        ),
+                    )
                     continue
                 yield job, prepared, prep_s
 
@@ -147,8 +159,13 @@ class LocalEngine:
         if feed_errors:
             raise feed_errors[0]
 
-    def _generate_many(self, feed: Iterator[tuple[int, Job, Any, float]], inflight: dict[int, _InFlight],
-                       out: _ReorderBuffer, feed_errors: list[BaseException]) -> bool:
+    def _generate_many(
+        self,
+        feed: Iterator[tuple[int, Job, Any, float]],
+        inflight: dict[int, _InFlight],
+        out: _ReorderBuffer,
+        feed_errors: list[BaseException],
+    ) -> bool:
         """One `generate_many` run over `feed`; True when a failed shared step cut it short."""
         fed: list[int] = []  # generate_many's index -> seq
 
@@ -165,8 +182,7 @@ class LocalEngine:
                 inflight[seq] = _InFlight(job, prepared, prep_s)
                 yield prepared
 
-        results = self.vlm.generate_many(items(), self.options, batch_size=self.batch_size,
-                                         return_exceptions=True)
+        results = self.vlm.generate_many(items(), self.options, batch_size=self.batch_size, return_exceptions=True)
         mark = time.perf_counter()
         while True:
             try:
@@ -174,8 +190,9 @@ class LocalEngine:
             except Exception:  # noqa: BLE001 - a failed shared step: its images go one by one
                 for seq in sorted(inflight):
                     one = inflight.pop(seq)
-                    self.caption_prepared([(one.job, one.prepared, one.prep_s)],
-                                lambda job, record, seq=seq: out.put(seq, job, record))
+                    self.caption_prepared(
+                        [(one.job, one.prepared, one.prep_s)], lambda job, record, seq=seq: out.put(seq, job, record)
+                    )
                 return True
             if item is None:
                 return False
@@ -221,16 +238,21 @@ class LocalEngine:
         self._failures_in_a_row += 1
         if self._successes == 0 and self._failures_in_a_row >= FAILURES_BEFORE_GIVING_UP:
             raise exc
-        return ImageRecord.failure(job.item.path, error_message(exc), model=self.model_name,
-                                   prompt=job.prompt, seconds=seconds)
+        return ImageRecord.failure(
+            job.item.path, error_message(exc), model=self.model_name, prompt=job.prompt, seconds=seconds
+        )
 
     def _success(self, job: Job, text: str, stats: Any, seconds: float) -> ImageRecord:
         self._successes += 1
         self._failures_in_a_row = 0
         return ImageRecord(
-            path=job.item.path, caption=text, model=self.model_name, prompt=job.prompt,
+            path=job.item.path,
+            caption=text,
+            model=self.model_name,
+            prompt=job.prompt,
             prompt_tokens=int(getattr(stats, "prompt_tokens", 0)),
             generated_tokens=int(getattr(stats, "generated_tokens", 0)),
             image_tiles=int(getattr(stats, "image_tiles", 0)),
             stop_reason=str(getattr(stats, "stop_reason", "") or ""),
-            seconds=round(seconds, 4))
+            seconds=round(seconds, 4),
+        )

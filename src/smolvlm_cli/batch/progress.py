@@ -52,10 +52,17 @@ class Summary:
         return text + (f" ({', '.join(details)})" if details else "")
 
     def as_dict(self) -> dict:
-        return {"found": self.found, "done": self.done, "failed": self.failed,
-                "skipped": self.skipped, "skipped_failed": self.skipped_failed,
-                "elapsed_s": round(self.elapsed_s, 3), "load_s": round(self.load_s, 3),
-                "images_per_min": round(self.images_per_min, 2), "exit_code": self.exit_code}
+        return {
+            "found": self.found,
+            "done": self.done,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "skipped_failed": self.skipped_failed,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "load_s": round(self.load_s, 3),
+            "images_per_min": round(self.images_per_min, 2),
+            "exit_code": self.exit_code,
+        }
 
 
 class Reporter:
@@ -100,8 +107,7 @@ class Reporter:
         from datetime import timedelta
 
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn,
-                                   TextColumn, TimeElapsedColumn)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
         from rich.text import Text
 
         reporter = self
@@ -114,8 +120,7 @@ class Reporter:
         class Rate(ProgressColumn):
             def render(self, task) -> Text:
                 speed = per_second(task)
-                return Text(f"{speed * 60:.1f} images/min" if speed else "-- images/min",
-                            style="progress.data.speed")
+                return Text(f"{speed * 60:.1f} images/min" if speed else "-- images/min", style="progress.data.speed")
 
         class Remaining(ProgressColumn):
             def render(self, task) -> Text:
@@ -125,10 +130,17 @@ class Reporter:
                 return Text(f"ETA {text}", style="progress.remaining")
 
         self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
-            TimeElapsedColumn(), Remaining(),
-            console=Console(file=self.stream, highlight=False), transient=False,
-            redirect_stdout=False, redirect_stderr=False)  # stdout carries results: leave it be
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            Rate(),
+            TimeElapsedColumn(),
+            Remaining(),
+            console=Console(file=self.stream, highlight=False),
+            transient=False,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )  # stdout carries results: leave it be
         self._progress.start()
         self._task = self._progress.add_task("Captioning", total=total)
 
@@ -152,11 +164,15 @@ class Reporter:
     def summary(self, summary: Summary) -> None:
         if summary.signal:
             name = SIGNAL_NAMES.get(summary.signal, f"signal {summary.signal}")
-            self._print(f"Stopped by {name} after the images in flight; everything finished is "
-                        "saved: run the same command again to go on.")
+            self._print(
+                f"Stopped by {name} after the images in flight; everything finished is "
+                "saved: run the same command again to go on."
+            )
         if summary.skipped_failed:
-            self._print(f"{summary.skipped_failed} image(s) failed in an earlier run and were "
-                        "skipped: --retry-errors tries them again.")
+            self._print(
+                f"{summary.skipped_failed} image(s) failed in an earlier run and were "
+                "skipped: --retry-errors tries them again."
+            )
         if not self.quiet or summary.signal:
             self._print(summary.line())
 

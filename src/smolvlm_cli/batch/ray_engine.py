@@ -54,8 +54,13 @@ MAX_ROWS_PER_BLOCK = 16  # what a killed job can lose per actor; also a Parquet 
 TASKS_IN_FLIGHT_PER_ACTOR = 2  # one running, one queued: no idle gap, little tail imbalance
 
 
-_CONTEXT_FLAGS = ("enable_progress_bars", "enable_operator_progress_bars", "use_ray_tqdm",
-                  "enable_rich_progress_bars", "print_on_execution_start")
+_CONTEXT_FLAGS = (
+    "enable_progress_bars",
+    "enable_operator_progress_bars",
+    "use_ray_tqdm",
+    "enable_rich_progress_bars",
+    "print_on_execution_start",
+)
 
 
 class RayUnavailableError(BackendUnavailableError):
@@ -68,8 +73,7 @@ def import_ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError as exc:
-        raise RayUnavailableError("the ray engine needs Ray",
-                                  hint="pip install 'smolvlm-cli[ray]'") from exc
+        raise RayUnavailableError("the ray engine needs Ray", hint="pip install 'smolvlm-cli[ray]'") from exc
     return ray
 
 
@@ -95,18 +99,25 @@ class RaySettings:
             raise ValueError("threads_per_worker must be at least 1")
 
 
-def run_ray(config: BatchConfig, settings: RaySettings, *, reporter: Reporter | None = None,
-            stdin: TextIO | None = None, out: Callable[[str], None] | None = None) -> Summary:
+def run_ray(
+    config: BatchConfig,
+    settings: RaySettings,
+    *,
+    reporter: Reporter | None = None,
+    stdin: TextIO | None = None,
+    out: Callable[[str], None] | None = None,
+) -> Summary:
     """Caption what `config` (plus `settings.manifest`) selects on Ray; the same `Summary` as
     `run_batch` (its `exit_code` is the command's). Ray starts only when there is work."""
     import_ray()
     if settings.address and settings.address.startswith("ray://"):
         # Ray Data needs a driver inside the cluster (ray-project/ray#48682)
         raise SmolVLMError(
-            "Ray Data does not run over Ray Client (ray://): the command must run on a node of "
-            "the cluster", hint="run it on the head node with --ray-address auto, or submit it: "
-                                "ray job submit --address http://HEAD:8265 -- smolvlm batch ... "
-                                "--engine ray --ray-address auto")
+            "Ray Data does not run over Ray Client (ray://): the command must run on a node of the cluster",
+            hint="run it on the head node with --ray-address auto, or submit it: "
+            "ray job submit --address http://HEAD:8265 -- smolvlm batch ... "
+            "--engine ray --ray-address auto",
+        )
     reporter = reporter or Reporter()
     if settings.manifest is not None:
         from smolvlm_cli.batch.ray_io import read_manifest
@@ -175,25 +186,32 @@ class RaySession:
                     ray.init(include_dashboard=False, _temp_dir=self._temp_dir, **kwargs)
             except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
                 where = f"join the Ray cluster at {address}" if address else "start a local Ray"
-                hint = ("start one with `ray start --head` (then --ray-address auto), or leave "
-                        "--ray-address out to start a local Ray for the run" if address else
-                        "run with -v for Ray's own report")
+                hint = (
+                    "start one with `ray start --head` (then --ray-address auto), or leave "
+                    "--ray-address out to start a local Ray for the run"
+                    if address
+                    else "run with -v for Ray's own report"
+                )
                 raise SmolVLMError(f"cannot {where}: {error_message(exc)}", hint=hint) from exc
             self.owned = True
         if not self.reporter.verbose:
             # Ray Data's console notes and tracebacks only with -v (its log file in the Ray
             # session folder keeps them); a failure reaches the user as one Error: line
-            self._console = [(h, h.level) for h in logging.getLogger("ray.data").handlers
-                             if isinstance(h, logging.StreamHandler)]
+            self._console = [
+                (h, h.level) for h in logging.getLogger("ray.data").handlers if isinstance(h, logging.StreamHandler)
+            ]
             for handler, _ in self._console:
                 handler.setLevel(logging.CRITICAL + 1)
         from ray.data import DataContext
 
         ctx = DataContext.get_current()
         self._saved = {name: getattr(ctx, name) for name in _CONTEXT_FLAGS if hasattr(ctx, name)}
-        self._saved.update({
-            "preserve_order": ctx.execution_options.preserve_order,
-            "verbose_progress": ctx.execution_options.verbose_progress})
+        self._saved.update(
+            {
+                "preserve_order": ctx.execution_options.preserve_order,
+                "verbose_progress": ctx.execution_options.verbose_progress,
+            }
+        )
         ctx.print_on_execution_start = False
         ctx.execution_options.preserve_order = True  # records in discovery order, as locally
         ctx.execution_options.verbose_progress = False
@@ -260,29 +278,47 @@ class RayEngine:
         from smolvlm_cli.batch.ray_workers import Captioner, preprocess, to_bytes
 
         s = self.settings
-        rows = [{"idx": n, "path": to_bytes(job.item.path),
-                 "file": to_bytes(os.path.abspath(job.item.path)), "prompt": to_bytes(job.prompt)}
-                for n, job in enumerate(jobs)]
-        per_block = max(s.batch_size, min(MAX_ROWS_PER_BLOCK,
-                                          math.ceil(len(rows) / (4 * s.workers))))
+        rows = [
+            {
+                "idx": n,
+                "path": to_bytes(job.item.path),
+                "file": to_bytes(os.path.abspath(job.item.path)),
+                "prompt": to_bytes(job.prompt),
+            }
+            for n, job in enumerate(jobs)
+        ]
+        per_block = max(s.batch_size, min(MAX_ROWS_PER_BLOCK, math.ceil(len(rows) / (4 * s.workers))))
         ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / per_block)))
         # Preprocessing asks for no CPU slot: the actors hold them all, and decoding one image
         # is milliseconds against seconds of inference; at most one task per actor at a time.
-        ds = ds.map_batches(preprocess, batch_format="pyarrow", batch_size=None, num_cpus=0,
-                            **_task_pool(s.workers),
-                            fn_kwargs={"model_dir": self.model_dir, "tiling": s.tiling})
+        ds = ds.map_batches(
+            preprocess,
+            batch_format="pyarrow",
+            batch_size=None,
+            num_cpus=0,
+            **_task_pool(s.workers),
+            fn_kwargs={"model_dir": self.model_dir, "tiling": s.tiling},
+        )
         # On a cluster Ray Data's fault tolerance stays on (a lost node's actors are restarted,
         # their tasks retried); on this machine a dead actor (out of memory) stops the run with
         # its reason, and the next run resumes (restarts would only log a warning per run).
         captioning = dict(
-            batch_format="pyarrow", batch_size=s.batch_size, num_cpus=self.actor_cpus,
-            compute=ActorPoolStrategy(size=s.workers,
-                                      max_tasks_in_flight_per_actor=TASKS_IN_FLIGHT_PER_ACTOR),
-            fn_constructor_kwargs={"model_dir": self.model_dir, "backend": self.backend,
-                                   "dtype": s.dtype, "threads": self.threads,
-                                   "options": s.options, "model_name": s.model,
-                                   "batch_size": s.batch_size, "style": style,
-                                   "indexed": indexed})
+            batch_format="pyarrow",
+            batch_size=s.batch_size,
+            num_cpus=self.actor_cpus,
+            compute=ActorPoolStrategy(size=s.workers, max_tasks_in_flight_per_actor=TASKS_IN_FLIGHT_PER_ACTOR),
+            fn_constructor_kwargs={
+                "model_dir": self.model_dir,
+                "backend": self.backend,
+                "dtype": s.dtype,
+                "threads": self.threads,
+                "options": s.options,
+                "model_name": s.model,
+                "batch_size": s.batch_size,
+                "style": style,
+                "indexed": indexed,
+            },
+        )
         if not s.address:
             with warnings.catch_warnings():  # max_restarts has no named parameter (yet)
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -292,8 +328,9 @@ class RayEngine:
                     pass
         return ds.map_batches(Captioner, **captioning)
 
-    def run(self, jobs: Iterable[Job], emit: Callable[[Job, ImageRecord], None],
-            should_stop: Callable[[], bool]) -> None:
+    def run(
+        self, jobs: Iterable[Job], emit: Callable[[Job, ImageRecord], None], should_stop: Callable[[], bool]
+    ) -> None:
         """Caption `jobs` and `emit` their records on this thread, in order, as blocks finish.
         Once `should_stop`, the records already received are emitted and nothing else."""
         jobs = list(jobs)
@@ -305,21 +342,28 @@ class RayEngine:
             for batch in batches:
                 for row in batch.to_pylist():
                     job = jobs[row["idx"]]
-                    emit(job, ImageRecord(
-                        path=job.item.path, caption=row["caption"], error=row["error"],
-                        model=row["model"] or "", prompt=job.prompt,
-                        prompt_tokens=row["prompt_tokens"] or 0,
-                        generated_tokens=row["generated_tokens"] or 0,
-                        image_tiles=row["image_tiles"] or 0, stop_reason=row["stop_reason"] or "",
-                        seconds=row["seconds"] or 0.0))
+                    emit(
+                        job,
+                        ImageRecord(
+                            path=job.item.path,
+                            caption=row["caption"],
+                            error=row["error"],
+                            model=row["model"] or "",
+                            prompt=job.prompt,
+                            prompt_tokens=row["prompt_tokens"] or 0,
+                            generated_tokens=row["generated_tokens"] or 0,
+                            image_tiles=row["image_tiles"] or 0,
+                            stop_reason=row["stop_reason"] or "",
+                            seconds=row["seconds"] or 0.0,
+                        ),
+                    )
                 if should_stop():
                     break
             close = getattr(batches, "close", None)
             if close is not None:
                 close()  # stop the streaming execution now, not when garbage-collected
 
-    def write_parquet(self, jobs: list[Job], folder: Path, stamp: str, style: Any,
-                      progress: bool) -> None:
+    def write_parquet(self, jobs: list[Job], folder: Path, stamp: str, style: Any, progress: bool) -> None:
         """Caption `jobs` into `folder` with Ray's Parquet writer (one file per block)."""
         from smolvlm_cli.batch.ray_workers import RunFilenames
 
@@ -329,7 +373,8 @@ class RayEngine:
                 os.path.abspath(folder),  # Ray's writers do not run in our current folder
                 filename_provider=RunFilenames(stamp),
                 ray_remote_args={"num_cpus": 0},  # the actors hold every CPU slot
-                concurrency=self.settings.workers)
+                concurrency=self.settings.workers,
+            )
 
 
 def _task_pool(size: int) -> dict[str, Any]:
@@ -353,9 +398,11 @@ def _worker_errors() -> Iterator[None]:
         yield
     except ray.exceptions.RayError as exc:
         message = remote_error(str(exc)) or error_message(exc)
-        raise SmolVLMError(f"captioning failed on a Ray worker: {message}",
-                           hint="run with -v for Ray's own report; the results written so far "
-                                "are kept: run the command again to go on") from exc
+        raise SmolVLMError(
+            f"captioning failed on a Ray worker: {message}",
+            hint="run with -v for Ray's own report; the results written so far "
+            "are kept: run the command again to go on",
+        ) from exc
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -44,6 +44,7 @@ LOCK_NAME = ".smolvlm-batch.lock"
 
 # -- manifests ------------------------------------------------------------------------------------
 
+
 def read_manifest(path: str | Path) -> list[str]:
     """The image paths a manifest lists, in its order."""
     path = Path(path)
@@ -55,8 +56,10 @@ def read_manifest(path: str | Path) -> list[str]:
         paths = _jsonl_paths(path)
     for n, entry in enumerate(paths, 1):
         if _URL.match(entry):
-            raise SmolVLMError(f"{path}: entry {n} is a URL ({entry[:60]}): the manifest lists "
-                               "local files only", hint="download the images first")
+            raise SmolVLMError(
+                f"{path}: entry {n} is a URL ({entry[:60]}): the manifest lists local files only",
+                hint="download the images first",
+            )
         if "\0" in entry:
             raise SmolVLMError(f"{path}: entry {n} holds a NUL character")
     if not paths:
@@ -72,8 +75,7 @@ def _parquet_paths(path: Path) -> list[str]:
     except Exception as exc:  # noqa: BLE001 - pyarrow's own error types
         raise SmolVLMError(f"cannot read manifest {path}: {exc}") from exc
     if "path" not in schema.names:
-        raise SmolVLMError(f"manifest {path} has no 'path' column (it has: "
-                           f"{', '.join(schema.names) or 'none'})")
+        raise SmolVLMError(f"manifest {path} has no 'path' column (it has: {', '.join(schema.names) or 'none'})")
     values = pq.read_table(path, columns=["path"]).column("path").to_pylist()
     return [v for v in values if isinstance(v, str) and v.strip()]
 
@@ -87,18 +89,20 @@ def _jsonl_paths(path: Path) -> list[str]:
             try:
                 entry = json.loads(raw.decode("utf-8", "surrogateescape"))
             except ValueError:
-                raise SmolVLMError(f"{path} line {n} is not JSON",
-                                   hint="a manifest holds one {\"path\": ...} object (or one "
-                                        "JSON string) per line") from None
+                raise SmolVLMError(
+                    f"{path} line {n} is not JSON",
+                    hint='a manifest holds one {"path": ...} object (or one JSON string) per line',
+                ) from None
             value = entry.get("path") if isinstance(entry, dict) else entry
             if not isinstance(value, str):
-                raise SmolVLMError(f"{path} line {n} has no \"path\" string")
+                raise SmolVLMError(f'{path} line {n} has no "path" string')
             if value.strip():
                 paths.append(value)
     return paths
 
 
 # -- Parquet output -------------------------------------------------------------------------------
+
 
 def run_stamp() -> str:
     """A sortable stamp for this run's file names: 20250131T235959-123456."""
@@ -135,8 +139,10 @@ class ParquetStore(IndexedOutput):
 
     def open(self) -> None:
         if self.folder.exists() and not self.folder.is_dir():
-            raise SmolVLMError(f"--output {self.folder} is a file: Parquet output is a folder",
-                               hint="give a folder name (created if missing)")
+            raise SmolVLMError(
+                f"--output {self.folder} is a file: Parquet output is a folder",
+                hint="give a folder name (created if missing)",
+            )
         self.folder.mkdir(parents=True, exist_ok=True)
         sweep_temps(self.folder)
         self._lock = AppendLog(self.folder / LOCK_NAME).open()
@@ -147,8 +153,7 @@ class ParquetStore(IndexedOutput):
             self.close(compact=False)
             raise
 
-    def _read(self, files: Sequence[Path], *, repair: bool = True,
-              brief: bool = False) -> Iterator[ImageRecord]:
+    def _read(self, files: Sequence[Path], *, repair: bool = True, brief: bool = False) -> Iterator[ImageRecord]:
         """The records of `files`; `repair` deletes ours that a kill left torn (no footer),
         `brief` reads only `path` and `error` (enough for resume)."""
         import pyarrow.parquet as pq
@@ -161,14 +166,16 @@ class ParquetStore(IndexedOutput):
             except Exception as exc:  # noqa: BLE001 - pyarrow's error types
                 if repair and OUR_FILE.match(file.name):
                     file.unlink()
-                    self.notices.append(f"removed {file.name}, left torn by an interrupted run "
-                                        "(its images are captioned again)")
+                    self.notices.append(
+                        f"removed {file.name}, left torn by an interrupted run (its images are captioned again)"
+                    )
                     continue
-                raise SmolVLMError(f"cannot read {file}: {exc}",
-                                   hint="write to a new folder with -o") from exc
+                raise SmolVLMError(f"cannot read {file}: {exc}", hint="write to a new folder with -o") from exc
             if table is None:
-                raise SmolVLMError(f"{file} does not look like a smolvlm batch Parquet file",
-                                   hint="write to a new folder with -o (nothing was changed)")
+                raise SmolVLMError(
+                    f"{file} does not look like a smolvlm batch Parquet file",
+                    hint="write to a new folder with -o (nothing was changed)",
+                )
             for row in table.to_pylist():
                 yield ImageRecord.from_dict({k: v for k, v in row.items() if k in FIELDS})
 
@@ -204,8 +211,7 @@ class ParquetStore(IndexedOutput):
                 latest[os.path.abspath(path)] = (file, n)
         dropped = 0
         for file, table in tables.items():
-            keep = [latest.get(os.path.abspath(p)) == (file, n)
-                    for n, p in enumerate(table.column("path").to_pylist())]
+            keep = [latest.get(os.path.abspath(p)) == (file, n) for n, p in enumerate(table.column("path").to_pylist())]
             if all(keep):
                 continue
             dropped += keep.count(False)
@@ -224,8 +230,10 @@ class ParquetStore(IndexedOutput):
 
 # -- a Parquet run ----------------------------------------------------------------------------------
 
-def run_parquet(config: BatchConfig, engine_factory: Callable[[], Any], reporter: Reporter,
-                stdin: TextIO | None) -> Summary:
+
+def run_parquet(
+    config: BatchConfig, engine_factory: Callable[[], Any], reporter: Reporter, stdin: TextIO | None
+) -> Summary:
     """Discover, plan against the folder, let Ray caption and write (`engine.write_parquet`),
     then read back this run's files for the failure lines and the summary."""
     started = time.perf_counter()
@@ -253,16 +261,22 @@ def run_parquet(config: BatchConfig, engine_factory: Callable[[], Any], reporter
     return summary
 
 
-def _write(engine, jobs: list[Job], store: ParquetStore, config: BatchConfig, reporter: Reporter,
-           summary: Summary, started: float) -> None:
+def _write(
+    engine,
+    jobs: list[Job],
+    store: ParquetStore,
+    config: BatchConfig,
+    reporter: Reporter,
+    summary: Summary,
+    started: float,
+) -> None:
     stamp, before = run_stamp(), set(store.files())
     t0 = time.perf_counter()
     failed = True
     try:
         with _signals_interrupt() as caught:
             try:
-                engine.write_parquet(jobs, store.folder, stamp, config.style,
-                                     progress=reporter.interactive)
+                engine.write_parquet(jobs, store.folder, stamp, config.style, progress=reporter.interactive)
             except KeyboardInterrupt:
                 if not caught:
                     raise

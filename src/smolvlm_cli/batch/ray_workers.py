@@ -33,11 +33,23 @@ from smolvlm_cli.errors import ModelNotFoundError, error_message
 from smolvlm_cli.options import Tiling
 from smolvlm_cli.processor import Processor
 
-PREPARED_SCHEMA = pa.schema([
-    ("idx", pa.int64()), ("path", pa.binary()), ("file", pa.binary()), ("prompt", pa.binary()),
-    ("prepared", pa.binary()), ("error", pa.string()), ("prep_s", pa.float64())])
-_TYPES = {"prompt_tokens": pa.int64(), "generated_tokens": pa.int64(), "image_tiles": pa.int64(),
-          "seconds": pa.float64()}
+PREPARED_SCHEMA = pa.schema(
+    [
+        ("idx", pa.int64()),
+        ("path", pa.binary()),
+        ("file", pa.binary()),
+        ("prompt", pa.binary()),
+        ("prepared", pa.binary()),
+        ("error", pa.string()),
+        ("prep_s", pa.float64()),
+    ]
+)
+_TYPES = {
+    "prompt_tokens": pa.int64(),
+    "generated_tokens": pa.int64(),
+    "image_tiles": pa.int64(),
+    "seconds": pa.float64(),
+}
 RECORD_SCHEMA = pa.schema([(name, _TYPES.get(name, pa.string())) for name in FIELDS])
 INDEXED_SCHEMA = pa.schema([("idx", pa.int64()), *RECORD_SCHEMA])
 
@@ -87,15 +99,21 @@ def preprocess(batch: pa.Table, model_dir: str, tiling: Tiling) -> pa.Table:
             prepared = pickle.dumps(processor.prepare([image], prompt, tiling=tiling), protocol=5)
         except Exception as exc:  # noqa: BLE001 - an unreadable file is that file's failure
             error = error_message(exc)
-        for name, value in (("idx", row["idx"]), ("path", row["path"]), ("file", row["file"]),
-                            ("prompt", row["prompt"]),
-                            ("prepared", prepared), ("error", error),
-                            ("prep_s", time.perf_counter() - t0)):
+        for name, value in (
+            ("idx", row["idx"]),
+            ("path", row["path"]),
+            ("file", row["file"]),
+            ("prompt", row["prompt"]),
+            ("prepared", prepared),
+            ("error", error),
+            ("prep_s", time.perf_counter() - t0),
+        ):
             out[name].append(value)
     return pa.table(out, schema=PREPARED_SCHEMA)
 
 
 # -- the actor pool -------------------------------------------------------------------------------
+
 
 class Captioner:
     """One model per actor, loaded once; `__call__` captions a batch of preprocessed rows.
@@ -104,19 +122,28 @@ class Captioner:
     driver's writers do; `indexed` keeps the `idx` column the driver uses to find each job.
     """
 
-    def __init__(self, model_dir: str, backend: str, dtype: str | None, threads: int | None,
-                 options: Any, model_name: str, batch_size: int, style: Any = None,
-                 indexed: bool = True):
+    def __init__(
+        self,
+        model_dir: str,
+        backend: str,
+        dtype: str | None,
+        threads: int | None,
+        options: Any,
+        model_name: str,
+        batch_size: int,
+        style: Any = None,
+        indexed: bool = True,
+    ):
         from smolvlm_cli.batch.local import LocalEngine
         from smolvlm_cli.model import SmolVLM
 
         if not Path(model_dir).is_dir():
             raise ModelNotFoundError(
                 f"model directory {model_dir} is not on Ray node {socket.gethostname()}: give "
-                "--model a path every node can read (a shared file system) or copy it there")
+                "--model a path every node can read (a shared file system) or copy it there"
+            )
         vlm = SmolVLM.from_pretrained(model_dir, backend=backend, dtype=dtype, threads=threads)
-        self.engine = LocalEngine(vlm, options, model_name=model_name, batch_size=batch_size,
-                                  workers=1)
+        self.engine = LocalEngine(vlm, options, model_name=model_name, batch_size=batch_size, workers=1)
         self.style = style
         self.indexed = indexed
 
@@ -128,12 +155,14 @@ class Captioner:
             path, prompt = from_bytes(row["path"]), from_bytes(row["prompt"])
             if row["error"] is not None:  # as the local engine records an unreadable file
                 records[row["idx"]] = ImageRecord.failure(
-                    path, row["error"], model=self.engine.model_name, prompt=prompt)
+                    path, row["error"], model=self.engine.model_name, prompt=prompt
+                )
                 continue
             job = Job(ImageItem(path, os.path.basename(path) or path), prompt)
             index[id(job)] = row["idx"]
             ready.append((job, pickle.loads(row["prepared"]), row["prep_s"]))
         if ready:
+
             def collect(job: Job, record: ImageRecord) -> None:
                 records[index[id(job)]] = record
 
@@ -151,13 +180,15 @@ class Captioner:
             columns["idx"].append(idx)
             for name in FIELDS:
                 value = getattr(record, name)
-                columns[name].append(arrow_text(value) if name in ("path", "caption", "error",
-                                                                   "model", "prompt") else value)
+                columns[name].append(
+                    arrow_text(value) if name in ("path", "caption", "error", "model", "prompt") else value
+                )
         table = pa.table(columns, schema=INDEXED_SCHEMA)
         return table if self.indexed else table.drop_columns(["idx"])
 
 
 # -- Parquet file names ---------------------------------------------------------------------------
+
 
 class RunFilenames(FilenameProvider):
     """`smolvlm-<run stamp>-<id>-<task>...parquet`: this run's files, named apart from every other

@@ -15,8 +15,18 @@ from typing import Any
 
 from smolvlm_cli.batch.discover import ImageItem
 
-FIELDS = ("path", "caption", "error", "model", "prompt", "prompt_tokens", "generated_tokens",
-          "image_tiles", "stop_reason", "seconds")
+FIELDS = (
+    "path",
+    "caption",
+    "error",
+    "model",
+    "prompt",
+    "prompt_tokens",
+    "generated_tokens",
+    "image_tiles",
+    "stop_reason",
+    "seconds",
+)
 _INTS = {"prompt_tokens", "generated_tokens", "image_tiles"}
 
 
@@ -38,10 +48,15 @@ class ImageRecord:
         return self.error is None
 
     @classmethod
-    def failure(cls, path: str, error: str, *, model: str = "", prompt: str = "",
-                seconds: float = 0.0) -> ImageRecord:
-        return cls(path=path, caption=None, error=error or "unknown error", model=model,
-                   prompt=prompt, seconds=round(seconds, 4))
+    def failure(cls, path: str, error: str, *, model: str = "", prompt: str = "", seconds: float = 0.0) -> ImageRecord:
+        return cls(
+            path=path,
+            caption=None,
+            error=error or "unknown error",
+            model=model,
+            prompt=prompt,
+            seconds=round(seconds, 4),
+        )
 
     # -- JSON -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

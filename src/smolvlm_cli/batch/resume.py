@@ -53,8 +53,13 @@ class Plan:
         return len(self.done) + len(self.failed)
 
 
-def plan(items: Sequence[ImageItem], state_of: Callable[[ImageItem], State], *,
-         overwrite: bool = False, retry_errors: bool = False) -> Plan:
+def plan(
+    items: Sequence[ImageItem],
+    state_of: Callable[[ImageItem], State],
+    *,
+    overwrite: bool = False,
+    retry_errors: bool = False,
+) -> Plan:
     result = Plan()
     for item in items:
         state = State.NEW if overwrite else state_of(item)
@@ -75,8 +80,12 @@ def _same_model(a: str, b: str) -> bool:
     return os.path.isdir(a) and os.path.isdir(b) and os.path.realpath(a) == os.path.realpath(b)
 
 
-def check_made_with(done: Sequence[ImageItem], made_with: Callable[[ImageItem], tuple[str, str] | None],
-                    model: str, prompt_of: Callable[[ImageItem], str]) -> None:
+def check_made_with(
+    done: Sequence[ImageItem],
+    made_with: Callable[[ImageItem], tuple[str, str] | None],
+    model: str,
+    prompt_of: Callable[[ImageItem], str],
+) -> None:
     """Refuse to keep results made with another prompt or model than this run's.
 
     A result that does not say what made it (a sidecar written by another tool) is kept.
@@ -100,7 +109,8 @@ def check_made_with(done: Sequence[ImageItem], made_with: Callable[[ImageItem], 
         f"{count} of the {len(done)} image(s) already done were captioned with another {what} "
         f"(e.g. {item.path}: {old!r})",
         hint="--overwrite captions them again with this run's settings; --resume-any keeps them "
-             "and captions only the rest; or write elsewhere (--output / --output-dir)")
+        "and captions only the rest; or write elsewhere (--output / --output-dir)",
+    )
 
 
 @dataclass
@@ -157,9 +167,16 @@ class Ledger:
 
     def add(self, image: str, output: str, record: ImageRecord) -> None:
         self.load()
-        entry = {"image": image, "output": output, "error": record.error, "model": record.model,
-                 "prompt": record.prompt, "generated_tokens": record.generated_tokens,
-                 "seconds": record.seconds, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        entry = {
+            "image": image,
+            "output": output,
+            "error": record.error,
+            "model": record.model,
+            "prompt": record.prompt,
+            "generated_tokens": record.generated_tokens,
+            "seconds": record.seconds,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         append_once(self.path, (dumps(entry) + "\n").encode())
         self.entries[image] = entry
         self.lines += 1
@@ -167,8 +184,7 @@ class Ledger:
     def compact(self) -> None:
         """Keep one line per image once re-runs have piled up superseded ones."""
         if self._loaded and self.lines > len(self.entries):
-            rewrite(self.path, [(dumps(e) + "\n").encode()
-                                for e in self.entries.values()])
+            rewrite(self.path, [(dumps(e) + "\n").encode() for e in self.entries.values()])
             self.lines = len(self.entries)
 
 

@@ -33,8 +33,9 @@ from smolvlm_cli.options import DEFAULT_PROMPT, DEFAULT_VIDEO_PROMPT
 class Engine(Protocol):
     name: str
 
-    def run(self, jobs: Iterable[Job], emit: Callable[[Job, ImageRecord], None],
-            should_stop: Callable[[], bool]) -> None: ...
+    def run(
+        self, jobs: Iterable[Job], emit: Callable[[Job, ImageRecord], None], should_stop: Callable[[], bool]
+    ) -> None: ...
 
 
 @dataclass
@@ -83,10 +84,15 @@ class StopFlag:
                 signal.signal(s, handler)
 
 
-def run_batch(config: BatchConfig, engine_factory: Callable[[], Engine], *,
-              reporter: Reporter | None = None, stdin: TextIO | None = None,
-              out: Callable[[str], None] | None = None,
-              advise: Callable[[list], str | None] | None = None) -> Summary:
+def run_batch(
+    config: BatchConfig,
+    engine_factory: Callable[[], Engine],
+    *,
+    reporter: Reporter | None = None,
+    stdin: TextIO | None = None,
+    out: Callable[[str], None] | None = None,
+    advise: Callable[[list], str | None] | None = None,
+) -> Summary:
     """Caption what `config` selects; `engine_factory` is called (the model loaded) only when
     there is work. `advise(items)` may return a line said before the work starts (a speed
     warning). Returns the summary (its `exit_code` is the command's)."""
@@ -134,7 +140,7 @@ def run_batch(config: BatchConfig, engine_factory: Callable[[], Engine], *,
                 with stop.installed():
                     engine.run(jobs, emit, stop)
             except BaseException:  # a full disk, a broken model, a second Ctrl-C: still say
-                reporter.stop()    # what was saved before the error goes up
+                reporter.stop()  # what was saved before the error goes up
                 summary.work_s = time.perf_counter() - t0
                 summary.signal = stop.signum
                 summary.elapsed_s = time.perf_counter() - started
@@ -165,15 +171,23 @@ def item_prompt(config: BatchConfig, path: str) -> str:
 
 def find_images(config: BatchConfig, reporter: Reporter, stdin: TextIO | None):
     """The images `config` selects (discovery warnings reported); an error when there are none."""
-    found = discover(config.inputs, recursive=config.recursive, include=config.include,
-                     exclude=config.exclude, extensions=config.extensions, stdin=stdin,
-                     null=config.null)
+    found = discover(
+        config.inputs,
+        recursive=config.recursive,
+        include=config.include,
+        exclude=config.exclude,
+        extensions=config.extensions,
+        stdin=stdin,
+        null=config.null,
+    )
     for warning in found.warnings:
         reporter.warn(warning)
     if not found.items:
-        raise SmolVLMError(f"no images found in {', '.join(config.inputs)}",
-                           hint=f"images need one of the extensions {', '.join(config.extensions)} "
-                                "(--ext to change); check --include/--exclude")
+        raise SmolVLMError(
+            f"no images found in {', '.join(config.inputs)}",
+            hint=f"images need one of the extensions {', '.join(config.extensions)} "
+            "(--ext to change); check --include/--exclude",
+        )
     return found
 
 
@@ -184,8 +198,7 @@ def plan_run(items, store, config: BatchConfig, summary: Summary, reporter: Repo
         reporter.info(notice)
     work = plan(items, store.state, overwrite=config.overwrite, retry_errors=config.retry_errors)
     if not config.resume_any:
-        check_made_with(work.done, store.made_with, config.model,
-                        lambda item: item_prompt(config, item.path))
+        check_made_with(work.done, store.made_with, config.model, lambda item: item_prompt(config, item.path))
     summary.skipped_done, summary.skipped_failed = len(work.done), len(work.failed)
     reporter.info(_plan_line(len(items), work, store.describe()))
     return work

@@ -18,8 +18,7 @@ _LOOKS_LIKE_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 def fields_for(path: str) -> dict[str, str]:
     absolute = os.path.abspath(path)
     name = os.path.basename(absolute)
-    return {"filename": name, "stem": os.path.splitext(name)[0],
-            "parent": os.path.basename(os.path.dirname(absolute))}
+    return {"filename": name, "stem": os.path.splitext(name)[0], "parent": os.path.basename(os.path.dirname(absolute))}
 
 
 def render(template: str, path: str) -> str:

@@ -15,8 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from smolvlm_cli.batch.discover import ImageItem
-from smolvlm_cli.batch.files import (AppendLog, atomic_write, cut_tail, read_records,
-                                     repair_tail, rewrite, sweep_temps)
+from smolvlm_cli.batch.files import AppendLog, atomic_write, cut_tail, read_records, repair_tail, rewrite, sweep_temps
 from smolvlm_cli.batch.records import FIELDS, ImageRecord, csv_line, loads
 from smolvlm_cli.batch.resume import IndexedOutput, Ledger, RecordIndex, State
 from smolvlm_cli.errors import SmolVLMError
@@ -33,8 +32,13 @@ def _stdout_write(text: str) -> None:
 def safe_join(root: Path, rel: str) -> Path:
     """`root/rel`, refusing anything that would leave `root` (absolute, `..`, drive letters)."""
     parts = (rel.replace(os.sep, "/") if os.sep != "/" else rel).split("/")
-    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) \
-            or os.path.splitdrive(rel)[0] or "\0" in rel:
+    if (
+        not rel
+        or rel.startswith("/")
+        or any(p in ("", ".", "..") for p in parts)
+        or os.path.splitdrive(rel)[0]
+        or "\0" in rel
+    ):
         raise SmolVLMError(f"refusing to write outside {root}: {rel!r}")
     return root.joinpath(*parts)
 
@@ -70,16 +74,17 @@ class SidecarWriter:
                 self.problems[item] = exc.message
                 continue
             stem = os.path.splitext(base.name)[0] or base.name
-            for candidate in (base.with_name(stem + SIDECAR_SUFFIX),
-                              base.with_name(base.name + SIDECAR_SUFFIX)):
+            for candidate in (base.with_name(stem + SIDECAR_SUFFIX), base.with_name(base.name + SIDECAR_SUFFIX)):
                 key = os.path.normcase(os.path.abspath(candidate)).casefold()
                 if key not in taken and len(os.fsencode(candidate.name)) <= MAX_NAME_BYTES:
                     taken[key] = item
                     self.sidecars[item] = candidate
                     break
             else:
-                self.problems[item] = (f"no name for its caption file: {candidate.name} would be "
-                                       "too long or overwrite another file of the run")
+                self.problems[item] = (
+                    f"no name for its caption file: {candidate.name} would be "
+                    "too long or overwrite another file of the run"
+                )
         swept = sum(sweep_temps(folder) for folder in {p.parent for p in self.sidecars.values()})
         if swept:
             self.notices.append(f"removed {swept} temp file(s) left by an interrupted run")
@@ -196,17 +201,17 @@ class RecordFileWriter(IndexedOutput):
             self.index.add(record, os.path.abspath(record.path))
         ours = has_start or bool(self.index.last)
         if not ours and (records or (tail and not self._opens_a_record(tail))):
-            raise SmolVLMError(f"{self.path} does not look like a smolvlm batch {self.name} file",
-                               hint="write to a new file with -o (nothing was changed)")
+            raise SmolVLMError(
+                f"{self.path} does not look like a smolvlm batch {self.name} file",
+                hint="write to a new file with -o (nothing was changed)",
+            )
         # only now that the file is known to be ours: cut what a killed run left half-written
         if tail:
             cut_tail(self.path, tail)
-            self.notices.append(f"repaired a torn last record in {self.path} "
-                                "(from an interrupted run)")
+            self.notices.append(f"repaired a torn last record in {self.path} (from an interrupted run)")
         self._started = self._log.size > 0
         if self.index.unreadable:
-            self.notices.append(f"kept {self.index.unreadable} unreadable line(s) of {self.path} "
-                                "as they are")
+            self.notices.append(f"kept {self.index.unreadable} unreadable line(s) of {self.path} as they are")
 
     def _opens_a_record(self, tail: bytes) -> bool:
         """A file holding only a torn first write: is it the start of one of ours?"""
@@ -275,12 +280,12 @@ class CsvWriter(RecordFileWriter):
 
     def check_start(self, first: bytes) -> None:
         if self._header(first) != list(FIELDS):
-            raise SmolVLMError(f"{self.path} has other columns than smolvlm batch writes",
-                               hint="write to a new file with -o")
+            raise SmolVLMError(
+                f"{self.path} has other columns than smolvlm batch writes", hint="write to a new file with -o"
+            )
 
 
-def make_writer(fmt: str, *, output: str | None, output_dir: Path | None,
-                out: Callable[[str], None] | None = None):
+def make_writer(fmt: str, *, output: str | None, output_dir: Path | None, out: Callable[[str], None] | None = None):
     """The writer for `--format` / `--output` / `--output-dir` (see the CLI for the defaults)."""
     if fmt == "txt":
         return SidecarWriter(output_dir)

@@ -16,12 +16,27 @@ from smolvlm_cli.config import CONFIG_FILE, SUPPORTED_MODEL_TYPES, read_json
 from smolvlm_cli.errors import ConfigError
 
 # transformers 5.x defaults (configuration_smolvlm.py / configuration_idefics3.py, LlamaConfig)
-_VISION_DEFAULTS = {"hidden_size": 1152, "intermediate_size": 3072, "num_hidden_layers": 12,
-                    "num_attention_heads": 16, "num_channels": 3, "image_size": 224, "patch_size": 32,
-                    "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6}
-_TEXT_DEFAULTS = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-                  "num_attention_heads": 32, "rms_norm_eps": 1e-6, "max_position_embeddings": 2048,
-                  "hidden_act": "silu", "rope_theta": 10000.0}
+_VISION_DEFAULTS = {
+    "hidden_size": 1152,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 16,
+    "num_channels": 3,
+    "image_size": 224,
+    "patch_size": 32,
+    "hidden_act": "gelu_pytorch_tanh",
+    "layer_norm_eps": 1e-6,
+}
+_TEXT_DEFAULTS = {
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 2048,
+    "hidden_act": "silu",
+    "rope_theta": 10000.0,
+}
 _ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
 
 
@@ -92,8 +107,10 @@ class Architecture:
     def from_config(cls, cfg: dict[str, Any]) -> Architecture:
         model_type = cfg.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ConfigError(f"config.json: model_type {model_type!r} is not supported",
-                              hint=f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+            raise ConfigError(
+                f"config.json: model_type {model_type!r} is not supported",
+                hint=f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}",
+            )
         t = {**_TEXT_DEFAULTS, **{k: v for k, v in cfg.get("text_config", {}).items() if v is not None}}
         v = {**_VISION_DEFAULTS, **{k: v for k, v in cfg.get("vision_config", {}).items() if v is not None}}
         if t["hidden_act"] not in ("silu", "swish"):
@@ -105,24 +122,40 @@ class Architecture:
         heads = int(t["num_attention_heads"])
         hidden = int(t["hidden_size"])
         text = TextArch(
-            hidden_size=hidden, intermediate_size=int(t["intermediate_size"]),
-            num_layers=int(t["num_hidden_layers"]), num_heads=heads,
+            hidden_size=hidden,
+            intermediate_size=int(t["intermediate_size"]),
+            num_layers=int(t["num_hidden_layers"]),
+            num_heads=heads,
             num_kv_heads=int(t.get("num_key_value_heads") or heads),
-            head_dim=int(t.get("head_dim") or hidden // heads), rms_norm_eps=float(t["rms_norm_eps"]),
+            head_dim=int(t.get("head_dim") or hidden // heads),
+            rms_norm_eps=float(t["rms_norm_eps"]),
             max_positions=int(t["max_position_embeddings"]),
-            vocab_size=int(cfg.get("vocab_size") or t.get("vocab_size") or 0), rope=_rope(t))
+            vocab_size=int(cfg.get("vocab_size") or t.get("vocab_size") or 0),
+            rope=_rope(t),
+        )
         vision = VisionArch(
-            hidden_size=int(v["hidden_size"]), intermediate_size=int(v["intermediate_size"]),
-            num_layers=int(v["num_hidden_layers"]), num_heads=int(v["num_attention_heads"]),
-            num_channels=int(v["num_channels"]), image_size=int(v["image_size"]),
-            patch_size=int(v["patch_size"]), layer_norm_eps=float(v["layer_norm_eps"]),
-            gelu_tanh=v["hidden_act"] != "gelu")
+            hidden_size=int(v["hidden_size"]),
+            intermediate_size=int(v["intermediate_size"]),
+            num_layers=int(v["num_hidden_layers"]),
+            num_heads=int(v["num_attention_heads"]),
+            num_channels=int(v["num_channels"]),
+            image_size=int(v["image_size"]),
+            patch_size=int(v["patch_size"]),
+            layer_norm_eps=float(v["layer_norm_eps"]),
+            gelu_tanh=v["hidden_act"] != "gelu",
+        )
         scale = int(cfg.get("scale_factor", 2))
         if vision.patches_per_side % scale:
-            raise ConfigError(f"config.json: {vision.patches_per_side} patches per side do not pool "
-                              f"by scale_factor {scale}")
-        return cls(model_type=model_type, text=text, vision=vision, scale_factor=scale,
-                   tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)))
+            raise ConfigError(
+                f"config.json: {vision.patches_per_side} patches per side do not pool by scale_factor {scale}"
+            )
+        return cls(
+            model_type=model_type,
+            text=text,
+            vision=vision,
+            scale_factor=scale,
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        )
 
 
 def _rope(text: dict[str, Any]) -> Rope:
@@ -130,6 +163,7 @@ def _rope(text: dict[str, Any]) -> Rope:
     rope_type = params.pop("rope_type", None) or params.pop("type", None) or "default"
     theta = float(params.pop("rope_theta", None) or text["rope_theta"])
     if rope_type not in _ROPE_TYPES:
-        raise ConfigError(f"config.json: rope type {rope_type!r} is not supported",
-                          hint=f"supported: {', '.join(_ROPE_TYPES)}")
+        raise ConfigError(
+            f"config.json: rope type {rope_type!r} is not supported", hint=f"supported: {', '.join(_ROPE_TYPES)}"
+        )
     return Rope(theta=theta, type=rope_type, params=params)

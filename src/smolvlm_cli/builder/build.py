@@ -24,13 +24,19 @@ from smolvlm_cli.builder.vision import build_vision
 from smolvlm_cli.builder.weights import Checkpoint
 from smolvlm_cli.dtypes import COMPONENTS, EXPORT_DTYPES
 
+
 def _remove(path: Path) -> None:
     for p in (path, *data_files(path)):
         p.unlink(missing_ok=True)
 
 
-def build_graphs(model_dir: str | Path, onnx_dir: str | Path, wanted: Iterable[tuple[str, str]],
-                 progress: Progress | None = None, fp32_from: Path | None = None) -> list[Path]:
+def build_graphs(
+    model_dir: str | Path,
+    onnx_dir: str | Path,
+    wanted: Iterable[tuple[str, str]],
+    progress: Progress | None = None,
+    fp32_from: Path | None = None,
+) -> list[Path]:
     """Write the graphs `wanted` ((component, dtype) pairs) into `onnx_dir`; returns their paths.
 
     Graphs already in `onnx_dir` are kept; a variant is quantized from the fp32 graph in

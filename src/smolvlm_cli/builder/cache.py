@@ -107,7 +107,7 @@ def _write_manifest(graph: Path) -> None:
 
 
 def graph_state(graph: Path) -> str:
-    """"ok", "missing" (never finished) or "damaged" (finished, then changed or truncated)."""
+    """ "ok", "missing" (never finished) or "damaged" (finished, then changed or truncated)."""
     manifest = _manifest(graph)
     if not manifest.is_file():
         return "missing"
@@ -127,8 +127,13 @@ def _discard(graph: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def ensure_graphs(model_dir: str | Path, dtypes: dict[str, str], label: str,
-                  progress: Progress | None = None, notice: Callable[[str], None] = lambda _m: None) -> Path:
+def ensure_graphs(
+    model_dir: str | Path,
+    dtypes: dict[str, str],
+    label: str,
+    progress: Progress | None = None,
+    notice: Callable[[str], None] = lambda _m: None,
+) -> Path:
     """The cache entry holding `dtypes`' graphs ({component: dtype}), built now if needed.
 
     `notice` gets one line for a damaged graph being rebuilt; `progress` hears from a build only
@@ -183,8 +188,7 @@ def _build_into(model_dir: Path, entry: Path, onnx_dir: Path, todo, progress) ->
 
 
 def _write_source(entry: Path, model_dir: Path, label: str) -> None:
-    info = {"model": label, "source": str(model_dir), "builder": BUILDER_VERSION,
-            "onnxruntime": ort.__version__}
+    info = {"model": label, "source": str(model_dir), "builder": BUILDER_VERSION, "onnxruntime": ort.__version__}
     path = entry / "source.json"
     if not path.is_file():
         path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
@@ -203,8 +207,11 @@ def built_entries() -> list[dict]:
             model = json.loads(source.read_text(encoding="utf-8")).get("model", entry.parent.name)
         except (OSError, ValueError):
             model = entry.parent.name
-        graphs = {g.name: sum(p.stat().st_size for p in _graph_files(g))
-                  for g in sorted((entry / "onnx").glob("*.onnx")) if graph_state(g) == "ok"}
+        graphs = {
+            g.name: sum(p.stat().st_size for p in _graph_files(g))
+            for g in sorted((entry / "onnx").glob("*.onnx"))
+            if graph_state(g) == "ok"
+        }
         total = sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
         rows.append({"model": model, "path": str(entry), "graphs": graphs, "bytes": total})
     return rows

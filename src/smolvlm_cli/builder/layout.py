@@ -46,8 +46,7 @@ def data_file_name(graph_file_name: str) -> str:
 
 def data_files(path: Path) -> list[Path]:
     """External-data files beside a graph: ours (`x.onnx_data`) or onnxruntime's (`x.onnx.data`)."""
-    return [p for p in (path.with_name(data_file_name(path.name)), path.with_name(path.name + ".data"))
-            if p.is_file()]
+    return [p for p in (path.with_name(data_file_name(path.name)), path.with_name(path.name + ".data")) if p.is_file()]
 
 
 def graph_bytes(path: Path) -> int:

@@ -58,26 +58,39 @@ class GraphWriter:
             self._data.write(b"\0" * pad)
             self._offset += pad
         self._data.write(array.tobytes())
-        tensor = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype),
-                             dims=array.shape, data_location=TensorProto.EXTERNAL)
-        for key, value in (("location", self._data_path.name), ("offset", str(self._offset)),
-                           ("length", str(array.nbytes))):
+        tensor = TensorProto(
+            name=name,
+            data_type=helper.np_dtype_to_tensor_dtype(array.dtype),
+            dims=array.shape,
+            data_location=TensorProto.EXTERNAL,
+        )
+        for key, value in (
+            ("location", self._data_path.name),
+            ("offset", str(self._offset)),
+            ("length", str(array.nbytes)),
+        ):
             entry = tensor.external_data.add()
             entry.key, entry.value = key, value
         self._offset += array.nbytes
         self.inits.append(tensor)
         return name
 
-    def node(self, op: str, inputs: list[str], n_out: int = 1, base: str | None = None,
-             domain: str = "", outputs: list[str] | None = None, **attrs) -> list[str]:
+    def node(
+        self,
+        op: str,
+        inputs: list[str],
+        n_out: int = 1,
+        base: str | None = None,
+        domain: str = "",
+        outputs: list[str] | None = None,
+        **attrs,
+    ) -> list[str]:
         base = base or op
         outs = outputs or [self.name(f"{base}/out{i}") for i in range(n_out)]
-        self.nodes.append(helper.make_node(op, inputs, outs, name=self.name(base), domain=domain or None,
-                                           **attrs))
+        self.nodes.append(helper.make_node(op, inputs, outs, name=self.name(base), domain=domain or None, **attrs))
         return outs
 
-    def finish(self, graph_name: str, inputs, outputs, path: Path, metadata: dict[str, str],
-               doc: str = "") -> None:
+    def finish(self, graph_name: str, inputs, outputs, path: Path, metadata: dict[str, str], doc: str = "") -> None:
         """Write the ModelProto to `path` (its data file was written along the way)."""
         if self._data is not None:
             self._data.flush()
@@ -85,9 +98,11 @@ class GraphWriter:
             self._data.close()
             self._data = None
         graph = helper.make_graph(self.nodes, graph_name, inputs, outputs, self.inits)
-        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
-                                                        helper.make_opsetid(DOMAIN, 1)],
-                                  producer_name="smolvlm-cli")
+        proto = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)],
+            producer_name="smolvlm-cli",
+        )
         proto.ir_version = 8
         proto.doc_string = doc
         helper.set_model_props(proto, metadata)
@@ -120,7 +135,13 @@ def save_onnx(proto: onnx.ModelProto, path: Path) -> None:
     except Exception:  # protobuf refuses to size messages above 2 GB
         large = True
     if large:
-        onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=data_file_name(path.name), size_threshold=EXTERNAL_MIN_BYTES)
+        onnx.save(
+            proto,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data_file_name(path.name),
+            size_threshold=EXTERNAL_MIN_BYTES,
+        )
     else:
         onnx.save(proto, str(path))

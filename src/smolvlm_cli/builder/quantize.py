@@ -140,18 +140,37 @@ def _quantize_dynamic_streaming(src: Path, dst: Path, ops: list[str], extra_opti
 
     def tensor_proto_to_array(initializer: onnx.TensorProto) -> np.ndarray:
         if initializer.data_location == onnx.TensorProto.EXTERNAL and initializer.data_type in (
-                onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+            onnx.TensorProto.FLOAT,
+            onnx.TensorProto.FLOAT16,
+        ):
             return _read_external(base_dir, initializer)
         return original(initializer)
 
-    patches = [(module, name, value) for module in (onnx_quantizer, base_quantizer) for name, value in (
-        ("save_and_reload_model_with_shape_infer", _infer_value_info_in_place),
-        ("tensor_proto_to_array", tensor_proto_to_array))]
+    patches = [
+        (module, name, value)
+        for module in (onnx_quantizer, base_quantizer)
+        for name, value in (
+            ("save_and_reload_model_with_shape_infer", _infer_value_info_in_place),
+            ("tensor_proto_to_array", tensor_proto_to_array),
+        )
+    ]
     model = _infer_value_info_in_place(onnx.load(str(src), load_external_data=False))
     model = update_opset_version(model, QuantType.QInt8)
     with _patched(patches):
-        quantizer = ONNXQuantizer(model, False, False, QuantizationMode.IntegerOps, False, QuantType.QInt8,
-                                  QuantType.QUInt8, None, [], [], ops, extra_options)
+        quantizer = ONNXQuantizer(
+            model,
+            False,
+            False,
+            QuantizationMode.IntegerOps,
+            False,
+            QuantType.QInt8,
+            QuantType.QUInt8,
+            None,
+            [],
+            [],
+            ops,
+            extra_options,
+        )
         quantizer.quantize_model()
     _load_external(quantizer.model.model, base_dir)
     quantizer.model.save_model_to_file(str(dst), _is_large(src))
@@ -174,9 +193,16 @@ def quantize_int8(src: Path, dst: Path, *, gather: bool = False, streaming: bool
             return
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False,
-                         reduce_range=False, op_types_to_quantize=ops,
-                         use_external_data_format=_is_large(src), extra_options=extra_options)
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            per_channel=False,
+            reduce_range=False,
+            op_types_to_quantize=ops,
+            use_external_data_format=_is_large(src),
+            extra_options=extra_options,
+        )
 
 
 def quantize_nbits(src: Path, dst: Path, *, bits: int = 4, block_size: int = 32, gather: bool = False) -> None:
@@ -189,8 +215,9 @@ def quantize_nbits(src: Path, dst: Path, *, bits: int = 4, block_size: int = 32,
     kwargs = {"op_types_to_quantize": ("Gather",), "quant_axes": (("Gather", 1),)} if gather else {}
     # all-zero blocks (e.g. a padding embedding row) divide 0 by a 0 scale; the quantizer masks it
     with _quiet(), np.errstate(invalid="ignore", divide="ignore"):
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=bits, block_size=block_size,
-                                         is_symmetric=True, accuracy_level=4, **kwargs)
+        quantizer = MatMulNBitsQuantizer(
+            onnx.load(str(src)), bits=bits, block_size=block_size, is_symmetric=True, accuracy_level=4, **kwargs
+        )
         quantizer.process()
         quantizer.model.save_model_to_file(str(dst), use_external_data_format=_is_large(src))
 

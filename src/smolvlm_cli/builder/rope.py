@@ -16,8 +16,9 @@ from smolvlm_cli.builder.architecture import Rope
 
 def inverse_frequencies(rope: Rope, head_dim: int) -> np.ndarray:
     exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
-    inv_freq = (np.float32(1.0) / np.power(np.float64(rope.theta), exponents.astype(np.float64))
-                .astype(np.float32)).astype(np.float32)
+    inv_freq = (
+        np.float32(1.0) / np.power(np.float64(rope.theta), exponents.astype(np.float64)).astype(np.float32)
+    ).astype(np.float32)
     if rope.type == "linear":
         inv_freq = (inv_freq / np.float32(rope.params["factor"])).astype(np.float32)
     elif rope.type == "llama3":

@@ -72,26 +72,36 @@ def lm_head_weight(ckpt: Checkpoint, arch: Architecture) -> np.ndarray:
         return ckpt.get("lm_head.weight")
     if arch.tie_word_embeddings:
         return ckpt.get(EMBED)
-    raise ConfigError(f"the checkpoint {ckpt.model_dir} has no lm_head.weight and config.json "
-                      "does not tie it to the embeddings (tie_word_embeddings)",
-                      hint="the weights are incomplete: download the model again")
+    raise ConfigError(
+        f"the checkpoint {ckpt.model_dir} has no lm_head.weight and config.json "
+        "does not tie it to the embeddings (tie_word_embeddings)",
+        hint="the weights are incomplete: download the model again",
+    )
 
 
 def build_embed(ckpt: Checkpoint, arch: Architecture, path: Path) -> None:
     """input_ids int64 [batch, seq] -> inputs_embeds [batch, seq, hidden] (a Gather)."""
     with GraphWriter(path.with_name(data_file_name(path.name))) as w:
         table = ckpt.get(EMBED)
-        w.nodes.append(helper.make_node("Gather", [w.const("embed_tokens.weight", table), "input_ids"],
-                                        ["inputs_embeds"], name="embed_tokens"))
+        w.nodes.append(
+            helper.make_node(
+                "Gather", [w.const("embed_tokens.weight", table), "input_ids"], ["inputs_embeds"], name="embed_tokens"
+            )
+        )
         axes = ["batch_size", "sequence_length"]
-        w.finish("smolvlm_embed_tokens",
-                 [helper.make_tensor_value_info("input_ids", TensorProto.INT64, axes)],
-                 [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, [*axes, table.shape[1]])],
-                 path, {}, doc=f"smolvlm-cli build: embed_tokens ({arch.model_type})")
+        w.finish(
+            "smolvlm_embed_tokens",
+            [helper.make_tensor_value_info("input_ids", TensorProto.INT64, axes)],
+            [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, [*axes, table.shape[1]])],
+            path,
+            {},
+            doc=f"smolvlm-cli build: embed_tokens ({arch.model_type})",
+        )
 
 
-def build_decoder(ckpt: Checkpoint, arch: Architecture, path: Path,
-                  progress: Callable[[], None] = lambda: None) -> None:
+def build_decoder(
+    ckpt: Checkpoint, arch: Architecture, path: Path, progress: Callable[[], None] = lambda: None
+) -> None:
     """The GroupQueryAttention decoder; `progress()` is called once per layer written."""
     with GraphWriter(path.with_name(data_file_name(path.name))) as w:
         _decoder(w, ckpt, arch, path, progress)
@@ -100,14 +110,14 @@ def build_decoder(ckpt: Checkpoint, arch: Architecture, path: Path,
 def _decoder(w: GraphWriter, ckpt: Checkpoint, arch: Architecture, path: Path, progress) -> None:
     t = arch.text
     eps = t.rms_norm_eps
-    w.reserve("inputs_embeds", "attention_mask", "logits", *past_names(t.num_layers),
-              *present_names(t.num_layers))
+    w.reserve("inputs_embeds", "attention_mask", "logits", *past_names(t.num_layers), *present_names(t.num_layers))
     cos, sin = rotary_tables(t.rope, t.head_dim, t.max_positions)
     cos_cache, sin_cache = w.const("cos_cache", cos), w.const("sin_cache", sin)
 
     # seqlens_k = sum(mask) - 1 (int32 [batch]); total_sequence_length = mask width (int32 scalar)
-    (mask_sum,) = w.node("ReduceSum", ["attention_mask", w.const("axes_1", np.array([1], np.int64))],
-                         base="mask/sum", keepdims=0)
+    (mask_sum,) = w.node(
+        "ReduceSum", ["attention_mask", w.const("axes_1", np.array([1], np.int64))], base="mask/sum", keepdims=0
+    )
     (seqlens,) = w.node("Sub", [mask_sum, w.const("one", np.array(1, np.int64))], base="mask/sub")
     (seqlens_k,) = w.node("Cast", [seqlens], base="mask/seqlens_k", to=TensorProto.INT32)
     (shape,) = w.node("Shape", ["attention_mask"], base="mask/shape")
@@ -119,31 +129,55 @@ def _decoder(w: GraphWriter, ckpt: Checkpoint, arch: Architecture, path: Path, p
         p, src = f"layers.{i}", f"{TEXT}layers.{i}."
         ln1 = w.const(f"{p}.input_layernorm.weight", ckpt.get(src + "input_layernorm.weight"))
         if pending is None:
-            (normed,) = w.node("SimplifiedLayerNormalization", [residual, ln1], base=f"{p}/ln1",
-                               epsilon=eps, axis=-1)
+            (normed,) = w.node("SimplifiedLayerNormalization", [residual, ln1], base=f"{p}/ln1", epsilon=eps, axis=-1)
         else:
-            normed, _, _, residual = w.node("SkipSimplifiedLayerNormalization", [residual, pending, ln1],
-                                            n_out=4, base=f"{p}/ln1", domain=DOMAIN, epsilon=eps)
+            normed, _, _, residual = w.node(
+                "SkipSimplifiedLayerNormalization",
+                [residual, pending, ln1],
+                n_out=4,
+                base=f"{p}/ln1",
+                domain=DOMAIN,
+                epsilon=eps,
+            )
         attn = src + "self_attn."
         qkv = _matmul(w, ckpt, normed, [attn + f"{x}_proj.weight" for x in "qkv"], f"{p}.qkv_proj")
         out, _, _ = w.node(
             "GroupQueryAttention",
-            [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens_k, total,
-             cos_cache, sin_cache],
-            base=f"{p}/attn", domain=DOMAIN,
+            [
+                qkv,
+                "",
+                "",
+                f"past_key_values.{i}.key",
+                f"past_key_values.{i}.value",
+                seqlens_k,
+                total,
+                cos_cache,
+                sin_cache,
+            ],
+            base=f"{p}/attn",
+            domain=DOMAIN,
             outputs=[w.name(f"{p}/attn/out"), f"present.{i}.key", f"present.{i}.value"],
-            num_heads=t.num_heads, kv_num_heads=t.num_kv_heads, do_rotary=1, rotary_interleaved=0,
-            scale=float(t.head_dim ** -0.5))
+            num_heads=t.num_heads,
+            kv_num_heads=t.num_kv_heads,
+            do_rotary=1,
+            rotary_interleaved=0,
+            scale=float(t.head_dim**-0.5),
+        )
         o = _matmul(w, ckpt, out, [attn + "o_proj.weight"], f"{p}.o_proj")
         ln2 = w.const(f"{p}.post_attention_layernorm.weight", ckpt.get(src + "post_attention_layernorm.weight"))
-        normed, _, _, residual = w.node("SkipSimplifiedLayerNormalization", [residual, o, ln2], n_out=4,
-                                        base=f"{p}/ln2", domain=DOMAIN, epsilon=eps)
+        normed, _, _, residual = w.node(
+            "SkipSimplifiedLayerNormalization", [residual, o, ln2], n_out=4, base=f"{p}/ln2", domain=DOMAIN, epsilon=eps
+        )
         mlp = src + "mlp."
-        gate_up = _matmul(w, ckpt, normed, [mlp + "gate_proj.weight", mlp + "up_proj.weight"],
-                          f"{p}.gate_up_proj")
+        gate_up = _matmul(w, ckpt, normed, [mlp + "gate_proj.weight", mlp + "up_proj.weight"], f"{p}.gate_up_proj")
         inter = ckpt.shape(mlp + "gate_proj.weight")[0]
-        gate, up = w.node("Split", [gate_up, w.const("split", np.array([inter, inter], np.int64))], n_out=2,
-                          base=f"{p}/mlp/split", axis=-1)
+        gate, up = w.node(
+            "Split",
+            [gate_up, w.const("split", np.array([inter, inter], np.int64))],
+            n_out=2,
+            base=f"{p}/mlp/split",
+            axis=-1,
+        )
         (sig,) = w.node("Sigmoid", [gate], base=f"{p}/mlp/sigmoid")
         (silu,) = w.node("Mul", [gate, sig], base=f"{p}/mlp/silu")
         (prod,) = w.node("Mul", [silu, up], base=f"{p}/mlp/mul")
@@ -151,24 +185,44 @@ def _decoder(w: GraphWriter, ckpt: Checkpoint, arch: Architecture, path: Path, p
         progress()
 
     norm_w = w.const("norm.weight", ckpt.get(TEXT + "norm.weight"))
-    final, _, _, _ = w.node("SkipSimplifiedLayerNormalization", [residual, pending, norm_w], n_out=4,
-                            base="final_norm", domain=DOMAIN, epsilon=eps)
-    (final,) = w.node("Slice", [final, w.const("start_last", np.array([-1], np.int64)),
-                                w.const("end_last", np.array([np.iinfo(np.int64).max], np.int64)),
-                                w.const("axis_seq", np.array([1], np.int64))], base="last_position")
+    final, _, _, _ = w.node(
+        "SkipSimplifiedLayerNormalization",
+        [residual, pending, norm_w],
+        n_out=4,
+        base="final_norm",
+        domain=DOMAIN,
+        epsilon=eps,
+    )
+    (final,) = w.node(
+        "Slice",
+        [
+            final,
+            w.const("start_last", np.array([-1], np.int64)),
+            w.const("end_last", np.array([np.iinfo(np.int64).max], np.int64)),
+            w.const("axis_seq", np.array([1], np.int64)),
+        ],
+        base="last_position",
+    )
     head = lm_head_weight(ckpt, arch)
     vocab = head.shape[0]
-    w.nodes.append(helper.make_node("MatMul", [final, w.const("lm_head.weight", head.T)], ["logits"],
-                                    name="lm_head"))
+    w.nodes.append(helper.make_node("MatMul", [final, w.const("lm_head.weight", head.T)], ["logits"], name="lm_head"))
     del head
 
     batch, seq = "batch_size", "sequence_length"
     kv_in = [batch, t.num_kv_heads, "past_sequence_length", t.head_dim]
     kv_out = [batch, t.num_kv_heads, "total_sequence_length", t.head_dim]
-    inputs = [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, [batch, seq, t.hidden_size]),
-              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [batch, "total_sequence_length"])]
+    inputs = [
+        helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, [batch, seq, t.hidden_size]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [batch, "total_sequence_length"]),
+    ]
     inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, kv_in) for n in past_names(t.num_layers)]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 1, vocab])]
     outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, kv_out) for n in present_names(t.num_layers)]
-    w.finish("smolvlm_gqa_decoder", inputs, outputs, path, {DECODER_STYLE_KEY: DECODER_STYLE, LOGITS_KEY: "last"},
-             doc=f"smolvlm-cli build: decoder_model_merged ({arch.model_type}, GroupQueryAttention)")
+    w.finish(
+        "smolvlm_gqa_decoder",
+        inputs,
+        outputs,
+        path,
+        {DECODER_STYLE_KEY: DECODER_STYLE, LOGITS_KEY: "last"},
+        doc=f"smolvlm-cli build: decoder_model_merged ({arch.model_type}, GroupQueryAttention)",
+    )

@@ -19,9 +19,18 @@ from smolvlm_cli.errors import ConfigError
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
-_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64,
-           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-           "BOOL": np.bool_}
+_DTYPES = {
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": np.uint16,
+    "F64": np.float64,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
 _MAX_HEADER = 100 * 2**20  # the format's own limit
 
 
@@ -52,8 +61,9 @@ def _read_header(path: Path) -> tuple[dict, int]:
                 raise ValueError(f"header of {size} bytes")
             header = json.loads(f.read(size))
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path} is not a safetensors file ({exc})",
-                          hint="the download may be incomplete: download the model again") from exc
+        raise ConfigError(
+            f"{path} is not a safetensors file ({exc})", hint="the download may be incomplete: download the model again"
+        ) from exc
     header.pop("__metadata__", None)
     return header, 8 + size
 
@@ -71,22 +81,28 @@ class Checkpoint:
         self.model_dir = Path(model_dir)
         self.files = weight_files(self.model_dir)
         if not self.files:
-            raise ConfigError(f"no *.safetensors weights in {self.model_dir}",
-                              hint="a SmolVLM checkpoint folder holds config.json and model.safetensors")
+            raise ConfigError(
+                f"no *.safetensors weights in {self.model_dir}",
+                hint="a SmolVLM checkpoint folder holds config.json and model.safetensors",
+            )
         self._where: dict[str, tuple[Path, dict, int]] = {}
         self.dtypes: set[str] = set()
         for path in self.files:
             if not path.is_file():
-                raise ConfigError(f"{path.name} is listed in {INDEX_FILE} but missing from {self.model_dir}",
-                                  hint="the download may be incomplete: download the model again")
+                raise ConfigError(
+                    f"{path.name} is listed in {INDEX_FILE} but missing from {self.model_dir}",
+                    hint="the download may be incomplete: download the model again",
+                )
             header, start = _read_header(path)
             size = path.stat().st_size
             for name, info in header.items():
                 begin, end = info["data_offsets"]
                 if info["dtype"] not in _DTYPES or start + end > size:
-                    raise ConfigError(f"{path} is truncated or damaged: tensor {name} ({info['dtype']}) "
-                                      f"needs bytes {begin}-{end} of a {size}-byte file",
-                                      hint="download the model again")
+                    raise ConfigError(
+                        f"{path} is truncated or damaged: tensor {name} ({info['dtype']}) "
+                        f"needs bytes {begin}-{end} of a {size}-byte file",
+                        hint="download the model again",
+                    )
                 self._where[self._canonical(name)] = (path, info, start)
                 self.dtypes.add(info["dtype"])
         self._maps: dict[Path, np.memmap] = {}
@@ -111,8 +127,10 @@ class Checkpoint:
         try:
             return self._where[name]
         except KeyError:
-            raise ConfigError(f"tensor {name} not found in the checkpoint {self.model_dir}",
-                              hint="is this a SmolVLM / Idefics3 checkpoint saved by transformers?") from None
+            raise ConfigError(
+                f"tensor {name} not found in the checkpoint {self.model_dir}",
+                hint="is this a SmolVLM / Idefics3 checkpoint saved by transformers?",
+            ) from None
 
     def get(self, name: str) -> np.ndarray:
         """The tensor as a new float32 array (float32 tensors too: callers may keep it after the
@@ -122,8 +140,12 @@ class Checkpoint:
         if mapped is None:
             mapped = self._maps[path] = np.memmap(path, dtype=np.uint8, mode="r")
         begin, end = info["data_offsets"]
-        raw = np.frombuffer(mapped, dtype=_DTYPES[info["dtype"]], count=(end - begin) // np.dtype(
-            _DTYPES[info["dtype"]]).itemsize, offset=start + begin).reshape(info["shape"])
+        raw = np.frombuffer(
+            mapped,
+            dtype=_DTYPES[info["dtype"]],
+            count=(end - begin) // np.dtype(_DTYPES[info["dtype"]]).itemsize,
+            offset=start + begin,
+        ).reshape(info["shape"])
         if info["dtype"] in ("F32", "F16", "BF16", "F64"):
             return _to_float32(raw, info["dtype"])  # always a new array
         return np.array(raw, copy=True)

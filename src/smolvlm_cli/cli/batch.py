@@ -21,8 +21,7 @@ _RUN = "Batch run"
 _FORMATS = ("txt", "jsonl", "csv", "parquet")
 _ENGINES = ("local", "ray")
 _RAY = "Ray engine (pip install 'smolvlm-cli\\[ray]')"  # \\[ keeps rich from reading [ray] as markup
-_SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv",
-                   ".parquet": "parquet"}
+_SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 
 EXAMPLES = """Examples:\n\n
 smolvlm batch photos/   (photos/a.jpg -> photos/a.txt, and so on; re-run to resume)\n\n
@@ -31,13 +30,16 @@ smolvlm batch photos/ -o captions.jsonl   (one JSON record per image)\n\n
 find . -name '*.png' -mtime -1 | smolvlm batch - -o - | jq -r .caption\n\n
 smolvlm batch photos/ -o captions.csv -p 'Describe {filename} in one sentence.'"""
 
-EPILOG = EXAMPLES + """\n\n
+EPILOG = (
+    EXAMPLES
+    + """\n\n
 Re-running skips images that already have a result (--overwrite redoes all, --retry-errors the
 failures). A re-run with another prompt or model is refused while results made with the old
 one exist: --overwrite redoes them, --resume-any keeps them.
 Failures of txt runs are listed in .smolvlm-batch.jsonl beside the sidecars.\n\n
 Exit code 0 when every image has a caption, 1 when some failed, 130/143 when stopped by Ctrl-C /
 SIGTERM (the images in flight are finished and saved first)."""
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -55,14 +57,14 @@ def _config_at_hand(model: str):
             return ModelConfig.from_dir(Path(model).expanduser())
         from huggingface_hub import snapshot_download
 
-        return ModelConfig.from_dir(Path(snapshot_download(
-            model, allow_patterns=list(CONFIG_FILES), local_files_only=True)))
+        return ModelConfig.from_dir(
+            Path(snapshot_download(model, allow_patterns=list(CONFIG_FILES), local_files_only=True))
+        )
     except Exception:  # noqa: BLE001 - no estimate then; the model load reports real problems
         return None
 
 
-def resolve_format(fmt: Optional[str], out: Optional[str], output_dir: Optional[Path]
-                   ) -> tuple[str, Optional[str]]:
+def resolve_format(fmt: Optional[str], out: Optional[str], output_dir: Optional[Path]) -> tuple[str, Optional[str]]:
     """(format, output target) from --format / --output / --output-dir."""
     if fmt is None:
         if out is None:
@@ -72,21 +74,22 @@ def resolve_format(fmt: Optional[str], out: Optional[str], output_dir: Optional[
         else:
             fmt = _SUFFIX_FORMATS.get(Path(out).suffix.lower())
             if fmt is None:
-                raise typer.BadParameter(f"cannot tell the format of {out!r} from its name: "
-                                         "give --format jsonl or csv", param_hint="'--output'")
+                raise typer.BadParameter(
+                    f"cannot tell the format of {out!r} from its name: give --format jsonl or csv",
+                    param_hint="'--output'",
+                )
     fmt = fmt.lower()
     if fmt not in _FORMATS:
-        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(_FORMATS)}",
-                                 param_hint="'--format'")
+        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(_FORMATS)}", param_hint="'--format'")
     if fmt == "txt":
         if out is not None:
-            raise typer.BadParameter("txt writes one sidecar per image (next to it, or under "
-                                     "--output-dir): --output is for jsonl and csv",
-                                     param_hint="'--output'")
+            raise typer.BadParameter(
+                "txt writes one sidecar per image (next to it, or under --output-dir): --output is for jsonl and csv",
+                param_hint="'--output'",
+            )
         return fmt, None
     if fmt == "parquet" and out == "-":
-        raise typer.BadParameter("parquet is a folder of files: give --output DIR",
-                                 param_hint="'--output'")
+        raise typer.BadParameter("parquet is a folder of files: give --output DIR", param_hint="'--output'")
     if out is None:
         out = str(output_dir / f"captions.{fmt}") if output_dir else ("-" if fmt != "parquet" else "captions.parquet")
     return fmt, out
@@ -94,85 +97,192 @@ def resolve_format(fmt: Optional[str], out: Optional[str], output_dir: Optional[
 
 @option_groups
 def batch(
-    paths: Annotated[Optional[list[str]], typer.Argument(
-        metavar="PATH...", show_default=False,
-        help="Folders (walked recursively), image files, or '-' for a list of paths on stdin "
-             "(one per line, e.g. from find). Optional with --manifest.")] = None,
-    prompt: Annotated[str, typer.Option(
-        "--prompt", "-p", help="The instruction for every image; {filename}, {stem} and {parent} "
-                               "are replaced per image. Videos get 'Describe this video in "
-                               "detail.' unless a prompt is given.")] = DEFAULT_PROMPT,
-    recursive: Annotated[bool, typer.Option(
-        "--recursive/--no-recursive", rich_help_panel=_INPUT,
-        help="Walk into subfolders (hidden ones are skipped).")] = True,
-    include: Annotated[Optional[list[str]], typer.Option(
-        "--include", rich_help_panel=_INPUT, show_default=False,
-        help="Only files matching this glob (repeatable; among the --ext extensions). Without "
-             "'/' it matches a file or folder name ('*.png'), with '/' the path under the folder "
-             "given ('2024/**'). Case-insensitive.")] = None,
-    exclude: Annotated[Optional[list[str]], typer.Option(
-        "--exclude", rich_help_panel=_INPUT, show_default=False,
-        help="Skip files (and folders) matching this glob (repeatable).")] = None,
-    ext: Annotated[Optional[list[str]], typer.Option(
-        "--ext", rich_help_panel=_INPUT, show_default=False,
-        help=f"Image and video extensions to pick up, comma-separated or repeated (default "
-             f"{', '.join(DEFAULT_EXTENSIONS)}, and {', '.join(VIDEO_EXTENSIONS)} when video "
-             "support is installed; any case). Files named on the command line are always taken.")] = None,
-    null: Annotated[bool, typer.Option(
-        "--null", "-0", rich_help_panel=_INPUT,
-        help="Paths on stdin are NUL-separated (find -print0).")] = False,
-    fmt: Annotated[Optional[str], typer.Option(
-        "--format", "-f", rich_help_panel=_OUTPUT, show_default=False,
-        help="txt (a sidecar per image: photo.jpg -> photo.txt), jsonl or csv. Default: from "
-             "--output's extension, else txt.")] = None,
-    out: Annotated[Optional[str], typer.Option(
-        "--output", "-o", rich_help_panel=_OUTPUT, show_default=False,
-        help="The jsonl/csv file ('-' for stdout; default captions.FORMAT under --output-dir, "
-             "else stdout). Appended to, so an interrupted run resumes.")] = None,
-    output_dir: Annotated[Optional[Path], typer.Option(
-        "--output-dir", "-d", rich_help_panel=_OUTPUT, show_default=False, file_okay=False,
-        help="Write the sidecars here, mirroring the input folders, instead of next to the "
-             "images.")] = None,
-    prefix: Annotated[str, typer.Option(
-        "--prefix", rich_help_panel=_OUTPUT,
-        help="Text put before every caption (a trigger word); templates as in --prompt.")] = "",
-    suffix: Annotated[str, typer.Option(
-        "--suffix", rich_help_panel=_OUTPUT, help="Text put after every caption.")] = "",
-    single_line: Annotated[bool, typer.Option(
-        "--single-line", rich_help_panel=_OUTPUT,
-        help="Join the caption's lines into one (for tools that read only the first line).")] = False,
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", rich_help_panel=_RUN,
-        help="Caption every image again, even those with a result.")] = False,
-    retry_errors: Annotated[bool, typer.Option(
-        "--retry-errors", rich_help_panel=_RUN,
-        help="Caption again the images that failed in an earlier run.")] = False,
-    resume_any: Annotated[bool, typer.Option(
-        "--resume-any", rich_help_panel=_RUN,
-        help="Keep earlier results even when they were made with another prompt or model "
-             "(by default such a re-run is refused).")] = False,
-    batch_size: Annotated[int, typer.Option(
-        "--batch-size", "-b", min=1, rich_help_panel=_RUN,
-        help="Images decoded together: each decoder step serves them all (8: up to ~2x the "
-             "images/min on a CPU), a finished image's place goes to the next one. With int8 "
-             "graphs a caption may differ slightly from its -b 1 version.")] = 1,
-    prefetch: Annotated[int, typer.Option(
-        "--prefetch-threads", min=1, rich_help_panel=_RUN,
-        help="Threads decoding and preprocessing the next images during inference.")] = 2,
-    engine_name: Annotated[str, typer.Option(
-        "--engine", rich_help_panel=_RAY,
-        help="local (this machine) or ray (a Ray Data pipeline: a local Ray, or --ray-address).")] = "local",
-    ray_address: Annotated[Optional[str], typer.Option(
-        "--ray-address", rich_help_panel=_RAY,
-        help="Join this Ray cluster ('auto' on a cluster node); default: RAY_ADDRESS or a new local Ray.")] = None,
-    workers: Annotated[int, typer.Option(
-        "--workers", min=1, rich_help_panel=_RAY, help="Captioning actors, each with its own model.")] = 1,
-    threads_per_worker: Annotated[Optional[int], typer.Option(
-        "--threads-per-worker", min=1, rich_help_panel=_RAY,
-        help="ONNX Runtime threads per actor (default: --threads, else CPUs / workers).")] = None,
-    manifest: Annotated[Optional[str], typer.Option(
-        "--manifest", rich_help_panel=_RAY,
-        help="A JSONL or Parquet file listing image paths (ray engine).")] = None,
+    paths: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            metavar="PATH...",
+            show_default=False,
+            help="Folders (walked recursively), image files, or '-' for a list of paths on stdin "
+            "(one per line, e.g. from find). Optional with --manifest.",
+        ),
+    ] = None,
+    prompt: Annotated[
+        str,
+        typer.Option(
+            "--prompt",
+            "-p",
+            help="The instruction for every image; {filename}, {stem} and {parent} "
+            "are replaced per image. Videos get 'Describe this video in "
+            "detail.' unless a prompt is given.",
+        ),
+    ] = DEFAULT_PROMPT,
+    recursive: Annotated[
+        bool,
+        typer.Option(
+            "--recursive/--no-recursive", rich_help_panel=_INPUT, help="Walk into subfolders (hidden ones are skipped)."
+        ),
+    ] = True,
+    include: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--include",
+            rich_help_panel=_INPUT,
+            show_default=False,
+            help="Only files matching this glob (repeatable; among the --ext extensions). Without "
+            "'/' it matches a file or folder name ('*.png'), with '/' the path under the folder "
+            "given ('2024/**'). Case-insensitive.",
+        ),
+    ] = None,
+    exclude: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--exclude",
+            rich_help_panel=_INPUT,
+            show_default=False,
+            help="Skip files (and folders) matching this glob (repeatable).",
+        ),
+    ] = None,
+    ext: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--ext",
+            rich_help_panel=_INPUT,
+            show_default=False,
+            help=f"Image and video extensions to pick up, comma-separated or repeated (default "
+            f"{', '.join(DEFAULT_EXTENSIONS)}, and {', '.join(VIDEO_EXTENSIONS)} when video "
+            "support is installed; any case). Files named on the command line are always taken.",
+        ),
+    ] = None,
+    null: Annotated[
+        bool,
+        typer.Option("--null", "-0", rich_help_panel=_INPUT, help="Paths on stdin are NUL-separated (find -print0)."),
+    ] = False,
+    fmt: Annotated[
+        Optional[str],
+        typer.Option(
+            "--format",
+            "-f",
+            rich_help_panel=_OUTPUT,
+            show_default=False,
+            help="txt (a sidecar per image: photo.jpg -> photo.txt), jsonl or csv. Default: from "
+            "--output's extension, else txt.",
+        ),
+    ] = None,
+    out: Annotated[
+        Optional[str],
+        typer.Option(
+            "--output",
+            "-o",
+            rich_help_panel=_OUTPUT,
+            show_default=False,
+            help="The jsonl/csv file ('-' for stdout; default captions.FORMAT under --output-dir, "
+            "else stdout). Appended to, so an interrupted run resumes.",
+        ),
+    ] = None,
+    output_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output-dir",
+            "-d",
+            rich_help_panel=_OUTPUT,
+            show_default=False,
+            file_okay=False,
+            help="Write the sidecars here, mirroring the input folders, instead of next to the images.",
+        ),
+    ] = None,
+    prefix: Annotated[
+        str,
+        typer.Option(
+            "--prefix",
+            rich_help_panel=_OUTPUT,
+            help="Text put before every caption (a trigger word); templates as in --prompt.",
+        ),
+    ] = "",
+    suffix: Annotated[
+        str, typer.Option("--suffix", rich_help_panel=_OUTPUT, help="Text put after every caption.")
+    ] = "",
+    single_line: Annotated[
+        bool,
+        typer.Option(
+            "--single-line",
+            rich_help_panel=_OUTPUT,
+            help="Join the caption's lines into one (for tools that read only the first line).",
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", rich_help_panel=_RUN, help="Caption every image again, even those with a result."),
+    ] = False,
+    retry_errors: Annotated[
+        bool,
+        typer.Option(
+            "--retry-errors", rich_help_panel=_RUN, help="Caption again the images that failed in an earlier run."
+        ),
+    ] = False,
+    resume_any: Annotated[
+        bool,
+        typer.Option(
+            "--resume-any",
+            rich_help_panel=_RUN,
+            help="Keep earlier results even when they were made with another prompt or model "
+            "(by default such a re-run is refused).",
+        ),
+    ] = False,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size",
+            "-b",
+            min=1,
+            rich_help_panel=_RUN,
+            help="Images decoded together: each decoder step serves them all (8: up to ~2x the "
+            "images/min on a CPU), a finished image's place goes to the next one. With int8 "
+            "graphs a caption may differ slightly from its -b 1 version.",
+        ),
+    ] = 1,
+    prefetch: Annotated[
+        int,
+        typer.Option(
+            "--prefetch-threads",
+            min=1,
+            rich_help_panel=_RUN,
+            help="Threads decoding and preprocessing the next images during inference.",
+        ),
+    ] = 2,
+    engine_name: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            rich_help_panel=_RAY,
+            help="local (this machine) or ray (a Ray Data pipeline: a local Ray, or --ray-address).",
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ray-address",
+            rich_help_panel=_RAY,
+            help="Join this Ray cluster ('auto' on a cluster node); default: RAY_ADDRESS or a new local Ray.",
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, rich_help_panel=_RAY, help="Captioning actors, each with its own model.")
+    ] = 1,
+    threads_per_worker: Annotated[
+        Optional[int],
+        typer.Option(
+            "--threads-per-worker",
+            min=1,
+            rich_help_panel=_RAY,
+            help="ONNX Runtime threads per actor (default: --threads, else CPUs / workers).",
+        ),
+    ] = None,
+    manifest: Annotated[
+        Optional[str],
+        typer.Option(
+            "--manifest", rich_help_panel=_RAY, help="A JSONL or Parquet file listing image paths (ray engine)."
+        ),
+    ] = None,
     model: ModelChoice = ModelChoice(),
     options: GenerationOptions = DEFAULTS,
     tiling: TilingChoice = TilingChoice(),
@@ -188,27 +298,45 @@ def batch(
 
     paths = list(paths or [])
     if not paths and manifest is None:
-        raise typer.BadParameter("give images (folders, files, '-') or --manifest",
-                                 param_hint="'PATH...'")
+        raise typer.BadParameter("give images (folders, files, '-') or --manifest", param_hint="'PATH...'")
     fmt, target = resolve_format(fmt, out, output_dir)
     reporter = Reporter(quiet=quiet, verbose=verbose)
     for text in (prompt, prefix, suffix):
         for name in unknown_fields(text):
-            reporter.warn(f"{{{name}}} is not a template field (use {{filename}}, {{stem}} or "
-                          "{parent}); it stays as written")
+            reporter.warn(
+                f"{{{name}}} is not a template field (use {{filename}}, {{stem}} or {{parent}}); it stays as written"
+            )
     config = BatchConfig(
-        inputs=paths, prompt=prompt or DEFAULT_PROMPT, recursive=recursive,
-        include=tuple(include or ()), exclude=tuple(exclude or ()),
-        extensions=parse_extensions(ext), null=null, fmt=fmt, output=target,
-        output_dir=output_dir, style=CaptionStyle(prefix, suffix, single_line),
-        overwrite=overwrite, retry_errors=retry_errors, resume_any=resume_any, model=model.model)
+        inputs=paths,
+        prompt=prompt or DEFAULT_PROMPT,
+        recursive=recursive,
+        include=tuple(include or ()),
+        exclude=tuple(exclude or ()),
+        extensions=parse_extensions(ext),
+        null=null,
+        fmt=fmt,
+        output=target,
+        output_dir=output_dir,
+        style=CaptionStyle(prefix, suffix, single_line),
+        overwrite=overwrite,
+        retry_errors=retry_errors,
+        resume_any=resume_any,
+        model=model.model,
+    )
 
     def engine():
         from smolvlm_cli.batch.local import LocalEngine
 
         vlm = model.load(quiet)
-        return LocalEngine(vlm, options, model_name=model.model, batch_size=batch_size, workers=prefetch,
-                           tiling=tiling.resolve(lambda: vlm.config), video_options=video.options)
+        return LocalEngine(
+            vlm,
+            options,
+            model_name=model.model,
+            batch_size=batch_size,
+            workers=prefetch,
+            tiling=tiling.resolve(lambda: vlm.config),
+            video_options=video.options,
+        )
 
     def advise(items) -> Optional[str]:
         """The slow-default warning, for runs that left the tiling to the model."""
@@ -221,12 +349,13 @@ def batch(
 
     engine_name = engine_name.lower()
     if engine_name not in _ENGINES:
-        raise typer.BadParameter(f"{engine_name!r} is not one of {', '.join(_ENGINES)}",
-                                 param_hint="'--engine'")
+        raise typer.BadParameter(f"{engine_name!r} is not one of {', '.join(_ENGINES)}", param_hint="'--engine'")
     if engine_name != "ray" and (workers != 1 or threads_per_worker is not None):
-        raise typer.BadParameter("--workers and --threads-per-worker are for --engine ray (the "
-                                 "local engine's knobs are --threads and --prefetch-threads)",
-                                 param_hint="'--engine'")
+        raise typer.BadParameter(
+            "--workers and --threads-per-worker are for --engine ray (the "
+            "local engine's knobs are --threads and --prefetch-threads)",
+            param_hint="'--engine'",
+        )
     if engine_name == "ray":
         from smolvlm_cli.batch.ray_engine import RaySettings, run_ray
 
@@ -235,24 +364,32 @@ def batch(
         from smolvlm_cli.config import ModelConfig
         from smolvlm_cli.hub import CONFIG_FILES, resolve_model
 
-        settings = RaySettings(model=model.model, options=options, backend=model.backend, dtype=model.dtype,
-                               batch_size=batch_size, address=ray_address,
-                               tiling=tiling.resolve(lambda: ModelConfig.from_dir(
-                                   resolve_model(model.model, list(CONFIG_FILES)))),
-                               workers=workers, threads_per_worker=threads_per_worker or model.threads,
-                               manifest=manifest)
-        summary = run_ray(config, settings, reporter=reporter,
-                          stdin=sys.stdin if STDIN in paths else None, out=output.write)
+        settings = RaySettings(
+            model=model.model,
+            options=options,
+            backend=model.backend,
+            dtype=model.dtype,
+            batch_size=batch_size,
+            address=ray_address,
+            tiling=tiling.resolve(lambda: ModelConfig.from_dir(resolve_model(model.model, list(CONFIG_FILES)))),
+            workers=workers,
+            threads_per_worker=threads_per_worker or model.threads,
+            manifest=manifest,
+        )
+        summary = run_ray(
+            config, settings, reporter=reporter, stdin=sys.stdin if STDIN in paths else None, out=output.write
+        )
         if summary.exit_code:
             raise typer.Exit(summary.exit_code)
         return
     if fmt == "parquet" or manifest or ray_address:
-        raise typer.BadParameter("--format parquet, --manifest and --ray-address need --engine ray",
-                                 param_hint="'--engine'")
+        raise typer.BadParameter(
+            "--format parquet, --manifest and --ray-address need --engine ray", param_hint="'--engine'"
+        )
     if STDIN in paths and sys.stdin.isatty() and not quiet:
         output.log("Reading image paths from the terminal, one per line; end with Ctrl-D.")
-    summary = run_batch(config, engine, reporter=reporter,
-                        stdin=sys.stdin if STDIN in paths else None, out=output.write,
-                        advise=advise)
+    summary = run_batch(
+        config, engine, reporter=reporter, stdin=sys.stdin if STDIN in paths else None, out=output.write, advise=advise
+    )
     if summary.exit_code:
         raise typer.Exit(summary.exit_code)

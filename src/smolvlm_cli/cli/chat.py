@@ -14,9 +14,11 @@ from smolvlm_cli.cli.option_groups import ModelChoice, TilingChoice, VideoChoice
 from smolvlm_cli.cli.options import DEFAULTS, QuietLongOpt, QuietOpt, SystemOpt, VerboseOpt
 from smolvlm_cli.options import GenerationOptions
 
-COMMANDS = ("/image PATH (add an image to your next message), /video PATH (a video), "
-            "/reset (forget the conversation), "
-            "/save FILE (write the transcript as JSON), /help, /exit (or exit, quit, Ctrl-D)")
+COMMANDS = (
+    "/image PATH (add an image to your next message), /video PATH (a video), "
+    "/reset (forget the conversation), "
+    "/save FILE (write the transcript as JSON), /help, /exit (or exit, quit, Ctrl-D)"
+)
 CHAT_HELP = f"""Commands: {COMMANDS}. Without a terminal, each line of stdin is one message."""
 _EXIT_WORDS = {"exit", "quit", "/exit", "/quit"}
 
@@ -56,15 +58,13 @@ def _read_questions(questions: list[str], quiet: bool) -> list[str]:
     if "-" not in questions:
         return questions
     if questions.count("-") > 1:
-        raise typer.BadParameter("stdin can be read only once: give -q - once",
-                                 param_hint="'--question'")
+        raise typer.BadParameter("stdin can be read only once: give -q - once", param_hint="'--question'")
     if sys.stdin.isatty() and not quiet:
         output.log("Type one question per line; end with Ctrl-D.")
     piped = [line.strip() for line in sys.stdin if line.strip()]
     result = [q for question in questions for q in (piped if question == "-" else [question])]
     if not result:
-        raise typer.BadParameter("-q - found no questions on standard input",
-                                 param_hint="'--question'")
+        raise typer.BadParameter("-q - found no questions on standard input", param_hint="'--question'")
     return result
 
 
@@ -94,21 +94,31 @@ def labeled_answer(question: str, deltas) -> Iterator[str]:
 
 @option_groups
 def ask(
-    images: Annotated[list[str], typer.Argument(metavar="IMAGE|VIDEO...",
-                                                help="Image paths or URLs, video files.")],
-    questions: Annotated[list[str], typer.Option(
-        "--question", "-q", show_default=False,
-        help="A question (repeat for several); each is answered on its own. '-q -' reads the "
-             "questions from stdin, one per line. (Here -q is --question: --quiet has no short "
-             "form.)")],
+    images: Annotated[list[str], typer.Argument(metavar="IMAGE|VIDEO...", help="Image paths or URLs, video files.")],
+    questions: Annotated[
+        list[str],
+        typer.Option(
+            "--question",
+            "-q",
+            show_default=False,
+            help="A question (repeat for several); each is answered on its own. '-q -' reads the "
+            "questions from stdin, one per line. (Here -q is --question: --quiet has no short "
+            "form.)",
+        ),
+    ],
     system: SystemOpt = None,
     model: ModelChoice = ModelChoice(),
     options: GenerationOptions = DEFAULTS,
     tiling: TilingChoice = TilingChoice(),
     video: VideoChoice = VideoChoice(),
-    json_out: Annotated[bool, typer.Option(
-        "--json", rich_help_panel="Output",
-        help="One JSON object per answer (JSON lines): the question, text, counts, timings.")] = False,
+    json_out: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            rich_help_panel="Output",
+            help="One JSON object per answer (JSON lines): the question, text, counts, timings.",
+        ),
+    ] = False,
     quiet: QuietLongOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -126,17 +136,31 @@ def ask(
     vlm = model.load(quiet)
     status, labeled = output.Status(quiet), len(questions) > 1
     vlm.progress = frame_progress(status)
-    streams = vlm.ask_stream(_sampled(loaded, vlm, video), questions, options=options,
-                             tiling=tiling.resolve(lambda: vlm.config), system=system)
+    streams = vlm.ask_stream(
+        _sampled(loaded, vlm, video),
+        questions,
+        options=options,
+        tiling=tiling.resolve(lambda: vlm.config),
+        system=system,
+    )
     for number, (question, stream) in enumerate(zip(questions, streams)):
         if json_out:
             text = "".join(_thinking(status, stream, not number))
             s = stream.stats
-            output.write_json({"question": question, "text": text, "prompt_tokens": s.prompt_tokens,
-                               "generated_tokens": s.generated_tokens, "image_tiles": s.image_tiles,
-                               **({"video_frames": s.video_frames} if s.video_frames else {}),
-                               "vision_s": round(s.vision_s, 4), "prefill_s": round(s.prefill_s, 4),
-                               "ttft_s": round(s.ttft_s, 4), "decode_s": round(s.decode_s, 4)})
+            output.write_json(
+                {
+                    "question": question,
+                    "text": text,
+                    "prompt_tokens": s.prompt_tokens,
+                    "generated_tokens": s.generated_tokens,
+                    "image_tiles": s.image_tiles,
+                    **({"video_frames": s.video_frames} if s.video_frames else {}),
+                    "vision_s": round(s.vision_s, 4),
+                    "prefill_s": round(s.prefill_s, 4),
+                    "ttft_s": round(s.ttft_s, 4),
+                    "decode_s": round(s.decode_s, 4),
+                }
+            )
         elif labeled:
             output.write("\n" if number else "")
             for text in labeled_answer(question, _thinking(status, stream, not number)):
@@ -148,15 +172,19 @@ def ask(
             output.write("\n")
         if verbose:
             s = stream.stats
-            output.log(f"{s.image_tiles} tile(s) in {s.vision_s:.2f} s, prefill {s.prompt_tokens} "
-                       f"tokens in {s.prefill_s:.2f} s, first token after {s.ttft_s:.2f} s, "
-                       f"{s.generated_tokens} tokens at {s.decode_tokens_per_s:.1f} tokens/s")
+            output.log(
+                f"{s.image_tiles} tile(s) in {s.vision_s:.2f} s, prefill {s.prompt_tokens} "
+                f"tokens in {s.prefill_s:.2f} s, first token after {s.ttft_s:.2f} s, "
+                f"{s.generated_tokens} tokens at {s.decode_tokens_per_s:.1f} tokens/s"
+            )
 
 
 @option_groups
 def chat(
-    images: Annotated[Optional[list[str]], typer.Argument(
-        metavar="[IMAGE|VIDEO...]", help="Images (paths or URLs) and videos for the first message.")] = None,
+    images: Annotated[
+        Optional[list[str]],
+        typer.Argument(metavar="[IMAGE|VIDEO...]", help="Images (paths or URLs) and videos for the first message."),
+    ] = None,
     system: SystemOpt = None,
     model: ModelChoice = ModelChoice(),
     options: GenerationOptions = DEFAULTS,

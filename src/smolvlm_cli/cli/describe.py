@@ -19,9 +19,11 @@ from smolvlm_cli.video import is_video_path
 STDIN = "-"
 
 
-PROMPT_RULE = ("The last argument is the prompt when it is not '-', a URL or an existing file, "
-               "and it contains a space or does not end in an image or video extension: "
-               "`describe sign.png 'Read the text in sign.png'` works.")
+PROMPT_RULE = (
+    "The last argument is the prompt when it is not '-', a URL or an existing file, "
+    "and it contains a space or does not end in an image or video extension: "
+    "`describe sign.png 'Read the text in sign.png'` works."
+)
 
 
 def is_prompt(arg: str) -> bool:
@@ -41,23 +43,26 @@ def split_images_and_prompt(args: list[str], prompt: str | None) -> tuple[list[s
     return images, prompt
 
 
-def read_stdin_inputs(images: list[str], prompt: str | None, quiet: bool = False
-                      ) -> tuple[list, str | None]:
+def read_stdin_inputs(images: list[str], prompt: str | None, quiet: bool = False) -> tuple[list, str | None]:
     """stdin is read only when asked for: `-` as an image (bytes) or `-p -` (the prompt text).
     Shell loops and xargs must not lose their input to a command that did not ask for it."""
     if images.count(STDIN) > 1:
         raise typer.BadParameter("stdin can be read only once: give '-' for at most one image")
     if STDIN in images and prompt == STDIN:
-        raise typer.BadParameter("stdin can be read only once: '-' as an image or -p -, not both",
-                                 param_hint="'--prompt'")
+        raise typer.BadParameter(
+            "stdin can be read only once: '-' as an image or -p -, not both", param_hint="'--prompt'"
+        )
     if STDIN in images:
         if sys.stdin.isatty():
-            raise typer.BadParameter("'-' reads image bytes from standard input, which is a "
-                                     "terminal: pipe an image in (smolvlm describe - < photo.jpg)",
-                                     param_hint="'IMAGE...'")
+            raise typer.BadParameter(
+                "'-' reads image bytes from standard input, which is a "
+                "terminal: pipe an image in (smolvlm describe - < photo.jpg)",
+                param_hint="'IMAGE...'",
+            )
         data = sys.stdin.buffer.read()
         if not data:
             from smolvlm_cli.errors import ImageError
+
             raise ImageError("<stdin>: no image data on standard input")
         return [data if i == STDIN else i for i in images], prompt
     if prompt == STDIN:
@@ -66,8 +71,7 @@ def read_stdin_inputs(images: list[str], prompt: str | None, quiet: bool = False
         # bytes, decoded leniently: a stray invalid byte must not cost the whole answer
         prompt = sys.stdin.buffer.read().decode(sys.stdin.encoding or "utf-8", "replace").strip()
         if not prompt:
-            raise typer.BadParameter("-p - found no prompt text on standard input",
-                                     param_hint="'--prompt'")
+            raise typer.BadParameter("-p - found no prompt text on standard input", param_hint="'--prompt'")
     return list(images), prompt
 
 
@@ -87,25 +91,40 @@ def register(app: typer.Typer) -> None:
 
 @option_groups
 def describe(
-    images: Annotated[list[str], typer.Argument(
-        metavar="IMAGE|VIDEO... [PROMPT]", show_default=False,
-        help="Image paths or http(s) URLs ('-' reads image bytes from stdin) and video files "
-             "(.mp4, .mov, .mkv, .webm, ...), optionally followed by the prompt. " + PROMPT_RULE)],
-    prompt: Annotated[Optional[str], typer.Option(
-        "--prompt", "-p", show_default=DEFAULT_PROMPT,
-        help="The question or instruction (or give it after the images); '-' reads it from "
-             "stdin. stdin is never read unless asked for, so shell loops are safe. With a video "
-             "the default is 'Describe this video in detail.'")] = None,
+    images: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="IMAGE|VIDEO... [PROMPT]",
+            show_default=False,
+            help="Image paths or http(s) URLs ('-' reads image bytes from stdin) and video files "
+            "(.mp4, .mov, .mkv, .webm, ...), optionally followed by the prompt. " + PROMPT_RULE,
+        ),
+    ],
+    prompt: Annotated[
+        Optional[str],
+        typer.Option(
+            "--prompt",
+            "-p",
+            show_default=DEFAULT_PROMPT,
+            help="The question or instruction (or give it after the images); '-' reads it from "
+            "stdin. stdin is never read unless asked for, so shell loops are safe. With a video "
+            "the default is 'Describe this video in detail.'",
+        ),
+    ] = None,
     system: SystemOpt = None,
     model: ModelChoice = ModelChoice(),
     options: GenerationOptions = DEFAULTS,
     tiling: TilingChoice = TilingChoice(),
     video: VideoChoice = VideoChoice(),
-    no_stream: Annotated[bool, typer.Option(
-        "--no-stream", rich_help_panel="Output", help="Print the answer once it is complete.")] = False,
-    json_out: Annotated[bool, typer.Option(
-        "--json", rich_help_panel="Output",
-        help="Print one JSON object: the text, token counts and timings.")] = False,
+    no_stream: Annotated[
+        bool, typer.Option("--no-stream", rich_help_panel="Output", help="Print the answer once it is complete.")
+    ] = False,
+    json_out: Annotated[
+        bool,
+        typer.Option(
+            "--json", rich_help_panel="Output", help="Print one JSON object: the text, token counts and timings."
+        ),
+    ] = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -122,8 +141,9 @@ def describe(
 
     # Decode the images and probe the videos first: a bad file fails before the model loads.
     with status.show("Downloading the image" if any(map(is_url, sources)) else "Reading"):
-        loaded = [s if is_video_path(s) else load_image(s, name="<stdin>" if isinstance(s, bytes) else None)
-                  for s in sources]
+        loaded = [
+            s if is_video_path(s) else load_image(s, name="<stdin>" if isinstance(s, bytes) else None) for s in sources
+        ]
         probed = probe_videos(sources)
     startup_s = started - _process_start()
     t0 = time.perf_counter()
@@ -132,15 +152,21 @@ def describe(
     media = open_media(loaded, vlm.config, probed, video.options)
     kinds = ["video" if hasattr(m, "num_frames") else "image" for m in media]
     prompt = prompt or (DEFAULT_VIDEO_PROMPT if "video" in kinds else DEFAULT_PROMPT)
-    prepared = vlm.prepare(media, messages=build_messages(prompt, kinds, system),
-                           tiling=tiling.resolve(lambda: vlm.config))
+    prepared = vlm.prepare(
+        media, messages=build_messages(prompt, kinds, system), tiling=tiling.resolve(lambda: vlm.config)
+    )
     vlm.progress = frame_progress(status)
     stream = vlm.stream_prepared(prepared, options)
     buffered = json_out or no_stream
     parts = []
     tiles = prepared.num_tiles
-    label = (media_label(media) if prepared.videos
-             else f"Encoding {tiles} tile{'s' if tiles != 1 else ''}" if tiles else "Thinking")
+    label = (
+        media_label(media)
+        if prepared.videos
+        else f"Encoding {tiles} tile{'s' if tiles != 1 else ''}"
+        if tiles
+        else "Thinking"
+    )
     with status.show(label):
         first = next(iter(stream), None)
     for delta in _chain(first, stream):
@@ -151,30 +177,43 @@ def describe(
     text = "".join(parts)
     stats = stream.stats
     if json_out:
-        output.write_json({
-            "text": text, "model": model.model, "backend": vlm.backend.name, "dtype": vlm.backend.dtype,
-            "prompt": prompt, **({"system": system} if system else {}),
-            "images": [_label(s) for s in sources if not is_video_path(s)],
-            **({"videos": [v.as_dict() for v in prepared.videos]} if prepared.videos else {}),
-            "prompt_tokens": stats.prompt_tokens, "generated_tokens": stats.generated_tokens,
-            "image_tiles": stats.image_tiles, "image_tokens": stats.image_tokens,
-            **({"video_frames": stats.video_frames} if prepared.videos else {}),
-            "stop_reason": stats.stop_reason,
-            "timings": {"startup_s": round(startup_s, 4), "load_s": round(load_s, 4),
-                        **{k: round(v, 4) for k, v in stats.as_dict().items() if k.endswith("_s")},
-                        "decode_tokens_per_s": round(stats.decode_tokens_per_s, 2)},
-        })
+        output.write_json(
+            {
+                "text": text,
+                "model": model.model,
+                "backend": vlm.backend.name,
+                "dtype": vlm.backend.dtype,
+                "prompt": prompt,
+                **({"system": system} if system else {}),
+                "images": [_label(s) for s in sources if not is_video_path(s)],
+                **({"videos": [v.as_dict() for v in prepared.videos]} if prepared.videos else {}),
+                "prompt_tokens": stats.prompt_tokens,
+                "generated_tokens": stats.generated_tokens,
+                "image_tiles": stats.image_tiles,
+                "image_tokens": stats.image_tokens,
+                **({"video_frames": stats.video_frames} if prepared.videos else {}),
+                "stop_reason": stats.stop_reason,
+                "timings": {
+                    "startup_s": round(startup_s, 4),
+                    "load_s": round(load_s, 4),
+                    **{k: round(v, 4) for k, v in stats.as_dict().items() if k.endswith("_s")},
+                    "decode_tokens_per_s": round(stats.decode_tokens_per_s, 2),
+                },
+            }
+        )
     else:
         output.write(text + "\n" if buffered else "\n")
     if verbose:
-        output.log(f"backend {vlm.backend.name} ({vlm.backend.dtype}), start-up {startup_s:.2f} s, "
-                   f"load {load_s:.2f} s, preprocess {stats.preprocess_s:.2f} s"
-                   f"{' (video decoding overlapped with vision)' if prepared.videos else ''}, "
-                   f"{stats.image_tiles} tile(s) / {stats.image_tokens} image tokens in "
-                   f"{stats.vision_s:.2f} s, prefill {stats.prompt_tokens} tokens in "
-                   f"{stats.prefill_s:.2f} s, first token after {stats.ttft_s:.2f} s, "
-                   f"{stats.generated_tokens} tokens at {stats.decode_tokens_per_s:.1f} tokens/s "
-                   f"(stop: {stats.stop_reason})")
+        output.log(
+            f"backend {vlm.backend.name} ({vlm.backend.dtype}), start-up {startup_s:.2f} s, "
+            f"load {load_s:.2f} s, preprocess {stats.preprocess_s:.2f} s"
+            f"{' (video decoding overlapped with vision)' if prepared.videos else ''}, "
+            f"{stats.image_tiles} tile(s) / {stats.image_tokens} image tokens in "
+            f"{stats.vision_s:.2f} s, prefill {stats.prompt_tokens} tokens in "
+            f"{stats.prefill_s:.2f} s, first token after {stats.ttft_s:.2f} s, "
+            f"{stats.generated_tokens} tokens at {stats.decode_tokens_per_s:.1f} tokens/s "
+            f"(stop: {stats.stop_reason})"
+        )
 
 
 def _chain(first, rest):

@@ -24,15 +24,21 @@ def register(app: typer.Typer) -> None:
 
 
 def export(
-    model: Annotated[str, typer.Argument(
-        help="Hub id or local checkpoint directory (config, tokenizer and safetensors weights).")],
-    out_dir: Annotated[Path, typer.Argument(
-        help="Output folder: the model's config/tokenizer files and onnx/*.onnx.")],
-    dtype: Annotated[str, typer.Option(
-        "--dtype", help="Comma-separated variants among fp32, fp16, int8, q4.")] = DEFAULT_EXPORT_DTYPES,
-    check: Annotated[bool, typer.Option(
-        "--check", help="Also hold the fp32 graphs against transformers in ONNX Runtime (needs "
-                        "the export extra: torch and transformers).")] = False,
+    model: Annotated[
+        str, typer.Argument(help="Hub id or local checkpoint directory (config, tokenizer and safetensors weights).")
+    ],
+    out_dir: Annotated[Path, typer.Argument(help="Output folder: the model's config/tokenizer files and onnx/*.onnx.")],
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="Comma-separated variants among fp32, fp16, int8, q4.")
+    ] = DEFAULT_EXPORT_DTYPES,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Also hold the fp32 graphs against transformers in ONNX Runtime (needs "
+            "the export extra: torch and transformers).",
+        ),
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Build our fast ONNX graphs from a checkpoint (no torch needed); print the folder."""
@@ -48,8 +54,9 @@ def export(
     path = Path(model).expanduser()
     looks_local = model.startswith((".", "/", "~")) or path.exists() or model.count("/") != 1
     if looks_local and not is_local(model):
-        raise ModelNotFoundError(f"model directory {model} not found" if not path.exists()
-                                 else f"{model} is not a directory")
+        raise ModelNotFoundError(
+            f"model directory {model} not found" if not path.exists() else f"{model} is not a directory"
+        )
     if out_dir.exists() and not out_dir.is_dir():
         raise SmolVLMError(f"{out_dir} exists and is not a directory")
     if check:
@@ -57,12 +64,20 @@ def export(
             import torch  # noqa: F401
             import transformers  # noqa: F401
         except ImportError as exc:
-            raise BackendUnavailableError(f"--check needs torch and transformers ({exc})",
-                                          hint="pip install 'smolvlm-cli[export]', or export without --check") from None
+            raise BackendUnavailableError(
+                f"--check needs torch and transformers ({exc})",
+                hint="pip install 'smolvlm-cli[export]', or export without --check",
+            ) from None
 
     status = Status(quiet)
-    result = export_onnx(model, out_dir, dtypes=dtypes, check=check, log=(lambda _m: None) if quiet else log,
-                         progress=BuildProgress(status, model, quiet, announce="Building ONNX graphs from {model}..."))
+    result = export_onnx(
+        model,
+        out_dir,
+        dtypes=dtypes,
+        check=check,
+        log=(lambda _m: None) if quiet else log,
+        progress=BuildProgress(status, model, quiet, announce="Building ONNX graphs from {model}..."),
+    )
     out = Path(result["out_dir"])
     graphs = [out / rel for rel in result["files"]]
     graphs += [extra for graph in graphs for extra in data_files(graph)]

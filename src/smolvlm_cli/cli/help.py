@@ -10,8 +10,17 @@ from __future__ import annotations
 
 from typer.core import TyperArgument, TyperGroup
 
-_TYPE_LABELS = {"int": "N", "int range": "N", "float": "NUM", "float range": "NUM", "str": "TEXT",
-                "path": "PATH", "dir": "DIR", "file": "FILE", "bool": ""}
+_TYPE_LABELS = {
+    "int": "N",
+    "int range": "N",
+    "float": "NUM",
+    "float range": "NUM",
+    "str": "TEXT",
+    "path": "PATH",
+    "dir": "DIR",
+    "file": "FILE",
+    "bool": "",
+}
 
 
 def _label(param, ctx) -> str:

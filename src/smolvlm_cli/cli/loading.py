@@ -21,8 +21,13 @@ from smolvlm_cli.cli import output
 class BuildProgress(Progress):
     """Reports a build of graphs on stderr, pausing the spinner of `status` while it runs."""
 
-    def __init__(self, status: output.Status, model: str, quiet: bool = False,
-                 announce: str = "Building fast ONNX graphs for {model} (once; later runs load them)..."):
+    def __init__(
+        self,
+        status: output.Status,
+        model: str,
+        quiet: bool = False,
+        announce: str = "Building fast ONNX graphs for {model} (once; later runs load them)...",
+    ):
         self._status, self._model, self._quiet, self._announce = status, model, quiet, announce
         self._bar = self._task = None
         self._units = self._done = 0
@@ -38,8 +43,15 @@ class BuildProgress(Progress):
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
 
-        self._bar = Bar(TextColumn("Building graphs for {task.fields[model]}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True)
+        self._bar = Bar(
+            TextColumn("Building graphs for {task.fields[model]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
         self._bar.start()
         self._task = self._bar.add_task("", total=units, model=self._model)
 
@@ -131,12 +143,25 @@ class DownloadBars:
         if console is None:
             output.log(f"Downloading {self._model}...")
             return
-        from rich.progress import (BarColumn, DownloadColumn, Progress as Bar, TextColumn, TimeElapsedColumn,
-                                   TransferSpeedColumn)
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress as Bar,
+            TextColumn,
+            TimeElapsedColumn,
+            TransferSpeedColumn,
+        )
 
-        self._bar = Bar(TextColumn("Downloading {task.fields[model]}"), BarColumn(), DownloadColumn(),
-                        TransferSpeedColumn(), TextColumn("{task.fields[files]}"), TimeElapsedColumn(),
-                        console=console, transient=True)
+        self._bar = Bar(
+            TextColumn("Downloading {task.fields[model]}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TextColumn("{task.fields[files]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
         done, total, files = self._state()
         self._task = self._bar.add_task("", completed=done, total=total or None, model=self._model, files=files)
         self._bar.start()
@@ -155,13 +180,27 @@ class DownloadBars:
             self._status.resume()
 
 
-def load_model(model: str, backend: str, dtype: str | None, threads: int | None, graphs: str = "auto",
-               quiet: bool = False, status: output.Status | None = None):
+def load_model(
+    model: str,
+    backend: str,
+    dtype: str | None,
+    threads: int | None,
+    graphs: str = "auto",
+    quiet: bool = False,
+    status: output.Status | None = None,
+):
     """`SmolVLM.from_pretrained` behind a spinner, with the build's progress and notices shown."""
     from smolvlm_cli.model import SmolVLM
 
     status = status or output.Status(quiet)
     notice = (lambda _m: None) if quiet else (lambda m: output.log(f"Note: {m}"))
     with status.show(f"Loading {model}"):
-        return SmolVLM.from_pretrained(model, backend=backend, dtype=dtype, threads=threads, graphs=graphs,
-                                       progress=BuildProgress(status, model, quiet), notice=notice)
+        return SmolVLM.from_pretrained(
+            model,
+            backend=backend,
+            dtype=dtype,
+            threads=threads,
+            graphs=graphs,
+            progress=BuildProgress(status, model, quiet),
+            notice=notice,
+        )

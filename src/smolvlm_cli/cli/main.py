@@ -40,8 +40,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[Optional[bool], typer.Option(
-        "--version", callback=_version, is_eager=True, help="Show the version and exit.")] = None,
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = None,
 ) -> None:
     pass
 
@@ -62,7 +63,7 @@ def _error(message: str, hint: str | None = None) -> None:
 
 _OS_HINTS = {
     errno.ENOSPC: "free some disk space (or write elsewhere) and run the command again: a batch "
-                  "run keeps its finished results and resumes",
+    "run keeps its finished results and resumes",
     errno.EDQUOT: "the disk quota is used up: free some space and run the command again",
     errno.EACCES: "check the permissions of that file or folder",
     errno.EPERM: "check the permissions of that file or folder",
@@ -109,14 +110,15 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         text = str(exc).strip()
-        _error(text.splitlines()[0] if text else type(exc).__name__,
-               "run with SMOLVLM_DEBUG=1 for the full traceback")
+        _error(text.splitlines()[0] if text else type(exc).__name__, "run with SMOLVLM_DEBUG=1 for the full traceback")
         sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - e.g. onnxruntime's own error types: still one line
         if debug:
             raise
         text = str(exc).strip()
-        _error(f"{type(exc).__name__}: {text.splitlines()[0] if text else 'unexpected error'}",
-               "an unexpected failure (a model file that does not fit its config?); run with "
-               "SMOLVLM_DEBUG=1 for the full traceback")
+        _error(
+            f"{type(exc).__name__}: {text.splitlines()[0] if text else 'unexpected error'}",
+            "an unexpected failure (a model file that does not fit its config?); run with "
+            "SMOLVLM_DEBUG=1 for the full traceback",
+        )
         sys.exit(1)

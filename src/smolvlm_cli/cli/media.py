@@ -21,12 +21,17 @@ def probe_videos(sources: list[Any]) -> dict[str, tuple]:
 
     probed = {}
     for source in sources:
-        if isinstance(source, str) and "://" in source and \
-                os.path.splitext(source.split("?")[0])[1].lower().lstrip(".") in VIDEO_EXTENSIONS:
+        if (
+            isinstance(source, str)
+            and "://" in source
+            and os.path.splitext(source.split("?")[0])[1].lower().lstrip(".") in VIDEO_EXTENSIONS
+        ):
             from smolvlm_cli.errors import VideoError
 
-            raise VideoError(f"cannot read video {source}: videos are read from files, not URLs",
-                             hint="download it first (e.g. curl -LO URL) and give the file")
+            raise VideoError(
+                f"cannot read video {source}: videos are read from files, not URLs",
+                hint="download it first (e.g. curl -LO URL) and give the file",
+            )
         if is_video_path(source) and source not in probed:
             from smolvlm_cli.video.decode import probe
 
@@ -38,8 +43,7 @@ def open_media(sources: list[Any], config, probed: dict[str, tuple], options: di
     """`sources` with each video path replaced by its `SampledVideo` (sampled per `options`)."""
     from smolvlm_cli.video.clip import open_video
 
-    return [open_video(s, config, probed=probed.get(s), **options) if is_video_path(s) else s
-            for s in sources]
+    return [open_video(s, config, probed=probed.get(s), **options) if is_video_path(s) else s for s in sources]
 
 
 def frame_progress(status: output.Status):

@@ -35,8 +35,14 @@ def download(
 
     status = output.Status(quiet)
     with status.show(f"Downloading {model}"):
-        chosen = select_backend(model, backend, dtype, graphs, progress=BuildProgress(status, model, quiet),
-                                notice=lambda m: output.log(f"Note: {m}"))
+        chosen = select_backend(
+            model,
+            backend,
+            dtype,
+            graphs,
+            progress=BuildProgress(status, model, quiet),
+            notice=lambda m: output.log(f"Note: {m}"),
+        )
     if not quiet and chosen.graphs_dir is not None and chosen.graphs_dir != chosen.model_dir:
         output.log(f"Graphs: {chosen.graphs_dir / 'onnx'}")
     output.write(f"{chosen.model_dir}\n")
@@ -72,9 +78,17 @@ def _hub_rows() -> list[dict]:
             if model_type not in SUPPORTED_MODEL_TYPES:
                 continue
             weights = sum(f.stat().st_size for f in snapshot.glob("*.safetensors") if f.is_file())
-            rows.append({"model": repo.repo_id, "revision": revision.commit_hash[:12],
-                         "path": str(snapshot), "size_bytes": revision.size_on_disk,
-                         "weights_bytes": weights, "onnx": _variants(snapshot), "built": []})
+            rows.append(
+                {
+                    "model": repo.repo_id,
+                    "revision": revision.commit_hash[:12],
+                    "path": str(snapshot),
+                    "size_bytes": revision.size_on_disk,
+                    "weights_bytes": weights,
+                    "onnx": _variants(snapshot),
+                    "built": [],
+                }
+            )
     return rows
 
 
@@ -88,8 +102,15 @@ def list_models(json_out: JsonOpt = False) -> None:
     for entry in built_entries():
         row = by_model.get(entry["model"])
         if row is None:  # built from a local folder
-            row = by_model[entry["model"]] = {"model": entry["model"], "revision": None, "path": None,
-                                              "size_bytes": 0, "weights_bytes": 0, "onnx": {}, "built": []}
+            row = by_model[entry["model"]] = {
+                "model": entry["model"],
+                "revision": None,
+                "path": None,
+                "size_bytes": 0,
+                "weights_bytes": 0,
+                "onnx": {},
+                "built": [],
+            }
             rows.append(row)
         row["built"].append(entry)
     if json_out:
@@ -110,8 +131,9 @@ def list_models(json_out: JsonOpt = False) -> None:
         for entry in row["built"]:
             graphs = ", ".join(entry["graphs"]) or "none finished"
             output.write(f"  built: {graphs}  ({_mb(entry['bytes'])} in {entry['path']})\n")
-    output.log(f"Built graphs live in {graphs_root()} (delete a folder there to reclaim its space; "
-               "it is rebuilt when needed).")
+    output.log(
+        f"Built graphs live in {graphs_root()} (delete a folder there to reclaim its space; it is rebuilt when needed)."
+    )
 
 
 def _mb(size: int) -> str:
@@ -120,15 +142,21 @@ def _mb(size: int) -> str:
 
 @option_groups
 def inspect(
-    image: Annotated[str, typer.Argument(metavar="IMAGE|VIDEO",
-                                         help="Image path or URL ('-' for stdin), or a video file.")],
+    image: Annotated[
+        str, typer.Argument(metavar="IMAGE|VIDEO", help="Image path or URL ('-' for stdin), or a video file.")
+    ],
     model: ModelOpt = DEFAULT_MODEL,
     tiling: TilingChoice = TilingChoice(),
     video: VideoChoice = VideoChoice(),
-    json_out: Annotated[bool, typer.Option(
-        "--json", rich_help_panel="Output",
-        help="Print one JSON object: size, grid, tiles, image tokens (a video: its duration, the "
-             "frames sampled, their timestamps, the prompt tokens).")] = False,
+    json_out: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            rich_help_panel="Output",
+            help="Print one JSON object: size, grid, tiles, image tokens (a video: its duration, the "
+            "frames sampled, their timestamps, the prompt tokens).",
+        ),
+    ] = False,
 ) -> None:
     """Show how an image will be tiled, or which frames of a video the model will see, and
     how many tokens it costs (no weights needed)."""
@@ -148,24 +176,36 @@ def inspect(
         return
     config = ModelConfig.from_dir(resolve_model(model, list(CONFIG_FILES)))
     if image == "-" and sys.stdin.isatty():
-        raise typer.BadParameter("'-' reads image bytes from standard input, which is a "
-                                 "terminal: pipe an image in (smolvlm inspect - < photo.jpg)")
+        raise typer.BadParameter(
+            "'-' reads image bytes from standard input, which is a "
+            "terminal: pipe an image in (smolvlm inspect - < photo.jpg)"
+        )
     source = sys.stdin.buffer.read() if image == "-" else image
     width, height = image_size(source, name="<stdin>" if image == "-" else None)  # header only
     chosen = tiling.resolve(lambda: config)
     longest_edge, split = chosen.longest_edge, chosen.split
     rows, cols = tile_grid(width, height, config, longest_edge=longest_edge, split=split)
     tiles = num_tiles(rows, cols)
-    info = {"image": image, "width": width, "height": height, "rows": rows, "cols": cols,
-            "tiles": tiles, "tile_size": config.tile_size, "image_tokens": tiles * config.image_seq_len,
-            "longest_edge": longest_edge or config.longest_edge,
-            "split": config.do_image_splitting if split is None else split}
+    info = {
+        "image": image,
+        "width": width,
+        "height": height,
+        "rows": rows,
+        "cols": cols,
+        "tiles": tiles,
+        "tile_size": config.tile_size,
+        "image_tokens": tiles * config.image_seq_len,
+        "longest_edge": longest_edge or config.longest_edge,
+        "split": config.do_image_splitting if split is None else split,
+    }
     if json_out:
         output.write_json(info)
         return
     grid = f"{rows} x {cols} tiles + 1 global" if rows * cols else "1 tile (not split)"
-    output.write(f"{image}: {width}x{height} -> {grid} of {config.tile_size} px = "
-                 f"{tiles} tile{'s' if tiles != 1 else ''}, {info['image_tokens']} image tokens\n")
+    output.write(
+        f"{image}: {width}x{height} -> {grid} of {config.tile_size} px = "
+        f"{tiles} tile{'s' if tiles != 1 else ''}, {info['image_tokens']} image tokens\n"
+    )
 
 
 def _inspect_video(path: str, model_dir, probed, options: dict, json_out: bool) -> None:
@@ -179,8 +219,13 @@ def _inspect_video(path: str, model_dir, probed, options: dict, json_out: bool) 
     video = open_video(path, config, probed=probed, **options)
     # the exact cost: the intro, each frame's timestamp line, markers and image tokens
     tokens = len(processor.tokenizer.encode(expand_video_tokens(VIDEO_TOKEN, [video], config.image_seq_len)))
-    info = {**video.as_dict(), "tile_size": config.tile_size, "image_tokens": video.num_frames * config.image_seq_len,
-            "prompt_tokens": tokens, "context": config.max_position_embeddings}
+    info = {
+        **video.as_dict(),
+        "tile_size": config.tile_size,
+        "image_tokens": video.num_frames * config.image_seq_len,
+        "prompt_tokens": tokens,
+        "context": config.max_position_embeddings,
+    }
     if json_out:
         output.write_json(info)
         return
@@ -188,11 +233,13 @@ def _inspect_video(path: str, model_dir, probed, options: dict, json_out: bool) 
     if video.start is not None or video.end is not None:
         end = video.end if video.end is not None else (video.start or 0) + video.duration
         segment = f", segment {video.start or 0:g}-{end:g} s"
-    stamps = " ".join(frame_header(t).strip()[len("Frame from "):-1] for t in video.times)
-    output.write(f"{path}: {video.info.width}x{video.info.height}, {video.info.fps:g} fps, "
-                 f"{video.info.total_frames} frames, {duration_text(video.duration)}{segment}\n"
-                 f"sampling {video.fps:g} fps, at most {video.max_frames} frames -> {video.num_frames} "
-                 f"frame{'s' if video.num_frames != 1 else ''} of {config.tile_size} px: "
-                 f"{tokens} prompt tokens of the model's {config.max_position_embeddings}\n"
-                 f"frames: {' '.join(map(str, video.numbers))}\n"
-                 f"at: {stamps}\n")
+    stamps = " ".join(frame_header(t).strip()[len("Frame from ") : -1] for t in video.times)
+    output.write(
+        f"{path}: {video.info.width}x{video.info.height}, {video.info.fps:g} fps, "
+        f"{video.info.total_frames} frames, {duration_text(video.duration)}{segment}\n"
+        f"sampling {video.fps:g} fps, at most {video.max_frames} frames -> {video.num_frames} "
+        f"frame{'s' if video.num_frames != 1 else ''} of {config.tile_size} px: "
+        f"{tokens} prompt tokens of the model's {config.max_position_embeddings}\n"
+        f"frames: {' '.join(map(str, video.numbers))}\n"
+        f"at: {stamps}\n"
+    )

@@ -17,10 +17,27 @@ from typing import Any, Optional
 
 import typer
 
-from smolvlm_cli.cli.options import (DEFAULTS, BackendOpt, DetailOpt, DtypeOpt, EndOpt, FpsOpt, GraphsOpt,
-                                     LongestEdgeOpt, MaxFramesOpt, MaxTokensOpt, ModelOpt, NoSplitOpt,
-                                     RepetitionPenaltyOpt, SeedOpt, StartOpt, TemperatureOpt, ThreadsOpt,
-                                     TopKOpt, TopPOpt)
+from smolvlm_cli.cli.options import (
+    DEFAULTS,
+    BackendOpt,
+    DetailOpt,
+    DtypeOpt,
+    EndOpt,
+    FpsOpt,
+    GraphsOpt,
+    LongestEdgeOpt,
+    MaxFramesOpt,
+    MaxTokensOpt,
+    ModelOpt,
+    NoSplitOpt,
+    RepetitionPenaltyOpt,
+    SeedOpt,
+    StartOpt,
+    TemperatureOpt,
+    ThreadsOpt,
+    TopKOpt,
+    TopPOpt,
+)
 from smolvlm_cli.hub import DEFAULT_MODEL
 from smolvlm_cli.options import GenerationOptions, Tiling
 
@@ -52,8 +69,9 @@ class TilingChoice:
 
     def __post_init__(self):
         if self.detail is not None and (self.longest_edge is not None or self.no_split):
-            raise typer.BadParameter("give either --detail or --longest-edge/--no-split, not both",
-                                     param_hint="'--detail'")
+            raise typer.BadParameter(
+                "give either --detail or --longest-edge/--no-split, not both", param_hint="'--detail'"
+            )
 
     @property
     def chosen(self) -> bool:
@@ -80,8 +98,9 @@ class VideoChoice:
 
     def __post_init__(self):
         if self.start is not None and self.end is not None and self.end <= self.start:
-            raise typer.BadParameter(f"--end ({self.end:g}) must come after --start ({self.start:g})",
-                                     param_hint="'--end'")
+            raise typer.BadParameter(
+                f"--end ({self.end:g}) must come after --start ({self.start:g})", param_hint="'--end'"
+            )
 
     @property
     def options(self) -> dict[str, Any]:
@@ -101,16 +120,35 @@ def _keyword(name: str, alias: Any, default: Any) -> inspect.Parameter:
 
 
 _GROUPS: dict[type, list[inspect.Parameter]] = {
-    ModelChoice: [_keyword("model", ModelOpt, DEFAULT_MODEL), _keyword("backend", BackendOpt, "auto"),
-                  _keyword("dtype", DtypeOpt, None), _keyword("graphs", GraphsOpt, "auto"),
-                  _keyword("threads", ThreadsOpt, None)],
-    GenerationOptions: [_keyword(name, alias, getattr(DEFAULTS, name)) for name, alias in (
-        ("max_new_tokens", MaxTokensOpt), ("temperature", TemperatureOpt), ("top_k", TopKOpt), ("top_p", TopPOpt),
-        ("repetition_penalty", RepetitionPenaltyOpt), ("seed", SeedOpt))],
-    TilingChoice: [_keyword("detail", DetailOpt, None), _keyword("longest_edge", LongestEdgeOpt, None),
-                   _keyword("no_split", NoSplitOpt, False)],
-    VideoChoice: [_keyword("fps", FpsOpt, None), _keyword("max_frames", MaxFramesOpt, None),
-                  _keyword("start", StartOpt, None), _keyword("end", EndOpt, None)],
+    ModelChoice: [
+        _keyword("model", ModelOpt, DEFAULT_MODEL),
+        _keyword("backend", BackendOpt, "auto"),
+        _keyword("dtype", DtypeOpt, None),
+        _keyword("graphs", GraphsOpt, "auto"),
+        _keyword("threads", ThreadsOpt, None),
+    ],
+    GenerationOptions: [
+        _keyword(name, alias, getattr(DEFAULTS, name))
+        for name, alias in (
+            ("max_new_tokens", MaxTokensOpt),
+            ("temperature", TemperatureOpt),
+            ("top_k", TopKOpt),
+            ("top_p", TopPOpt),
+            ("repetition_penalty", RepetitionPenaltyOpt),
+            ("seed", SeedOpt),
+        )
+    ],
+    TilingChoice: [
+        _keyword("detail", DetailOpt, None),
+        _keyword("longest_edge", LongestEdgeOpt, None),
+        _keyword("no_split", NoSplitOpt, False),
+    ],
+    VideoChoice: [
+        _keyword("fps", FpsOpt, None),
+        _keyword("max_frames", MaxFramesOpt, None),
+        _keyword("start", StartOpt, None),
+        _keyword("end", EndOpt, None),
+    ],
 }
 
 
@@ -126,8 +164,9 @@ def option_groups(command: Callable[..., None]) -> Callable[..., None]:
             groups[param.name] = (kind, _GROUPS[kind])
             params.extend(_GROUPS[kind])
         else:  # typer calls by keyword: every parameter may be keyword-only, in any order
-            params.append(param.replace(annotation=hints.get(param.name, param.annotation),
-                                        kind=inspect.Parameter.KEYWORD_ONLY))
+            params.append(
+                param.replace(annotation=hints.get(param.name, param.annotation), kind=inspect.Parameter.KEYWORD_ONLY)
+            )
 
     @functools.wraps(command)
     def run(**values):

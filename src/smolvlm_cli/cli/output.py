@@ -94,11 +94,18 @@ def human_size(size: int) -> str:
     return f"{size} B"
 
 
-def files_table(root: Path, paths: list[Path], seconds: float, timings: dict[str, float] | None = None,
-                what: str = "done") -> str:
+def files_table(
+    root: Path, paths: list[Path], seconds: float, timings: dict[str, float] | None = None, what: str = "done"
+) -> str:
     """Files written under `root`: size and, when timed, seconds each; the total; `what` and the time."""
-    rows = [(str(p.relative_to(root)), human_size(p.stat().st_size),
-             f"{timings[p.name]:.1f} s" if timings and p.name in timings else "") for p in sorted(paths)]
+    rows = [
+        (
+            str(p.relative_to(root)),
+            human_size(p.stat().st_size),
+            f"{timings[p.name]:.1f} s" if timings and p.name in timings else "",
+        )
+        for p in sorted(paths)
+    ]
     width = max([len(r[0]) for r in rows] + [5])
     timed = any(r[2] for r in rows)
     lines = [f"{'file':<{width}}  {'size':>9}" + (f"  {'time':>7}" if timed else "")]

@@ -48,8 +48,10 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise SmolVLMError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-                           hint="choose another --port, or stop what is using it") from None
+        raise SmolVLMError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            hint="choose another --port, or stop what is using it",
+        ) from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
@@ -60,8 +62,10 @@ def _require_server_extra() -> None:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as exc:
-        raise SmolVLMError(f"the server needs starlette and uvicorn ({exc.name} is not installed)",
-                           hint="pip install 'smolvlm-cli[server]'") from None
+        raise SmolVLMError(
+            f"the server needs starlette and uvicorn ({exc.name} is not installed)",
+            hint="pip install 'smolvlm-cli[server]'",
+        ) from None
 
 
 @option_groups
@@ -69,48 +73,115 @@ def serve(
     model: ModelChoice = ModelChoice(),
     options: GenerationOptions = DEFAULTS,
     tiling: TilingChoice = TilingChoice(),
-    host: Annotated[str, typer.Option(
-        "--host", rich_help_panel=_NET,
-        help="Address to listen on; the loopback by default (0.0.0.0: every interface).")] = DEFAULT_HOST,
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, rich_help_panel=_NET,
-                                      help="TCP port (0: any free one).")] = DEFAULT_PORT,
-    api_key: Annotated[Optional[list[str]], typer.Option(
-        "--api-key", envvar=API_KEY_ENV, show_envvar=True, rich_help_panel=_NET, show_default=False,
-        help="Require this key ('Authorization: Bearer KEY' or 'X-Api-Key: KEY'); repeat for several. "
-             "/health stays public.")] = None,
-    cors: Annotated[Optional[list[str]], typer.Option(
-        "--cors", metavar="ORIGIN", rich_help_panel=_NET, show_default=False,
-        help="Let web pages from this origin call the API (repeatable; '*' for any).")] = None,
-    max_batch: Annotated[int, typer.Option(
-        "--max-batch", min=1, rich_help_panel=_LIMITS,
-        help="Replies decoded together; a finished one's place goes to the next request at "
-             "once.")] = _DEFAULTS.max_batch,
-    max_queue: Annotated[int, typer.Option(
-        "--max-queue", min=0, rich_help_panel=_LIMITS,
-        help="Requests that may wait for a place; beyond it the server answers 503 at "
-             "once.")] = _DEFAULTS.max_queue,
-    max_image_mb: Annotated[float, typer.Option(
-        "--max-image-mb", min=0.001, rich_help_panel=_LIMITS,
-        help="Largest image accepted, in MB, whatever its source.")] = _DEFAULTS.max_image_bytes / 1e6,
-    max_video_mb: Annotated[float, typer.Option(
-        "--max-video-mb", min=0.001, rich_help_panel=_LIMITS,
-        help="Largest video accepted (video_url parts), in MB.")] = _DEFAULTS.max_video_bytes / 1e6,
-    max_images: Annotated[int, typer.Option(
-        "--max-images", min=1, rich_help_panel=_LIMITS, help="Most images and videos in one request.")] = _DEFAULTS.max_images,
-    max_request_tokens: Annotated[Optional[int], typer.Option(
-        "--max-request-tokens", min=2, rich_help_panel=_LIMITS, show_default="the model's context",
-        help="Most prompt + completion tokens in one request.")] = None,
-    allow_remote_images: Annotated[bool, typer.Option(
-        "--allow-remote-images", rich_help_panel=_IMAGES,
-        help="Fetch http(s) image URLs (capped by --max-image-mb and --remote-timeout). The server "
-             "then requests any address a client names: for trusted clients only.")] = False,
-    remote_timeout: Annotated[float, typer.Option(
-        "--remote-timeout", min=0.1, rich_help_panel=_IMAGES,
-        help="Seconds a remote image may take to download.")] = _DEFAULTS.remote_timeout_s,
-    allow_local_files: Annotated[Optional[Path], typer.Option(
-        "--allow-local-files", metavar="ROOT", rich_help_panel=_IMAGES, exists=True, file_okay=False,
-        show_default=False,
-        help="Accept image paths and file:// URLs below this folder (never outside it).")] = None,
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            rich_help_panel=_NET,
+            help="Address to listen on; the loopback by default (0.0.0.0: every interface).",
+        ),
+    ] = DEFAULT_HOST,
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, rich_help_panel=_NET, help="TCP port (0: any free one).")
+    ] = DEFAULT_PORT,
+    api_key: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--api-key",
+            envvar=API_KEY_ENV,
+            show_envvar=True,
+            rich_help_panel=_NET,
+            show_default=False,
+            help="Require this key ('Authorization: Bearer KEY' or 'X-Api-Key: KEY'); repeat for several. "
+            "/health stays public.",
+        ),
+    ] = None,
+    cors: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--cors",
+            metavar="ORIGIN",
+            rich_help_panel=_NET,
+            show_default=False,
+            help="Let web pages from this origin call the API (repeatable; '*' for any).",
+        ),
+    ] = None,
+    max_batch: Annotated[
+        int,
+        typer.Option(
+            "--max-batch",
+            min=1,
+            rich_help_panel=_LIMITS,
+            help="Replies decoded together; a finished one's place goes to the next request at once.",
+        ),
+    ] = _DEFAULTS.max_batch,
+    max_queue: Annotated[
+        int,
+        typer.Option(
+            "--max-queue",
+            min=0,
+            rich_help_panel=_LIMITS,
+            help="Requests that may wait for a place; beyond it the server answers 503 at once.",
+        ),
+    ] = _DEFAULTS.max_queue,
+    max_image_mb: Annotated[
+        float,
+        typer.Option(
+            "--max-image-mb",
+            min=0.001,
+            rich_help_panel=_LIMITS,
+            help="Largest image accepted, in MB, whatever its source.",
+        ),
+    ] = _DEFAULTS.max_image_bytes / 1e6,
+    max_video_mb: Annotated[
+        float,
+        typer.Option(
+            "--max-video-mb",
+            min=0.001,
+            rich_help_panel=_LIMITS,
+            help="Largest video accepted (video_url parts), in MB.",
+        ),
+    ] = _DEFAULTS.max_video_bytes / 1e6,
+    max_images: Annotated[
+        int, typer.Option("--max-images", min=1, rich_help_panel=_LIMITS, help="Most images and videos in one request.")
+    ] = _DEFAULTS.max_images,
+    max_request_tokens: Annotated[
+        Optional[int],
+        typer.Option(
+            "--max-request-tokens",
+            min=2,
+            rich_help_panel=_LIMITS,
+            show_default="the model's context",
+            help="Most prompt + completion tokens in one request.",
+        ),
+    ] = None,
+    allow_remote_images: Annotated[
+        bool,
+        typer.Option(
+            "--allow-remote-images",
+            rich_help_panel=_IMAGES,
+            help="Fetch http(s) image URLs (capped by --max-image-mb and --remote-timeout). The server "
+            "then requests any address a client names: for trusted clients only.",
+        ),
+    ] = False,
+    remote_timeout: Annotated[
+        float,
+        typer.Option(
+            "--remote-timeout", min=0.1, rich_help_panel=_IMAGES, help="Seconds a remote image may take to download."
+        ),
+    ] = _DEFAULTS.remote_timeout_s,
+    allow_local_files: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--allow-local-files",
+            metavar="ROOT",
+            rich_help_panel=_IMAGES,
+            exists=True,
+            file_okay=False,
+            show_default=False,
+            help="Accept image paths and file:// URLs below this folder (never outside it).",
+        ),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Serve the model over HTTP with OpenAI's chat-completions API (needs the `server` extra).
@@ -119,27 +190,44 @@ def serve(
     """
     _require_server_extra()
     if model.backend == "torch":
-        raise typer.BadParameter("the server decodes requests together, which the torch backend cannot: "
-                                 "use the ONNX backend", param_hint="'--backend'")
+        raise typer.BadParameter(
+            "the server decodes requests together, which the torch backend cannot: use the ONNX backend",
+            param_hint="'--backend'",
+        )
     settings = ServerSettings(
-        model_id=model.model, api_keys=tuple(api_key or ()), max_batch=max_batch, max_queue=max_queue,
-        max_image_bytes=int(max_image_mb * 1e6), max_video_bytes=int(max_video_mb * 1e6), max_images=max_images,
-        max_request_tokens=max_request_tokens, allow_remote_images=allow_remote_images,
-        remote_timeout_s=remote_timeout, local_root=allow_local_files, cors_origins=tuple(cors or ()))
+        model_id=model.model,
+        api_keys=tuple(api_key or ()),
+        max_batch=max_batch,
+        max_queue=max_queue,
+        max_image_bytes=int(max_image_mb * 1e6),
+        max_video_bytes=int(max_video_mb * 1e6),
+        max_images=max_images,
+        max_request_tokens=max_request_tokens,
+        allow_remote_images=allow_remote_images,
+        remote_timeout_s=remote_timeout,
+        local_root=allow_local_files,
+        cors_origins=tuple(cors or ()),
+    )
     sock = _bind(host, port)  # before the model loads: a taken port fails fast
 
     import uvicorn
 
     from smolvlm_cli.server.app import create_app
 
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING if quiet else logging.INFO,
-                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
     vlm = model.load(quiet)
     app = create_app(vlm, replace(settings, tiling=tiling.resolve(lambda: vlm.config)), options)
     bound_host, bound_port = sock.getsockname()[:2]
     if not quiet:
-        output.log(f"Serving {model.model} ({vlm.backend.dtype}) at http://{bound_host}:{bound_port}/v1 "
-                   f"(max batch {max_batch}, queue {max_queue}); Ctrl-C stops")
+        output.log(
+            f"Serving {model.model} ({vlm.backend.dtype}) at http://{bound_host}:{bound_port}/v1 "
+            f"(max batch {max_batch}, queue {max_queue}); Ctrl-C stops"
+        )
         if not settings.api_keys and host not in ("127.0.0.1", "::1", "localhost"):
             output.log(f"Warning: listening on {host} without --api-key: anyone who can reach it may use it")
     # streams still open at Ctrl-C get 5 s to finish; a second Ctrl-C ends them at once

@@ -25,8 +25,7 @@ from smolvlm_cli.errors import ExportError
 
 TOLERANCE = 1e-3
 PROMPT_LEN, DECODE_STEPS = 8, 8
-_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
-       "tensor(bool)": np.bool_}
+_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
 
 
 def session(path: Path):
@@ -56,8 +55,8 @@ def vision_inputs(model, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     pixels = torch.randn(1, 3, 3, size, size, generator=gen).clamp(-1, 1)
     mask = torch.ones(1, 3, size, size, dtype=torch.bool)
-    mask[0, 1, (2 * size) // 3:, :] = False  # a partial tile: bottom rows and right columns padded
-    mask[0, 1, :, size // 2:] = False
+    mask[0, 1, (2 * size) // 3 :, :] = False  # a partial tile: bottom rows and right columns padded
+    mask[0, 1, :, size // 2 :] = False
     pixels[0, 1][:, ~mask[0, 1]] = 0.0
     mask[0, 2] = False  # a padding tile
     pixels[0, 2] = 0.0
@@ -87,10 +86,13 @@ def decoder_reference(model, ids: np.ndarray, steps: int = DECODE_STEPS):
     with torch.no_grad():
         for _ in range(steps + 1):
             seq = step_ids.shape[1]
-            out = model(inputs_embeds=embed(step_ids),
-                        attention_mask=torch.ones(1, length + seq, dtype=torch.int64),
-                        position_ids=torch.arange(length, length + seq)[None],
-                        past_key_values=cache, use_cache=True)
+            out = model(
+                inputs_embeds=embed(step_ids),
+                attention_mask=torch.ones(1, length + seq, dtype=torch.int64),
+                position_ids=torch.arange(length, length + seq)[None],
+                past_key_values=cache,
+                use_cache=True,
+            )
             cache, length = out.past_key_values, length + seq
             logits_list.append(out.logits.numpy())
             step_ids = out.logits[:, -1:].argmax(-1)
@@ -98,8 +100,9 @@ def decoder_reference(model, ids: np.ndarray, steps: int = DECODE_STEPS):
     return tokens[:-1], logits_list
 
 
-def run_decoder(dec, embed, tokens: list[np.ndarray], num_layers: int, kv_heads: int,
-                head_dim: int) -> list[np.ndarray]:
+def run_decoder(
+    dec, embed, tokens: list[np.ndarray], num_layers: int, kv_heads: int, head_dim: int
+) -> list[np.ndarray]:
     """Teacher-forced ONNX run over the given token chunks; returns the logits of each call
     ([1, seq, vocab], or [1, 1, vocab] from graphs that return only the last position's)."""
     from smolvlm_cli.builder.text import past_names
@@ -112,19 +115,27 @@ def run_decoder(dec, embed, tokens: list[np.ndarray], num_layers: int, kv_heads:
     for chunk in tokens:
         (embeds,) = _run(embed, {"input_ids": chunk.astype(np.int64)})
         seq = chunk.shape[1]
-        feeds = {"inputs_embeds": embeds.astype(np.float32),
-                 "attention_mask": np.ones((1, length + seq), np.int64), **pasts}
+        feeds = {
+            "inputs_embeds": embeds.astype(np.float32),
+            "attention_mask": np.ones((1, length + seq), np.int64),
+            **pasts,
+        }
         if positions:
             feeds["position_ids"] = np.arange(length, length + seq, dtype=np.int64)[None]
         out = dict(zip(outputs, _run(dec, feeds)))
-        pasts = {n: out["present." + n[len("past_key_values."):]] for n in names}
+        pasts = {n: out["present." + n[len("past_key_values.") :]] for n in names}
         length += seq
         result.append(out["logits"].astype(np.float32))
     return result
 
 
-def check_export(model, fp32: dict[str, Path], variants: dict[str, dict[str, Path]],
-                 log: Callable[[str], None] = print, tolerance: float = TOLERANCE):
+def check_export(
+    model,
+    fp32: dict[str, Path],
+    variants: dict[str, dict[str, Path]],
+    log: Callable[[str], None] = print,
+    tolerance: float = TOLERANCE,
+):
     """(diffs, fidelity): max abs difference per fp32 graph, cosine/top-1 per variant file."""
     from smolvlm_cli.export.checkpoint import quiet_transformers
 
@@ -145,8 +156,10 @@ def _check_export(model, fp32, variants, log, tolerance):
     def record(graph: str, diff: float, scale: float) -> None:
         diffs[graph] = diff
         ok = diff <= tolerance
-        log(f"check {graph}.onnx: max |onnxruntime - transformers| = {diff:.2e} "
-            f"(values up to {scale:.3g}) {'ok' if ok else 'FAILED'}")
+        log(
+            f"check {graph}.onnx: max |onnxruntime - transformers| = {diff:.2e} "
+            f"(values up to {scale:.3g}) {'ok' if ok else 'FAILED'}"
+        )
         if not ok:
             failures.append(f"{graph} differs from transformers by {diff:.2e} (> {tolerance:g})")
 
@@ -175,12 +188,14 @@ def _check_export(model, fp32, variants, log, tolerance):
     tokens, logits_ref = decoder_reference(model, prompt)
     dec_sess = session(fp32["decoder_model_merged"])
     logits = run_decoder(dec_sess, emb_sess, tokens, layers, kv_heads, head_dim)
-    logits_ref = [ref_[:, -got.shape[1]:] for got, ref_ in zip(logits, logits_ref)]  # last-only graphs
-    record("decoder_model_merged", max(float(np.abs(a - b).max()) for a, b in zip(logits, logits_ref)),
-           max(float(np.abs(b).max()) for b in logits_ref))
+    logits_ref = [ref_[:, -got.shape[1] :] for got, ref_ in zip(logits, logits_ref)]  # last-only graphs
+    record(
+        "decoder_model_merged",
+        max(float(np.abs(a - b).max()) for a, b in zip(logits, logits_ref)),
+        max(float(np.abs(b).max()) for b in logits_ref),
+    )
     if failures:
-        raise ExportError("; ".join(failures),
-                          hint="the exported graphs do not reproduce transformers: report this")
+        raise ExportError("; ".join(failures), hint="the exported graphs do not reproduce transformers: report this")
 
     for dtype, graphs in variants.items():
         sessions = {g: session(p) for g, p in graphs.items()}
@@ -190,8 +205,11 @@ def _check_export(model, fp32, variants, log, tolerance):
         lg = run_decoder(sessions["decoder_model_merged"], emb_sess, tokens, layers, kv_heads, head_dim)
         full, part = np.concatenate([x[0] for x in logits]), np.concatenate([x[0] for x in lg])
         real = len(ref)
-        outputs = {"vision_encoder": (vf[:real], feats[:real]), "embed_tokens": (ef, emb),
-                   "decoder_model_merged": (part, full)}
+        outputs = {
+            "vision_encoder": (vf[:real], feats[:real]),
+            "embed_tokens": (ef, emb),
+            "decoder_model_merged": (part, full),
+        }
         for graph, (got, want) in outputs.items():
             name = graphs[graph].stem
             if not np.isfinite(got).all():
@@ -200,8 +218,10 @@ def _check_export(model, fp32, variants, log, tolerance):
             extra = ""
             if graph == "decoder_model_merged":
                 fidelity[name]["top1"] = float((got.argmax(-1) == want.argmax(-1)).mean())
-                extra = (f", same top-1 token as fp32 at {fidelity[name]['top1']:.0%} of {len(got)} "
-                         "positions (random or tiny weights have near-ties: low figures are normal "
-                         "there; README's dtype table has real-caption figures)")
+                extra = (
+                    f", same top-1 token as fp32 at {fidelity[name]['top1']:.0%} of {len(got)} "
+                    "positions (random or tiny weights have near-ties: low figures are normal "
+                    "there; README's dtype table has real-caption figures)"
+                )
             log(f"fidelity {name}.onnx: cosine to fp32 {fidelity[name]['cosine']:.5f}{extra}")
     return diffs, fidelity

@@ -20,14 +20,31 @@ from typing import Any
 from smolvlm_cli.errors import ConfigError
 
 # Files that hold weights (or derived graphs) and are never copied as "configuration".
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".onnx_data", ".data",
-                   ".gguf", ".msgpack", ".h5", ".ot")
+WEIGHT_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".onnx",
+    ".onnx_data",
+    ".data",
+    ".gguf",
+    ".msgpack",
+    ".h5",
+    ".ot",
+)
 WEIGHT_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
-TINY_TEXT = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
-TINY_VISION = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
-               "num_attention_heads": 4}
+TINY_TEXT = {
+    "num_hidden_layers": 2,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+}
+TINY_VISION = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4}
 
 # SmolVLM2-2.2B-Instruct, from its published architecture: the weights and config.json cannot be
 # fetched here, and no byte-exact copy of its config was found. What a public excerpt of its
@@ -37,13 +54,30 @@ TINY_VISION = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 1
 # SmolLM2-1.7B (rope_theta 130000, untied head in the VLM). The tokenizer and chat template are
 # the SmolVLM2 ones.
 SMOLVLM2_2_2B = {
-    "config": {"scale_factor": 3, "tie_word_embeddings": False,
-               "text_config": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24,
-                               "head_dim": 64, "max_position_embeddings": 8192, "rope_theta": 130000,
-                               "num_attention_heads": None, "num_key_value_heads": None},
-               "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
-                                 "num_attention_heads": 16, "patch_size": 14, "image_size": 384,
-                                 "max_image_size": {"longest_edge": 384}, "size": {"longest_edge": 1536}}},
+    "config": {
+        "scale_factor": 3,
+        "tie_word_embeddings": False,
+        "text_config": {
+            "hidden_size": 2048,
+            "intermediate_size": 8192,
+            "num_hidden_layers": 24,
+            "head_dim": 64,
+            "max_position_embeddings": 8192,
+            "rope_theta": 130000,
+            "num_attention_heads": None,
+            "num_key_value_heads": None,
+        },
+        "vision_config": {
+            "hidden_size": 1152,
+            "intermediate_size": 4304,
+            "num_hidden_layers": 27,
+            "num_attention_heads": 16,
+            "patch_size": 14,
+            "image_size": 384,
+            "max_image_size": {"longest_edge": 384},
+            "size": {"longest_edge": 1536},
+        },
+    },
     "preprocessor_config": {"max_image_size": {"longest_edge": 384}, "size": {"longest_edge": 1536}},
     "processor_config": {"image_seq_len": 81},
 }
@@ -54,8 +88,7 @@ def _merge(base: dict, patch: dict) -> dict:
     for key, value in patch.items():
         if value is None:
             out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict) and key not in (
-                "max_image_size", "size"):
+        elif isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("max_image_size", "size"):
             out[key] = _merge(out[key], value)
         else:
             out[key] = value
@@ -79,8 +112,9 @@ def is_weight_file(path: Path) -> bool:
 
 def config_files(model_dir: Path) -> list[Path]:
     """Every top-level non-weight file of a model directory (config, tokenizer, processor, ...)."""
-    return sorted(p for p in Path(model_dir).iterdir()
-                  if p.is_file() and not p.name.startswith(".") and not is_weight_file(p))
+    return sorted(
+        p for p in Path(model_dir).iterdir() if p.is_file() and not p.name.startswith(".") and not is_weight_file(p)
+    )
 
 
 def copy_config_files(src: Path, dst: Path) -> list[Path]:
@@ -130,8 +164,7 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def make_random_checkpoint(config_dir: str | Path, out_dir: str | Path, tiny: bool = False,
-                           seed: int = 0) -> Path:
+def make_random_checkpoint(config_dir: str | Path, out_dir: str | Path, tiny: bool = False, seed: int = 0) -> Path:
     """Write a complete model directory with seeded random weights; returns `out_dir`.
 
     `config_dir` is a SmolVLM / SmolVLM2 directory in the Hub layout (weights not needed).
@@ -142,20 +175,21 @@ def make_random_checkpoint(config_dir: str | Path, out_dir: str | Path, tiny: bo
     config_dir, out_dir = Path(config_dir), Path(out_dir)
     config_path = config_dir / "config.json"
     if not config_path.is_file():
-        raise ConfigError(f"config.json not found in {config_dir}",
-                          hint="pass a SmolVLM model directory in the Hugging Face layout")
+        raise ConfigError(
+            f"config.json not found in {config_dir}", hint="pass a SmolVLM model directory in the Hugging Face layout"
+        )
     try:
         raw = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{config_path} is not valid JSON: {exc}") from exc
     if raw.get("model_type") not in ("smolvlm", "idefics3"):
-        raise ConfigError(f"{config_path}: model_type {raw.get('model_type')!r} is not supported",
-                          hint="supported: smolvlm, idefics3")
+        raise ConfigError(
+            f"{config_path}: model_type {raw.get('model_type')!r} is not supported", hint="supported: smolvlm, idefics3"
+        )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     copy_config_files(config_dir, out_dir)
-    (out_dir / "config.json").write_text(json.dumps(_random_config(raw, tiny), indent=2) + "\n",
-                                         encoding="utf-8")
+    (out_dir / "config.json").write_text(json.dumps(_random_config(raw, tiny), indent=2) + "\n", encoding="utf-8")
     # Build from the config as written, so that AutoConfig.from_pretrained(out_dir) round-trips.
     config = AutoConfig.from_pretrained(out_dir)
     with torch.random.fork_rng(devices=[]):

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 
-
 class EmbedTokens(nn.Module):
     """input_ids [B, S] int64 -> inputs_embeds [B, S, hidden]."""
 
@@ -54,10 +53,16 @@ class Decoder(nn.Module):
         self.lm_head = model.lm_head
         self.text_config = model.config.text_config
 
-    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                position_ids: torch.Tensor, *past: torch.Tensor):
+    def forward(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
+    ):
         cache = make_cache(self.text_config, past)
-        out = self.text_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                              position_ids=position_ids, past_key_values=cache, use_cache=True)
+        out = self.text_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        )
         logits = self.lm_head(out.last_hidden_state)
         return (logits, *flat_cache(out.past_key_values))

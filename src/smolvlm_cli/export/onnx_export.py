@@ -48,20 +48,29 @@ def resolve_source(model: str | Path) -> Path:
     model_dir = resolve_model(str(model), HUB_PATTERNS)
     ModelConfig.from_dir(model_dir)  # a clear ConfigError for a directory that is not SmolVLM
     if not any(model_dir.glob("*.safetensors")):
-        raise ConfigError(f"no *.safetensors weights in {model_dir}",
-                          hint="export needs the transformers checkpoint (model.safetensors)")
+        raise ConfigError(
+            f"no *.safetensors weights in {model_dir}",
+            hint="export needs the transformers checkpoint (model.safetensors)",
+        )
     return model_dir
 
 
 def write_marker(onnx_dir: Path, dtypes) -> None:
     """Mark a folder's graphs as ours (the runtime then never rebuilds them from safetensors)."""
-    (onnx_dir / MARKER_FILE).write_text(json.dumps({"builder": BUILDER_VERSION, "style": "fast",
-                                                    "dtypes": list(dtypes)}) + "\n", encoding="utf-8")
+    (onnx_dir / MARKER_FILE).write_text(
+        json.dumps({"builder": BUILDER_VERSION, "style": "fast", "dtypes": list(dtypes)}) + "\n", encoding="utf-8"
+    )
 
 
-def export_onnx(model: str | Path, out_dir: str | Path, dtypes=("fp32",), check: bool = False,
-                log: Callable[[str], None] = print, style: str = "fast",
-                progress: Progress | None = None) -> dict:
+def export_onnx(
+    model: str | Path,
+    out_dir: str | Path,
+    dtypes=("fp32",),
+    check: bool = False,
+    log: Callable[[str], None] = print,
+    style: str = "fast",
+    progress: Progress | None = None,
+) -> dict:
     """Export `model` (a local directory or a Hub id) to `out_dir` in the Hub's ONNX layout.
 
     Returns {"out_dir", "files": {relative path: bytes}, "diffs": {graph: max abs difference to
@@ -91,8 +100,9 @@ def export_onnx(model: str | Path, out_dir: str | Path, dtypes=("fp32",), check:
             torch_model = None
         else:
             torch_model = _export_traced(model_dir, onnx_dir, scratch, dtypes)
-        files = {f"onnx/{graph_file(c, d)}": graph_bytes(onnx_dir / graph_file(c, d))
-                 for c in COMPONENTS for d in dtypes}
+        files = {
+            f"onnx/{graph_file(c, d)}": graph_bytes(onnx_dir / graph_file(c, d)) for c in COMPONENTS for d in dtypes
+        }
         diffs, fidelity = {}, {}
         if check:
             from smolvlm_cli.export.check import check_export
@@ -100,14 +110,20 @@ def export_onnx(model: str | Path, out_dir: str | Path, dtypes=("fp32",), check:
 
             fp32_dir = scratch or onnx_dir
             fp32 = {g: fp32_dir / f"{g}.onnx" for g in GRAPHS}
-            variants = {d: {COMPONENTS[c]: onnx_dir / graph_file(c, d) for c in COMPONENTS}
-                        for d in dtypes if d != "fp32"}
+            variants = {
+                d: {COMPONENTS[c]: onnx_dir / graph_file(c, d) for c in COMPONENTS} for d in dtypes if d != "fp32"
+            }
             diffs, fidelity = check_export(torch_model or load_torch_model(model_dir), fp32, variants, log=log)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    return {"out_dir": out_dir, "files": files, "diffs": diffs, "fidelity": fidelity,
-            "seconds": time.perf_counter() - started}
+    return {
+        "out_dir": out_dir,
+        "files": files,
+        "diffs": diffs,
+        "fidelity": fidelity,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def _export_traced(model_dir: Path, onnx_dir: Path, scratch: Path | None, dtypes):

@@ -25,8 +25,9 @@ def load_torch_model(model_dir: str | Path):
     from smolvlm_cli.export.checkpoint import quiet_transformers
 
     with quiet_transformers():
-        model = AutoModelForImageTextToText.from_pretrained(str(model_dir), attn_implementation="eager",
-                                                            dtype=torch.float32)
+        model = AutoModelForImageTextToText.from_pretrained(
+            str(model_dir), attn_implementation="eager", dtype=torch.float32
+        )
     return model.eval()
 
 
@@ -34,8 +35,13 @@ def _vision_spec(model):
     from smolvlm_cli.export.vision import VisionEncoder, sample_inputs
 
     inputs, axes = sample_inputs(model)
-    return (VisionEncoder(model).eval(), inputs, list(axes), ["image_features"],
-            {**axes, "image_features": {0: "num_tiles", 1: "tokens_per_tile"}})
+    return (
+        VisionEncoder(model).eval(),
+        inputs,
+        list(axes),
+        ["image_features"],
+        {**axes, "image_features": {0: "num_tiles", 1: "tokens_per_tile"}},
+    )
 
 
 def _embed_spec(model):
@@ -45,8 +51,13 @@ def _embed_spec(model):
 
     ids = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]], dtype=torch.int64)
     axes = {0: "batch_size", 1: "sequence_length"}
-    return (EmbedTokens(model).eval(), (ids,), ["input_ids"], ["inputs_embeds"],
-            {"input_ids": axes, "inputs_embeds": axes})
+    return (
+        EmbedTokens(model).eval(),
+        (ids,),
+        ["input_ids"],
+        ["inputs_embeds"],
+        {"input_ids": axes, "inputs_embeds": axes},
+    )
 
 
 def _decoder_spec(model):
@@ -64,20 +75,24 @@ def _decoder_spec(model):
     mask[1, :2] = 0
     positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, past:]
     pasts = [torch.randn(batch, heads, past, head_dim, generator=gen) for _ in range(2 * layers)]
-    axes = {"inputs_embeds": {0: "batch_size", 1: "sequence_length"},
-            "attention_mask": {0: "batch_size", 1: "past_sequence_length + sequence_length"},
-            "position_ids": {0: "batch_size", 1: "sequence_length"},
-            "logits": {0: "batch_size", 1: "sequence_length"}}
+    axes = {
+        "inputs_embeds": {0: "batch_size", 1: "sequence_length"},
+        "attention_mask": {0: "batch_size", 1: "past_sequence_length + sequence_length"},
+        "position_ids": {0: "batch_size", 1: "sequence_length"},
+        "logits": {0: "batch_size", 1: "sequence_length"},
+    }
     axes.update({n: {0: "batch_size", 2: "past_sequence_length"} for n in past_names(layers)})
-    axes.update({n: {0: "batch_size", 2: "past_sequence_length + sequence_length"}
-                 for n in present_names(layers)})
-    return (Decoder(model).eval(), (embeds, mask, positions, *pasts),
-            ["inputs_embeds", "attention_mask", "position_ids", *past_names(layers)],
-            ["logits", *present_names(layers)], axes)
+    axes.update({n: {0: "batch_size", 2: "past_sequence_length + sequence_length"} for n in present_names(layers)})
+    return (
+        Decoder(model).eval(),
+        (embeds, mask, positions, *pasts),
+        ["inputs_embeds", "attention_mask", "position_ids", *past_names(layers)],
+        ["logits", *present_names(layers)],
+        axes,
+    )
 
 
-SPECS = {"vision_encoder": _vision_spec, "embed_tokens": _embed_spec,
-         "decoder_model_merged": _decoder_spec}
+SPECS = {"vision_encoder": _vision_spec, "embed_tokens": _embed_spec, "decoder_model_merged": _decoder_spec}
 
 
 def export_traced_graph(model, graph: str, path: Path) -> None:
@@ -88,13 +103,24 @@ def export_traced_graph(model, graph: str, path: Path) -> None:
 
     module, args, inputs, outputs, axes = SPECS[graph](model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".trace-") as tmp, \
-            warnings.catch_warnings(), torch.no_grad():
+    with (
+        tempfile.TemporaryDirectory(dir=path.parent, prefix=".trace-") as tmp,
+        warnings.catch_warnings(),
+        torch.no_grad(),
+    ):
         warnings.simplefilter("ignore")  # TracerWarnings about shape arithmetic, deprecations
         raw = Path(tmp) / path.name
-        torch.onnx.export(module, args, str(raw), dynamo=False, opset_version=OPSET,
-                          input_names=inputs, output_names=outputs, dynamic_axes=axes,
-                          do_constant_folding=True)
+        torch.onnx.export(
+            module,
+            args,
+            str(raw),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=axes,
+            do_constant_folding=True,
+        )
         proto = onnx.load(str(raw))  # pulls in any external data the exporter scattered
     proto.doc_string = f"smolvlm-cli traced export: {graph} ({model.config.model_type})"
     save_onnx(proto, path)

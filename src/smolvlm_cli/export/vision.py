@@ -79,8 +79,7 @@ class VisionEncoder(nn.Module):
         nh, nw = pixel_values.shape[3] // p, pixel_values.shape[4] // p
         embeds, mask = self.embed(pixel_values, pixel_attention_mask)
         valid = mask.reshape(mask.shape[0], 1, 1, -1)
-        bias = torch.where(valid, torch.zeros((), dtype=embeds.dtype),
-                           torch.full((), MASK_VALUE, dtype=embeds.dtype))
+        bias = torch.where(valid, torch.zeros((), dtype=embeds.dtype), torch.full((), MASK_VALUE, dtype=embeds.dtype))
         hidden = self.encoder(inputs_embeds=embeds, attention_mask=bias).last_hidden_state
         hidden = self.post_layernorm(hidden)
 
@@ -99,7 +98,9 @@ def sample_inputs(model) -> tuple[tuple[torch.Tensor, torch.Tensor], dict[str, d
     gen = torch.Generator().manual_seed(0)
     pixels = torch.randn(1, 2, 3, size, size, generator=gen)
     mask = torch.ones(1, 2, size, size, dtype=torch.bool)
-    mask[0, 1, size // 2:, :] = False
-    axes = {"pixel_values": {0: "batch_size", 1: "num_images", 3: "height", 4: "width"},
-            "pixel_attention_mask": {0: "batch_size", 1: "num_images", 2: "height", 3: "width"}}
+    mask[0, 1, size // 2 :, :] = False
+    axes = {
+        "pixel_values": {0: "batch_size", 1: "num_images", 3: "height", 4: "width"},
+        "pixel_attention_mask": {0: "batch_size", 1: "num_images", 2: "height", 3: "width"},
+    }
     return (pixels, mask), axes

@@ -73,8 +73,15 @@ class RequestLog:
         finally:
             client = scope.get("client") or ("-", 0)
             note = scope.get("state", {}).get("log_note", "")
-            log.info("%s %s %s %s %.3f s%s", client[0], scope["method"], scope["path"], status[0] or "-",
-                     time.perf_counter() - started, f" {note}" if note else "")
+            log.info(
+                "%s %s %s %s %.3f s%s",
+                client[0],
+                scope["method"],
+                scope["path"],
+                status[0] or "-",
+                time.perf_counter() - started,
+                f" {note}" if note else "",
+            )
 
 
 class ScratchFolder:
@@ -123,15 +130,20 @@ class ChatServer:
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name not in (self.model_id, self.model_id.rstrip("/").rsplit("/", 1)[-1]):
-            raise ApiError(404, f"the model {name!r} does not exist here; this server runs {self.model_id!r}",
-                           param="model", code="model_not_found")
+            raise ApiError(
+                404,
+                f"the model {name!r} does not exist here; this server runs {self.model_id!r}",
+                param="model",
+                code="model_not_found",
+            )
 
     async def read_body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
-            raise ApiError(413, f"the request body is {length} bytes; this server takes at most {limit}",
-                           code="request_too_large")
+            raise ApiError(
+                413, f"the request body is {length} bytes; this server takes at most {limit}", code="request_too_large"
+            )
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
@@ -157,12 +169,20 @@ class ChatServer:
     def options(self, req: ChatRequest, prompt_tokens: int) -> GenerationOptions:
         room = self.context - prompt_tokens
         if room < 1:
-            raise ApiError(400, f"the prompt is {prompt_tokens} tokens; this server's context is "
-                                f"{self.context} tokens", param="messages", code="context_length_exceeded")
+            raise ApiError(
+                400,
+                f"the prompt is {prompt_tokens} tokens; this server's context is {self.context} tokens",
+                param="messages",
+                code="context_length_exceeded",
+            )
         if req.max_tokens is not None and req.max_tokens > room:
-            raise ApiError(400, f"{prompt_tokens} prompt tokens + max_tokens {req.max_tokens} exceed this "
-                                f"server's context of {self.context} tokens", param="max_tokens",
-                           code="context_length_exceeded")
+            raise ApiError(
+                400,
+                f"{prompt_tokens} prompt tokens + max_tokens {req.max_tokens} exceed this "
+                f"server's context of {self.context} tokens",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
         wanted = req.max_tokens or min(self.defaults.max_new_tokens, room)
         try:
             return self.defaults.updated(max_new_tokens=wanted, **req.sampling)
@@ -172,8 +192,16 @@ class ChatServer:
     # -- routes -----------------------------------------------------------------------------------
     async def health(self, request: Request) -> Response:
         s = self.scheduler
-        return JSONResponse({"status": "ok", "model": self.model_id, "running": s.running,
-                             "waiting": s.waiting, "max_batch": s.max_batch, "max_queue": s.max_queue})
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": self.model_id,
+                "running": s.running,
+                "waiting": s.waiting,
+                "max_batch": s.max_batch,
+                "max_queue": s.max_queue,
+            }
+        )
 
     async def stats(self, request: Request) -> Response:
         self.check_key(request)
@@ -235,8 +263,13 @@ class Reply:
         self.created = int(time.time())
 
     def _head(self, obj: str) -> dict[str, Any]:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.server.model_id,
-                "system_fingerprint": None}
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.server.model_id,
+            "system_fingerprint": None,
+        }
 
     def _usage(self, result: dict[str, Any]) -> dict[str, int]:
         prompt, completion = result["prompt_tokens"], result["completion_tokens"]
@@ -245,7 +278,8 @@ class Reply:
     def _note(self, result: dict[str, Any]) -> None:
         self.request.scope.setdefault("state", {})["log_note"] = (
             f"{'stream ' if self.req.stream else ''}{result['prompt_tokens']}+{result['completion_tokens']} "
-            f"tokens ({result['finish_reason']}), first token {result['timings']['ttft_ms'] / 1000:.3f} s")
+            f"tokens ({result['finish_reason']}), first token {result['timings']['ttft_ms'] / 1000:.3f} s"
+        )
 
     def _cancel(self) -> None:
         self.job.cancel()
@@ -255,6 +289,7 @@ class Reply:
         parts: list[str] = []
         kind, result = "", None
         async with anyio.create_task_group() as group:
+
             async def watch() -> None:  # the client hung up: its row is freed at once
                 while (await self.request.receive())["type"] != "http.disconnect":
                     pass
@@ -273,15 +308,28 @@ class Reply:
         if kind != "done":
             return Response(status_code=499)  # nobody to send it to
         self._note(result)
-        return JSONResponse({
-            **self._head("chat.completion"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(parts)},
-                         "logprobs": None, "finish_reason": result["finish_reason"]}],
-            "usage": self._usage(result), "timings": result["timings"]})
+        return JSONResponse(
+            {
+                **self._head("chat.completion"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(parts)},
+                        "logprobs": None,
+                        "finish_reason": result["finish_reason"],
+                    }
+                ],
+                "usage": self._usage(result),
+                "timings": result["timings"],
+            }
+        )
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        chunk = {**self._head("chat.completion.chunk"),
-                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
+        chunk = {
+            **self._head("chat.completion.chunk"),
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            **extra,
+        }
         return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
     def stream(self) -> StreamingResponse:
@@ -310,8 +358,9 @@ class Reply:
                 if not done:  # the client went away (the task was cancelled): free the row
                     self._cancel()
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
 
 
 def create_app(vlm: Any, settings: ServerSettings, defaults: GenerationOptions | None = None) -> Starlette:
@@ -324,8 +373,9 @@ def create_app(vlm: Any, settings: ServerSettings, defaults: GenerationOptions |
         return error_response(exc, headers)
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        return error_response(ApiError(exc.status_code, str(exc.detail), code="not_found"
-                                       if exc.status_code == 404 else None))
+        return error_response(
+            ApiError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+        )
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s", request.url.path)
@@ -341,16 +391,29 @@ def create_app(vlm: Any, settings: ServerSettings, defaults: GenerationOptions |
 
         return _Life()
 
-    routes = [Route("/v1/chat/completions", server.chat, methods=["POST"]),
-              Route("/chat/completions", server.chat, methods=["POST"]),
-              Route("/v1/models", server.models), Route("/v1/models/{name:path}", server.model),
-              Route("/stats", server.stats),
-              *(Route(path, server.health) for path in PUBLIC_PATHS)]
+    routes = [
+        Route("/v1/chat/completions", server.chat, methods=["POST"]),
+        Route("/chat/completions", server.chat, methods=["POST"]),
+        Route("/v1/models", server.models),
+        Route("/v1/models/{name:path}", server.model),
+        Route("/stats", server.stats),
+        *(Route(path, server.health) for path in PUBLIC_PATHS),
+    ]
     middleware = [Middleware(RequestLog)]
     if settings.cors_origins:
-        middleware.append(Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
-                                     allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["*"]))
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
-                    exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: unexpected})
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["*"],
+            )
+        )
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: unexpected},
+    )
     app.state.server = server
     return app

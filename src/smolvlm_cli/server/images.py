@@ -28,8 +28,16 @@ from smolvlm_cli.server.schema import ApiError, ImageRef
 from smolvlm_cli.server.settings import ServerSettings
 
 _DATA_URI = re.compile(r"data:(?P<mime>[^;,]*)(?P<params>(;[^;,]*)*),(?P<data>.*)", re.S | re.I)
-_VIDEO_MIME_EXTENSIONS = {"quicktime": "mov", "x-matroska": "mkv", "x-msvideo": "avi", "mpeg": "mpg",
-                          "x-ms-wmv": "wmv", "x-flv": "flv", "3gpp": "3gp", "mp2t": "ts"}
+_VIDEO_MIME_EXTENSIONS = {
+    "quicktime": "mov",
+    "x-matroska": "mkv",
+    "x-msvideo": "avi",
+    "mpeg": "mpg",
+    "x-ms-wmv": "wmv",
+    "x-flv": "flv",
+    "3gpp": "3gp",
+    "mp2t": "ts",
+}
 
 # (extension) -> a new file in the request's scratch folder
 Scratch = Callable[[str], Path]
@@ -40,8 +48,12 @@ def _limit(ref: ImageRef, settings: ServerSettings) -> int:
 
 
 def _too_large(ref: ImageRef, size: int | str, limit: int) -> ApiError:
-    return ApiError(413, f"the {ref.kind} at {ref.param} is {size} bytes; this server takes {ref.kind}s of "
-                         f"at most {limit} bytes", param=ref.param, code=f"{ref.kind}_too_large")
+    return ApiError(
+        413,
+        f"the {ref.kind} at {ref.param} is {size} bytes; this server takes {ref.kind}s of at most {limit} bytes",
+        param=ref.param,
+        code=f"{ref.kind}_too_large",
+    )
 
 
 def _data_uri(ref: ImageRef, limit: int) -> tuple[bytes, str]:
@@ -51,20 +63,27 @@ def _data_uri(ref: ImageRef, limit: int) -> tuple[bytes, str]:
         raise ApiError(400, f"malformed data URI at {ref.param}", param=ref.param, code=f"invalid_{ref.kind}_url")
     mime = match["mime"].lower()
     if mime and not mime.startswith(f"{ref.kind}/"):
-        raise ApiError(400, f"the data URI at {ref.param} is {mime!r}, not an {ref.kind}"
-                       if ref.kind == "image" else f"the data URI at {ref.param} is {mime!r}, not a video",
-                       param=ref.param, code=f"invalid_{ref.kind}")
+        raise ApiError(
+            400,
+            f"the data URI at {ref.param} is {mime!r}, not an {ref.kind}"
+            if ref.kind == "image"
+            else f"the data URI at {ref.param} is {mime!r}, not a video",
+            param=ref.param,
+            code=f"invalid_{ref.kind}",
+        )
     if ";base64" not in match["params"].lower():
-        raise ApiError(400, f"the data URI at {ref.param} is not base64-encoded", param=ref.param,
-                       code="invalid_base64")
+        raise ApiError(
+            400, f"the data URI at {ref.param} is not base64-encoded", param=ref.param, code="invalid_base64"
+        )
     data = re.sub(r"\s+", "", match["data"])
     if len(data) * 3 // 4 > limit + 3:
         raise _too_large(ref, f"about {len(data) * 3 // 4}", limit)
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(400, f"the data URI at {ref.param} is not valid base64", param=ref.param,
-                       code="invalid_base64") from None
+        raise ApiError(
+            400, f"the data URI at {ref.param} is not valid base64", param=ref.param, code="invalid_base64"
+        ) from None
     if len(raw) > limit:
         raise _too_large(ref, len(raw), limit)
     return raw, mime
@@ -74,22 +93,31 @@ def _local_path(ref: ImageRef, settings: ServerSettings) -> Path:
     """The regular file `ref` names below the allowed root, within the size limit."""
     root = settings.local_root
     if root is None:
-        raise ApiError(403, f"local files are not served ({ref.param}); start the server with "
-                            "--allow-local-files ROOT", param=ref.param, code="local_files_disabled")
+        raise ApiError(
+            403,
+            f"local files are not served ({ref.param}); start the server with --allow-local-files ROOT",
+            param=ref.param,
+            code="local_files_disabled",
+        )
     parsed = urlparse(ref.url)
     raw_path = unquote(parsed.path) if parsed.scheme == "file" else ref.url
     root = root.resolve()
     path = (root / Path(raw_path).expanduser()).resolve()  # an absolute path replaces root
     if not path.is_relative_to(root):
-        raise ApiError(403, f"{ref.param} is outside the folder this server may read", param=ref.param,
-                       code="outside_allowed_root")
+        raise ApiError(
+            403, f"{ref.param} is outside the folder this server may read", param=ref.param, code="outside_allowed_root"
+        )
     if path.exists() and not path.is_file():  # a folder, a FIFO (a read would never end), a device
         raise ApiError(400, f"{ref.param} is not a regular file", param=ref.param, code=f"invalid_{ref.kind}")
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise ApiError(400, f"cannot read the file at {ref.param}: {exc.strerror or exc}", param=ref.param,
-                       code=f"invalid_{ref.kind}") from None
+        raise ApiError(
+            400,
+            f"cannot read the file at {ref.param}: {exc.strerror or exc}",
+            param=ref.param,
+            code=f"invalid_{ref.kind}",
+        ) from None
     if size > _limit(ref, settings):
         raise _too_large(ref, size, _limit(ref, settings))
     return path
@@ -101,8 +129,12 @@ def _local_file(ref: ImageRef, settings: ServerSettings) -> bytes:
         with open(path, "rb") as fh:
             data = fh.read(_limit(ref, settings) + 1)
     except OSError as exc:
-        raise ApiError(400, f"cannot read the file at {ref.param}: {exc.strerror or exc}", param=ref.param,
-                       code=f"invalid_{ref.kind}") from None
+        raise ApiError(
+            400,
+            f"cannot read the file at {ref.param}: {exc.strerror or exc}",
+            param=ref.param,
+            code=f"invalid_{ref.kind}",
+        ) from None
     if len(data) > _limit(ref, settings):  # it grew since
         raise _too_large(ref, f"more than {_limit(ref, settings)}", _limit(ref, settings))
     return data
@@ -112,9 +144,13 @@ def _remote(ref: ImageRef, settings: ServerSettings) -> bytes:
     from smolvlm_cli.image_loading import read_url
 
     if not settings.allow_remote_images:
-        raise ApiError(403, f"remote URLs are not fetched by this server ({ref.param}); send the {ref.kind} "
-                            "as a data URI, or start the server with --allow-remote-images",
-                       param=ref.param, code="remote_images_disabled")
+        raise ApiError(
+            403,
+            f"remote URLs are not fetched by this server ({ref.param}); send the {ref.kind} "
+            "as a data URI, or start the server with --allow-remote-images",
+            param=ref.param,
+            code="remote_images_disabled",
+        )
     limit = _limit(ref, settings)
     try:
         return read_url(ref.url, f"({ref.param})", limit, settings.remote_timeout_s)
@@ -127,8 +163,12 @@ def _remote(ref: ImageRef, settings: ServerSettings) -> bytes:
 def _scheme(ref: ImageRef) -> str:
     scheme = ref.url.split(":", 1)[0].lower() if ":" in ref.url[:12] else ""
     if scheme not in ("data", "http", "https", "file", ""):
-        raise ApiError(400, f"unsupported URL scheme {scheme!r} at {ref.param} (data:, http(s): or a "
-                            "local file)", param=ref.param, code=f"invalid_{ref.kind}_url")
+        raise ApiError(
+            400,
+            f"unsupported URL scheme {scheme!r} at {ref.param} (data:, http(s): or a local file)",
+            param=ref.param,
+            code=f"invalid_{ref.kind}_url",
+        )
     return scheme
 
 

@@ -81,11 +81,12 @@ class StopText:
         cuts = [text.find(s) for s in self.stops if s in text]
         if cuts:
             self.stopped, self.pending = True, ""
-            return text[:min(cuts)]
-        keep = max((k for s in self.stops for k in range(1, min(len(s), len(text) + 1))
-                    if text.endswith(s[:k])), default=0)
-        self.pending = text[len(text) - keep:] if keep else ""
-        return text[:len(text) - keep]
+            return text[: min(cuts)]
+        keep = max(
+            (k for s in self.stops for k in range(1, min(len(s), len(text) + 1)) if text.endswith(s[:k])), default=0
+        )
+        self.pending = text[len(text) - keep :] if keep else ""
+        return text[: len(text) - keep]
 
     def flush(self) -> str:
         tail, self.pending = self.pending, ""
@@ -149,8 +150,9 @@ class FeatureCache:
 class Scheduler:
     """The model's worker thread. `submit` jobs; `close` stops it (waiting jobs get errors)."""
 
-    def __init__(self, vlm: Any, max_batch: int, max_queue: int, feature_cache_tiles: int = 256,
-                 tiles_per_turn: int | None = 1):
+    def __init__(
+        self, vlm: Any, max_batch: int, max_queue: int, feature_cache_tiles: int = 256, tiles_per_turn: int | None = 1
+    ):
         """`tiles_per_turn`: tiles a newcomer may encode between two decoder steps while rows run
         (None: its whole admission at once, the running streams waiting for all of it)."""
         self.vlm, self.max_batch, self.max_queue = vlm, max_batch, max_queue
@@ -169,8 +171,9 @@ class Scheduler:
     def _new_batch(self) -> RowBatch:
         slots = self.vlm.backend.new_rows(self.max_batch)
         if slots is None:
-            raise ValueError(f"the {self.vlm.backend.name} backend has no batched decoding: the server "
-                             "runs on the ONNX backend")
+            raise ValueError(
+                f"the {self.vlm.backend.name} backend has no batched decoding: the server runs on the ONNX backend"
+            )
         return RowBatch(self._replier, slots)
 
     # -- the asyncio side -------------------------------------------------------------------------
@@ -335,7 +338,7 @@ class Scheduler:
     def _send(self, job: Job, row: Any) -> None:
         """The row's new text (cut at a stop string) to the client."""
         stop_text = job.stop_text
-        pieces, job.sent = row.text[job.sent:], len(row.text)
+        pieces, job.sent = row.text[job.sent :], len(row.text)
         text = stop_text.feed("".join(pieces))
         if row.loop.done and not stop_text.stopped:
             text += stop_text.flush()
@@ -351,10 +354,15 @@ class Scheduler:
         self.stats.completed += 1
         self.stats.generated_tokens += len(row.tokens)
         stopped = job.stop_text.stopped
-        job.emit("done", {
-            "finish_reason": "stop" if stopped or stats.stop_reason == "stop" else "length",
-            "prompt_tokens": len(job.prepared.input_ids), "completion_tokens": len(row.tokens),
-            "timings": timings(job, stats, now)})
+        job.emit(
+            "done",
+            {
+                "finish_reason": "stop" if stopped or stats.stop_reason == "stop" else "length",
+                "prompt_tokens": len(job.prepared.input_ids),
+                "completion_tokens": len(row.tokens),
+                "timings": timings(job, stats, now),
+            },
+        )
 
     def _fail(self, job: Job, exc: Exception) -> None:
         self.stats.failed += 1
@@ -372,12 +380,19 @@ def timings(job: Job, stats: GenerationStats, now: float) -> dict[str, Any]:
 
     prompt_per_token, prompt_per_s = per(stats.prompt_tokens, prompt_ms)
     predicted_per_token, predicted_per_s = per(predicted_n, predicted_ms)
-    return {"prompt_n": stats.prompt_tokens, "prompt_ms": round(prompt_ms, 3),
-            "prompt_per_token_ms": prompt_per_token, "prompt_per_second": prompt_per_s,
-            "predicted_n": predicted_n, "predicted_ms": round(predicted_ms, 3),
-            "predicted_per_token_ms": predicted_per_token, "predicted_per_second": predicted_per_s,
-            "queue_ms": round((job.started_at - job.submitted_at) * 1000, 3),
-            "preprocess_ms": round(job.prepared.preprocess_s * 1000, 3),
-            "vision_ms": round(job.vision_s * 1000, 3), "image_tiles": job.tiles,
-            "cached_tiles": job.cached_tiles,
-            "ttft_ms": round((job.first_token_at - job.submitted_at + job.prepared.preprocess_s) * 1000, 3)}
+    return {
+        "prompt_n": stats.prompt_tokens,
+        "prompt_ms": round(prompt_ms, 3),
+        "prompt_per_token_ms": prompt_per_token,
+        "prompt_per_second": prompt_per_s,
+        "predicted_n": predicted_n,
+        "predicted_ms": round(predicted_ms, 3),
+        "predicted_per_token_ms": predicted_per_token,
+        "predicted_per_second": predicted_per_s,
+        "queue_ms": round((job.started_at - job.submitted_at) * 1000, 3),
+        "preprocess_ms": round(job.prepared.preprocess_s * 1000, 3),
+        "vision_ms": round(job.vision_s * 1000, 3),
+        "image_tiles": job.tiles,
+        "cached_tiles": job.cached_tiles,
+        "ttft_ms": round((job.first_token_at - job.submitted_at + job.prepared.preprocess_s) * 1000, 3),
+    }

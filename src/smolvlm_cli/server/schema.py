@@ -19,23 +19,30 @@ from smolvlm_cli.options import DETAIL_LEVELS
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 MAX_STOP_STRINGS = 4  # as OpenAI
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error",
-          500: "server_error", 503: "unavailable_error"}
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "unavailable_error",
+}
 
 
 class ApiError(Exception):
     """An error answer: HTTP `status` and OpenAI's error object."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 type: str | None = None):
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None, type: str | None = None
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.type = type or _TYPES.get(status, "invalid_request_error")
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param,
-                          "code": self.code}}
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 @dataclass
@@ -52,8 +59,7 @@ def _detail(value: Any, where: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or value.lower() not in DETAIL_LEVELS:
-        raise _bad(f"'{where}.image_url.detail' must be one of {', '.join(DETAIL_LEVELS)}",
-                   f"{where}.image_url.detail")
+        raise _bad(f"'{where}.image_url.detail' must be one of {', '.join(DETAIL_LEVELS)}", f"{where}.image_url.detail")
     return value.lower()
 
 
@@ -130,8 +136,7 @@ def _media_ref(part: dict, media: str, where: str, role: str) -> ImageRef:
     value = part.get(f"{media}_url")
     url = value.get("url") if isinstance(value, dict) else value
     if not isinstance(url, str) or not url:
-        raise _bad(f"'{where}.{media}_url.url' must be a non-empty string", f"{where}.{media}_url.url",
-                   "invalid_type")
+        raise _bad(f"'{where}.{media}_url.url' must be a non-empty string", f"{where}.{media}_url.url", "invalid_type")
     if role != "user":
         raise _bad(f"{media}s are only accepted in user messages ('{where}' is in a {role} message)", where)
     detail = _detail(value.get("detail") if isinstance(value, dict) and media == "image" else None, where)
@@ -155,11 +160,18 @@ def _content(content: Any, param: str, role: str, images: list[ImageRef]) -> lis
             images.append(_media_ref(part, media, where, role))
             parts.append({"type": media})
         elif kind in ("text", None):
-            raise _bad(f"'{where}' must be {{\"type\": \"text\", \"text\": ...}} or "
-                       "{\"type\": \"image_url\", \"image_url\": {\"url\": ...}}", where, "invalid_type")
+            raise _bad(
+                f'\'{where}\' must be {{"type": "text", "text": ...}} or '
+                '{"type": "image_url", "image_url": {"url": ...}}',
+                where,
+                "invalid_type",
+            )
         else:
-            raise _bad(f"content parts of type {kind!r} are not supported (text, image_url and video_url are)",
-                       f"{where}.type", "unsupported_content")
+            raise _bad(
+                f"content parts of type {kind!r} are not supported (text, image_url and video_url are)",
+                f"{where}.type",
+                "unsupported_content",
+            )
     return parts
 
 
@@ -176,15 +188,19 @@ def _messages(body: dict) -> tuple[list[dict[str, Any]], list[ImageRef]]:
             raise _bad(f"'{where}' must be an object with 'role' and 'content'", where, "invalid_type")
         role = message.get("role")
         if role not in ROLES:
-            raise _bad(f"'{where}.role' must be one of {', '.join(ROLES)}, not {json.dumps(role)[:40]}",
-                       f"{where}.role")
+            raise _bad(
+                f"'{where}.role' must be one of {', '.join(ROLES)}, not {json.dumps(role)[:40]}", f"{where}.role"
+            )
         if message.get("content") is None:
             raise _bad(f"'{where}.content' is required", f"{where}.content", "missing_required_parameter")
-        out.append({"role": ROLES[role], "content": _content(message["content"], f"{where}.content",
-                                                             ROLES[role], images)})
+        out.append(
+            {"role": ROLES[role], "content": _content(message["content"], f"{where}.content", ROLES[role], images)}
+        )
     if out[-1]["role"] == "assistant":
-        raise _bad("the last message must not be the assistant's (it would be answered by itself)",
-                   f"messages[{len(out) - 1}].role")
+        raise _bad(
+            "the last message must not be the assistant's (it would be answered by itself)",
+            f"messages[{len(out) - 1}].role",
+        )
     return out, images
 
 
@@ -205,8 +221,9 @@ def _unsupported(body: dict) -> None:
         raise _bad("only n=1 is supported", "n", "unsupported_value")
     fmt = body.get("response_format")
     if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
-        raise _bad("response_format other than {\"type\": \"text\"} is not supported", "response_format",
-                   "unsupported_value")
+        raise _bad(
+            'response_format other than {"type": "text"} is not supported', "response_format", "unsupported_value"
+        )
     for name in ("tools", "functions"):
         if body.get(name):
             raise _bad(f"'{name}' (tool calls) are not supported", name, "unsupported_value")
@@ -225,29 +242,42 @@ def parse_chat_request(body: dict[str, Any], max_images: int) -> ChatRequest:
     stream = bool(_bool(body, "stream"))
     options = body.get("stream_options") or {}
     if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
-        raise _bad("'stream_options' must be an object like {\"include_usage\": true}", "stream_options",
-                   "invalid_type")
+        raise _bad(
+            "'stream_options' must be an object like {\"include_usage\": true}", "stream_options", "invalid_type"
+        )
     _unsupported(body)
     messages, images = _messages(body)
     if len(images) > max_images:
-        raise ApiError(400, f"{len(images)} images and videos in one request; this server takes at most "
-                            f"{max_images}",
-                       param="messages", code="too_many_images")
+        raise ApiError(
+            400,
+            f"{len(images)} images and videos in one request; this server takes at most {max_images}",
+            param="messages",
+            code="too_many_images",
+        )
     details = {ref.detail for ref in images if ref.detail is not None}
     if len(details) > 1:
         raise _bad("the images of one request take one detail level (low, auto or high)", "messages")
     max_tokens = _int(body, "max_completion_tokens", 1)
     if max_tokens is None:
         max_tokens = _int(body, "max_tokens", 1)
-    sampling = {"temperature": _number(body, "temperature", 0.0, 2.0),
-                "top_p": _number(body, "top_p", 0.0, 1.0, low_open=True),
-                "top_k": _int(body, "top_k", 0),
-                "repetition_penalty": _number(body, "repetition_penalty", 0.0, 10.0, low_open=True),
-                "seed": _int(body, "seed", -(2 ** 63)),
-                "ignore_eos": _bool(body, "ignore_eos")}  # llama-server's, for benchmarks
+    sampling = {
+        "temperature": _number(body, "temperature", 0.0, 2.0),
+        "top_p": _number(body, "top_p", 0.0, 1.0, low_open=True),
+        "top_k": _int(body, "top_k", 0),
+        "repetition_penalty": _number(body, "repetition_penalty", 0.0, 10.0, low_open=True),
+        "seed": _int(body, "seed", -(2**63)),
+        "ignore_eos": _bool(body, "ignore_eos"),
+    }  # llama-server's, for benchmarks
     if sampling["seed"] is not None and sampling["seed"] < 0:
-        sampling["seed"] += 2 ** 64  # numpy seeds are unsigned; OpenAI's may be negative
-    return ChatRequest(messages, images, model=model, stream=stream,
-                       include_usage=bool(options.get("include_usage", False)) and stream,
-                       max_tokens=max_tokens, sampling={k: v for k, v in sampling.items() if v is not None},
-                       stop=_stop(body), detail=details.pop() if details else None)
+        sampling["seed"] += 2**64  # numpy seeds are unsigned; OpenAI's may be negative
+    return ChatRequest(
+        messages,
+        images,
+        model=model,
+        stream=stream,
+        include_usage=bool(options.get("include_usage", False)) and stream,
+        max_tokens=max_tokens,
+        sampling={k: v for k, v in sampling.items() if v is not None},
+        stop=_stop(body),
+        detail=details.pop() if details else None,
+    )

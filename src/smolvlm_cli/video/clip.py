@@ -80,14 +80,22 @@ class SampledVideo:
     def as_dict(self) -> dict[str, Any]:
         """What `inspect` and `--json` report."""
         info = self.info
-        return {"path": self.label, "width": info.width, "height": info.height, "codec": info.codec,
-                "fps": round(info.fps, 4), "total_frames": info.total_frames,
-                "duration_s": round(info.duration, 4), "duration": duration_text(info.duration),
-                **({"start": self.start} if self.start is not None else {}),
-                **({"end": self.end} if self.end is not None else {}),
-                "sampling": {"fps": self.fps, "max_frames": self.max_frames},
-                "frames": self.numbers, "timestamps": [round(t, 4) for t in self.times],
-                **({"notes": info.notes} if info.notes else {})}
+        return {
+            "path": self.label,
+            "width": info.width,
+            "height": info.height,
+            "codec": info.codec,
+            "fps": round(info.fps, 4),
+            "total_frames": info.total_frames,
+            "duration_s": round(info.duration, 4),
+            "duration": duration_text(info.duration),
+            **({"start": self.start} if self.start is not None else {}),
+            **({"end": self.end} if self.end is not None else {}),
+            "sampling": {"fps": self.fps, "max_frames": self.max_frames},
+            "frames": self.numbers,
+            "timestamps": [round(t, 4) for t in self.times],
+            **({"notes": info.notes} if info.notes else {}),
+        }
 
 
 def frame_size(width: int, height: int, longest_edge: int) -> tuple[int, int]:
@@ -140,17 +148,31 @@ def _segment(info: VideoInfo, start: float | None, end: float | None, label: str
     first = 0 if start is None else math.ceil(start * info.fps - 1e-6)
     stop = info.total_frames if end is None else min(info.total_frames, math.ceil(end * info.fps - 1e-6))
     if first >= info.total_frames:
-        raise VideoError(f"--start {start:g} s is past the end of video {label} "
-                         f"({info.duration:.2f} s long)")
+        raise VideoError(f"--start {start:g} s is past the end of video {label} ({info.duration:.2f} s long)")
     if stop <= first:
         raise VideoError(f"the segment of video {label} from {start or 0:g} s to {end:g} s holds no frame")
-    return VideoInfo(total_frames=stop - first, fps=info.fps, width=info.width, height=info.height,
-                     first_frame=first, codec=info.codec, notes=info.notes)
+    return VideoInfo(
+        total_frames=stop - first,
+        fps=info.fps,
+        width=info.width,
+        height=info.height,
+        first_frame=first,
+        codec=info.codec,
+        notes=info.notes,
+    )
 
 
-def open_video(source: str | os.PathLike, config: ModelConfig, *, fps: float | None = None,
-               max_frames: int | None = None, start: float | None = None, end: float | None = None,
-               label: str | None = None, probed: tuple | None = None) -> SampledVideo:
+def open_video(
+    source: str | os.PathLike,
+    config: ModelConfig,
+    *,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    label: str | None = None,
+    probed: tuple | None = None,
+) -> SampledVideo:
     """Probe `source` and sample its frames (the model's `video_sampling` unless `fps` /
     `max_frames` are given); `start` / `end` (seconds) take a segment, sampled as if the clip
     had been cut there (timestamps and duration count from `start`). `probed` is what
@@ -164,9 +186,11 @@ def open_video(source: str | os.PathLike, config: ModelConfig, *, fps: float | N
 
     label = label or os.fsdecode(source)
     if config.video_fps is None or config.video_max_frames is None:
-        raise VideoError(f"this model has no video support (no video_sampling in its "
-                         f"preprocessor_config.json), so it cannot take video {label}",
-                         hint="use a SmolVLM2 model, e.g. HuggingFaceTB/SmolVLM2-256M-Video-Instruct")
+        raise VideoError(
+            f"this model has no video support (no video_sampling in its "
+            f"preprocessor_config.json), so it cannot take video {label}",
+            hint="use a SmolVLM2 model, e.g. HuggingFaceTB/SmolVLM2-256M-Video-Instruct",
+        )
     fps = config.video_fps if fps is None else float(fps)
     max_frames = config.video_max_frames if max_frames is None else int(max_frames)
     _check_options(label, fps, max_frames, start, end)

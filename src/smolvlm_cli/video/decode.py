@@ -92,8 +92,10 @@ def open_container(path: str | os.PathLike, label: str | None = None):
     try:
         container = av.open(str(path), "r")
     except av.error.FFmpegError as exc:
-        raise VideoError(f"cannot read video {label}: not a video, or a damaged file ({_one_line(exc)})",
-                         hint="use an MP4, MOV, MKV, WebM or AVI video") from None
+        raise VideoError(
+            f"cannot read video {label}: not a video, or a damaged file ({_one_line(exc)})",
+            hint="use an MP4, MOV, MKV, WebM or AVI video",
+        ) from None
     except OSError as exc:
         raise VideoError(f"cannot read video {label}: {exc.strerror or _one_line(exc)}") from None
     if not container.streams.video:
@@ -110,8 +112,10 @@ def open_container(path: str | os.PathLike, label: str | None = None):
     if context is None or not getattr(context, "is_decoder", True):
         container.close()
         codec = getattr(stream.codec_context, "name", None) if context is not None else None
-        raise VideoError(f"cannot read video {label}: its codec ({codec or 'unknown'}) cannot be decoded here",
-                         hint="convert it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4")
+        raise VideoError(
+            f"cannot read video {label}: its codec ({codec or 'unknown'}) cannot be decoded here",
+            hint="convert it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4",
+        )
     return container, stream
 
 
@@ -149,10 +153,11 @@ def probe(path: str | os.PathLike, label: str | None = None) -> tuple[VideoInfo,
         if width <= 0 or height <= 0:
             raise VideoError(f"cannot read video {label}: its frame size is unknown ({width}x{height})")
         if width * height > MAX_FRAME_PIXELS:
-            raise VideoError(f"refusing video {label}: frames of {width}x{height} "
-                             f"({width * height:,} pixels) are too large",
-                             hint=f"the limit is {MAX_FRAME_PIXELS / 1e6:.0f} megapixels a frame: "
-                                  "scale the video down (ffmpeg -vf scale=1920:-2)")
+            raise VideoError(
+                f"refusing video {label}: frames of {width}x{height} ({width * height:,} pixels) are too large",
+                hint=f"the limit is {MAX_FRAME_PIXELS / 1e6:.0f} megapixels a frame: "
+                "scale the video down (ffmpeg -vf scale=1920:-2)",
+            )
         index = _index_packets(container, stream, label)
         notes = []
         frames = int(stream.frames or 0)
@@ -165,8 +170,9 @@ def probe(path: str | os.PathLike, label: str | None = None) -> tuple[VideoInfo,
         fps = _fps(stream, frames, container)
         if not fps:
             raise VideoError(f"cannot read video {label}: its frame rate is unknown")
-        info = VideoInfo(total_frames=frames, fps=fps, width=width, height=height,
-                         codec=stream.codec_context.name, notes=notes)
+        info = VideoInfo(
+            total_frames=frames, fps=fps, width=width, height=height, codec=stream.codec_context.name, notes=notes
+        )
         return info, index
     finally:
         container.close()
@@ -179,8 +185,9 @@ def upright(frame, pixels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(pixels, turns)) if turns else pixels
 
 
-def decode_frames(path: str | os.PathLike, numbers: Sequence[int], index: PacketIndex,
-                  label: str | None = None) -> Iterator[np.ndarray]:
+def decode_frames(
+    path: str | os.PathLike, numbers: Sequence[int], index: PacketIndex, label: str | None = None
+) -> Iterator[np.ndarray]:
     """The frames numbered `numbers` (increasing) as upright RGB uint8 arrays, one at a time.
 
     Seeks to the keyframe before a wanted frame when that keyframe lies ahead of the decoder.
@@ -223,8 +230,9 @@ def decode_frames(path: str | os.PathLike, numbers: Sequence[int], index: Packet
             if found is not None:
                 last = upright(found, found.to_ndarray(format="rgb24"))
             elif last is None:
-                raise VideoError(f"cannot decode video {label}: frame {target} could not be decoded "
-                                 "(a truncated or damaged file)")
+                raise VideoError(
+                    f"cannot decode video {label}: frame {target} could not be decoded (a truncated or damaged file)"
+                )
             yield last
     finally:
         container.close()

@@ -81,9 +81,14 @@ def prefetched(items: Iterator, ahead: int = AHEAD, timer: list[float] | None = 
             close()
 
 
-def encode_video(video, backend, image_processor, stats: GenerationStats,
-                 cache: MutableMapping[bytes, np.ndarray] | None = None,
-                 progress: Progress | None = None) -> np.ndarray:
+def encode_video(
+    video,
+    backend,
+    image_processor,
+    stats: GenerationStats,
+    cache: MutableMapping[bytes, np.ndarray] | None = None,
+    progress: Progress | None = None,
+) -> np.ndarray:
     """Features of every sampled frame of `video` (a `SampledVideo`), [frames x tokens, hidden].
 
     `cache` maps a tile's content digest to its features (a fresh one per call when None).

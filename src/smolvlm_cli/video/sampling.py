@@ -47,8 +47,9 @@ class VideoInfo:
         return self.total_frames / self.fps if self.fps else 0.0
 
 
-def sample_indices(total_frames: int, video_fps: float, fps: float, max_frames: int,
-                   skip_secs: float = SKIP_SECONDS) -> np.ndarray:
+def sample_indices(
+    total_frames: int, video_fps: float, fps: float, max_frames: int, skip_secs: float = SKIP_SECONDS
+) -> np.ndarray:
     """Indices (0-based, in the clip) of the frames to show the model, increasing, unique."""
     if total_frames < 1:
         raise ValueError("the clip has no frames")
@@ -71,8 +72,10 @@ def timestamps(indices: Sequence[int], video_fps: float) -> list[float]:
 
 # -- prompt text ------------------------------------------------------------------------------
 
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-         "fifteen sixteen seventeen eighteen nineteen").split()
+_ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen"
+).split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 _SCALES = ("", "thousand", "million", "billion", "trillion")
 
