@@ -168,3 +168,56 @@ def test_stop_strings_are_found_across_deltas():
     held = StopText(["END"])
     assert held.feed("the E") == "the " and held.feed("N") == "" and held.feed("X") == "ENX"
     assert held.feed("it E") == "it " and held.flush() == "E" and not held.stopped
+
+
+@pytest.mark.parametrize("media", ["image", "video"])
+def test_a_newcomers_vision_runs_between_the_running_replys_steps(vlm, tmp_path, monkeypatch, media):
+    """While a reply streams, a newcomer's vision goes one image tile (or one video frame) a
+    turn, with a decoder step for the running reply after each: the running stream never waits
+    for a whole admission. The newcomer's reply equals the library's."""
+    from smolvlm_cli.options import GenerationOptions
+    from smolvlm_cli.server.scheduler import Job, Scheduler
+
+    if media == "video":
+        pytest.importorskip("av")
+        from video_clips import make_clip
+
+        source = str(make_clip(tmp_path / "clip.mp4", seconds=5, fps=2, size=(48, 32)))
+    else:
+        source = noise_png(size=(300, 200), seed=7)  # 4x3 tiles at 2048 px + the global one: 13 tiles
+    newcomer = vlm.prepare([source], "What is it?")
+    units = newcomer.media[0].num_frames if media == "video" else newcomer.num_tiles
+    assert units > 4
+    scheduler = None
+    steps_at_encode: list[int] = []
+    encode = vlm.backend.encode_images
+
+    def spy(pixels, mask):
+        steps_at_encode.append(scheduler.stats.steps)
+        return encode(pixels, mask)
+
+    monkeypatch.setattr(vlm.backend, "encode_images", spy)
+    events: dict[str, list] = {"long": [], "new": []}
+    scheduler = Scheduler(vlm, max_batch=2, max_queue=2, feature_cache_tiles=0).start()
+    try:
+        long = vlm.prepare([], "Talk.")
+        scheduler.submit(
+            Job(
+                long,
+                GenerationOptions(max_new_tokens=400, ignore_eos=True),
+                lambda kind, value: events["long"].append(kind),
+            )
+        )
+        _until(lambda: "delta" in events["long"])
+        scheduler.submit(
+            Job(newcomer, GenerationOptions(max_new_tokens=6), lambda kind, value: events["new"].append((kind, value)))
+        )
+        _until(lambda: events["new"] and events["new"][-1][0] in ("done", "error"), timeout=60)
+    finally:
+        scheduler.close()
+    assert events["new"][-1][0] == "done", events["new"][-1]
+    assert len(steps_at_encode) == units  # one vision run per tile or frame
+    assert all(b > a for a, b in zip(steps_at_encode, steps_at_encode[1:])), steps_at_encode
+    monkeypatch.undo()
+    text = "".join(v for k, v in events["new"] if k == "delta")
+    assert text == vlm.generate([source], "What is it?", max_new_tokens=6)

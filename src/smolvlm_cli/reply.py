@@ -60,9 +60,18 @@ class Replier:
         return features.reshape(-1, features.shape[-1])
 
     def _media_features(self, prepared: PreparedInputs, stats: GenerationStats, cache: dict) -> np.ndarray:
-        from smolvlm_cli.video.encode import encode_video
+        return np.concatenate(list(self.media_features(prepared, stats, cache)))
 
-        parts, done = [], 0
+    def media_features(
+        self, prepared: PreparedInputs, stats: GenerationStats, cache: dict | None = None
+    ) -> Iterator[np.ndarray]:
+        """The features of a prompt with videos (`prepared.media`) in prompt order, one image
+        or one video frame at a time ([tokens, hidden] each): a caller may do other work between
+        two (the server steps its running replies). Closing it early stops the decoding."""
+        from smolvlm_cli.video.encode import frame_features
+
+        cache = {} if cache is None else cache
+        done = 0
         for item in prepared.media:
             if isinstance(item, int):  # an image: its tiles are the next `item` of pixel_values
                 t0 = time.perf_counter()
@@ -71,11 +80,10 @@ class Replier:
                 stats.vision_s += time.perf_counter() - t0
                 stats.image_tiles += item
                 stats.image_tokens += int(out.shape[0] * out.shape[1])
-                parts.append(out.reshape(-1, out.shape[-1]))
+                yield out.reshape(-1, out.shape[-1])
                 done += item
             else:
-                parts.append(encode_video(item, self.backend, self.image_processor, stats, cache, self.progress))
-        return np.concatenate(parts)
+                yield from frame_features(item, self.backend, self.image_processor, stats, cache, self.progress)
 
     def stream(self, get_prepared: Callable[[], PreparedInputs], opts: GenerationOptions, started: float) -> TextStream:
         """A fresh reply to the prompt `get_prepared()` gives (called on first iteration)."""

@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -115,12 +115,23 @@ class Job:
     started_at: float = 0.0  # its admission's first work (a tile, or its prefill)
     first_token_at: float = 0.0
     sent: int = 0  # row.text pieces emitted so far
+    # a prompt with videos: its features one image or frame at a time, and their counts
+    media_parts: Iterator[np.ndarray] | None = None
+    media_stats: GenerationStats = field(default_factory=GenerationStats)
+    media_done: bool = False
 
     def __post_init__(self):
         self.stop_text = StopText(self.stops)
 
     def cancel(self) -> None:
         self.cancelled = True
+
+    def release(self) -> None:
+        """Stop a half-done video admission (its decoding thread) and drop its features."""
+        if self.media_parts is not None:
+            self.media_parts.close()
+            self.media_parts = None
+        self.features = []
 
 
 class FeatureCache:
@@ -238,6 +249,7 @@ class Scheduler:
     def _drop_cancelled(self) -> None:
         for job in [j for j in self._waiting if j.cancelled]:
             self._waiting.remove(job)
+            job.release()
             self.stats.cancelled += 1
         for job_id, (job, row) in list(self._running.items()):
             if job.cancelled:
@@ -252,13 +264,19 @@ class Scheduler:
         tiles = prepared.num_tiles
         job.started_at = job.started_at or time.perf_counter()
         try:
-            if prepared.media and not job.features:  # videos: frames decoded and encoded in one go
-                stats = GenerationStats()
-                job.features.append(self._replier.image_features(prepared, stats))
-                job.vision_s, job.tiles = stats.vision_s, stats.image_tiles
-                self.stats.tiles_encoded += stats.image_tiles
-                if tiles_left is not None:
-                    return
+            if prepared.media and not job.media_done:  # videos: one image or frame a turn
+                if job.media_parts is None:
+                    job.media_parts = self._replier.media_features(prepared, job.media_stats)
+                for part in job.media_parts:
+                    job.features.append(part)
+                    encoded = job.media_stats.image_tiles - job.tiles
+                    job.vision_s, job.tiles = job.media_stats.vision_s, job.media_stats.image_tiles
+                    self.stats.tiles_encoded += encoded
+                    if tiles_left is not None:
+                        tiles_left -= encoded
+                        if tiles_left <= 0:
+                            return
+                job.media_parts, job.media_done = None, True
             while not prepared.media and len(job.features) < tiles:
                 t0 = time.perf_counter()
                 i = len(job.features)
@@ -277,6 +295,7 @@ class Scheduler:
                 self._waiting.remove(job)
             if job.cancelled:
                 self.stats.cancelled += 1
+                job.release()
                 return
             self._prefill(job)
         except Exception as exc:  # noqa: BLE001 - this request's vision or prefill failed
@@ -366,6 +385,7 @@ class Scheduler:
 
     def _fail(self, job: Job, exc: Exception) -> None:
         self.stats.failed += 1
+        job.release()
         job.emit("error", exc)
 
 

@@ -95,12 +95,25 @@ def encode_video(
     `stats` gets the producer's decode-and-resize time (`preprocess_s`, overlapped with vision),
     the vision time and the frame and token counts; `progress(done, total)` is called per frame.
     """
+    return np.concatenate(list(frame_features(video, backend, image_processor, stats, cache, progress)))
+
+
+def frame_features(
+    video,
+    backend,
+    image_processor,
+    stats: GenerationStats,
+    cache: MutableMapping[bytes, np.ndarray] | None = None,
+    progress: Progress | None = None,
+) -> Iterator[np.ndarray]:
+    """`encode_video` one frame at a time: each frame's features [tokens, hidden], in order, so
+    a caller can do other work between frames (the server steps its running replies). Closing
+    the generator early stops the decoding thread."""
     cache = {} if cache is None else cache
     tile_size = image_processor.config.tile_size
     mask = np.ones((1, tile_size, tile_size), dtype=np.bool_)
     pixels = np.empty((1, 3, tile_size, tile_size), dtype=np.float32)
-    busy = [0.0]
-    features, total = [], video.num_frames
+    busy, total = [0.0], video.num_frames
     for done, tile in enumerate(prefetched(video.tiles(image_processor.config), timer=busy), 1):
         digest = hashlib.blake2b(tile.tobytes(), digest_size=16).digest()
         found = cache.get(digest)
@@ -111,11 +124,10 @@ def encode_video(
             found = out.reshape(-1, out.shape[-1])
             stats.vision_s += time.perf_counter() - t0
             cache[digest] = found
-        features.append(found)
         stats.image_tiles += 1
         stats.image_tokens += len(found)
         stats.video_frames += 1
         if progress is not None:
             progress(done, total)
+        yield found
     stats.preprocess_s += busy[0]
-    return np.concatenate(features)
