@@ -112,15 +112,16 @@ def _local_path(ref: ImageRef, settings: ServerSettings) -> Path:
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise ApiError(
-            400,
-            f"cannot read the file at {ref.param}: {exc.strerror or exc}",
-            param=ref.param,
-            code=f"invalid_{ref.kind}",
-        ) from None
+        raise _unreadable(ref, exc) from None
     if size > _limit(ref, settings):
         raise _too_large(ref, size, _limit(ref, settings))
     return path
+
+
+def _unreadable(ref: ImageRef, exc: OSError) -> ApiError:
+    return ApiError(
+        400, f"cannot read the file at {ref.param}: {exc.strerror or exc}", param=ref.param, code=f"invalid_{ref.kind}"
+    )
 
 
 def _local_file(ref: ImageRef, settings: ServerSettings) -> bytes:
@@ -129,12 +130,7 @@ def _local_file(ref: ImageRef, settings: ServerSettings) -> bytes:
         with open(path, "rb") as fh:
             data = fh.read(_limit(ref, settings) + 1)
     except OSError as exc:
-        raise ApiError(
-            400,
-            f"cannot read the file at {ref.param}: {exc.strerror or exc}",
-            param=ref.param,
-            code=f"invalid_{ref.kind}",
-        ) from None
+        raise _unreadable(ref, exc) from None
     if len(data) > _limit(ref, settings):  # it grew since
         raise _too_large(ref, f"more than {_limit(ref, settings)}", _limit(ref, settings))
     return data
