@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 # What Pillow decodes out of the box: the files `batch` picks from a folder by default.
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "avif")
 # Names that look like images, some needing a Pillow plugin: `describe` does not take such a last
@@ -9,10 +11,14 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "
 IMAGE_NAME_EXTENSIONS = frozenset(IMAGE_EXTENSIONS) | {"heic", "heif", "jxl", "ico", "ppm", "pgm", "pbm", "tga"}
 
 
+def extension(name: str) -> str:
+    """A file name's extension, lower case, without the dot (`""` for `.hidden` or none)."""
+    return os.path.splitext(name)[1].lower().lstrip(".")
+
+
 def looks_like_image(name: str) -> bool:
     """Whether a file name ends in an image extension (any case)."""
-    suffix = name.rpartition(".")[2].lower() if "." in name else ""
-    return suffix in IMAGE_NAME_EXTENSIONS
+    return extension(name) in IMAGE_NAME_EXTENSIONS
 
 
 # Containers taken as videos (with the `video` extra, PyAV); a GIF stays an image (its first frame).

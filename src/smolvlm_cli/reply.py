@@ -49,7 +49,7 @@ class Replier:
         Videos' frames are decoded here, ahead of the encoder (`video.encode`); `cache` maps
         frame contents to features (a fresh one per call when None)."""
         if prepared.media:
-            return self._media_features(prepared, stats, {} if cache is None else cache)
+            return np.concatenate(list(self.media_features(prepared, stats, cache)))
         if prepared.pixel_values is None:
             return None
         t0 = time.perf_counter()
@@ -58,9 +58,6 @@ class Replier:
         stats.image_tiles += len(prepared.pixel_values)
         stats.image_tokens += int(features.shape[0] * features.shape[1])
         return features.reshape(-1, features.shape[-1])
-
-    def _media_features(self, prepared: PreparedInputs, stats: GenerationStats, cache: dict) -> np.ndarray:
-        return np.concatenate(list(self.media_features(prepared, stats, cache)))
 
     def media_features(
         self, prepared: PreparedInputs, stats: GenerationStats, cache: dict | None = None

@@ -15,17 +15,11 @@ from smolvlm_cli.video import is_video_path
 def probe_videos(sources: list[Any]) -> dict[str, tuple]:
     """{video path: its probe} for the video paths among `sources` (errors as VideoError; a
     video URL is one: videos are read from files)."""
-    import os
-
-    from smolvlm_cli.video import VIDEO_EXTENSIONS
+    from smolvlm_cli.formats import VIDEO_EXTENSIONS, extension
 
     probed = {}
     for source in sources:
-        if (
-            isinstance(source, str)
-            and "://" in source
-            and os.path.splitext(source.split("?")[0])[1].lower().lstrip(".") in VIDEO_EXTENSIONS
-        ):
+        if isinstance(source, str) and "://" in source and extension(source.split("?")[0]) in VIDEO_EXTENSIONS:
             from smolvlm_cli.errors import VideoError
 
             raise VideoError(

@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from smolvlm_cli.formats import VIDEO_EXTENSIONS
+from smolvlm_cli.formats import VIDEO_EXTENSIONS, extension
 
 
 def is_video_path(source: Any) -> bool:
@@ -24,7 +24,7 @@ def is_video_path(source: Any) -> bool:
     name = os.fsdecode(source)
     if "://" in name:
         return False
-    return os.path.splitext(name)[1].lower().lstrip(".") in VIDEO_EXTENSIONS
+    return extension(name) in VIDEO_EXTENSIONS
 
 
 def is_video(source: Any) -> bool:
