@@ -7,6 +7,7 @@ of the CLI never loads them.
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import sys
 from dataclasses import replace
@@ -232,4 +233,16 @@ def serve(
             output.log(f"Warning: listening on {host} without --api-key: anyone who can reach it may use it")
     # streams still open at Ctrl-C get 5 s to finish; a second Ctrl-C ends them at once
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[sock])
+    stops: list[int] = []
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            stops.append(sig)
+            super().handle_exit(sig, frame)
+
+    Server(config).run(sockets=[sock])
+    # uvicorn re-raises the stopping signal after its graceful shutdown, through asyncio's own
+    # SIGINT handler, which once let a Ctrl-C end in exit 0 (a loaded machine): the command says
+    # 130 itself whenever a Ctrl-C stopped it.
+    if signal.SIGINT in stops:
+        raise KeyboardInterrupt
