@@ -59,6 +59,22 @@ def edit_json(path: Path, change) -> None:
     replace(path, json.dumps(data))
 
 
+def pytest_configure(config):
+    """Each pytest-xdist worker gets CPUs of its own (as `taskset` would): ONNX Runtime sizes its
+    thread pool from the affinity and torch's OpenMP does too, so N workers on N cores run one
+    thread each instead of N spinning thread pools fighting over the same cores. CLI
+    subprocesses and Ray workers inherit it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if not worker.startswith("gw") or workers < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    index = int(worker[2:])
+    mine = cpus[index::workers] if workers <= len(cpus) else [cpus[index % len(cpus)]]
+    if mine:
+        os.sched_setaffinity(0, mine)
+
+
 # Model-building fixtures (tiny random checkpoints, their ONNX exports) live in model_fixtures.py.
 from model_fixtures import *  # noqa: E402,F401,F403
 
