@@ -158,11 +158,9 @@ def test_vision_graph_takes_partial_patch_masks_as_transformers_does(built, name
 @pytest.mark.parametrize("name", fast_first(MODELS))
 def test_int8_graphs_stay_close_to_fp32(built, name):
     """The int8 variants are onnxruntime's quantizer over our fp32 graphs, as `smolvlm export`
-    made them, with the decoder's int8 KV cache: decoder logits (teacher-forced on fp32's
-    tokens) and vision features stay close."""
+    made them: decoder logits (teacher-forced on fp32's tokens) and vision features stay close."""
     ckpt, graphs, _ = built(name, FORMATS[0])
     fp32, int8 = _vlm(ckpt, graphs), _vlm(ckpt, graphs, "int8")
-    assert (fp32.backend.runner.cache_dtype, int8.backend.runner.cache_dtype) == (np.float32, np.int8)
     images, prompt, split = CASES["two-images"]
     inputs = fp32.processor.prepare_inputs(build_messages(prompt, len(images)), images, Tiling(split=split))
     tokens, ref = _ours(fp32, inputs)

@@ -45,7 +45,6 @@ ORT_TYPES = {
     "tensor(float16)": np.float16,
     "tensor(int64)": np.int64,
     "tensor(int32)": np.int32,
-    "tensor(int8)": np.int8,
     "tensor(bool)": np.bool_,
 }
 CACHE_ENV = "SMOLVLM_SESSION_CACHE"

@@ -6,8 +6,7 @@ writes the three graphs the ONNX backend loads (`vision_encoder`, `embed_tokens`
 `decoder_model_merged`, with the Hub's variant suffixes). fp32 graphs are written layer by layer
 from the memory-mapped checkpoint; the other variants are made from them by onnxruntime's own
 quantizers (`quantize.py`), and an fp32 graph nobody asked for is deleted once its variants exist.
-The int8 decoder then gets an int8 KV cache, its scales calibrated on a vision graph of the
-same build (`kv_cache.py`). Nothing here imports torch or transformers.
+Nothing here imports torch or transformers.
 """
 
 from __future__ import annotations
@@ -17,11 +16,10 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from smolvlm_cli.builder import kv_cache
 from smolvlm_cli.builder.architecture import Architecture
 from smolvlm_cli.builder.layout import Progress, data_files, graph_file
 from smolvlm_cli.builder.quantize import make_variant
-from smolvlm_cli.builder.text import EMBED, build_decoder, build_embed
+from smolvlm_cli.builder.text import build_decoder, build_embed
 from smolvlm_cli.builder.vision import build_vision
 from smolvlm_cli.builder.weights import Checkpoint
 from smolvlm_cli.dtypes import COMPONENTS, EXPORT_DTYPES
@@ -62,14 +60,6 @@ def build_graphs(
                 return folder / graph_file(component, "fp32")
         return None
 
-    def existing_vision() -> Path | None:
-        """A finished vision graph for the KV calibration: fp32 first, then the variants."""
-        for dtype in EXPORT_DTYPES:
-            for folder in (onnx_dir, fp32_from, scratch):
-                if folder is not None and (folder / graph_file("vision", dtype)).is_file():
-                    return folder / graph_file("vision", dtype)
-        return None
-
     units = {"vision": arch.vision.num_layers, "decoder": arch.text.num_layers, "embed": 1}
     fp32_units = sum(units[c] for c in components if existing_fp32(c) is None or (c, "fp32") in todo)
     progress.total(fp32_units + sum(1 for _, d in todo if d != "fp32"))
@@ -89,9 +79,6 @@ def build_graphs(
             for dtype in variants:
                 dst = onnx_dir / graph_file(component, dtype)
                 make_variant(COMPONENTS[component], dtype, fp32, dst)
-                if (component, dtype) == ("decoder", "int8"):
-                    vision = existing_vision() or _fp32_vision(ckpt, arch, scratch, progress)
-                    _int8_cache(model_dir, ckpt, arch, vision, dst)
                 progress.step(f"{dst.name}")
             if fp32.parent == scratch:
                 _remove(fp32)
@@ -99,21 +86,6 @@ def build_graphs(
         shutil.rmtree(scratch, ignore_errors=True)
         ckpt.close()
     return [onnx_dir / graph_file(c, d) for c, d in wanted]
-
-
-def _fp32_vision(ckpt: Checkpoint, arch: Architecture, scratch: Path, progress: Progress) -> Path:
-    """An fp32 vision graph in `scratch`, for a build that makes an int8 decoder without one."""
-    path = scratch / graph_file("vision", "fp32")
-    build_vision(ckpt, arch, path, lambda: None)
-    ckpt.close()
-    return path
-
-
-def _int8_cache(model_dir: Path, ckpt: Checkpoint, arch: Architecture, vision: Path, decoder: Path) -> None:
-    embeds = kv_cache.calibration_embeds(model_dir, vision, lambda ids: ckpt.get(EMBED)[ids])
-    ckpt.close()
-    scales = kv_cache.calibrate(decoder, embeds, arch.text.num_layers)
-    kv_cache.use_int8_cache(decoder, scales)
 
 
 def _build_fp32(component: str, ckpt: Checkpoint, arch: Architecture, path: Path, progress: Progress) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from smolvlm_cli.dtypes import COMPONENTS, DTYPE_SUFFIXES
 
 # Bump when the graphs the builder writes change: built-graph caches are keyed by it.
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "1"
 MARKER_FILE = "smolvlm-graphs.json"  # beside graphs our builder wrote (`smolvlm export`)
 # Metadata of our graphs: the runtime runs a `gqa` decoder over shared KV buffers.
 DECODER_STYLE_KEY, DECODER_STYLE = "smolvlm.decoder_style", "gqa"
