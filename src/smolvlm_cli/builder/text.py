@@ -37,7 +37,8 @@ interleaved runs, medians):
   both. Build: int8 7.3 -> 15.8 s (calibration: 13 vision tiles and a 1000-token prefill), peak
   RSS unchanged (0.69 GB). Not taken: a 64-token caption loses ~0.9 s to first token and saves
   ~0.1 s of decoding. Prefilling through a float-cache twin of the graph (and quantizing its
-  presents into the cache) would keep the decode gain, for a second copy of the weights;
+  presents into the cache) would keep the decode gain, for a second copy of the weights (the
+  256M int8 twin's session: +136 MB RSS over the 465 MB of a process after a W1 caption);
 - prefilling in chunks (to skip part of the upper causal triangle GroupQueryAttention computes
   in one run), int8, 876 rows: chunks of 256 0.95x and 440 0.99x the time of one run on an idle
   machine, 1.13-1.14x on a loaded one; ~0.4% of the time to first token at best;
