@@ -26,9 +26,9 @@ interleaved runs, medians):
   built end to end for the int8 decoder (branch `kv`, commit 7602f94): scales from a
   build-time calibration, the quantized decoder prefilling a chat prompt, a synthetic photo's
   vision features and a reply; per-channel absmax of V, and of K shared by each rotary pair as
-  sqrt(k_i^2 + k_j^2) (rotation keeps it), x1.1. Decode steps gain, but the kernel's quantized
-  path has no GEMM for many query rows and the prefill loses more. W1 (874 prompt tokens), `bench.py`, 3
-  interleaved pairs on a near-idle machine, medians: decode 94.0 vs 82.4 tok/s (1.14x), prefill
+  sqrt(k_i^2 + k_j^2) (rotation keeps it), x1.1. Decode steps may gain a little, but the
+  kernel's quantized path has no GEMM for many query rows and the prefill loses much more. W1
+  (874 prompt tokens), `bench.py`, 3 interleaved pairs on a near-idle machine, medians: decode 94.0 vs 82.4 tok/s (1.14x), prefill
   1.52 vs 0.74 s (2.07x), time to first token 8.97 vs 8.04 s (1.12x slower); 5 pairs on a
   loaded machine: prefill 1.90x, TTFT 1.12x (median paired ratios). Profiler (loaded): the
   prefill's attention 3.13 s vs 0.67 s, the decode's 0.71x. One attention layer alone, 874
@@ -36,9 +36,12 @@ interleaved runs, medians):
   weights, 64 steps, decoder rows): top-1 70% vs 72%, top-5 100% vs 98%, logits cosine 0.9993
   both. Build: int8 7.3 -> 15.8 s (calibration: 13 vision tiles and a 1000-token prefill), peak
   RSS unchanged (0.69 GB). Not taken: a 64-token caption loses ~0.9 s to first token and saves
-  ~0.1 s of decoding. Prefilling through a float-cache twin of the graph (and quantizing its
-  presents into the cache) would keep the decode gain, for a second copy of the weights (the
-  256M int8 twin's session: +136 MB RSS over the 465 MB of a process after a W1 caption);
+  ~0.1 s of decoding. Nor with a float-cache twin of the graph for the first prefill (its
+  presents quantized into the cache in numpy; prototyped, one W1 process per run, 4 interleaved
+  base/int8-cache/twin triplets, medians): time to first token 1.00x but decode 1.00x too
+  (the int8-cache graph alone: 1.07x decode, 1.11x TTFT), for +136 MB RSS (the 256M twin's
+  session, over 465 MB after a W1 caption). Across all these runs the decode gain of the int8
+  cache ranged from 0.93x to 1.14x: within the noise of this shared machine;
 - prefilling in chunks (to skip part of the upper causal triangle GroupQueryAttention computes
   in one run), int8, 876 rows: chunks of 256 0.95x and 440 0.99x the time of one run on an idle
   machine, 1.13-1.14x on a loaded one; ~0.4% of the time to first token at best;
