@@ -28,9 +28,10 @@ interleaved runs, medians):
   vision features and a reply; per-channel absmax of V, and of K shared by each rotary pair as
   sqrt(k_i^2 + k_j^2) (rotation keeps it), x1.1. Decode steps may gain a little, but the
   kernel's quantized path has no GEMM for many query rows and the prefill loses much more. W1
-  (874 prompt tokens), `bench.py`, 3 interleaved pairs on a near-idle machine, medians: decode 94.0 vs 82.4 tok/s (1.14x), prefill
-  1.52 vs 0.74 s (2.07x), time to first token 8.97 vs 8.04 s (1.12x slower); 5 pairs on a
-  loaded machine: prefill 1.90x, TTFT 1.12x (median paired ratios). Profiler (loaded): the
+  (874 prompt tokens), `bench.py`, 3 interleaved pairs on a near-idle machine, medians:
+  decode 94.0 vs 82.4 tok/s (1.14x), prefill 1.52 vs 0.74 s (2.07x), time to first token 8.97
+  vs 8.04 s (1.12x slower); 5 pairs on a loaded machine: prefill 1.90x, TTFT 1.12x (median
+  paired ratios). Profiler (loaded): the
   prefill's attention 3.13 s vs 0.67 s, the decode's 0.71x. One attention layer alone, 874
   rows: 3.7x (3.1x with `query_seqlens`). Fidelity to fp32 (`scripts/fidelity.py`, random 256M
   weights, 64 steps, decoder rows): top-1 70% vs 72%, top-5 100% vs 98%, logits cosine 0.9993
