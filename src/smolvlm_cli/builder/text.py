@@ -21,14 +21,37 @@ Measured and not taken (issue #18, ORT 1.32, AVX-512 VNNI, 2 threads, ~900 cache
 interleaved runs, medians):
 - a float16 KV cache: the CPU GroupQueryAttention takes one only with float16 queries and runs
   it 1.44x slower than float32 per layer and step on an idle machine (1.26x on a loaded one);
-- an int8 KV cache (CPU GroupQueryAttention accepts int8 `past_key`/`past_value` with static
-  per-channel `k_scale`/`v_scale`): 0.54x the attention's CPU time per layer and step (1
-  thread, 30 layers' caches, so not cache-resident) on an idle machine (0.84x on a loaded one), so up to ~12% of an int8 decode
-  step (attention is ~25% of it), but it needs calibrated static scales (post-rotary K, V) and
-  its fidelity measured on real weights: the most promising decode lead, not done;
+- an int8 KV cache (CPU GroupQueryAttention takes int8 `past_key`/`past_value` with static
+  per-channel `k_scale`/`v_scale` [1, kv_heads, 1, head_dim] and stores round(x / scale)),
+  built end to end for the int8 decoder (branch `kv`, commit 7602f94): scales from a
+  build-time calibration, the quantized decoder prefilling a chat prompt, a synthetic photo's
+  vision features and a reply; per-channel absmax of V, and of K shared by each rotary pair as
+  sqrt(k_i^2 + k_j^2) (rotation keeps it), x1.1. Decode steps may gain a little, but the
+  kernel's quantized path has no GEMM for many query rows and the prefill loses much more. W1
+  (874 prompt tokens), `bench.py`, 3 interleaved pairs on a near-idle machine, medians:
+  decode 94.0 vs 82.4 tok/s (1.14x), prefill 1.52 vs 0.74 s (2.07x), time to first token 8.97
+  vs 8.04 s (1.12x slower); 5 pairs on a loaded machine: prefill 1.90x, TTFT 1.12x (median
+  paired ratios). Profiler (loaded): the
+  prefill's attention 3.13 s vs 0.67 s, the decode's 0.71x. One attention layer alone, 874
+  rows: 3.7x (3.1x with `query_seqlens`). Fidelity to fp32 (`scripts/fidelity.py`, random 256M
+  weights, 64 steps, decoder rows): top-1 70% vs 72%, top-5 100% vs 98%, logits cosine 0.9993
+  both. Build: int8 7.3 -> 15.8 s (calibration: 13 vision tiles and a 1000-token prefill), peak
+  RSS unchanged (0.69 GB). Not taken: a 64-token caption loses ~0.9 s to first token and saves
+  ~0.1 s of decoding. Nor with a float-cache twin of the graph for the first prefill (its
+  presents quantized into the cache in numpy; prototyped, one W1 process per run, 4 interleaved
+  base/int8-cache/twin triplets, medians): time to first token 1.00x but decode 1.00x too
+  (the int8-cache graph alone: 1.07x decode, 1.11x TTFT), for +136 MB RSS (the 256M twin's
+  session, over 465 MB after a W1 caption). Across all these runs the decode gain of the int8
+  cache ranged from 0.93x to 1.14x: within the noise of this shared machine;
 - prefilling in chunks (to skip part of the upper causal triangle GroupQueryAttention computes
   in one run), int8, 876 rows: chunks of 256 0.95x and 440 0.99x the time of one run on an idle
-  machine, 1.13-1.14x on a loaded one; ~0.4% of the time to first token at best.
+  machine, 1.13-1.14x on a loaded one; ~0.4% of the time to first token at best;
+- a cheaper prefill attention: the prefill is ~9% of int8 W1's time to first token (vision
+  ~90%), its GroupQueryAttention ~43% of the prefill. One layer, 874 rows, 2 threads, the
+  same inputs, against GroupQueryAttention (rotary and cache write included):
+  `MultiHeadAttention` with `unidirectional=1` (K/V repeated per query head, no rotary) 1.28x
+  the time on a near-idle machine (1.40x loaded), ONNX `Attention`-23 with `is_causal=1` and
+  grouped heads 1.35x (1.32x loaded).
 """
 
 from __future__ import annotations
