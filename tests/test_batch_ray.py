@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import all_cpus
 from smolvlm_cli.batch.local import LocalEngine
 from smolvlm_cli.batch.progress import Reporter
 from smolvlm_cli.batch.records import FIELDS
@@ -44,19 +45,20 @@ ray_test = pytest.mark.ray
 def ray_local():
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(
-            "local",
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.ERROR,
-            object_store_memory=300 * 2**20,
-        )
-    yield ray
-    if started:
-        ray.shutdown()
+    with all_cpus():
+        started = not ray.is_initialized()
+        if started:
+            ray.init(
+                "local",
+                num_cpus=2,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.ERROR,
+                object_store_memory=300 * 2**20,
+            )
+        yield ray
+        if started:
+            ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +165,9 @@ def test_jsonl_csv_and_sidecars_equal_the_local_engine(ray_local, photos, tiny_m
 
 @ray_test
 def test_cli_engine_ray_end_to_end(ray_local, photos, tiny_model, local_jsonl):
-    """The real command in a subprocess (its own local Ray): results alone on stdout."""
+    """The real command in a subprocess, joining the module's Ray with --ray-address as a driver
+    on a cluster node does (test_user_trust starts a local Ray from the CLI): results alone on
+    stdout."""
     cmd = [
         sys.executable,
         "-m",
@@ -183,6 +187,8 @@ def test_cli_engine_ray_end_to_end(ray_local, photos, tiny_model, local_jsonl):
         "2",
         "-b",
         "2",
+        "--ray-address",
+        ray_local.get_runtime_context().gcs_address,
     ]
     result = subprocess.run(
         cmd,

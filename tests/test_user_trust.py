@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from bad_files import bomb_png
-from conftest import fixture_dir, run_cli
+from conftest import all_cpus, fixture_dir, run_cli
 from smolvlm_cli import SmolVLM
 from smolvlm_cli.batch.progress import Reporter, Summary
 from smolvlm_cli.batch.records import ImageRecord
@@ -317,21 +317,22 @@ def test_ray_leaves_no_session_folder(model_dir, thumb, tmp_path):
     import tempfile
 
     scratch = Path(tempfile.mkdtemp(dir="/tmp", prefix="t"))  # short: Ray's socket paths
-    result = run(
-        "batch",
-        photos,
-        "--engine",
-        "ray",
-        "-m",
-        model_dir,
-        "-n",
-        "2",
-        "--detail",
-        "low",
-        "-o",
-        tmp_path / "c.jsonl",
-        env={"TMPDIR": str(scratch), "RAY_ADDRESS": ""},
-    )
+    with all_cpus():
+        result = run(
+            "batch",
+            photos,
+            "--engine",
+            "ray",
+            "-m",
+            model_dir,
+            "-n",
+            "2",
+            "--detail",
+            "low",
+            "-o",
+            tmp_path / "c.jsonl",
+            env={"TMPDIR": str(scratch), "RAY_ADDRESS": ""},
+        )
     leftovers = [p.name for p in scratch.iterdir() if p.is_dir()]  # Ray's session folders
     shutil.rmtree(scratch)
     assert result.returncode == 0, result.stderr.decode()
