@@ -317,22 +317,22 @@ def test_ray_leaves_no_session_folder(model_dir, thumb, tmp_path):
     import tempfile
 
     scratch = Path(tempfile.mkdtemp(dir="/tmp", prefix="t"))  # short: Ray's socket paths
+    args = [
+        "batch",
+        photos,
+        "--engine",
+        "ray",
+        "-m",
+        model_dir,
+        "-n",
+        "2",
+        "--detail",
+        "low",
+        "-o",
+        tmp_path / "c.jsonl",
+    ]
     with all_cpus():
-        result = run(
-            "batch",
-            photos,
-            "--engine",
-            "ray",
-            "-m",
-            model_dir,
-            "-n",
-            "2",
-            "--detail",
-            "low",
-            "-o",
-            tmp_path / "c.jsonl",
-            env={"TMPDIR": str(scratch), "RAY_ADDRESS": ""},
-        )
+        result = run(*args, env={"TMPDIR": str(scratch), "RAY_ADDRESS": ""})
     leftovers = [p.name for p in scratch.iterdir() if p.is_dir()]  # Ray's session folders
     shutil.rmtree(scratch)
     assert result.returncode == 0, result.stderr.decode()
