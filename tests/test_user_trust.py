@@ -310,6 +310,7 @@ def test_ask_labels_answers(capsys, monkeypatch, model_dir, thumb):
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # a Ray cluster, as test_batch_ray's
 def test_ray_leaves_no_session_folder(model_dir, thumb, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
