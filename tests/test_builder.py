@@ -32,7 +32,7 @@ from smolvlm_cli.export.checkpoint import make_random_checkpoint, write_2_2b_con
 from smolvlm_cli.options import Tiling
 from smolvlm_cli.processor import Processor
 from smolvlm_cli.prompt import build_messages
-from test_engine import photo
+from test_engine import _reference_run, photo
 
 MODELS = ("SmolVLM2-256M-Video-Instruct", "SmolVLM2-500M-Video-Instruct", "SmolVLM-256M-Instruct", "SmolVLM2-2.2B-like")
 FORMATS = ("fp32-single", "bf16-sharded")
@@ -93,21 +93,6 @@ def _vlm(ckpt, graphs_dir, dtype="fp32") -> SmolVLM:
     return SmolVLM(processor, processor.tokenizer, backend)
 
 
-def _reference(model, inputs):
-    feeds = {k: torch.from_numpy(v) for k, v in inputs.items()}
-    with torch.inference_mode():
-        out = model.generate(
-            **feeds,
-            max_new_tokens=STEPS,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-            eos_token_id=None,
-            pad_token_id=0,
-        )
-    return out.sequences[0, inputs["input_ids"].shape[1] :].tolist(), [s[0].numpy() for s in out.logits]
-
-
 def _ours(vlm, inputs, forced=None):
     """Greedy (or teacher-forced on `forced`) through our backend: tokens and every step's logits."""
     ids = inputs["input_ids"][0]
@@ -136,7 +121,7 @@ def test_built_graphs_match_transformers_step_by_step(built, name, fmt, case):
     vlm = _vlm(ckpt, graphs)
     images, prompt, split = CASES[case]
     inputs = vlm.processor.prepare_inputs(build_messages(prompt, len(images)), images, Tiling(split=split))
-    ref_tokens, ref_logits = _reference(reference, inputs)
+    ref_tokens, ref_logits = _reference_run(reference, inputs, STEPS)
     tokens, logits = _ours(vlm, inputs)
     for step, (got, want) in enumerate(zip(logits, ref_logits)):
         np.testing.assert_allclose(got, want, atol=ATOL, rtol=0, err_msg=f"step {step}")
@@ -254,7 +239,7 @@ def test_tied_lm_head_uses_the_embeddings(built, tmp_path):
     build_graphs(tied, tied / "onnx", [(c, "fp32") for c in COMPONENTS])
     vlm = _vlm(tied, tied)
     inputs = vlm.processor.prepare_inputs(build_messages("Hello there.", 0), [])
-    ref_tokens, ref_logits = _reference(reference, inputs)
+    ref_tokens, ref_logits = _reference_run(reference, inputs, STEPS)
     tokens, logits = _ours(vlm, inputs)
     assert tokens == ref_tokens
     for got, want in zip(logits, ref_logits):
