@@ -184,6 +184,10 @@ def test_ask_cli_prints_answers_in_order_and_jsonl(tiny_onnx_dir, image):
 
 
 def test_ask_and_chat_refuse_too_long_an_edge_as_describe_does(vlm, image, monkeypatch):
+    def no_resizing(*args, **kwargs):
+        raise AssertionError("the image was resized before its grid was refused")
+
+    monkeypatch.setattr(vlm.processor.image_processor, "tiles", no_resizing)  # refused from its size
     with pytest.raises(ValueError, match="cuts the image into 6x8 tiles") as describe:
         vlm.generate(str(image), "hi", tiling=Tiling(longest_edge=4096), **OPTS)
     spy = Spy(vlm, monkeypatch)

@@ -21,7 +21,7 @@ import numpy as np
 
 from smolvlm_cli.config import ModelConfig
 from smolvlm_cli.errors import ConfigError
-from smolvlm_cli.image_processing import ImageProcessor, num_tiles
+from smolvlm_cli.image_processing import ImageProcessor, load_image, num_tiles
 from smolvlm_cli.options import DEFAULT_PROMPT, DEFAULT_VIDEO_PROMPT, Tiling
 from smolvlm_cli.prompt import (
     VIDEO_CHAT_TEMPLATE,
@@ -160,18 +160,22 @@ class Processor:
         return Tiling.of(tiling, self.config)
 
     def _preprocess(self, images: Sequence[Any], tiling: Tiling) -> dict[str, Any]:
-        return self.image_processor.preprocess(images, longest_edge=tiling.longest_edge, split=tiling.split)
+        """One prompt's images, their grids checked from their sizes before any resize: an edge
+        the model cannot place is refused at once, not after seconds of pixel work."""
+        images = [load_image(image) for image in images]
+        edge, split = tiling.longest_edge, tiling.split
+        self._check_grids([self.image_processor.tile_grid(i.width, i.height, edge, split) for i in images], tiling)
+        return self.image_processor.preprocess(images, longest_edge=edge, split=split)
 
     def tile_image(
         self, image: Any, tiling: Tiling | str | None = None
     ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
         """One image's tiles [tiles, 3, T, T], their bool mask and its grid `(rows, cols)`.
 
-        Checks the grid as `prompt_ids` will, before any vision work is spent on the tiles."""
+        Checks the grid as `prompt_ids` will, before any pixel or vision work is spent."""
         tiling = self.tiling(tiling)
         pixels = self._preprocess([image], tiling)
         grid = (pixels["rows"][0][0], pixels["cols"][0][0])
-        self._check_grids([grid], tiling)
         values, mask = drop_padding_tiles(pixels["pixel_values"][0], pixels["pixel_attention_mask"][0])
         return values, mask, grid
 
