@@ -218,8 +218,8 @@ class ImageProcessor:
         """One uint8 HWC tile -> float32 CHW, rescaled and normalized (into `out` when given)."""
         if out is None:
             out = np.empty((3, *pixels.shape[:2]), dtype=np.float32)
-        for ch in range(3):
-            np.take(self._table[ch], pixels[:, :, ch], out=out[ch])
+        for ch in range(3):  # uint8 indices never leave the 256-entry table: "clip" skips the bounds check
+            np.take(self._table[ch], pixels[:, :, ch], out=out[ch], mode="clip")
         return out
 
 
