@@ -102,7 +102,8 @@ def test_disconnect_frees_the_row_for_a_waiting_request_and_a_full_queue_is_503(
             "POST", "/v1/chat/completions", json={"messages": user("Talk."), "max_tokens": LONG, "stream": True}
         ) as long_reply:
             lines = long_reply.iter_lines()
-            assert next(lines).startswith("data: ")  # streaming: it holds the only row
+            assert next(lines).startswith("data: ")  # streaming (the role chunk comes before admission)
+            _until(lambda: scheduler.running == 1 and scheduler.waiting == 0)  # it holds the only row
             waiter = threading.Thread(
                 target=lambda: short.update(
                     reply=client.chat.completions.create(model=NAME, messages=user("Hi."), max_tokens=3)
