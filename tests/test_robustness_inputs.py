@@ -252,12 +252,5 @@ def test_batch_path_list_on_stdin_that_is_empty_or_garbage(model_dir, inputs, tm
     result = run_cli(
         "batch", "-", "-o", "-", "-m", model_dir, "--no-split", "-n", "2", input=os.fsencode(latin1) + b"\n"
     )
-    if "codec can't decode" in stderr_of(result):
-        pytest.xfail(
-            "known cli/batch.py + batch/discover.py bug: the path list is read from "
-            "sys.stdin as text, so with a strict UTF-8 stdin (PYTHONIOENCODING=utf-8, or a "
-            "locale like en_US.UTF-8) a non-UTF-8 file name stops the whole run: "
-            f"{stderr_of(result).splitlines()[0]!r}"
-        )
     assert result.returncode == 0, stderr_of(result)
     assert [json.loads(l)["path"] for l in stdout_of(result).splitlines()] == [str(latin1)]
