@@ -90,12 +90,20 @@ def photos(tmp_path_factory) -> Path:
     return make_photos(tmp_path_factory.mktemp("ray-photos") / "photos")
 
 
-def run_local(config: BatchConfig, model: Path):
+def run_local(config: BatchConfig, model: Path, video_options: dict | None = None):
     from smolvlm_cli.model import SmolVLM
 
     def engine():
         vlm = SmolVLM.from_pretrained(str(model))
-        return LocalEngine(vlm, OPTIONS, model_name=str(model), batch_size=1, workers=2, tiling=Tiling(split=False))
+        return LocalEngine(
+            vlm,
+            OPTIONS,
+            model_name=str(model),
+            batch_size=1,
+            workers=2,
+            tiling=Tiling(split=False),
+            video_options=video_options,
+        )
 
     return run_batch(config, engine, reporter=Reporter(quiet=True))
 
@@ -203,6 +211,34 @@ def test_cli_engine_ray_end_to_end(ray_local, photos, tiny_model, local_jsonl):
     assert key(json.loads(line) for line in result.stdout.splitlines()) == key(local_jsonl)
     assert "6 done, 0 skipped, 4 failed" in result.stderr
     assert result.stderr.count("Error: ") == 4
+
+
+@ray_test
+def test_videos_equal_the_local_engine(ray_local, tiny_model, tmp_path):
+    """Videos on Ray: probed, sampled and decoded in the preprocessing tasks (an actor reads no
+    file), the same records as the local engine's, a bad video one failed record."""
+    pytest.importorskip("av")
+    from smolvlm_cli.batch.discover import default_extensions
+    from video_clips import make_clip
+
+    folder = make_photos(tmp_path / "media", n=2, bad=False)
+    make_clip(folder / "clip.mp4", seconds=2, fps=10, size=(48, 32))
+    (folder / "notes.mp4").write_text("not a video")
+    sampling = {"fps": 2.0, "max_frames": 3}  # 4 frames by the rate, 3 by the cap
+    config = BatchConfig(
+        [str(folder)], fmt="jsonl", output=str(tmp_path / "local.jsonl"), extensions=default_extensions()
+    )
+    assert run_local(config, tiny_model, sampling).done == 3
+    local = read_jsonl(tmp_path / "local.jsonl")
+    config = replace_config(config, output=str(tmp_path / "ray.jsonl"))
+    summary = run_on_ray(config, tiny_model, video_options=sampling)
+    assert (summary.done, summary.failed) == (3, 1)
+    records = read_jsonl(tmp_path / "ray.jsonl")
+    assert key(records) == key(local)
+    by_name = {Path(r["path"]).name: r for r in records}
+    assert by_name["clip.mp4"]["image_tiles"] == 3 and by_name["clip.mp4"]["caption"]
+    assert by_name["clip.mp4"]["prompt"] == "Describe this video in detail."
+    assert "notes.mp4" in by_name["notes.mp4"]["error"]
 
 
 # -- resume ------------------------------------------------------------------------------------

@@ -91,6 +91,7 @@ class RaySettings:
     workers: int = 1  # actors in the captioning pool
     threads_per_worker: int | None = None  # onnxruntime threads per actor; None: CPUs / workers
     manifest: str | None = None  # a JSONL/Parquet list of image paths (see ray_io)
+    video_options: dict[str, Any] | None = None  # fps, max_frames, start, end for the videos
 
     def __post_init__(self):
         if self.batch_size < 1 or self.workers < 1:
@@ -297,7 +298,7 @@ class RayEngine:
             batch_size=None,
             num_cpus=0,
             **_task_pool(s.workers),
-            fn_kwargs={"model_dir": self.model_dir, "tiling": s.tiling},
+            fn_kwargs={"model_dir": self.model_dir, "tiling": s.tiling, "video_options": s.video_options},
         )
         # On a cluster Ray Data's fault tolerance stays on (a lost node's actors are restarted,
         # their tasks retried); on this machine a dead actor (out of memory) stops the run with

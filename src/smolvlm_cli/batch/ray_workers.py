@@ -1,9 +1,10 @@
 """What runs on Ray workers for `smolvlm batch --engine ray` (imported there by module path).
 
 - `preprocess`: the stateless map (Ray tasks): decode + tile + tokenize each image, exactly as
-  the local engine's threads do (`load_image` + `SmolVLM.prepare`); a file that cannot be read
-  becomes a row with its error, never a failed task. `PreparedInputs` travel pickled (numpy
-  arrays, variable shapes) in a binary column.
+  the local engine's threads do (`load_image` + `SmolVLM.prepare`); a video is probed, sampled
+  and its frames decoded here too (`SampledVideo.decoded`), so an actor never reads a file. A
+  file that cannot be read becomes a row with its error, never a failed task. `PreparedInputs`
+  travel pickled (numpy arrays, variable shapes) in a binary column.
 - `Captioner`: the actor class of the captioning pool (`map_batches(Captioner, ...)`). Each actor
   loads the model once from the directory the driver resolved, with `threads` onnxruntime
   threads, and runs the local engine's inference step on `--batch-size` images per call, so a
@@ -32,6 +33,7 @@ from smolvlm_cli.batch.records import FIELDS, ImageRecord, Job
 from smolvlm_cli.errors import ModelNotFoundError, error_message
 from smolvlm_cli.options import Tiling
 from smolvlm_cli.processor import Processor
+from smolvlm_cli.values import PreparedInputs
 
 PREPARED_SCHEMA = pa.schema(
     [
@@ -81,13 +83,14 @@ def _processor(model_dir: str) -> Processor:
     return processor
 
 
-def preprocess(batch: pa.Table, model_dir: str, tiling: Tiling) -> pa.Table:
+def preprocess(
+    batch: pa.Table, model_dir: str, tiling: Tiling, video_options: dict[str, Any] | None = None
+) -> pa.Table:
     """Rows `idx, path, file, prompt` -> `idx, path, file, prompt, prepared | error, prep_s`.
 
     `file` is the absolute path (workers do not share the driver's current folder), `path` the
-    one recorded and named in errors, as the user gave it."""
-    from smolvlm_cli.image_loading import load_image
-
+    one recorded and named in errors, as the user gave it. `video_options`: `fps`,
+    `max_frames`, `start`, `end` for the videos."""
     processor = _processor(model_dir)
     out: dict[str, list] = {name: [] for name in PREPARED_SCHEMA.names}
     for row in batch.to_pylist():
@@ -95,8 +98,8 @@ def preprocess(batch: pa.Table, model_dir: str, tiling: Tiling) -> pa.Table:
         t0 = time.perf_counter()
         prepared, error = None, None
         try:
-            image = load_image(from_bytes(row["file"]), name=str(Path(path)))
-            prepared = pickle.dumps(processor.prepare([image], prompt, tiling=tiling), protocol=5)
+            inputs = _prepare(processor, from_bytes(row["file"]), str(Path(path)), prompt, tiling, video_options or {})
+            prepared = pickle.dumps(inputs, protocol=5)
         except Exception as exc:  # noqa: BLE001 - an unreadable file is that file's failure
             error = error_message(exc)
         for name, value in (
@@ -110,6 +113,22 @@ def preprocess(batch: pa.Table, model_dir: str, tiling: Tiling) -> pa.Table:
         ):
             out[name].append(value)
     return pa.table(out, schema=PREPARED_SCHEMA)
+
+
+def _prepare(
+    processor: Processor, file: str, label: str, prompt: str, tiling: Tiling, video_options: dict[str, Any]
+) -> PreparedInputs:
+    from smolvlm_cli.image_loading import load_image
+    from smolvlm_cli.video import is_video_path
+
+    if not is_video_path(file):
+        return processor.prepare([load_image(file, name=label)], prompt, tiling=tiling)
+    t0 = time.perf_counter()
+    video = processor.open_video(file, label=label, **video_options)
+    prepared = processor.prepare([], prompt, videos=[video])
+    prepared.media = [m if isinstance(m, int) else m.decoded(processor.config) for m in prepared.media]
+    prepared.preprocess_s = time.perf_counter() - t0  # the decoding, which the local engine overlaps
+    return prepared
 
 
 # -- the actor pool -------------------------------------------------------------------------------

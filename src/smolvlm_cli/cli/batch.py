@@ -359,8 +359,6 @@ def batch(
     if engine_name == "ray":
         from smolvlm_cli.batch.ray_engine import RaySettings, run_ray
 
-        if not ext:  # the Ray engine captions images only: videos are not picked up by default
-            config.extensions = DEFAULT_EXTENSIONS
         from smolvlm_cli.config import ModelConfig
         from smolvlm_cli.hub import CONFIG_FILES, resolve_model
 
@@ -375,6 +373,7 @@ def batch(
             workers=workers,
             threads_per_worker=threads_per_worker or model.threads,
             manifest=manifest,
+            video_options=video.options,
         )
         summary = run_ray(
             config, settings, reporter=reporter, stdin=sys.stdin if STDIN in paths else None, out=output.write

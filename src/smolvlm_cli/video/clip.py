@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class SampledVideo:
     start: float | None = None
     end: float | None = None
     _index: Any = None  # decode.PacketIndex
+    _tiles: list[np.ndarray] | None = None  # set by `decoded`: the frames, read from no file
 
     @property
     def numbers(self) -> list[int]:
@@ -74,8 +75,16 @@ class SampledVideo:
 
     def tiles(self, config: ModelConfig) -> Iterator[np.ndarray]:
         """The sampled frames as uint8 [T, T, 3] tiles, one at a time."""
+        if self._tiles is not None:
+            yield from self._tiles
+            return
         for pixels in self.frames():
             yield frame_tile(pixels, config)
+
+    def decoded(self, config: ModelConfig) -> SampledVideo:
+        """A copy that holds its frames' tiles (uint8, `config`'s tile size), for a process that
+        may not read the file (a Ray actor on another node): its `tiles()` decode nothing."""
+        return replace(self, _index=None, _tiles=list(self.tiles(config)))
 
     def as_dict(self) -> dict[str, Any]:
         """What `inspect` and `--json` report."""
