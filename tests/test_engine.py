@@ -148,6 +148,18 @@ def test_logits_and_tokens_match_transformers(tiny_onnx_dir, references, loaded,
     assert stream.stats.generated_tokens == STEPS and stream.stats.stop_reason == "length"
 
 
+def test_the_torch_backend_passes_the_cache_by_the_current_keyword(tiny_onnx_dir, loaded):
+    """transformers 5.2x renamed forward's `past_key_values` to `cache` (the old name warns and
+    goes in 5.40): the reference backend follows, so it warns nothing and keeps working."""
+    import warnings
+
+    vlm = loaded(tiny_onnx_dir(NAMES[0]), "torch")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vlm.generate([photo(64, 48)], "Describe.", tiling="low", max_new_tokens=3)
+    assert not [str(w.message) for w in caught if "past_key_values" in str(w.message)]
+
+
 def test_seeded_sampling_is_reproducible(tiny_onnx_dir):
     vlm = SmolVLM.from_pretrained(tiny_onnx_dir(NAMES[0]))
     kwargs = dict(tiling="low", max_new_tokens=16, temperature=1.0, top_k=50, top_p=0.95)

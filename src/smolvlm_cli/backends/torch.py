@@ -12,6 +12,7 @@ import numpy as np
 
 from smolvlm_cli.config import ModelConfig
 from smolvlm_cli.errors import BackendUnavailableError, ConfigError, first_line
+from smolvlm_cli.torch_compat import cache_kwargs, output_cache
 
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -111,9 +112,13 @@ class TorchBackend:
             past = state.length
             mask = torch.ones((1, past + ids.shape[1]), dtype=torch.long, device=self.device)
             out = self.torch_model(
-                inputs_embeds=embeds, attention_mask=mask, past_key_values=state.cache, use_cache=True, logits_to_keep=1
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                use_cache=True,
+                logits_to_keep=1,
+                **cache_kwargs(self.torch_model, state.cache),
             )
-            state.cache = out.past_key_values
+            state.cache = output_cache(out)
         return out.logits[0, -1].float().cpu().numpy()
 
     def new_rows(self, rows: int) -> None:

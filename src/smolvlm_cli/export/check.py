@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from smolvlm_cli.errors import ExportError
+from smolvlm_cli.torch_compat import cache_kwargs, output_cache
 
 TOLERANCE = 1e-3
 PROMPT_LEN, DECODE_STEPS = 8, 8
@@ -90,10 +91,10 @@ def decoder_reference(model, ids: np.ndarray, steps: int = DECODE_STEPS):
                 inputs_embeds=embed(step_ids),
                 attention_mask=torch.ones(1, length + seq, dtype=torch.int64),
                 position_ids=torch.arange(length, length + seq)[None],
-                past_key_values=cache,
                 use_cache=True,
+                **cache_kwargs(model, cache),
             )
-            cache, length = out.past_key_values, length + seq
+            cache, length = output_cache(out), length + seq
             logits_list.append(out.logits.numpy())
             step_ids = out.logits[:, -1:].argmax(-1)
             tokens.append(step_ids.numpy())

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from smolvlm_cli.torch_compat import cache_kwargs, output_cache
+
 
 class EmbedTokens(nn.Module):
     """input_ids [B, S] int64 -> inputs_embeds [B, S, hidden]."""
@@ -61,8 +63,8 @@ class Decoder(nn.Module):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
+            **cache_kwargs(self.text_model, cache),
         )
         logits = self.lm_head(out.last_hidden_state)
-        return (logits, *flat_cache(out.past_key_values))
+        return (logits, *flat_cache(output_cache(out)))
