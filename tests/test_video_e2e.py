@@ -121,6 +121,30 @@ def test_describe_json_has_frames_timestamps_and_timings(model_dir, clip):
     assert {"preprocess_s", "vision_s", "prefill_s", "ttft_s"} <= set(record["timings"])
 
 
+def test_a_video_piped_to_describe_is_the_same_as_its_file(model_dir, clip, tmp_path, monkeypatch):
+    """`describe -` tells a video from an image by its bytes: the same answer as the file,
+    "<stdin>" where a path would be named, and the spooled copy gone afterwards."""
+    import atexit
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the spooled copy goes
+    at_exit = []  # what the end of the process would run
+    monkeypatch.setattr(atexit, "register", lambda func, *args: at_exit.append((func, args)))
+    args = ["What happens?", "-m", model_dir, "-n", "4", "--json", "--max-frames", "2"]
+    from_file = invoke_cli("describe", clip, *args)
+    piped = invoke_cli("describe", "-", *args, input=clip.read_bytes())
+    assert piped.returncode == from_file.returncode == 0, stderr_of(piped)
+    got, want = json.loads(stdout_of(piped)), json.loads(stdout_of(from_file))
+    assert got["text"] == want["text"] and got["videos"][0]["path"] == "<stdin>"
+    assert got["videos"][0]["frames"] == want["videos"][0]["frames"]
+    cut = invoke_cli("describe", "-", "-m", model_dir, input=clip.read_bytes()[:3000])
+    assert_clean_error(cut, names=["<stdin>"], reason="not a video")
+    assert len(at_exit) == 2 and len(list(tmp_path.iterdir())) == 2
+    for func, args in at_exit:
+        func(*args)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_ask_encodes_the_video_once(model_dir, clip):
     result = invoke_cli("ask", clip, "-q", "What?", "-q", "Why?", "-m", model_dir, "-n", "2", "--json")
     assert result.returncode == 0, stderr_of(result)

@@ -43,8 +43,11 @@ def split_images_and_prompt(args: list[str], prompt: str | None) -> tuple[list[s
     return images, prompt
 
 
-def read_stdin_inputs(images: list[str], prompt: str | None, quiet: bool = False) -> tuple[list, str | None]:
-    """stdin is read only when asked for: `-` as an image (bytes) or `-p -` (the prompt text).
+def read_stdin_inputs(
+    images: list[str], prompt: str | None, quiet: bool = False
+) -> tuple[list, str | None, dict[str, str]]:
+    """stdin is read only when asked for: `-` as an image (bytes) or a video (spooled to a file
+    PyAV can seek in, named "<stdin>" by the returned labels), or `-p -` (the prompt text).
     Shell loops and xargs must not lose their input to a command that did not ask for it."""
     if images.count(STDIN) > 1:
         raise typer.BadParameter("stdin can be read only once: give '-' for at most one image")
@@ -64,7 +67,15 @@ def read_stdin_inputs(images: list[str], prompt: str | None, quiet: bool = False
             from smolvlm_cli.errors import ImageError
 
             raise ImageError("<stdin>: no image data on standard input")
-        return [data if i == STDIN else i for i in images], prompt
+        from smolvlm_cli.video import video_extension_of
+
+        container = video_extension_of(data)
+        if container is None:
+            return [data if i == STDIN else i for i in images], prompt, {}
+        from smolvlm_cli.cli.media import stdin_video
+
+        path = stdin_video(data, container)
+        return [path if i == STDIN else i for i in images], prompt, {path: "<stdin>"}
     if prompt == STDIN:
         if sys.stdin.isatty() and not quiet:
             output.log("Type the prompt; end it with Ctrl-D.")
@@ -72,7 +83,7 @@ def read_stdin_inputs(images: list[str], prompt: str | None, quiet: bool = False
         prompt = sys.stdin.buffer.read().decode(sys.stdin.encoding or "utf-8", "replace").strip()
         if not prompt:
             raise typer.BadParameter("-p - found no prompt text on standard input", param_hint="'--prompt'")
-    return list(images), prompt
+    return list(images), prompt, {}
 
 
 EXAMPLES = """Examples:\n\n
@@ -80,6 +91,7 @@ smolvlm describe photo.jpg\n\n
 smolvlm describe photo.jpg 'What is in the box?'\n\n
 smolvlm describe --detail low -n 40 photo.jpg   (fast: one tile, a short caption)\n\n
 smolvlm describe clip.mp4 'What happens after the door opens?' --max-frames 16\n\n
+smolvlm describe - < clip.mp4   (a piped image or video)\n\n
 smolvlm describe https://example.com/a.jpg --system 'Answer in French.'\n\n
 curl -s https://example.com/a.jpg | smolvlm describe - --json | jq .text\n\n
 echo 'Is there a dog?' | smolvlm describe photo.jpg -p -   (the prompt from stdin)"""
@@ -131,8 +143,9 @@ def describe(
     """Answer a question about images or videos (a caption by default), streamed to stdout."""
     started = time.perf_counter()
     paths, prompt = split_images_and_prompt(images, prompt)
-    video.require_video(any(map(is_video_path, paths)))
-    sources, prompt = read_stdin_inputs(paths, prompt, quiet)
+    video.require_video(STDIN in paths or any(map(is_video_path, paths)))
+    sources, prompt, labels = read_stdin_inputs(paths, prompt, quiet)
+    video.require_video(any(map(is_video_path, sources)))  # what `-` turned out to be
     status = output.Status(quiet)
 
     from smolvlm_cli.cli.media import frame_progress, media_label, open_media, probe_videos
@@ -144,12 +157,12 @@ def describe(
         loaded = [
             s if is_video_path(s) else load_image(s, name="<stdin>" if isinstance(s, bytes) else None) for s in sources
         ]
-        probed = probe_videos(sources)
+        probed = probe_videos(sources, labels)
     startup_s = started - _process_start()
     t0 = time.perf_counter()
     vlm = model.load(quiet, status)
     load_s = time.perf_counter() - t0
-    media = open_media(loaded, vlm.config, probed, video.options)
+    media = open_media(loaded, vlm.config, probed, video.options, labels)
     kinds = ["video" if hasattr(m, "num_frames") else "image" for m in media]
     prompt = prompt or (DEFAULT_VIDEO_PROMPT if "video" in kinds else DEFAULT_PROMPT)
     prepared = vlm.prepare(

@@ -6,15 +6,16 @@ the model loads, so a bad file fails at once; once the model's config is known i
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from smolvlm_cli.cli import output
 from smolvlm_cli.video import is_video_path
 
 
-def probe_videos(sources: list[Any]) -> dict[str, tuple]:
-    """{video path: its probe} for the video paths among `sources` (errors as VideoError; a
-    video URL is one: videos are read from files)."""
+def probe_videos(sources: list[Any], labels: dict[str, str] | None = None) -> dict[str, tuple]:
+    """{video path: its probe} for the video paths among `sources` (errors as VideoError, naming
+    a path by its `labels` entry if any; a video URL is one: videos are read from files)."""
     from smolvlm_cli.formats import VIDEO_EXTENSIONS, extension
 
     probed = {}
@@ -29,15 +30,39 @@ def probe_videos(sources: list[Any]) -> dict[str, tuple]:
         if is_video_path(source) and source not in probed:
             from smolvlm_cli.video.decode import probe
 
-            probed[source] = probe(source)
+            probed[source] = probe(source, (labels or {}).get(source))
     return probed
 
 
-def open_media(sources: list[Any], config, probed: dict[str, tuple], options: dict[str, Any]) -> list[Any]:
+def open_media(
+    sources: list[Any],
+    config,
+    probed: dict[str, tuple],
+    options: dict[str, Any],
+    labels: dict[str, str] | None = None,
+) -> list[Any]:
     """`sources` with each video path replaced by its `SampledVideo` (sampled per `options`)."""
     from smolvlm_cli.video.clip import open_video
 
-    return [open_video(s, config, probed=probed.get(s), **options) if is_video_path(s) else s for s in sources]
+    labels = labels or {}
+    return [
+        open_video(s, config, probed=probed.get(s), label=labels.get(s), **options) if is_video_path(s) else s
+        for s in sources
+    ]
+
+
+def stdin_video(data: bytes, extension: str) -> str:
+    """Piped video bytes as a file PyAV can seek in, removed when the command exits."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="smolvlm-stdin-")
+    atexit.register(shutil.rmtree, folder, True)
+    path = os.path.join(folder, f"stdin.{extension}")
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
 
 
 def frame_progress(status: output.Status):

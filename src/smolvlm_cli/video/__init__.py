@@ -34,4 +34,32 @@ def is_video(source: Any) -> bool:
     return is_video_path(source) or (sampled is not None and isinstance(source, sampled))
 
 
-__all__ = ["VIDEO_EXTENSIONS", "is_video", "is_video_path"]
+# ISO-BMFF brands of still images (HEIC/HEIF/AVIF): the same `ftyp` box as an MP4's
+_IMAGE_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis"}
+
+
+def video_extension_of(data: bytes) -> str | None:
+    """The container of video bytes (an extension of VIDEO_EXTENSIONS) from their first bytes,
+    None for anything else (images included): how `describe -` tells a piped video."""
+    head = bytes(data[:64])
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in _IMAGE_BRANDS:
+            return None
+        return "mov" if brand == b"qt  " else "3gp" if brand.startswith(b"3g") else "mp4"
+    if head[:4] == b"\x1a\x45\xdf\xa3":  # EBML: Matroska, or WebM (its DocType)
+        return "webm" if b"webm" in head else "mkv"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
+    if head[:3] == b"FLV":
+        return "flv"
+    if head[:16] == b"\x30\x26\xb2\x75\x8e\x66\xcf\x11\xa6\xd9\x00\xaa\x00\x62\xce\x6c":  # ASF
+        return "wmv"
+    if head[:4] == b"\x00\x00\x01\xba":  # MPEG program stream
+        return "mpg"
+    if len(data) > 376 and data[0] == data[188] == data[376] == 0x47:  # MPEG-TS: a sync byte every 188
+        return "ts"
+    return None
+
+
+__all__ = ["VIDEO_EXTENSIONS", "is_video", "is_video_path", "video_extension_of"]
