@@ -7,11 +7,13 @@ transformers 5.24 is the reference model: its `generate` on the inputs our proce
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import assert_clean_error, invoke_cli, stderr_of, stdout_of
 from video_clips import make_audio_only, make_clip
@@ -68,8 +70,6 @@ def test_onnx_greedy_tokens_equal_transformers_generate(model_dir, vlm, clip):
 
 
 def test_library_video_paths_images_and_video_cache(vlm, clip):
-    from PIL import Image
-
     text = vlm.generate(str(clip), "What happens?", max_new_tokens=4)
     assert isinstance(text, str)
     image = Image.fromarray(np.full((40, 60, 3), 120, np.uint8))
@@ -119,6 +119,23 @@ def test_describe_json_has_frames_timestamps_and_timings(model_dir, clip):
     assert video["duration"] == "0:00:02" and video["start"] == 0.5
     assert record["video_frames"] == 2 and record["image_tiles"] == 2
     assert {"preprocess_s", "vision_s", "prefill_s", "ttft_s"} <= set(record["timings"])
+
+
+@pytest.mark.parametrize(
+    "name,codec", [("c.mkv", "libx264"), ("c.webm", "libvpx-vp9"), ("c.avi", "mpeg4"), ("c.mov", "libx264"),
+                   ("c.ts", "mpeg2video"), ("c.mpg", "mpeg2video"), ("c.flv", "flv")]
+)  # fmt: skip
+def test_a_container_is_told_by_its_first_bytes(tmp_path, name, codec):
+    from smolvlm_cli.video import video_extension_of
+
+    path = make_clip(tmp_path / name, seconds=0.5, fps=10, codec=codec)
+    assert video_extension_of(path.read_bytes()) == path.suffix[1:]
+    still = Image.new("RGB", (8, 8))
+    for fmt in ("JPEG", "PNG", "GIF", "WEBP"):
+        buffer = io.BytesIO()
+        still.save(buffer, fmt)
+        assert video_extension_of(buffer.getvalue()) is None
+    assert video_extension_of(b"\0\0\0\x18ftypheic" + bytes(16)) is None  # an iPhone photo's box
 
 
 def test_a_video_piped_to_describe_is_the_same_as_its_file(model_dir, clip, tmp_path, monkeypatch):
