@@ -85,6 +85,18 @@ def test_help_and_version_do_not_load_torch():
     assert version.returncode == 0 and out(version).startswith("smolvlm-cli ")
 
 
+def test_command_help_paragraphs_are_not_broken_mid_sentence():
+    """Typer's rich help keeps a docstring's line breaks, so a paragraph wrapped in the source
+    prints broken lines (in `smolvlm --help` too): each paragraph is one source line, rich wraps."""
+    import inspect
+
+    from smolvlm_cli.cli.main import app
+
+    for command in app.registered_commands:
+        for paragraph in inspect.cleandoc(command.callback.__doc__).split("\n\n"):
+            assert "\n" not in paragraph, f"{command.callback.__name__}: {paragraph!r}"
+
+
 @pytest.mark.slow
 def test_describe_streams_exactly_what_generate_returns(model_dir, vlm, image_path):
     result = run("describe", image_path, "What is this?", "-m", model_dir, "-n", "12", check_no_torch=True)

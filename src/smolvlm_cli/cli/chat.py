@@ -124,8 +124,7 @@ def ask(
 ) -> None:
     """Answer several questions about the same images or videos, encoding them only once.
 
-    With several questions each answer is labeled (Q: / A:, continuation lines indented);
-    a single question prints the bare answer.
+    With several questions each answer is labeled (Q: / A:, continuation lines indented); a single question prints the bare answer.
     """
     from smolvlm_cli.cli.media import frame_progress
     from smolvlm_cli.video import is_video_path

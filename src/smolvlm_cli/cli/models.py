@@ -28,8 +28,10 @@ def download(
     graphs: GraphsOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
-    """Download what a run needs and build its fast graphs, so later runs work offline; print
-    the downloaded folder."""
+    """Download what a run needs and build its fast graphs, so later runs work offline.
+
+    Prints the downloaded folder.
+    """
     from smolvlm_cli.backends.select import select_backend
     from smolvlm_cli.cli.loading import BuildProgress
 
@@ -93,8 +95,10 @@ def _hub_rows() -> list[dict]:
 
 
 def list_models(json_out: JsonOpt = False) -> None:
-    """List the SmolVLM models downloaded (Hugging Face cache) and the graphs built from them
-    (our cache), with sizes."""
+    """List the downloaded SmolVLM models and the graphs built from them, with sizes.
+
+    Models come from the Hugging Face cache, graphs from ours.
+    """
     from smolvlm_cli.builder.cache import built_entries, graphs_root
 
     rows = _hub_rows()
@@ -158,8 +162,10 @@ def inspect(
         ),
     ] = False,
 ) -> None:
-    """Show how an image will be tiled, or which frames of a video the model will see, and
-    how many tokens it costs (no weights needed)."""
+    """Show how an image is tiled or which video frames are seen, and the tokens (no weights).
+
+    Images: the resize, the tile grid and the image tokens; videos: the sampled frames, their timestamps and the prompt tokens.
+    """
     import sys
 
     from smolvlm_cli.config import ModelConfig
