@@ -58,8 +58,8 @@ def read_stdin_inputs(
     if STDIN in images:
         if sys.stdin.isatty():
             raise typer.BadParameter(
-                "'-' reads image bytes from standard input, which is a "
-                "terminal: pipe an image in (smolvlm describe - < photo.jpg)",
+                "'-' reads an image or a video from standard input, which is a "
+                "terminal: pipe one in (smolvlm describe - < photo.jpg)",
                 param_hint="'IMAGE...'",
             )
         data = sys.stdin.buffer.read()
@@ -108,7 +108,7 @@ def describe(
         typer.Argument(
             metavar="IMAGE|VIDEO... [PROMPT]",
             show_default=False,
-            help="Image paths or http(s) URLs ('-' reads image bytes from stdin) and video files "
+            help="Image paths or http(s) URLs ('-' reads an image or a video from stdin) and video files "
             "(.mp4, .mov, .mkv, .webm, ...), optionally followed by the prompt. " + PROMPT_RULE,
         ),
     ],
