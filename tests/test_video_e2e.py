@@ -252,6 +252,7 @@ def test_batch_goes_on_past_bad_videos(model_dir, bad_files, tmp_path):
     result = invoke_cli("batch", good.parent, "-m", model_dir, "-n", "2", "-o", out)
     assert result.returncode == 1, stderr_of(result)
     records = {json.loads(line)["path"]: json.loads(line) for line in out.read_text().splitlines()}
+    assert stderr_of(result).startswith(f"{len(records)} video(s): {len(records)} to caption")
     assert records[str(good)]["caption"] is not None and records[str(good)]["error"] is None
     assert records[str(good)]["prompt"] == "Describe this video in detail."
     for kind, path in files.items():

@@ -28,6 +28,7 @@ from smolvlm_cli.batch.templates import CaptionStyle, render
 from smolvlm_cli.batch.writers import make_writer
 from smolvlm_cli.errors import SmolVLMError
 from smolvlm_cli.options import DEFAULT_PROMPT, DEFAULT_VIDEO_PROMPT
+from smolvlm_cli.video import is_video_path
 
 
 class Engine(Protocol):
@@ -162,8 +163,6 @@ def run_batch(
 def item_prompt(config: BatchConfig, path: str) -> str:
     """The prompt of one file: the template filled in; a video left with the default image
     prompt gets the default video prompt."""
-    from smolvlm_cli.video import is_video_path
-
     if config.prompt == DEFAULT_PROMPT and is_video_path(path):
         return DEFAULT_VIDEO_PROMPT
     return render(config.prompt, path)
@@ -200,11 +199,14 @@ def plan_run(items, store, config: BatchConfig, summary: Summary, reporter: Repo
     if not config.resume_any:
         check_made_with(work.done, store.made_with, config.model, lambda item: item_prompt(config, item.path))
     summary.skipped_done, summary.skipped_failed = len(work.done), len(work.failed)
-    reporter.info(_plan_line(len(items), work, store.describe()))
+    reporter.info(_plan_line(items, work, store.describe()))
     return work
 
 
-def _plan_line(total: int, work, where: str) -> str:
+def _plan_line(items: list, work, where: str) -> str:
+    videos = sum(1 for item in items if is_video_path(item.path))
+    counts = [f"{n} {kind}(s)" for n, kind in ((len(items) - videos, "image"), (videos, "video")) if n]
+    found = " and ".join(counts) or "0 image(s)"
     parts = [f"{len(work.todo)} to caption"]
     if work.retried:
         parts[0] += f" ({work.retried} earlier failure(s) retried)"
@@ -212,4 +214,4 @@ def _plan_line(total: int, work, where: str) -> str:
         parts.append(f"{len(work.done)} already done")
     if work.failed:
         parts.append(f"{len(work.failed)} failed before")
-    return f"{total} image(s): {', '.join(parts)}; writing {where}"
+    return f"{found}: {', '.join(parts)}; writing {where}"
