@@ -11,6 +11,14 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "
 IMAGE_NAME_EXTENSIONS = frozenset(IMAGE_EXTENSIONS) | {"heic", "heif", "jxl", "ico", "ppm", "pgm", "pbm", "tga"}
 
 
+# ISO-BMFF `ftyp` brands of still images: HEIC / HEIF (a plugin's) and AVIF (Pillow's own). An
+# MP4 or MOV starts with the same box, so telling piped bytes apart reads the brand.
+HEIF_BRANDS = frozenset(
+    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1", b"mif2"}
+)
+AVIF_BRANDS = frozenset({b"avif", b"avis"})
+
+
 def extension(name: str) -> str:
     """A file name's extension, lower case, without the dot (`""` for `.hidden` or none)."""
     return os.path.splitext(name)[1].lower().lstrip(".")

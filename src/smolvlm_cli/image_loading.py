@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from smolvlm_cli.errors import ImageError, ImageTooLargeError
+from smolvlm_cli.formats import HEIF_BRANDS
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
 
@@ -195,12 +196,8 @@ def _check_size(image: Image.Image, label: str) -> Image.Image:
     return image
 
 
-# ISO-BMFF `ftyp` brands of HEIC / HEIF images (Pillow's own AVIF plugin takes `avif`/`avis`).
-_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1", b"mif2"}
-
-
-def _is_heif(data: bytes) -> bool:
-    return data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS
+def _is_heif(data: bytes) -> bool:  # Pillow's own AVIF plugin takes `avif`/`avis`
+    return data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS
 
 
 def _open_heif(data: bytes, label: str) -> Image.Image:

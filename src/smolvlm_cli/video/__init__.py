@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from smolvlm_cli.formats import VIDEO_EXTENSIONS, extension
+from smolvlm_cli.formats import AVIF_BRANDS, HEIF_BRANDS, VIDEO_EXTENSIONS, extension
 
 
 def is_video_path(source: Any) -> bool:
@@ -34,17 +34,13 @@ def is_video(source: Any) -> bool:
     return is_video_path(source) or (sampled is not None and isinstance(source, sampled))
 
 
-# ISO-BMFF brands of still images (HEIC/HEIF/AVIF): the same `ftyp` box as an MP4's
-_IMAGE_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis"}
-
-
 def video_extension_of(data: bytes) -> str | None:
     """The container of video bytes (an extension of VIDEO_EXTENSIONS) from their first bytes,
     None for anything else (images included): how `describe -` tells a piped video."""
     head = bytes(data[:64])
     if head[4:8] == b"ftyp":
         brand = head[8:12]
-        if brand in _IMAGE_BRANDS:
+        if brand in HEIF_BRANDS or brand in AVIF_BRANDS:  # still images
             return None
         return "mov" if brand == b"qt  " else "3gp" if brand.startswith(b"3g") else "mp4"
     if head[:4] == b"\x1a\x45\xdf\xa3":  # EBML: Matroska, or WebM (its DocType)
