@@ -11,6 +11,7 @@ at the vision graph itself.
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -87,8 +88,13 @@ def built(tmp_path_factory):
     return get
 
 
+@functools.lru_cache(maxsize=None)
+def _processor(ckpt) -> Processor:  # read-only: shared by the tests of one checkpoint
+    return Processor.from_pretrained(ckpt)
+
+
 def _vlm(ckpt, graphs_dir, dtype="fp32") -> SmolVLM:
-    processor = Processor.from_pretrained(ckpt)
+    processor = _processor(ckpt)
     backend = OnnxBackend(graphs_dir, processor.config, dtype=dtype, cache=False)
     return SmolVLM(processor, processor.tokenizer, backend)
 

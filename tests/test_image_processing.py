@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageOps
 
-from conftest import MODEL_NAMES, fixture_dir
+from conftest import MODEL_NAMES, fast_first, fixture_dir
 from smolvlm_cli import image_loading
 from smolvlm_cli.config import ModelConfig
 from smolvlm_cli.errors import ImageError
@@ -32,6 +32,29 @@ from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3I
 from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil  # noqa: E402
 
 DEFAULT_MODEL = MODEL_NAMES[0]
+
+
+def _preprocessing_file(name: str) -> bytes:
+    """What both processors are built from: the reference reads preprocessor_config.json, ours
+    its values through ModelConfig (`test_a_shared_preprocessing_file_means_the_same_processors`)."""
+    return (fixture_dir(name) / "preprocessor_config.json").read_bytes()
+
+
+def _distinct_preprocessing(names) -> dict[str, str]:
+    """{model: the first model with a byte-identical preprocessor_config.json}."""
+    first: dict[bytes, str] = {}
+    return {name: first.setdefault(_preprocessing_file(name), name) for name in names}
+
+
+# The reference comparisons run once per distinct preprocessing file: SmolVLM2-500M's is
+# byte-for-byte SmolVLM2-256M's, so its runs repeated the same comparisons on the same inputs.
+PREPROCESSING_MODELS = tuple(dict.fromkeys(_distinct_preprocessing(MODEL_NAMES).values()))
+
+
+@pytest.fixture(params=fast_first(PREPROCESSING_MODELS))
+def model_files(request) -> Path:
+    """A fixture model directory, one per distinct preprocessing file (conftest's, narrowed)."""
+    return fixture_dir(request.param)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -164,14 +187,14 @@ MODES = _modes()
 
 
 def _every_model_for(core: list[str], extra: list[str]) -> list:
-    """The brief's core cases on every fixture model, extra ones on the default model only (the
-    three fixtures share one preprocessing config; this keeps the file fast). The fast loop
-    runs the core cases on the default model."""
+    """The brief's core cases on every distinct preprocessing file, extra ones on the default
+    model only (the fixtures differ only in the reference class; this keeps the file fast). The
+    fast loop runs the core cases on the default model."""
     cases = [
         pytest.param(
             model, name, id=f"{model}-{name}", marks=() if model == DEFAULT_MODEL else pytest.mark.slow
         )  # see fast_first
-        for model in MODEL_NAMES
+        for model in PREPROCESSING_MODELS
         for name in core
     ]
     return cases + [
@@ -394,6 +417,34 @@ def test_tile_grid_matches_reference_geometry(monkeypatch, model_22b_like, longe
             expected = (out["rows"][0][0], out["cols"][0][0])
             assert tile_grid(width, height, config, longest_edge, split) == expected, (width, height)
             assert len(out["pixel_values"][0]) == num_tiles(*expected)
+
+
+PREPROCESSING_FIELDS = (
+    "tile_size",
+    "longest_edge",
+    "do_image_splitting",
+    "do_convert_rgb",
+    "do_resize",
+    "do_rescale",
+    "do_normalize",
+    "do_pad",
+    "resample",
+    "rescale_factor",
+    "image_mean",
+    "image_std",
+)
+
+
+def test_a_shared_preprocessing_file_means_the_same_processors():
+    """Why a model with another's preprocessor_config.json is left out of the comparisons: both
+    processors built from it equal those of the model kept, whatever its other files say."""
+    left_out = {name: kept for name, kept in _distinct_preprocessing(MODEL_NAMES).items() if name != kept}
+    assert set(PREPROCESSING_MODELS) | set(left_out) == set(MODEL_NAMES)
+    for name, kept in left_out.items():
+        mine, theirs = ModelConfig.from_dir(fixture_dir(name)), ModelConfig.from_dir(fixture_dir(kept))
+        assert [getattr(mine, f) for f in PREPROCESSING_FIELDS] == [getattr(theirs, f) for f in PREPROCESSING_FIELDS]
+        ref, ref_kept = reference(str(fixture_dir(name))), reference(str(fixture_dir(kept)))
+        assert type(ref) is type(ref_kept) and ref.to_dict() == ref_kept.to_dict()
 
 
 def test_tile_grid_known_values():
