@@ -1,8 +1,9 @@
 """`smolvlm batch --engine ray`: the Ray Data engine against the local one, on a tiny export.
 
-One local Ray (2 CPUs) for the module. The first run of each kind uses 2 actors; the runs that
-check what the driver does (resume, retry, sidecars, a load error) use one: an actor process
-costs ~1.4 s of CPU to start, and their count changes nothing the driver does. The Ray runs
+One local Ray (2 CPUs) for the module. The first run of each output kind uses 2 actors; the
+runs that check what the driver or the preprocessing tasks do (resume, retry, sidecars, a load
+error, videos) use one: an actor process costs ~1.4 s of CPU to start, and their count changes
+nothing the driver or the tasks do. The Ray runs
 are marked `ray` (`pytest -m "not ray"` skips them; CI runs them); the manifest/Parquet-folder
 units and the missing-extra error need no Ray and always run.
 """
@@ -231,7 +232,7 @@ def test_videos_equal_the_local_engine(ray_local, tiny_model, tmp_path):
     assert run_local(config, tiny_model, sampling).done == 3
     local = read_jsonl(tmp_path / "local.jsonl")
     config = replace_config(config, output=str(tmp_path / "ray.jsonl"))
-    summary = run_on_ray(config, tiny_model, video_options=sampling)
+    summary = run_on_ray(config, tiny_model, video_options=sampling, workers=1)  # tasks decode
     assert (summary.done, summary.failed) == (3, 1)
     records = read_jsonl(tmp_path / "ray.jsonl")
     assert key(records) == key(local)

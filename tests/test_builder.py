@@ -35,7 +35,10 @@ from smolvlm_cli.processor import Processor
 from smolvlm_cli.prompt import build_messages
 from test_engine import _reference_run, photo
 
-MODELS = ("SmolVLM2-256M-Video-Instruct", "SmolVLM2-500M-Video-Instruct", "SmolVLM-256M-Instruct", "SmolVLM2-2.2B-like")
+# SmolVLM2-500M-Video-Instruct is left out: shrunk to a tiny checkpoint it is SmolVLM2-256M's
+# architecture (the two differ only in the text sizes the shrinking replaces), so its runs built
+# and compared the same graphs with other random weights (`test_the_500m_shrinks_to_the_256m`).
+MODELS = ("SmolVLM2-256M-Video-Instruct", "SmolVLM-256M-Instruct", "SmolVLM2-2.2B-like")
 FORMATS = ("fp32-single", "bf16-sharded")
 STEPS = 32
 ATOL = 1e-5
@@ -54,8 +57,6 @@ def _checkpoint(name: str, fmt: str, root) -> "Path":  # noqa: F821
         if name == "SmolVLM2-2.2B-like":
             src = write_2_2b_config(source_dir("SmolVLM2-256M-Video-Instruct"), root / "2.2b-config")
             make_random_checkpoint(src, base, tiny=True)
-        elif name == "SmolVLM2-500M-Video-Instruct":
-            make_random_checkpoint(source_dir(name), base, tiny=True, seed=1)
         else:
             build_tiny_checkpoint(name, base)
     if fmt == "fp32-single":
@@ -193,6 +194,22 @@ def test_the_2_2b_config_reads_like_transformers_reads_it(tmp_path):
     assert (arch.vision.num_layers, arch.vision.intermediate_size) == (27, 4304)
     assert arch.tokens_per_tile == ModelConfig.from_dir(src).image_seq_len == 81
     assert arch.tie_word_embeddings is bool(ref.tie_word_embeddings) is False
+
+
+def test_the_500m_shrinks_to_the_256m():
+    """Why MODELS leaves SmolVLM2-500M out: its tiny config is SmolVLM2-256M's, for the builder
+    and for transformers, but for two keys that change no graph."""
+    from smolvlm_cli.export.checkpoint import _random_config
+
+    def tiny(name: str) -> dict:
+        config = _random_config(json.loads((source_dir(name) / "config.json").read_text()), tiny=True)
+        config["vision_config"].pop("use_base_siglip", None)  # read by no transformers model class
+        config["text_config"].pop("initializer_range", None)  # read by random initialisation only
+        return config
+
+    small, large = tiny("SmolVLM2-256M-Video-Instruct"), tiny("SmolVLM2-500M-Video-Instruct")
+    assert large == small
+    assert Architecture.from_config(large) == Architecture.from_config(small)
 
 
 @pytest.mark.parametrize(
