@@ -329,6 +329,8 @@ def test_ray_leaves_no_session_folder(model_dir, thumb, tmp_path):
         "2",
         "--detail",
         "low",
+        "--workers",
+        "1",  # one actor: its process costs ~1.7 s of CPU, and the test is about the session folder
         "-o",
         tmp_path / "c.jsonl",
     ]
