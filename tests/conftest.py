@@ -136,6 +136,31 @@ def pytest_configure(config):
         os.sched_setaffinity(0, mine)
 
 
+# The modules that take longest in a full run (Ray's actors, exports, subprocesses, 2048-px
+# reference comparisons), longest first. pytest-xdist hands whole files to the workers in
+# collection order (pyproject turns off its own reordering, which puts files with many tests
+# first and left these long ones for the end, one worker busy and the other idle).
+LONGEST_FIRST = (
+    "test_batch_ray.py",
+    "test_export.py",
+    "test_image_processing.py",
+    "test_user_trust.py",
+    "test_builder.py",
+    "test_engine.py",
+    "test_batch_decode.py",
+    "test_graph_cache.py",
+    "test_robustness_outputs.py",
+    "test_batch_e2e.py",
+    "test_robustness_inputs.py",
+    "test_conversation.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
+
+
 # Model-building fixtures (tiny random checkpoints, their ONNX exports) live in model_fixtures.py.
 from model_fixtures import *  # noqa: E402,F401,F403
 

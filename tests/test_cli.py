@@ -332,7 +332,9 @@ def test_inspect(model_dir, image_path, tmp_path):
 
 @pytest.mark.slow
 def test_download_and_models_use_the_hub_cache(model_dir, tmp_path):
-    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    # a graph cache of its own: `models` lists every graph built in the run's shared one (from
+    # local folders too), so a build by an earlier test on this worker made the list non-empty
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "SMOLVLM_CACHE": str(tmp_path / "graphs")}
     empty = run("models", env=env)
     assert empty.returncode == 0 and out(empty) == "" and "No SmolVLM models" in err(empty)
     repo = tmp_path / "hf" / "hub" / "models--someone--tiny-smolvlm"
