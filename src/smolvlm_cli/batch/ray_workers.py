@@ -31,9 +31,11 @@ from ray.data.datasource import FilenameProvider
 from smolvlm_cli.batch.discover import ImageItem
 from smolvlm_cli.batch.records import FIELDS, ImageRecord, Job
 from smolvlm_cli.errors import ModelNotFoundError, error_message
+from smolvlm_cli.image_loading import load_image
 from smolvlm_cli.options import Tiling
 from smolvlm_cli.processor import Processor
 from smolvlm_cli.values import PreparedInputs
+from smolvlm_cli.video import is_video_path
 
 PREPARED_SCHEMA = pa.schema(
     [
@@ -118,9 +120,6 @@ def preprocess(
 def _prepare(
     processor: Processor, file: str, label: str, prompt: str, tiling: Tiling, video_options: dict[str, Any]
 ) -> PreparedInputs:
-    from smolvlm_cli.image_loading import load_image
-    from smolvlm_cli.video import is_video_path
-
     if not is_video_path(file):
         return processor.prepare([load_image(file, name=label)], prompt, tiling=tiling)
     t0 = time.perf_counter()
