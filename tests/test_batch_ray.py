@@ -58,6 +58,10 @@ def ray_local():
                 log_to_driver=False,
                 logging_level=logging.ERROR,
                 object_store_memory=300 * 2**20,
+                # Ray kills an idle worker after 1 s when more processes than CPUs are alive
+                # (the actors count), so each run would start new task workers (~2 s of CPU
+                # each); the module's runs reuse them instead.
+                _system_config={"idle_worker_killing_time_threshold_ms": 10 * 60_000},
             )
         yield ray
         if started:
