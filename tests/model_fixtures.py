@@ -1,7 +1,8 @@
 """Fixtures that build random-weight checkpoints and ONNX exports (owned by the exporter work).
 
-Tiny models (2 layers, hidden 64, ~6.6 M parameters; the real tile geometry, vocabulary and
-special tokens) are built once per session, lazily, and only for what a test asks:
+Tiny models (2 layers, hidden 64, ~6.6 M parameters; the real tile size, vocabulary and
+special tokens; images resized to 1024 px, not 2048, so a split makes at most 2x2 tiles + the
+global one) are built once per session, lazily, and only for what a test asks:
 
 - `tiny_checkpoints[name]`: a tiny transformers checkpoint directory (model.safetensors + every
   config/tokenizer/processor file); `tiny_checkpoint_factory(name)` is the same as a call.
@@ -22,6 +23,7 @@ dtype well under 1 s. `build_tiny_model(name, out_root, dtypes)` does the same o
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator, Mapping
@@ -33,6 +35,10 @@ from smolvlm_cli.dtypes import default_dtypes
 
 TINY_MODEL_NAMES = ("SmolVLM2-256M-Video-Instruct", "SmolVLM-256M-Instruct")
 _ALL_DTYPES = ("fp32", "fp16", "int8", "q4")
+# Tiles along an image's longest edge: up to a 2x2 grid + the global tile (5 tiles, not 13-17).
+# The tiny vision encoder and the 2048-px resize were most of the suite's image work; the
+# real models' resize is checked against transformers in test_image_processing.
+TINY_RESIZE_TILES = 2
 _REPO = Path(__file__).resolve().parents[1]
 
 __all__ = [
@@ -40,6 +46,7 @@ __all__ = [
     "build_tiny_checkpoint",
     "build_tiny_model",
     "source_dir",
+    "tiny_preprocessor_config",
     "tiny_checkpoint_factory",
     "tiny_checkpoints",
     "tiny_onnx_dir",
@@ -93,7 +100,16 @@ def build_tiny_checkpoint(name: str, out_dir: str | Path, seed: int = 0) -> Path
     out_dir = Path(out_dir)
     if (out_dir / "model.safetensors").is_file() and (out_dir / "config.json").is_file():
         return out_dir
-    return make_random_checkpoint(source_dir(name), out_dir, tiny=True, seed=seed)
+    make_random_checkpoint(source_dir(name), out_dir, tiny=True, seed=seed)
+    path = out_dir / "preprocessor_config.json"
+    path.write_text(json.dumps(tiny_preprocessor_config(json.loads(path.read_text(encoding="utf-8"))), indent=2) + "\n")
+    return out_dir
+
+
+def tiny_preprocessor_config(config: dict) -> dict:
+    """A real preprocessor_config.json's values for the tiny models: images resized to
+    TINY_RESIZE_TILES tiles along the longest edge (the real models: 4)."""
+    return {**config, "size": {"longest_edge": TINY_RESIZE_TILES * config["max_image_size"]["longest_edge"]}}
 
 
 STYLES = {"fast": {}, "official": {"style": "official"}}

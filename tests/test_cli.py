@@ -319,15 +319,15 @@ def test_inspect(model_dir, image_path, tmp_path):
     assert result.returncode == 0, err(result)
     info = json.loads(out(result))
     rows, cols = tile_grid(1024, 768, ModelConfig.from_dir(model_dir))
-    assert (info["rows"], info["cols"], info["tiles"]) == (rows, cols, rows * cols + 1) == (3, 4, 13)
-    assert info["image_tokens"] == 13 * 64
+    assert (info["rows"], info["cols"], info["tiles"]) == (rows, cols, rows * cols + 1) == (2, 2, 5)  # 1024 px
+    assert info["image_tokens"] == 5 * 64
     single = json.loads(out(run("inspect", big, "-m", model_dir, "--json", "--no-split")))
     assert (single["tiles"], single["image_tokens"]) == (1, 64)
     text = run("inspect", big, "-m", model_dir)
-    assert "13 tiles" in out(text) and "832 image tokens" in out(text)
-    smaller = json.loads(out(run("inspect", big, "-m", model_dir, "--json", "--longest-edge", "1024")))
-    rows, cols = tile_grid(1024, 768, ModelConfig.from_dir(model_dir), longest_edge=1024)
-    assert (smaller["rows"], smaller["cols"], smaller["tiles"]) == (rows, cols, rows * cols + 1) == (2, 2, 5)
+    assert "5 tiles" in out(text) and "320 image tokens" in out(text)
+    larger = json.loads(out(run("inspect", big, "-m", model_dir, "--json", "--longest-edge", "2048")))
+    rows, cols = tile_grid(1024, 768, ModelConfig.from_dir(model_dir), longest_edge=2048)
+    assert (larger["rows"], larger["cols"], larger["tiles"]) == (rows, cols, rows * cols + 1) == (3, 4, 13)
 
 
 @pytest.mark.slow

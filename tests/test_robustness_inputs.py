@@ -111,11 +111,11 @@ def test_describe_every_odd_image_in_one_prompt(model_dir, inputs):
 
 
 def test_describe_extreme_geometries_split_into_the_planned_tiles(model_dir, inputs):
-    """The 1x1 image (upscaled to 2048 px: 4x4 tiles + global) and the 20000x50 panorama
-    (2048x6: one row of 4 tiles + global) with splitting on."""
+    """The 1x1 image (upscaled to the tiny model's 1024 px: 2x2 tiles + global) and the
+    20000x50 panorama (1024x3: one row of 2 tiles + global) with splitting on."""
     config = ModelConfig.from_dir(model_dir)
     expected = num_tiles(*tile_grid(1, 1, config)) + num_tiles(*tile_grid(20000, 50, config))
-    assert expected == 17 + 5
+    assert expected == 5 + 3
     result = run_cli("describe", inputs["tiny_1x1"].path, inputs["panorama"].path, "-m", model_dir, "-n", "2", "--json")
     assert result.returncode == 0, stderr_of(result)
     data = json.loads(stdout_of(result))

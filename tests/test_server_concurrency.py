@@ -185,7 +185,7 @@ def test_a_newcomers_vision_runs_between_the_running_replys_steps(vlm, tmp_path,
 
         source = str(make_clip(tmp_path / "clip.mp4", seconds=5, fps=2, size=(48, 32)))
     else:
-        source = noise_png(size=(300, 200), seed=7)  # 4x3 tiles at 2048 px + the global one: 13 tiles
+        source = noise_png(size=(300, 200), seed=7)  # 2x2 tiles at the tiny model's 1024 px + the global one
     newcomer = vlm.prepare([source], "What is it?")
     units = newcomer.media[0].num_frames if media == "video" else newcomer.num_tiles
     assert units > 4

@@ -68,7 +68,7 @@ def vlm(model_dir):
 
 @pytest.fixture(scope="module")
 def thumb(tmp_path_factory):
-    """A 451x300 thumbnail: 13 tiles at the model's default, 1 at --detail low."""
+    """A 451x300 thumbnail: 5 tiles at the tiny model's default, 1 at --detail low."""
     path = tmp_path_factory.mktemp("thumb") / "thumb.jpg"
     rng = np.random.default_rng(1)
     Image.fromarray(rng.integers(0, 255, (300, 451, 3), dtype=np.uint8)).save(path)
