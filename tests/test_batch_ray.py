@@ -1,10 +1,10 @@
 """`smolvlm batch --engine ray`: the Ray Data engine against the local one, on a tiny export.
 
-One local Ray (2 CPUs) for the module. The first run of each output kind uses 2 actors; the
-runs that check what the driver or the preprocessing tasks do (resume, retry, sidecars, a load
-error, videos) use one: an actor process costs ~1.4 s of CPU to start, and their count changes
-nothing the driver or the tasks do. The Ray runs
-are marked `ray` (`pytest -m "not ray"` skips them; CI runs them); the manifest/Parquet-folder
+One local Ray (2 CPUs) for the module. Each output kind is held to the local engine's once. The
+JSONL, Parquet, stop and CLI runs use 2 actors; the runs that check what the driver or the
+preprocessing tasks do (CSV on videos, sidecars, resume, retry, a load error) use one: an actor
+process costs ~2 s of CPU to start, and their count changes nothing the driver or the tasks
+do. The Ray runs are marked `ray` (`pytest -m "not ray"` skips them; CI runs them); the manifest/Parquet-folder
 units and the missing-extra error need no Ray and always run.
 """
 
@@ -145,7 +145,7 @@ def local_jsonl(photos, tiny_model, tmp_path_factory) -> list[dict]:
 
 
 @ray_test
-def test_jsonl_csv_and_sidecars_equal_the_local_engine(ray_local, photos, tiny_model, local_jsonl, tmp_path):
+def test_jsonl_and_sidecars_equal_the_local_engine(ray_local, photos, tiny_model, local_jsonl, tmp_path):
     summary = run_on_ray(BatchConfig([str(photos)], fmt="jsonl", output=str(tmp_path / "r.jsonl")), tiny_model)
     assert (summary.done, summary.failed, summary.exit_code) == (6, 4, 1)  # the job went on
     assert summary.images_per_min > 0
@@ -154,14 +154,6 @@ def test_jsonl_csv_and_sidecars_equal_the_local_engine(ray_local, photos, tiny_m
     errors = {Path(r["path"]).name: r["error"] for r in ray_records if r["error"]}
     assert errors.keys() == {"empty.jpg", "notes.png", "truncated.jpg", "dangling.jpg"}
     assert all(Path(r["path"]).name in r["error"] for r in ray_records if r["error"])
-
-    local_csv = tmp_path / "l.csv"
-    run_local(BatchConfig([str(photos)], fmt="csv", output=str(local_csv)), tiny_model)
-    summary = run_on_ray(
-        BatchConfig([str(photos)], fmt="csv", output=str(tmp_path / "r.csv")), tiny_model, batch_size=1, workers=1
-    )
-    assert (summary.done, summary.failed) == (6, 4)
-    assert key(read_csv(tmp_path / "r.csv")) == key(read_csv(local_csv))
 
     run_local(BatchConfig([str(photos)], output_dir=tmp_path / "local-txt"), tiny_model)
     summary = run_on_ray(BatchConfig([str(photos)], output_dir=tmp_path / "ray-txt"), tiny_model, workers=1)
@@ -219,9 +211,10 @@ def test_cli_engine_ray_end_to_end(ray_local, photos, tiny_model, local_jsonl):
 
 
 @ray_test
-def test_videos_equal_the_local_engine(ray_local, tiny_model, tmp_path):
+def test_videos_and_csv_equal_the_local_engine(ray_local, tiny_model, tmp_path):
     """Videos on Ray: probed, sampled and decoded in the preprocessing tasks (an actor reads no
-    file), the same records as the local engine's, a bad video one failed record."""
+    file), the same records as the local engine's, a bad video one failed record. The run
+    writes CSV, one image a call (the first test covers JSONL and sidecars, two a call)."""
     pytest.importorskip("av")
     from smolvlm_cli.batch.discover import default_extensions
     from video_clips import make_clip
@@ -230,18 +223,16 @@ def test_videos_equal_the_local_engine(ray_local, tiny_model, tmp_path):
     make_clip(folder / "clip.mp4", seconds=2, fps=10, size=(48, 32))
     (folder / "notes.mp4").write_text("not a video")
     sampling = {"fps": 2.0, "max_frames": 3}  # 4 frames by the rate, 3 by the cap
-    config = BatchConfig(
-        [str(folder)], fmt="jsonl", output=str(tmp_path / "local.jsonl"), extensions=default_extensions()
-    )
+    config = BatchConfig([str(folder)], fmt="csv", output=str(tmp_path / "local.csv"), extensions=default_extensions())
     assert run_local(config, tiny_model, sampling).done == 3
-    local = read_jsonl(tmp_path / "local.jsonl")
-    config = replace_config(config, output=str(tmp_path / "ray.jsonl"))
-    summary = run_on_ray(config, tiny_model, video_options=sampling, workers=1)  # tasks decode
+    local = read_csv(tmp_path / "local.csv")
+    config = replace_config(config, output=str(tmp_path / "ray.csv"))
+    summary = run_on_ray(config, tiny_model, video_options=sampling, workers=1, batch_size=1)  # tasks decode
     assert (summary.done, summary.failed) == (3, 1)
-    records = read_jsonl(tmp_path / "ray.jsonl")
-    assert key(records) == key(local)
+    records = read_csv(tmp_path / "ray.csv")
+    assert key(records) == key(local) and len(records) == 4
     by_name = {Path(r["path"]).name: r for r in records}
-    assert by_name["clip.mp4"]["image_tiles"] == 3 and by_name["clip.mp4"]["caption"]
+    assert by_name["clip.mp4"]["image_tiles"] == "3" and by_name["clip.mp4"]["caption"]
     assert by_name["clip.mp4"]["prompt"] == "Describe this video in detail."
     assert "notes.mp4" in by_name["notes.mp4"]["error"]
 
