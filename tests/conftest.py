@@ -123,6 +123,8 @@ def pytest_configure(config):
     thread each instead of N spinning thread pools fighting over the same cores. CLI
     subprocesses and Ray workers inherit it."""
     _keep_freed_memory()
+    if hasattr(config.option, "loadscopereorder"):  # xdist's --no-loadscope-reorder (see LONGEST_FIRST)
+        config.option.loadscopereorder = False
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     if not worker:
         _compile_the_package()
@@ -138,21 +140,22 @@ def pytest_configure(config):
 
 # The modules that take longest in a full run (Ray's actors, exports, subprocesses, 2048-px
 # reference comparisons), longest first. pytest-xdist hands whole files to the workers in
-# collection order (pyproject turns off its own reordering, which puts files with many tests
-# first and left these long ones for the end, one worker busy and the other idle).
+# collection order (pytest_configure turns off its own reordering, which puts files with many
+# tests first and left these long ones for the end, one worker busy and the other idle).
 LONGEST_FIRST = (
     "test_batch_ray.py",
     "test_export.py",
     "test_image_processing.py",
     "test_user_trust.py",
-    "test_builder.py",
-    "test_engine.py",
     "test_batch_decode.py",
+    "test_builder.py",
     "test_graph_cache.py",
+    "test_engine.py",
+    "test_robustness_inputs.py",
     "test_robustness_outputs.py",
     "test_batch_e2e.py",
-    "test_robustness_inputs.py",
-    "test_conversation.py",
+    "test_properties.py",
+    "test_onnx_runtime_paths.py",
 )
 
 
