@@ -4,8 +4,8 @@ One local Ray (2 CPUs) for the module. Each output kind is held to the local eng
 JSONL, Parquet, stop and CLI runs use 2 actors; the runs that check what the driver or the
 preprocessing tasks do (CSV on videos, sidecars, resume, retry, a load error) use one: an actor
 process costs ~2 s of CPU to start, and their count changes nothing the driver or the tasks
-do. The Ray runs are marked `ray` (`pytest -m "not ray"` skips them; CI runs them); the manifest/Parquet-folder
-units and the missing-extra error need no Ray and always run.
+do. The Ray runs are marked `ray` (`pytest -m "not ray"` skips them; CI runs them); the
+manifest/Parquet-folder units and the missing-extra error need no Ray and always run.
 """
 
 from __future__ import annotations
