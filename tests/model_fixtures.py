@@ -102,7 +102,8 @@ def build_tiny_checkpoint(name: str, out_dir: str | Path, seed: int = 0) -> Path
         return out_dir
     make_random_checkpoint(source_dir(name), out_dir, tiny=True, seed=seed)
     path = out_dir / "preprocessor_config.json"
-    path.write_text(json.dumps(tiny_preprocessor_config(json.loads(path.read_text(encoding="utf-8"))), indent=2) + "\n")
+    config = tiny_preprocessor_config(json.loads(path.read_text(encoding="utf-8")))
+    path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return out_dir
 
 
