@@ -25,7 +25,7 @@ NAME = "SmolVLM2-256M-Video-Instruct"
 NO_TORCH_CHECK = (
     "import atexit, sys\n"
     "atexit.register(lambda: print('HEAVY', sorted({m.split('.')[0] for m in sys.modules}"
-    " & {'torch', 'transformers', 'starlette', 'uvicorn'}), file=sys.stderr))\n"
+    " & {'torch', 'transformers', 'starlette', 'uvicorn', 'pydantic'}), file=sys.stderr))\n"
     "from smolvlm_cli.cli.main import main\n"
     "sys.argv[0] = 'smolvlm'\n"
     "main()\n"

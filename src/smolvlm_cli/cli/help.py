@@ -1,13 +1,15 @@
 """Help screens in the words of a CLI user, not of Python's type hints.
 
-Typer 0.29 labels every parameter with its annotation: `--version <bool>`, `IMAGE <list[str]>`,
-`--threads <int range> [x>=1]`, and a usage line `{IMAGE...}...`. The command and group classes
-here relabel each parameter once: flags get no label, values a metavar (`N`, `TEXT`, `DIR`,
-`a|b`), variadic arguments `IMAGE...` / `[IMAGE...]`. Validation (ranges included) is unchanged.
+Typer labels every parameter with its type: `--threads <int range> [x>=1]`, `IMAGE <str>`, and a
+usage line `{IMAGE...}`. The group class here relabels each parameter once, before any help
+or usage is drawn: flags get no label, values a metavar (`N`, `TEXT`, `DIR`, `a|b`), variadic
+arguments `IMAGE...` / `[IMAGE...]`. Validation is unchanged: a range is still enforced, and
+its error still names it ("0 is not in the range x>=1"); it is only not advertised.
 """
 
 from __future__ import annotations
 
+from typer._click import types
 from typer.core import TyperArgument, TyperGroup
 
 _TYPE_LABELS = {
@@ -17,22 +19,39 @@ _TYPE_LABELS = {
     "float range": "NUM",
     "str": "TEXT",
     "path": "PATH",
-    "dir": "DIR",
+    "directory": "DIR",
     "file": "FILE",
-    "bool": "",
 }
+
+
+class _Unlabelled(types.ParamType):
+    """A parameter type that validates as `inner` does (same values, same errors) and shows
+    nothing of itself in help: no `<type>` column, no range."""
+
+    def __init__(self, inner: types.ParamType):
+        self.inner = inner
+        self.name = inner.name
+        self.envvar_list_splitter = inner.envvar_list_splitter
+
+    def convert(self, value, param, ctx):
+        return self.inner.convert(value, param, ctx)
+
+    def get_metavar(self, param, ctx) -> str:
+        return ""
+
+    def shell_complete(self, ctx, param, incomplete):
+        return self.inner.shell_complete(ctx, param, incomplete)
+
+    def to_info_dict(self):
+        return self.inner.to_info_dict()
 
 
 def _label(param, ctx) -> str:
     """A metavar for an option's value: the declared one, else one from its type."""
-    if getattr(param, "is_flag", False) or getattr(param, "count", False):
-        return ""
     if param.metavar:
         return param.metavar
-    typed = getattr(type(param), "display_type", None)
-    raw = typed(param, ctx).strip("<>") if typed else "value"
-    if raw.startswith("list[") and raw.endswith("]"):
-        raw = raw[5:-1]
+    inner = param.type.inner if isinstance(param.type, _Unlabelled) else param.type
+    raw = (inner.get_metavar(param=param, ctx=ctx) or inner.name).strip("<>[]")
     return _TYPE_LABELS.get(raw, raw if "|" in raw else raw.upper())
 
 
@@ -40,15 +59,18 @@ def _tidy(param) -> None:
     if getattr(param, "_smolvlm_tidy", False):
         return
     param._smolvlm_tidy = True
-    param._get_number_range_help_str = lambda: None  # the range is enforced, not advertised
     if isinstance(param, TyperArgument):
         name = param.metavar or param.name.upper()
         many = "..." if param.nargs != 1 and "..." not in name else ""
-        param.display_type_rich = lambda ctx: ""
-        param._rich_display_name = lambda: name + many
-        param._usage_display_name = lambda: f"{name}{many}" if param.required else f"[{name}{many}]"
-    else:
-        param.display_type_rich = lambda ctx: _label(param, ctx) or None
+        param.metavar = name + many
+        param.type = _Unlabelled(param.type)
+        param.make_metavar = lambda ctx, usage=False: (
+            param.metavar if not usage or param.required else f"[{param.metavar}]"
+        )
+    elif not (param.is_flag or param.count):
+        if isinstance(param.type, types._NumberRangeBase):
+            param.type = _Unlabelled(param.type)
+        param.make_metavar = lambda ctx: _label(param, ctx)
 
 
 class Group(TyperGroup):
