@@ -259,6 +259,21 @@ def test_help_speaks_cli_not_python(capsys, monkeypatch, command):
         assert "--verbose" in out and "-v" in out
 
 
+@pytest.mark.parametrize(
+    "args, reason",
+    [
+        (["-n", "abc"], "'--max-new-tokens' / '-n': 'abc' is not a valid integer."),
+        (["-n", "0"], "'--max-new-tokens' / '-n': 0 is not in the range x>=1."),  # enforced, not advertised
+        (["--temperature", "x"], "'--temperature' / '-t': 'x' is not a valid number."),
+        (["--threads", "0"], "'--threads': 0 is not in the range x>=1."),
+    ],
+)
+def test_usage_errors_name_the_option_and_the_value(capsys, monkeypatch, thumb, args, reason):
+    code, out, err = cli(capsys, monkeypatch, "describe", thumb, *args)
+    assert (code, out) == (2, "")
+    assert f"Invalid value for {reason}" in flat(err)
+
+
 def test_ask_verbose(capsys, monkeypatch, model_dir, thumb):
     code, _, err = cli(
         capsys, monkeypatch, "ask", thumb, "-q", "Why?", "-m", model_dir, "-n", "2", "--detail", "low", "-v"

@@ -21,7 +21,10 @@ _TYPE_LABELS = {
     "path": "PATH",
     "directory": "DIR",
     "file": "FILE",
+    "integer": "N",
+    "number": "NUM",
 }
+_RANGE_NAMES = {"int range": "integer", "float range": "number"}
 
 
 class _Unlabelled(types.ParamType):
@@ -69,6 +72,8 @@ def _tidy(param) -> None:
         )
     elif not (param.is_flag or param.count):
         if isinstance(param.type, types._NumberRangeBase):
+            # its own instance: the name is what "'abc' is not a valid ..." calls it
+            param.type.name = _RANGE_NAMES.get(param.type.name, param.type.name)
             param.type = _Unlabelled(param.type)
         param.make_metavar = lambda ctx: _label(param, ctx)
 
