@@ -14,9 +14,7 @@ from typer.core import TyperArgument, TyperGroup
 
 _TYPE_LABELS = {
     "int": "N",
-    "int range": "N",
     "float": "NUM",
-    "float range": "NUM",
     "str": "TEXT",
     "path": "PATH",
     "directory": "DIR",
