@@ -275,6 +275,42 @@ def test_sidecars_next_to_images_and_ledger(tree):
     assert again.state(by_rel["b.jpg"]) is State.NEW
 
 
+class _Killed(BaseException):
+    """The process dying at that point (nothing after it runs, no handler sees it)."""
+
+
+@pytest.mark.parametrize("dies_in", ["ledger line", "sidecar"])
+def test_a_run_killed_inside_a_sidecar_write_leaves_nothing_unknown(tree, monkeypatch, dies_in):
+    """Killed between the ledger line and the sidecar (either one unwritten): the next run
+    either does the image again or knows the sidecar's prompt, never takes it for another
+    tool's file (kept for ever, never checked). The kill -9 test of test_batch_e2e caught it."""
+    from smolvlm_cli.batch import resume, writers
+
+    items = discover(["photos"]).items
+    item = next(i for i in items if i.rel == "b.jpg")
+    writer = SidecarWriter()
+    writer.open(items)
+
+    def die(*args, **kwargs):
+        raise _Killed
+
+    with monkeypatch.context() as patch, pytest.raises(_Killed):
+        patch.setattr(*((resume, "append_once", die) if dies_in == "ledger line" else (writers, "atomic_write", die)))
+        writer.write(item, ok(item.path))
+
+    again = SidecarWriter()
+    again.open(items)
+    if again.state(item) is State.DONE:
+        assert again.made_with(item) == ("m", "p")
+    else:
+        assert again.state(item) is State.NEW and not (tree / "b.txt").exists()
+        again.write(item, ok(item.path))
+        again.close()
+        ledger = [json.loads(line) for line in (tree / LEDGER_NAME).read_text().splitlines()]
+        assert [e["image"] for e in ledger] == ["b.jpg"]  # one line per image after the re-run
+    assert (tree / "b.txt").read_text() == "a caption\n"
+
+
 def test_sidecars_mirrored_and_collisions(tree, tmp_path):
     touch(tree / "b.png")  # same stem as b.jpg
     items = discover(["photos"]).items

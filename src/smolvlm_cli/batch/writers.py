@@ -122,9 +122,12 @@ class SidecarWriter:
         sidecar = self.sidecars.get(item)
         if sidecar is None:  # a path problem: nowhere to keep a result or a ledger line
             return
+        # The ledger line first: a run killed between the two leaves a line whose sidecar is
+        # missing (the image is NEW again: done once more), never a sidecar the ledger does not
+        # know, which would pass for another tool's file (kept, never checked for its prompt).
+        self._ledger(item).add(item.name, sidecar.name, record)
         if record.ok:
             atomic_write(sidecar, (record.caption or "").encode() + b"\n")
-        self._ledger(item).add(item.name, sidecar.name, record)
 
     def close(self, compact: bool = True) -> None:
         for ledger in self._ledgers.values() if compact else ():
