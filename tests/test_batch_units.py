@@ -279,36 +279,51 @@ class _Killed(BaseException):
     """The process dying at that point (nothing after it runs, no handler sees it)."""
 
 
-@pytest.mark.parametrize("dies_in", ["ledger line", "sidecar"])
-def test_a_run_killed_inside_a_sidecar_write_leaves_nothing_unknown(tree, monkeypatch, dies_in):
-    """Killed between the ledger line and the sidecar (either one unwritten): the next run
-    either does the image again or knows the sidecar's prompt, never takes it for another
-    tool's file (kept for ever, never checked). The kill -9 test of test_batch_e2e caught it."""
+@pytest.mark.parametrize("replacing", [False, True], ids=["first-caption", "overwrite"])
+@pytest.mark.parametrize("dies_in", ["unlink", "ledger line", "sidecar"])
+def test_a_run_killed_inside_a_sidecar_write_leaves_nothing_unknown(tree, monkeypatch, dies_in, replacing):
+    """Killed at any step of writing a caption (a first one, or one replacing a caption made
+    with another prompt, as --overwrite does): the next run either does the image again or
+    knows which prompt made the caption on disk. Never a sidecar the ledger does not know (it
+    would pass for another tool's file) or an old caption under the new prompt. The kill -9
+    test of test_batch_e2e caught the first case."""
     from smolvlm_cli.batch import resume, writers
 
     items = discover(["photos"]).items
     item = next(i for i in items if i.rel == "b.jpg")
+    made = {"old caption\n": ("m", "old"), "new caption\n": ("m", "new")}
+    if replacing:
+        first = SidecarWriter()
+        first.open(items)
+        first.write(item, ImageRecord(item.path, caption="old caption", model="m", prompt="old"))
+        first.close()
     writer = SidecarWriter()
     writer.open(items)
 
     def die(*args, **kwargs):
         raise _Killed
 
+    target = {
+        "unlink": (writers.os, "unlink"),
+        "ledger line": (resume, "append_once"),
+        "sidecar": (writers, "atomic_write"),
+    }
     with monkeypatch.context() as patch, pytest.raises(_Killed):
-        patch.setattr(*((resume, "append_once", die) if dies_in == "ledger line" else (writers, "atomic_write", die)))
-        writer.write(item, ok(item.path))
+        patch.setattr(*target[dies_in], die)
+        writer.write(item, ImageRecord(item.path, caption="new caption", model="m", prompt="new"))
+        raise _Killed  # a step that did not run (nothing to unlink): killed just after
 
     again = SidecarWriter()
     again.open(items)
     if again.state(item) is State.DONE:
-        assert again.made_with(item) == ("m", "p")
+        assert again.made_with(item) == made[(tree / "b.txt").read_text()]
     else:
         assert again.state(item) is State.NEW and not (tree / "b.txt").exists()
-        again.write(item, ok(item.path))
+        again.write(item, ImageRecord(item.path, caption="new caption", model="m", prompt="new"))
         again.close()
         ledger = [json.loads(line) for line in (tree / LEDGER_NAME).read_text().splitlines()]
         assert [e["image"] for e in ledger] == ["b.jpg"]  # one line per image after the re-run
-    assert (tree / "b.txt").read_text() == "a caption\n"
+        assert again.made_with(item) == ("m", "new") and (tree / "b.txt").read_text() == "new caption\n"
 
 
 def test_sidecars_mirrored_and_collisions(tree, tmp_path):

@@ -7,6 +7,7 @@ record)` once per finished image (the result is on disk when it returns) and `cl
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -122,9 +123,14 @@ class SidecarWriter:
         sidecar = self.sidecars.get(item)
         if sidecar is None:  # a path problem: nowhere to keep a result or a ledger line
             return
-        # The ledger line first: a run killed between the two leaves a line whose sidecar is
-        # missing (the image is NEW again: done once more), never a sidecar the ledger does not
-        # know, which would pass for another tool's file (kept, never checked for its prompt).
+        # Crash order: a run killed between these steps must leave a sidecar only where the
+        # ledger's last line says what made it. So a caption being replaced (--overwrite) goes
+        # first, then the ledger line, then the new caption: a kill in between leaves no sidecar
+        # (the image is NEW again: done once more), never a sidecar the ledger does not know
+        # (it would pass for another tool's file) or an old caption under the new prompt.
+        if record.ok:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(sidecar)
         self._ledger(item).add(item.name, sidecar.name, record)
         if record.ok:
             atomic_write(sidecar, (record.caption or "").encode() + b"\n")
