@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -117,7 +118,7 @@ def test_time_to_first_token_counts_the_image_work(vlm, image, tmp_path, monkeyp
     assert reply.stats.image_tiles > 0
 
 
-def test_save_round_trips(vlm, image, tmp_path):
+def test_save_round_trips(vlm, image, tmp_path, monkeypatch):
     chat = vlm.chat(**OPTS)
     chat.send("Describe it.", images=[str(image)]).text()
     chat.send("Shorter, please.").text()
@@ -132,6 +133,23 @@ def test_save_round_trips(vlm, image, tmp_path):
     loaded = vlm.processor.prepare_inputs(saved)
     assert np.array_equal(live["input_ids"], loaded["input_ids"])
     assert np.array_equal(live["pixel_values"], loaded["pixel_values"])
+
+    # A later save that fails half-way (a full disk) leaves the previous transcript whole.
+    import errno
+
+    from smolvlm_cli.batch import files
+
+    before = path.read_bytes()
+    chat.send("One more.").text()
+
+    def full_disk(fd, data, *args):
+        os.write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files, "_write_all", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        chat.save(path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["chat.json"]
 
 
 def test_full_context_drops_the_oldest_turn_with_a_notice(vlm, image):

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from smolvlm_cli.batch.files import atomic_write
 from smolvlm_cli.options import GenerationOptions, Tiling
 from smolvlm_cli.processor import Processor
 from smolvlm_cli.prompt import build_messages, system_messages
@@ -289,7 +290,9 @@ class Conversation:
         return json.dumps(out, ensure_ascii=False, indent=2)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+        """Write the transcript (`to_json`) to `path`; a save that fails or is killed half-way
+        (a full disk, Ctrl-C) leaves the previous file whole."""
+        atomic_write(Path(path), (self.to_json() + "\n").encode("utf-8"))
 
 
 def ask_streams(
