@@ -437,6 +437,35 @@ def test_scripts_fail_with_one_error_line(tmp_path, argv):
     assert not (tmp_path / "out").exists()
 
 
+class _Killed(BaseException):
+    """The process dying at that point."""
+
+
+def test_a_killed_export_leaves_no_graph_that_looks_finished(tmp_path, tiny_checkpoints, monkeypatch):
+    """Killed while the quantizer rewrites a graph (a torn file): `export` again into the same
+    folder builds it anew. Graphs used to be written in place, and an existing file counted as
+    done, so the torn graph was kept, marked ours, and failed at every load."""
+    from smolvlm_cli.builder import build
+    from smolvlm_cli.export.onnx_export import export_onnx
+
+    real = build.make_variant
+
+    def killed_mid_rewrite(component, dtype, src, dst):
+        real(component, dtype, src, dst)
+        Path(dst).write_bytes(Path(dst).read_bytes()[:100])
+        raise _Killed
+
+    out = tmp_path / "out"
+    checkpoint = tiny_checkpoints[TINY_MODEL_NAMES[0]]
+    with monkeypatch.context() as patch, pytest.raises(_Killed):
+        patch.setattr(build, "make_variant", killed_mid_rewrite)
+        export_onnx(checkpoint, out, ("int8",), log=lambda _m: None)
+    assert sorted(p.name for p in (out / "onnx").iterdir()) == []  # the scratch went with the kill
+    export_onnx(checkpoint, out, ("int8",), log=lambda _m: None)
+    for name in GRAPHS:  # whole: the torn file was 100 bytes
+        assert onnx.load(str(out / "onnx" / f"{name}_int8.onnx")).graph.node
+
+
 def test_official_style_writes_the_hub_contract(tmp_path, tiny_checkpoints):
     from smolvlm_cli.export.onnx_export import export_onnx
 

@@ -6,11 +6,14 @@ writes the three graphs the ONNX backend loads (`vision_encoder`, `embed_tokens`
 `decoder_model_merged`, with the Hub's variant suffixes). fp32 graphs are written layer by layer
 from the memory-mapped checkpoint; the other variants are made from them by onnxruntime's own
 quantizers (`quantize.py`), and an fp32 graph nobody asked for is deleted once its variants exist.
-Nothing here imports torch or transformers.
+Every graph is written in a scratch folder and moved in whole (`place_graph`), so a graph file in
+the output folder is always a finished one, whatever killed a build. Nothing here imports torch
+or transformers.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -28,6 +31,15 @@ from smolvlm_cli.dtypes import COMPONENTS, EXPORT_DTYPES
 def _remove(path: Path) -> None:
     for p in (path, *data_files(path)):
         p.unlink(missing_ok=True)
+
+
+def place_graph(graph: Path, folder: Path) -> Path:
+    """Move a finished graph and its data files into `folder` (same file system): the data
+    first, the graph last, so a graph file there always has its data."""
+    for p in data_files(graph):
+        os.replace(p, folder / p.name)
+    os.replace(graph, folder / graph.name)
+    return folder / graph.name
 
 
 def build_graphs(
@@ -70,18 +82,21 @@ def build_graphs(
             variants = [d for c, d in todo if c == component and d != "fp32"]
             fp32 = existing_fp32(component)
             if fp32 is None or (component, "fp32") in todo:
-                name = graph_file(component, "fp32")
-                fp32 = onnx_dir / name if (component, "fp32") in todo else scratch / name
+                fp32 = scratch / graph_file(component, "fp32")
                 _build_fp32(component, ckpt, arch, fp32, progress)
                 # unmap the checkpoint: the pages this graph read would stay in the process's
                 # RSS through the quantizer (the 2.2B decoder reads 3.4 GB of bf16); `get` re-maps
                 ckpt.close()
             for dtype in variants:
-                dst = onnx_dir / graph_file(component, dtype)
-                make_variant(COMPONENTS[component], dtype, fp32, dst)
-                progress.step(f"{dst.name}")
+                built = scratch / graph_file(component, dtype)
+                make_variant(COMPONENTS[component], dtype, fp32, built)
+                place_graph(built, onnx_dir)
+                progress.step(f"{built.name}")
             if fp32.parent == scratch:
-                _remove(fp32)
+                if (component, "fp32") in todo:
+                    place_graph(fp32, onnx_dir)
+                else:
+                    _remove(fp32)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         ckpt.close()

@@ -168,7 +168,7 @@ def ensure_graphs(
 
 def _build_into(model_dir: Path, entry: Path, onnx_dir: Path, todo, progress) -> None:
     # the builder (onnx, the quantizers) loads only when a graph is missing: not on every run
-    from smolvlm_cli.builder.build import build_graphs
+    from smolvlm_cli.builder.build import build_graphs, place_graph
 
     scratch = Path(tempfile.mkdtemp(dir=entry, prefix=".build-"))
     try:
@@ -180,9 +180,7 @@ def _build_into(model_dir: Path, entry: Path, onnx_dir: Path, todo, progress) ->
                 _discard(fp32)
         built = build_graphs(model_dir, scratch, todo, progress, fp32_from=onnx_dir)
         for graph in built:
-            for p in reversed(_graph_files(graph)):  # data first, the graph last
-                os.replace(p, onnx_dir / p.name)
-            _write_manifest(onnx_dir / graph.name)
+            _write_manifest(place_graph(graph, onnx_dir))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
