@@ -461,7 +461,19 @@ def test_a_killed_export_leaves_no_graph_that_looks_finished(tmp_path, tiny_chec
         patch.setattr(build, "make_variant", killed_mid_rewrite)
         export_onnx(checkpoint, out, ("int8",), log=lambda _m: None)
     assert sorted(p.name for p in (out / "onnx").iterdir()) == []  # the scratch went with the kill
+    # ... unless a SIGKILL skipped that cleanup: such scratch folders go at the next export
+    import os
+    import time
+
+    from smolvlm_cli.builder.layout import ABANDONED_AFTER_S
+
+    left = [out / ".fp32-killed", out / "onnx" / ".fp32-killed"]
+    for folder in left:
+        folder.mkdir()
+        (folder / "vision_encoder.onnx").write_bytes(b"partial")
+        os.utime(folder, (time.time() - ABANDONED_AFTER_S - 60,) * 2)
     export_onnx(checkpoint, out, ("int8",), log=lambda _m: None)
+    assert not any(folder.exists() for folder in left)
     for name in GRAPHS:  # whole: the torn file was 100 bytes
         assert onnx.load(str(out / "onnx" / f"{name}_int8.onnx")).graph.node
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from test_engine import ATOL, CASES, NAMES, _our_run, _reference_run  # noqa: E4
 
 from smolvlm_cli import SmolVLM  # noqa: E402
 from smolvlm_cli.backends import onnx_decoder, onnx_session  # noqa: E402
-from smolvlm_cli.builder.layout import data_files  # noqa: E402
+from smolvlm_cli.builder.layout import ABANDONED_AFTER_S, data_files  # noqa: E402
 from smolvlm_cli.backends.onnx import OnnxBackend  # noqa: E402
 from smolvlm_cli.options import Tiling
 from smolvlm_cli.prompt import build_messages  # noqa: E402
@@ -198,6 +199,17 @@ def test_sessions_are_cached_as_optimized_graphs_next_to_the_model(tmp_path, tin
     # a damaged entry is dropped and the source used
     renewed.write_bytes(b"garbage")
     np.testing.assert_array_equal(onnx_session.load_session(graph, 1).run(None, ids)[0], expected)
+    # the folder of a load killed while writing its entry goes at the next write; a live one stays
+    cache = graph.parent / onnx_session.CACHE_DIRNAME
+    abandoned, live = cache / ".writing-killed", cache / ".writing-live"
+    for folder in (abandoned, live):
+        folder.mkdir()
+        (folder / "x.onnx.data").write_bytes(b"w" * 1000)
+    hours_ago = time.time() - ABANDONED_AFTER_S - 60
+    os.utime(abandoned, (hours_ago, hours_ago))
+    os.utime(graph, ns=(graph.stat().st_atime_ns, graph.stat().st_mtime_ns + 10**9))  # a new entry to write
+    assert onnx_session.cached_graph(graph) is not None
+    assert not abandoned.exists() and live.is_dir()
 
 
 def test_session_cache_can_move_or_be_disabled(tmp_path, tiny_onnx_dir, monkeypatch):

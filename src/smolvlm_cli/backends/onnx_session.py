@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from smolvlm_cli.builder.layout import data_files
+from smolvlm_cli.builder.layout import data_files, sweep_abandoned
 from smolvlm_cli.errors import BackendUnavailableError, ConfigError
 
 ORT_TYPES = {
@@ -168,6 +168,7 @@ def cached_graph(path: Path) -> Path | None:
     target = cache / f"{path.stem}.{cache_key(path)}.onnx"
     if target.is_file():
         return target
+    sweep_abandoned(cache, ".writing-*")
     tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".writing-"))
     try:
         opts = session_options(1, arena=False)

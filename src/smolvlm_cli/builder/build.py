@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from smolvlm_cli.builder.architecture import Architecture
-from smolvlm_cli.builder.layout import Progress, data_files, graph_file
+from smolvlm_cli.builder.layout import Progress, data_files, graph_file, sweep_abandoned
 from smolvlm_cli.builder.quantize import make_variant
 from smolvlm_cli.builder.text import build_decoder, build_embed
 from smolvlm_cli.builder.vision import build_vision
@@ -76,6 +76,7 @@ def build_graphs(
     fp32_units = sum(units[c] for c in components if existing_fp32(c) is None or (c, "fp32") in todo)
     progress.total(fp32_units + sum(1 for _, d in todo if d != "fp32"))
 
+    sweep_abandoned(onnx_dir, ".fp32-*")
     scratch = Path(tempfile.mkdtemp(dir=onnx_dir, prefix=".fp32-"))
     try:
         for component in components:

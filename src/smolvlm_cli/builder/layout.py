@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,3 +54,18 @@ def data_files(path: Path) -> list[Path]:
 def graph_bytes(path: Path) -> int:
     """A graph's size on disk, its external data included."""
     return path.stat().st_size + sum(p.stat().st_size for p in data_files(path))
+
+
+# A scratch folder (`.writing-*` of the session cache, `.fp32-*` of a build) older than this was
+# left by a killed process (a SIGKILL or the OOM killer skips the cleanup): a live one is minutes
+# old at most, and a left one can hold a model's weights twice over.
+ABANDONED_AFTER_S = 3600
+
+
+def sweep_abandoned(folder: Path, pattern: str) -> None:
+    """Delete the scratch folders matching `pattern` in `folder` that killed processes left."""
+    cutoff = time.time() - ABANDONED_AFTER_S
+    for scratch in folder.glob(pattern):
+        with contextlib.suppress(OSError):
+            if scratch.is_dir() and scratch.stat().st_mtime < cutoff:
+                shutil.rmtree(scratch, ignore_errors=True)

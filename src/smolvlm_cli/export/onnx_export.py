@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from smolvlm_cli.builder.build import build_graphs
-from smolvlm_cli.builder.layout import BUILDER_VERSION, MARKER_FILE, Progress, graph_bytes, graph_file
+from smolvlm_cli.builder.layout import BUILDER_VERSION, MARKER_FILE, Progress, graph_bytes, graph_file, sweep_abandoned
 from smolvlm_cli.config import ModelConfig
 from smolvlm_cli.dtypes import COMPONENTS, DTYPE_SUFFIXES, EXPORT_DTYPES
 from smolvlm_cli.errors import ConfigError
@@ -90,6 +90,7 @@ def export_onnx(
     onnx_dir.mkdir(parents=True, exist_ok=True)
     copy_config_files(model_dir, out_dir)
     # fp32 graphs are what the check compares; kept outside out_dir unless fp32 was asked for
+    sweep_abandoned(out_dir, ".fp32-*")
     scratch = Path(tempfile.mkdtemp(dir=out_dir, prefix=".fp32-")) if check and "fp32" not in dtypes else None
     try:
         if style == "fast":
