@@ -366,18 +366,25 @@ def test_parquet_folder_removes_torn_files_and_refuses_foreign_ones(tmp_path):
 
     from smolvlm_cli.batch.discover import ImageItem
     from smolvlm_cli.batch.ray_io import ParquetStore
-    from smolvlm_cli.batch.resume import State
+    from smolvlm_cli.batch.resume import State, check_made_with
 
     folder = tmp_path / "out"
     folder.mkdir()
     pq.write_table(
-        pa.table({"path": [str(tmp_path / "a.jpg")], "error": [None], "caption": ["x"]}),
+        pa.table(
+            {"path": [str(tmp_path / "a.jpg")], "error": [None], "caption": ["x"], "model": ["m"], "prompt": ["A"]}
+        ),
         folder / "smolvlm-20250101T000000-000001-u-0-0.parquet",
     )
     (folder / "smolvlm-20250101T000000-000002-u-0-0.parquet").write_bytes(b"PAR1 torn")
     store = ParquetStore(folder)
     store.open()
-    assert store.state(ImageItem(str(tmp_path / "a.jpg"), "a.jpg")) is State.DONE
+    done = ImageItem(str(tmp_path / "a.jpg"), "a.jpg")
+    assert store.state(done) is State.DONE
+    # what made it is known: a re-run with another prompt is refused, as for JSONL and CSV
+    assert store.made_with(done) == ("m", "A")
+    with pytest.raises(SmolVLMError, match="another prompt"):
+        check_made_with([done], store.made_with, "m", lambda item: "B")
     assert store.state(ImageItem(str(tmp_path / "b.jpg"), "b.jpg")) is State.NEW
     assert any("torn" in n for n in store.notices) and len(store.files()) == 1
     with pytest.raises(SmolVLMError, match="another smolvlm batch run"):

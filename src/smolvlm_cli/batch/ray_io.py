@@ -155,13 +155,14 @@ class ParquetStore(IndexedOutput):
 
     def _read(self, files: Sequence[Path], *, repair: bool = True, brief: bool = False) -> Iterator[ImageRecord]:
         """The records of `files`; `repair` deletes ours that a kill left torn (no footer),
-        `brief` reads only `path` and `error` (enough for resume)."""
+        `brief` reads only what resume needs: `path`, `error`, and the `model` and `prompt` that
+        made a result (a re-run with others is refused, as for JSONL and CSV)."""
         import pyarrow.parquet as pq
 
         for file in files:
             try:
                 names = pq.read_schema(file).names
-                columns = [c for c in ("path", "error") if c in names] if brief else None
+                columns = [c for c in ("path", "error", "model", "prompt") if c in names] if brief else None
                 table = pq.read_table(file, columns=columns) if "path" in names else None
             except Exception as exc:  # noqa: BLE001 - pyarrow's error types
                 if repair and OUR_FILE.match(file.name):
