@@ -281,6 +281,19 @@ def test_bad_request_corpus(case, http, files):
     assert http.get("/health").json()["status"] == "ok"
 
 
+def test_max_request_tokens_above_the_models_context_is_refused_at_start(vlm):
+    """Rows allowed past the model's context would outgrow the KV cache inside a shared decoder
+    step and fail every reply of the batch; the setting is refused before serving instead."""
+    from smolvlm_cli.errors import SmolVLMError
+    from smolvlm_cli.server.app import create_app
+
+    context = vlm.config.max_position_embeddings
+    with pytest.raises(SmolVLMError, match=f"more than the model's context \\({context} tokens\\)") as refused:
+        create_app(vlm, ServerSettings(max_request_tokens=context + 1))
+    assert f"--max-request-tokens {context} or less" in refused.value.hint
+    assert create_app(vlm, ServerSettings(max_request_tokens=context)).state.server.context == context
+
+
 def test_missing_or_wrong_key_and_unknown_route_are_openai_shaped(http):
     for headers in ({}, {"Authorization": "Bearer wrong"}):
         response = http.post("/v1/chat/completions", json={"messages": user("hi")}, headers=headers)

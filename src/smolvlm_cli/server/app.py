@@ -111,7 +111,14 @@ class ChatServer:
         self.defaults = defaults or GenerationOptions()
         self.model_id = settings.model_id or str(getattr(vlm, "model_id", "") or "smolvlm")
         self.created = int(time.time())
-        self.context = settings.max_request_tokens or vlm.config.max_position_embeddings
+        model_context = vlm.config.max_position_embeddings
+        if (settings.max_request_tokens or 0) > model_context:  # rows would outgrow the KV cache mid-batch
+            raise SmolVLMError(
+                f"max request tokens {settings.max_request_tokens} is more than the model's context "
+                f"({model_context} tokens)",
+                hint=f"give --max-request-tokens {model_context} or less, or leave it out",
+            )
+        self.context = settings.max_request_tokens or model_context
         self.scheduler = Scheduler(vlm, settings.max_batch, settings.max_queue, settings.feature_cache_tiles)
         self._prepare_threads: anyio.CapacityLimiter | None = None
 
