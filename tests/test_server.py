@@ -407,3 +407,32 @@ def test_video_parts_equal_the_library(client, vlm, files):
     parts[0]["video_url"]["url"] = "clip.mp4"  # a local file under the allowed root
     streamed, _ = _stream_text(client, model=NAME, messages=[{"role": "user", "content": parts}], max_tokens=8)
     assert streamed == expected
+
+
+def test_a_video_that_fails_to_decode_in_the_model_thread_is_a_400(http, files, monkeypatch):
+    """A truncated clip passes the probe and fails only when its frames decode, on the model
+    thread: still the client's 400 (SDKs retry a 5xx), whole or as the stream's last event."""
+    pytest.importorskip("av")
+    from smolvlm_cli.errors import VideoError
+    from smolvlm_cli.reply import Replier
+    from video_clips import make_clip
+
+    clip = make_clip(files["root"] / "torn.mp4", seconds=1, fps=10, size=(48, 32))
+
+    def torn(self, prepared, stats, cache=None):
+        raise VideoError(f"cannot decode frame 3 of {clip.name}: truncated")
+        yield
+
+    monkeypatch.setattr(Replier, "media_features", torn)
+    parts = [
+        {"type": "video_url", "video_url": {"url": data_uri(clip.read_bytes(), "video/mp4")}},
+        {"type": "text", "text": "What happens?"},
+    ]
+    body = {"model": NAME, "messages": [{"role": "user", "content": parts}], "max_tokens": 3}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    whole = http.post("/v1/chat/completions", json=body, headers=headers)
+    assert whole.status_code == 400, whole.text
+    assert whole.json()["error"]["code"] == "invalid_video" and "frame 3" in whole.json()["error"]["message"]
+    with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}, headers=headers) as r:
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert json.loads(events[-1])["error"]["code"] == "invalid_video"

@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from smolvlm_cli.errors import SmolVLMError, VideoError, error_message
+from smolvlm_cli.errors import ImageError, SmolVLMError, VideoError, error_message
 from smolvlm_cli.options import GenerationOptions
 from smolvlm_cli.server.images import load_media
 from smolvlm_cli.server.schema import ApiError, ChatRequest, parse_chat_request, parse_json
@@ -311,7 +311,7 @@ class Reply:
                 parts.append(result)
             group.cancel_scope.cancel()
         if kind == "error":
-            raise ApiError(500, f"the model failed: {error_message(result)}", code="model_error")
+            raise _failure(result)
         if kind != "done":
             return Response(status_code=499)  # nobody to send it to
         self._note(result)
@@ -350,8 +350,7 @@ class Reply:
                         yield self._chunk({"content": value})
                     elif kind == "error":  # the last event: no [DONE] after it
                         done = True
-                        error = ApiError(500, f"the model failed: {error_message(value)}", code="model_error")
-                        yield f"data: {json.dumps(error.body())}\n\n"
+                        yield f"data: {json.dumps(_failure(value).body())}\n\n"
                         return
                     else:
                         done = True
@@ -368,6 +367,17 @@ class Reply:
         return StreamingResponse(
             events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
+
+
+def _failure(exc: BaseException) -> ApiError:
+    """The answer to a request the model thread could not finish: a video or image that only
+    failed to decode there (a truncated clip passes the probe) is the client's 400, so SDKs do
+    not retry it as they retry a 5xx; anything else is the model's 500."""
+    if isinstance(exc, VideoError):
+        return ApiError(400, error_message(exc), param="messages", code="invalid_video")
+    if isinstance(exc, ImageError):
+        return ApiError(400, error_message(exc), param="messages", code="invalid_image")
+    return ApiError(500, f"the model failed: {error_message(exc)}", code="model_error")
 
 
 def create_app(vlm: Any, settings: ServerSettings, defaults: GenerationOptions | None = None) -> Starlette:
