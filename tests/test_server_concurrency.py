@@ -222,3 +222,71 @@ def test_a_newcomers_vision_runs_between_the_running_replys_steps(vlm, tmp_path,
     monkeypatch.undo()
     text = "".join(v for k, v in events["new"] if k == "delta")
     assert text == vlm.generate([source], "What is it?", max_new_tokens=6)
+
+
+def test_a_client_that_leaves_during_its_vision_stops_it(vlm, monkeypatch):
+    """With no reply running, a newcomer's tiles are encoded in one go: a client that leaves
+    meanwhile (a timeout on a many-tile request) stops it at the next tile, not after the last,
+    and its queue place is freed."""
+    from smolvlm_cli.options import GenerationOptions
+    from smolvlm_cli.server.scheduler import Job, Scheduler
+
+    prepared = vlm.prepare([noise_png(size=(300, 200), seed=3)], "What is it?")
+    assert prepared.num_tiles == 5
+    events: list[str] = []
+    job = Job(prepared, GenerationOptions(max_new_tokens=3), lambda kind, value: events.append(kind))
+    encode, calls = vlm.backend.encode_images, []
+
+    def client_leaves_at_the_first_tile(pixels, mask):
+        calls.append(1)
+        job.cancel()
+        return encode(pixels, mask)
+
+    monkeypatch.setattr(vlm.backend, "encode_images", client_leaves_at_the_first_tile)
+    scheduler = Scheduler(vlm, max_batch=2, max_queue=2, feature_cache_tiles=0).start()
+    try:
+        scheduler.submit(job)
+        _until(lambda: scheduler.stats.cancelled == 1)
+        assert scheduler.waiting == 0
+    finally:
+        scheduler.close()
+    assert len(calls) == 1 and "done" not in events
+
+
+def test_releasing_a_cancelled_job_does_not_hold_the_scheduler_lock(vlm, monkeypatch):
+    """Releasing a cancelled job can take a while (closing a video joins its frame decoder):
+    it happens outside the lock the event loop takes to submit and wake, so no request waits."""
+    from smolvlm_cli.options import GenerationOptions
+    from smolvlm_cli.server.scheduler import Job, Scheduler
+
+    releasing, proceed = threading.Event(), threading.Event()
+    real_release = Job.release
+    events: dict[str, list] = {"long": [], "gone": [], "next": []}
+
+    def job(name: str, prompt: str, n: int) -> Job:
+        options = GenerationOptions(max_new_tokens=n, ignore_eos=True)
+        return Job(vlm.prepare([], prompt), options, lambda kind, value: events[name].append(kind))
+
+    long, gone, after = job("long", "Talk.", 400), job("gone", "Hi.", 3), job("next", "Hello.", 3)
+
+    def slow_release(self):
+        if self is gone:
+            releasing.set()
+            proceed.wait(10)
+        real_release(self)
+
+    monkeypatch.setattr(Job, "release", slow_release)
+    scheduler = Scheduler(vlm, max_batch=1, max_queue=4).start()
+    try:
+        scheduler.submit(long)
+        _until(lambda: "delta" in events["long"])
+        scheduler.submit(gone)  # waits: the one row is taken
+        gone.cancel()
+        scheduler.wake()
+        assert releasing.wait(10)
+        t0 = time.monotonic()
+        scheduler.submit(after)
+        assert time.monotonic() - t0 < 0.5
+    finally:
+        proceed.set()
+        scheduler.close()

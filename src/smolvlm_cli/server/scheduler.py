@@ -234,9 +234,11 @@ class Scheduler:
                 if self._stopping:
                     waiting, self._waiting = list(self._waiting), deque()
                     break
-                self._drop_cancelled()
+                dropped = self._drop_cancelled()
                 head = self._waiting[0] if self._waiting else None
             try:
+                for job in dropped:  # outside the lock: closing a video joins its decode thread
+                    job.release()
                 if head is not None and self._batch.has_room:
                     self._admit_some(head, None if not self._running else self.tiles_per_turn)
                 if self._running:
@@ -246,16 +248,19 @@ class Scheduler:
         for job in [*waiting, *(job for job, _ in self._running.values())]:
             job.emit("error", RuntimeError("the server is shutting down"))
 
-    def _drop_cancelled(self) -> None:
-        for job in [j for j in self._waiting if j.cancelled]:
+    def _drop_cancelled(self) -> list[Job]:
+        """Take the cancelled jobs out (under the lock); the waiting ones are returned, for the
+        caller to release once the lock is free."""
+        dropped = [j for j in self._waiting if j.cancelled]
+        for job in dropped:
             self._waiting.remove(job)
-            job.release()
             self.stats.cancelled += 1
         for job_id, (job, row) in list(self._running.items()):
             if job.cancelled:
                 del self._running[job_id]
                 self._batch.drop(row)
                 self.stats.cancelled += 1
+        return dropped
 
     def _admit_some(self, job: Job, tiles_left: int | None) -> None:
         """Up to `tiles_left` tiles of `job`'s images not in the cache (None: all), then, once
@@ -268,6 +273,8 @@ class Scheduler:
                 if job.media_parts is None:
                     job.media_parts = self._replier.media_features(prepared, job.media_stats)
                 for part in job.media_parts:
+                    if job.cancelled or self._stopping:  # the client left: no more frames for nobody
+                        return
                     job.features.append(part)
                     encoded = job.media_stats.image_tiles - job.tiles
                     job.vision_s, job.tiles = job.media_stats.vision_s, job.media_stats.image_tiles
@@ -278,6 +285,8 @@ class Scheduler:
                             return
                 job.media_parts, job.media_done = None, True
             while not prepared.media and len(job.features) < tiles:
+                if job.cancelled or self._stopping:  # dropped (and released) at the next turn
+                    return
                 t0 = time.perf_counter()
                 i = len(job.features)
                 features, cached = self._cache.get(prepared.pixel_values[i], prepared.pixel_attention_mask[i])
