@@ -436,3 +436,25 @@ def test_a_video_that_fails_to_decode_in_the_model_thread_is_a_400(http, files, 
     with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}, headers=headers) as r:
         events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
     assert json.loads(events[-1])["error"]["code"] == "invalid_video"
+
+
+def test_a_client_that_hangs_up_mid_upload_is_logged_as_499_not_an_error(server, caplog):
+    import logging
+    import socket
+    import time
+
+    host, port = server.url.rsplit("//", 1)[1].split(":")
+    with caplog.at_level(logging.INFO):
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n" + b'{"messages": [' + b" " * 500
+            )
+            time.sleep(0.1)
+        deadline = time.monotonic() + 10
+        while not any("/v1/chat/completions" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "the request was never logged"
+            time.sleep(0.02)
+    logged = [r.getMessage() for r in caplog.records if "/v1/chat/completions" in r.getMessage()]
+    assert " 499 " in logged[-1], logged
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -229,7 +229,10 @@ class ChatServer:
 
     async def chat(self, request: Request) -> Response:
         self.check_key(request)
-        raw = await self.read_body(request)
+        try:
+            raw = await self.read_body(request)
+        except ClientDisconnect:  # hung up mid-upload: nobody to answer, nothing went wrong here
+            return Response(status_code=499)
         if self._prepare_threads is None:  # made in the event loop (anyio needs one)
             self._prepare_threads = anyio.CapacityLimiter(PREPARE_THREADS)
         scratch = ScratchFolder()
