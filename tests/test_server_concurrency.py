@@ -290,3 +290,33 @@ def test_releasing_a_cancelled_job_does_not_hold_the_scheduler_lock(vlm, monkeyp
     finally:
         proceed.set()
         scheduler.close()
+
+
+def test_bodies_being_received_are_capped_at_what_the_queue_could_take(one_row):
+    """Uploads still arriving count against max_batch + max_queue (2 here): a third gets 503 at
+    once instead of a third large body in memory; once they are gone the server takes requests."""
+    import socket
+
+    import httpx2
+
+    host, port = one_row.url.rsplit("//", 1)[1].split(":")
+    intake = lambda: one_row.app.state.server._intake  # noqa: E731
+    parked = []
+    for _ in range(2):
+        sock = socket.create_connection((host, int(port)))
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000000\r\n\r\n" + b'{"messages": [' + b" " * 1000
+        )
+        parked.append(sock)
+    try:
+        _until(lambda: intake() == 2)
+        busy = httpx2.post(f"{one_row.base_url}/chat/completions", json={"messages": user("Hi")}, timeout=30)
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert busy.json()["error"]["code"] == "server_overloaded"
+    finally:
+        for sock in parked:
+            sock.close()
+    _until(lambda: intake() == 0)
+    client = openai.OpenAI(base_url=one_row.base_url, api_key="none", max_retries=0, timeout=60)
+    assert client.chat.completions.create(model=NAME, messages=user("Hi"), max_tokens=2).choices[0].message.content

@@ -121,6 +121,10 @@ class ChatServer:
         self.context = settings.max_request_tokens or model_context
         self.scheduler = Scheduler(vlm, settings.max_batch, settings.max_queue, settings.feature_cache_tiles)
         self._prepare_threads: anyio.CapacityLimiter | None = None
+        # Requests whose body is being read or prepared (decoded images, probed videos): at most
+        # what the scheduler could take, so a burst of large uploads cannot hold many bodies of
+        # up to max_body_bytes each in memory at once. Counted in the event loop only.
+        self._intake = 0
 
     # -- checks -----------------------------------------------------------------------------------
     def check_key(self, request: Request) -> None:
@@ -229,23 +233,36 @@ class ChatServer:
 
     async def chat(self, request: Request) -> Response:
         self.check_key(request)
-        try:
-            raw = await self.read_body(request)
-        except ClientDisconnect:  # hung up mid-upload: nobody to answer, nothing went wrong here
-            return Response(status_code=499)
+        capacity = self.settings.max_batch + self.settings.max_queue
+        if self._intake >= capacity:
+            raise ApiError(
+                503,
+                f"the server is busy ({self._intake} requests being received); retry later",
+                code="server_overloaded",
+            )
         if self._prepare_threads is None:  # made in the event loop (anyio needs one)
             self._prepare_threads = anyio.CapacityLimiter(PREPARE_THREADS)
         scratch = ScratchFolder()
+        self._intake += 1
         try:
-            response = await self._answer(request, raw, scratch)
+            try:
+                raw = await self.read_body(request)
+                req, prepared = await anyio.to_thread.run_sync(
+                    self.prepare, raw, scratch, limiter=self._prepare_threads
+                )
+            finally:
+                self._intake -= 1
+            response = await self._answer(request, req, prepared)
+        except ClientDisconnect:  # hung up mid-upload: nobody to answer, nothing went wrong here
+            scratch.cleanup()
+            return Response(status_code=499)
         except BaseException:
             scratch.cleanup()
             raise
         response.background = BackgroundTask(scratch.cleanup)  # once the answer is out (or abandoned)
         return response
 
-    async def _answer(self, request: Request, raw: bytes, scratch: ScratchFolder) -> Response:
-        req, prepared = await anyio.to_thread.run_sync(self.prepare, raw, scratch, limiter=self._prepare_threads)
+    async def _answer(self, request: Request, req: ChatRequest, prepared: Any) -> Response:
         opts = self.options(req, len(prepared.input_ids))
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
