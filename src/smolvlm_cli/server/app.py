@@ -173,7 +173,7 @@ class ChatServer:
         try:
             return req, self.vlm.prepare(media, messages=req.messages, tiling=req.detail or self.settings.tiling)
         except VideoError as exc:
-            raise ApiError(400, error_message(exc), param="messages", code="invalid_video") from None
+            raise _failure(exc) from None
         except (ValueError, SmolVLMError) as exc:
             raise ApiError(400, error_message(exc), param="messages", code="invalid_messages") from None
 
