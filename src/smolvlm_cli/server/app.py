@@ -7,7 +7,7 @@
 A request is checked (`schema.py`), its images fetched and decoded and its prompt tokenized in
 a worker thread (`images.py`, `Processor.prepare`), its length checked against the context, and
 only then queued: every refusal before that point is an OpenAI-shaped error with its status,
-and an error after a stream has begun is a last `data: {"error": ...}` event. Requests are
+and an error after a stream has begun is a last `data: {"error": ...}` event (`responses.py`). Requests are
 logged on stderr, one line each once answered.
 """
 
@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import shutil
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +30,13 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from smolvlm_cli.errors import ImageError, SmolVLMError, VideoError, error_message
+from smolvlm_cli.errors import SmolVLMError, VideoError, error_message
 from smolvlm_cli.options import GenerationOptions
 from smolvlm_cli.server.images import load_media
+from smolvlm_cli.server.responses import Reply, api_error_for
 from smolvlm_cli.server.schema import ApiError, ChatRequest, parse_chat_request, parse_json
 from smolvlm_cli.server.scheduler import Job, QueueFull, Scheduler
 from smolvlm_cli.server.settings import ServerSettings
@@ -173,7 +172,7 @@ class ChatServer:
         try:
             return req, self.vlm.prepare(media, messages=req.messages, tiling=req.detail or self.settings.tiling)
         except VideoError as exc:
-            raise _failure(exc) from None
+            raise api_error_for(exc) from None
         except (ValueError, SmolVLMError) as exc:
             raise ApiError(400, error_message(exc), param="messages", code="invalid_messages") from None
 
@@ -277,127 +276,8 @@ class ChatServer:
             job = self.scheduler.submit(Job(prepared, opts, emit, stops=req.stop))
         except QueueFull as exc:
             raise ApiError(503, f"the server is busy ({exc}); retry later", code="server_overloaded") from None
-        reply = Reply(self, req, job, events, request)
+        reply = Reply(self.model_id, self.scheduler, req, job, events, request)
         return reply.stream() if req.stream else await reply.whole()
-
-
-class Reply:
-    """One answer on its way out: streamed as chunks, or collected into one response."""
-
-    def __init__(self, server: ChatServer, req: ChatRequest, job: Job, events: asyncio.Queue, request: Request):
-        self.server, self.req, self.job, self.events, self.request = server, req, job, events, request
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-
-    def _head(self, obj: str) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": obj,
-            "created": self.created,
-            "model": self.server.model_id,
-            "system_fingerprint": None,
-        }
-
-    def _usage(self, result: dict[str, Any]) -> dict[str, int]:
-        prompt, completion = result["prompt_tokens"], result["completion_tokens"]
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-    def _note(self, result: dict[str, Any]) -> None:
-        self.request.scope.setdefault("state", {})["log_note"] = (
-            f"{'stream ' if self.req.stream else ''}{result['prompt_tokens']}+{result['completion_tokens']} "
-            f"tokens ({result['finish_reason']}), first token {result['timings']['ttft_ms'] / 1000:.3f} s"
-        )
-
-    def _cancel(self) -> None:
-        self.job.cancel()
-        self.server.scheduler.wake()
-
-    async def whole(self) -> Response:
-        parts: list[str] = []
-        kind, result = "", None
-        async with anyio.create_task_group() as group:
-
-            async def watch() -> None:  # the client hung up: its row is freed at once
-                while (await self.request.receive())["type"] != "http.disconnect":
-                    pass
-                self._cancel()
-                group.cancel_scope.cancel()
-
-            group.start_soon(watch)
-            while True:
-                kind, result = await self.events.get()
-                if kind != "delta":
-                    break
-                parts.append(result)
-            group.cancel_scope.cancel()
-        if kind == "error":
-            raise _failure(result)
-        if kind != "done":
-            return Response(status_code=499)  # nobody to send it to
-        self._note(result)
-        return JSONResponse(
-            {
-                **self._head("chat.completion"),
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": "".join(parts)},
-                        "logprobs": None,
-                        "finish_reason": result["finish_reason"],
-                    }
-                ],
-                "usage": self._usage(result),
-                "timings": result["timings"],
-            }
-        )
-
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        chunk = {
-            **self._head("chat.completion.chunk"),
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-            **extra,
-        }
-        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
-
-    def stream(self) -> StreamingResponse:
-        async def events():
-            done = False
-            try:
-                yield self._chunk({"role": "assistant", "content": ""})
-                while True:
-                    kind, value = await self.events.get()
-                    if kind == "delta":
-                        yield self._chunk({"content": value})
-                    elif kind == "error":  # the last event: no [DONE] after it
-                        done = True
-                        yield f"data: {json.dumps(_failure(value).body())}\n\n"
-                        return
-                    else:
-                        done = True
-                        self._note(value)
-                        yield self._chunk({}, value["finish_reason"], timings=value["timings"])
-                        if self.req.include_usage:
-                            yield f"data: {json.dumps({**self._head('chat.completion.chunk'), 'choices': [], 'usage': self._usage(value)})}\n\n"
-                        break
-                yield "data: [DONE]\n\n"
-            finally:
-                if not done:  # the client went away (the task was cancelled): free the row
-                    self._cancel()
-
-        return StreamingResponse(
-            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        )
-
-
-def _failure(exc: BaseException) -> ApiError:
-    """The answer to a request the model thread could not finish: a video or image that only
-    failed to decode there (a truncated clip passes the probe) is the client's 400, so SDKs do
-    not retry it as they retry a 5xx; anything else is the model's 500."""
-    if isinstance(exc, VideoError):
-        return ApiError(400, error_message(exc), param="messages", code="invalid_video")
-    if isinstance(exc, ImageError):
-        return ApiError(400, error_message(exc), param="messages", code="invalid_image")
-    return ApiError(500, f"the model failed: {error_message(exc)}", code="model_error")
 
 
 def create_app(vlm: Any, settings: ServerSettings, defaults: GenerationOptions | None = None) -> Starlette:
