@@ -244,6 +244,11 @@ def permissions_enforced() -> bool:
     return os.geteuid() != 0 or bool(prefix) or preexec is not None
 
 
+class Killed(BaseException):
+    """A process dying at that point, for crash-order tests: raised from a patched write, it
+    skips every `except Exception` after it, as a SIGKILL would."""
+
+
 # -- running the CLI ------------------------------------------------------------------------
 
 

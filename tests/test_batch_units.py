@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import Killed
 from smolvlm_cli.batch.discover import PathFilter, discover, parse_extensions, read_path_list
 from smolvlm_cli.batch.files import AppendLog, atomic_write, complete_records, repair_tail, sweep_temps, temp_path
 from smolvlm_cli.batch.records import FIELDS, ImageRecord, csv_line
@@ -275,10 +276,6 @@ def test_sidecars_next_to_images_and_ledger(tree):
     assert again.state(by_rel["b.jpg"]) is State.NEW
 
 
-class _Killed(BaseException):
-    """The process dying at that point (nothing after it runs, no handler sees it)."""
-
-
 @pytest.mark.parametrize("replacing", [False, True], ids=["first-caption", "overwrite"])
 @pytest.mark.parametrize("dies_in", ["unlink", "ledger line", "sidecar"])
 def test_a_run_killed_inside_a_sidecar_write_leaves_nothing_unknown(tree, monkeypatch, dies_in, replacing):
@@ -301,17 +298,17 @@ def test_a_run_killed_inside_a_sidecar_write_leaves_nothing_unknown(tree, monkey
     writer.open(items)
 
     def die(*args, **kwargs):
-        raise _Killed
+        raise Killed
 
     target = {
         "unlink": (writers.os, "unlink"),
         "ledger line": (resume, "append_once"),
         "sidecar": (writers, "atomic_write"),
     }
-    with monkeypatch.context() as patch, pytest.raises(_Killed):
+    with monkeypatch.context() as patch, pytest.raises(Killed):
         patch.setattr(*target[dies_in], die)
         writer.write(item, ImageRecord(item.path, caption="new caption", model="m", prompt="new"))
-        raise _Killed  # a step that did not run (nothing to unlink): killed just after
+        raise Killed  # a step that did not run (nothing to unlink): killed just after
 
     again = SidecarWriter()
     again.open(items)

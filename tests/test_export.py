@@ -18,6 +18,7 @@ import pytest
 import torch
 import onnx
 
+from conftest import Killed  # noqa: E402
 from model_fixtures import TINY_MODEL_NAMES, source_dir, tiny_preprocessor_config  # noqa: E402
 from smolvlm_cli.config import ModelConfig  # noqa: E402
 from smolvlm_cli.dtypes import DTYPE_SUFFIXES  # noqa: E402
@@ -437,10 +438,6 @@ def test_scripts_fail_with_one_error_line(tmp_path, argv):
     assert not (tmp_path / "out").exists()
 
 
-class _Killed(BaseException):
-    """The process dying at that point."""
-
-
 def test_a_killed_export_leaves_no_graph_that_looks_finished(tmp_path, tiny_checkpoints, monkeypatch):
     """Killed while the quantizer rewrites a graph (a torn file): `export` again into the same
     folder builds it anew. Graphs used to be written in place, and an existing file counted as
@@ -453,11 +450,11 @@ def test_a_killed_export_leaves_no_graph_that_looks_finished(tmp_path, tiny_chec
     def killed_mid_rewrite(component, dtype, src, dst):
         real(component, dtype, src, dst)
         Path(dst).write_bytes(Path(dst).read_bytes()[:100])
-        raise _Killed
+        raise Killed
 
     out = tmp_path / "out"
     checkpoint = tiny_checkpoints[TINY_MODEL_NAMES[0]]
-    with monkeypatch.context() as patch, pytest.raises(_Killed):
+    with monkeypatch.context() as patch, pytest.raises(Killed):
         patch.setattr(build, "make_variant", killed_mid_rewrite)
         export_onnx(checkpoint, out, ("int8",), log=lambda _m: None)
     assert sorted(p.name for p in (out / "onnx").iterdir()) == []  # the scratch went with the kill
