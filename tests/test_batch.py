@@ -257,6 +257,47 @@ def test_overwrite_redoes_everything(photos):
     assert len(records) == 6 and all(r["prompt"] == "Again?" for r in records)
 
 
+@pytest.mark.parametrize("fmt", ["txt", "jsonl"])
+def test_a_failed_redo_ends_as_a_failure_in_every_output(photos, fmt):
+    """--overwrite with a new prompt, and the redo of two images fails: they end as failures,
+    not as the old prompt's captions. Before, their old sidecars stayed while the ledger's last
+    word was the failure, so the next runs took them for another tool's files: never retried,
+    their prompt never checked. JSONL always dropped the superseded record; txt now does the
+    same, and the two outputs answer the next runs alike."""
+    output = "out.jsonl" if fmt == "jsonl" else None
+    run(BatchConfig(["photos"], fmt=fmt, output=output, prompt="Old {stem}."))
+    redo, _, _ = run(
+        BatchConfig(["photos"], fmt=fmt, output=output, prompt="New {stem}.", overwrite=True),
+        FakeVLM(fail_on="New img01"),
+    )
+    assert (redo.done, redo.failed) == (4, 2)  # photos/img01.png and photos/sub/img01.jpg
+    if fmt == "txt":
+        assert not (photos / "img01.txt").exists() and not (photos / "sub" / "img01.txt").exists()
+        assert (photos / "img00.txt").read_text().endswith("Asked: New img00.\n")
+
+    again, _, vlm = run(BatchConfig(["photos"], fmt=fmt, output=output, prompt="New {stem}."))
+    assert (again.skipped_done, again.skipped_failed, again.exit_code) == (4, 2, 1) and vlm.calls == []
+    retry, _, _ = run(BatchConfig(["photos"], fmt=fmt, output=output, prompt="New {stem}.", retry_errors=True))
+    assert (retry.done, retry.failed, retry.skipped_done) == (2, 0, 4)
+    if fmt == "txt":
+        assert (photos / "sub" / "img01.txt").read_text().endswith("Asked: New img01.\n")
+    else:
+        assert [r["prompt"] for r in read_jsonl(Path(output))] == [
+            f"New {p.stem}." for p in sorted(photos.rglob("*.*"))
+        ]
+
+
+def test_a_folder_named_like_a_caption_is_a_failure_not_a_caption(photos):
+    (photos / "img02.txt").mkdir()  # in the way: no caption can be written there
+    summary, _, _ = run(BatchConfig(["photos"]))
+    assert (summary.done, summary.failed) == (5, 1)
+    again, _, _ = run(BatchConfig(["photos"]))  # never counted as done: it fails again, saying why
+    assert (again.done, again.failed, again.skipped_done) == (0, 1, 5)
+    (photos / "img02.txt").rmdir()
+    fixed, _, _ = run(BatchConfig(["photos"]))
+    assert (fixed.done, fixed.skipped_done) == (1, 5) and (photos / "img02.txt").is_file()
+
+
 def test_existing_sidecar_is_never_clobbered(photos):
     (photos / "img00.txt").write_text("my own caption\n")
     summary, _, _ = run(BatchConfig(["photos"]))

@@ -15,7 +15,8 @@ outputs keep theirs in a *ledger*, `.smolvlm-batch.jsonl`, in each folder that r
 one JSON line per attempt, `{"image": "photo.jpg", "output": "photo.txt", "error": null, ...}`,
 the last line of an image counting. A sidecar that exists is DONE whatever the ledger says (it
 may come from another tool: never clobbered without `--overwrite`); deleting a sidecar makes its
-image NEW again unless the ledger's last word is a failure.
+image NEW again unless the ledger's last word is a failure. A redo that fails (`--overwrite`)
+removes the old sidecar, so a failure's image has none, as after a first attempt.
 """
 
 from __future__ import annotations

@@ -79,13 +79,19 @@ class SidecarWriter:
                 key = os.path.normcase(os.path.abspath(candidate)).casefold()
                 if key not in taken and len(os.fsencode(candidate.name)) <= MAX_NAME_BYTES:
                     taken[key] = item
-                    self.sidecars[item] = candidate
                     break
             else:
                 self.problems[item] = (
                     f"no name for its caption file: {candidate.name} would be "
                     "too long or overwrite another file of the run"
                 )
+                continue
+            # A folder (or a FIFO, a device) named like the caption is no caption: counting it as
+            # one would skip the image for ever, and no caption could be written there.
+            if candidate.exists() and not candidate.is_file():
+                self.problems[item] = f"{candidate} is not a regular file: no caption can be written there"
+                continue
+            self.sidecars[item] = candidate
         swept = sum(sweep_temps(folder) for folder in {p.parent for p in self.sidecars.values()})
         if swept:
             self.notices.append(f"removed {swept} temp file(s) left by an interrupted run")
@@ -128,9 +134,11 @@ class SidecarWriter:
         # first, then the ledger line, then the new caption: a kill in between leaves no sidecar
         # (the image is NEW again: done once more), never a sidecar the ledger does not know
         # (it would pass for another tool's file) or an old caption under the new prompt.
-        if record.ok:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(sidecar)
+        # A failed redo removes the old caption too: the image ends as a failure, as in a JSONL
+        # or CSV output (whose failure record supersedes the old one), and --retry-errors redoes
+        # it; kept, the old caption would pass for another tool's file, its prompt unchecked.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(sidecar)
         self._ledger(item).add(item.name, sidecar.name, record)
         if record.ok:
             atomic_write(sidecar, (record.caption or "").encode() + b"\n")
