@@ -134,10 +134,13 @@ def test_a_damaged_graph_is_rebuilt_with_a_notice(hf_home, image, reference_answ
     data = bytearray(graph.read_bytes())
     data[len(data) // 2 : len(data) // 2 + 4096] = b"\0" * 4096  # same size, other bytes
     graph.write_bytes(bytes(data))
+    source = _entry(cache) / "source.json"
+    source.write_text(source.read_text()[:20])  # torn by a kill: the entry's label in `models`
     damaged = _describe(env, image)
     assert damaged.returncode == 0, damaged.stderr
     assert "decoder_model_merged_int8.onnx" in damaged.stderr and "damaged: rebuilding" in damaged.stderr
     assert damaged.stdout == reference_answer
+    assert json.loads(source.read_text())["model"] == REPO_ID  # written again
     graph.write_bytes(graph.read_bytes()[:1000])  # truncated
     truncated = _describe(env, image)
     assert truncated.returncode == 0 and "damaged: rebuilding" in truncated.stderr

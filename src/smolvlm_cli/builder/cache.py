@@ -29,6 +29,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from smolvlm_cli.batch.files import atomic_write
 from smolvlm_cli.builder.layout import BUILDER_VERSION, Progress, data_files, graph_file
 from smolvlm_cli.builder.weights import weight_files
 
@@ -186,10 +187,15 @@ def _build_into(model_dir: Path, entry: Path, onnx_dir: Path, todo, progress) ->
 
 
 def _write_source(entry: Path, model_dir: Path, label: str) -> None:
-    info = {"model": label, "source": str(model_dir), "builder": BUILDER_VERSION, "onnxruntime": ort.__version__}
+    """The entry's label for `smolvlm models`, written once; again if a kill tore it."""
     path = entry / "source.json"
-    if not path.is_file():
-        path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+        return
+    except (OSError, ValueError):
+        pass
+    info = {"model": label, "source": str(model_dir), "builder": BUILDER_VERSION, "onnxruntime": ort.__version__}
+    atomic_write(path, (json.dumps(info, indent=2) + "\n").encode())
 
 
 def built_entries() -> list[dict]:
