@@ -128,6 +128,27 @@ def test_sparse_frames_are_reached_by_seeking_not_by_decoding_everything(clips, 
     assert len(decoded) <= 8 * 13 + 8, len(decoded)  # at most a GOP (+ decoder delay) per frame
 
 
+@pytest.mark.parametrize("suffix,codec", [(".ts", "libx264"), (".mpg", "mpeg2video")], ids=["mpeg-ts", "mpeg-ps"])
+def test_containers_that_seek_by_bytes_give_the_frames_of_a_straight_decode(tmp_path, suffix, codec):
+    """MPEG-TS and MPEG-PS seek by byte position: a seek lands past the wanted frame, or on
+    frame times the packet index does not hold, and the frames were silently wrong (2 of 3 in
+    a 3 s .ts clip, 26 of 48 in a 48 s one). Each sampled frame must be the one a straight decode numbers so.
+    (transformers' reader takes these files for one frame long, having no frame count in
+    their header, so the reference here is PyAV decoding every frame.)"""
+    import av
+
+    for seconds, fps, gop in ((3, 25, None), (48, 5, 10)):
+        path = make_clip(tmp_path / f"{seconds}s{suffix}", seconds, fps, codec=codec, gop=gop)
+        with av.open(str(path)) as container:
+            straight = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+        video = open_video(path, processor().config)
+        assert video.info.total_frames == len(straight) == seconds * fps
+        frames = list(video.frames())
+        assert len(frames) == len(video.numbers) > 1
+        wrong = [n for n, frame in zip(video.numbers, frames) if not np.array_equal(frame, straight[n])]
+        assert wrong == [], f"{len(wrong)} of {len(frames)} frames wrong in {path.name}"
+
+
 def test_a_segment_is_sampled_as_the_clip_cut_there(clips, tmp_path):
     """--start 2.5 --end 7.5 of a 10 s clip = transformers on those frames written as a clip."""
     path = clips("10s-30fps-portrait")

@@ -191,6 +191,9 @@ def decode_frames(
     """The frames numbered `numbers` (increasing) as upright RGB uint8 arrays, one at a time.
 
     Seeks to the keyframe before a wanted frame when that keyframe lies ahead of the decoder.
+    Where a seek lands past the wanted frame, on nothing, or on frame times the packet index does
+    not hold (MPEG-TS and MPEG-PS seek by byte position), the file is decoded from its start
+    instead, without seeking again: the frames are always the ones a straight decode numbers so.
     A frame that cannot be decoded (a damaged or truncated stream) is replaced by the nearest
     one decoded before it (after it, for the first), so the count always matches the prompt;
     no frame at all is an error.
@@ -201,15 +204,25 @@ def decode_frames(
     stream.thread_type = "AUTO"
     wanted = list(numbers)
     last: np.ndarray | None = None
+    seekable = bool(index.pts)
     try:
         position, frames, pending = -1, None, None  # last frame number read; decoder; a frame read ahead
         for target in wanted:
             key = index.keyframe_before(target)
-            if frames is None or (index.pts and key > position + 1):
-                if index.pts:
-                    container.seek(index.pts[key], stream=stream, backward=True, any_frame=False)
+            if seekable and (frames is None or key > position + 1):
+                container.seek(index.pts[key], stream=stream, backward=True, any_frame=False)
+                frames = _decoded(av, container, stream, index)
+                pending = next(frames, None)
+                if pending is None or pending[0] > target or index.number_of(pending[1].pts) is None:
+                    # an imprecise seek (past the frame, or times the index does not know): start
+                    # over and decode straight through
+                    seekable, frames = False, None
+                    container.close()
+                    container, stream = open_container(path, label)
+                    stream.thread_type = "AUTO"
                 else:
-                    container.seek(0)
+                    position = pending[0]
+            if frames is None:
                 frames, position, pending = _decoded(av, container, stream, index), -1, None
             found = None
             while True:
