@@ -230,3 +230,72 @@ def test_cli_ask_and_chat_refuse_too_long_an_edge_as_describe_does(tiny_onnx_dir
     errors = [result.stderr.decode().splitlines()[0] for result in results]
     assert errors[0].startswith("Error: a longest edge of 4096 px cuts the image into 6x8 tiles")
     assert errors[1] == errors[2] == errors[0]
+
+
+# -- the library's edges (an audit's findings) ---------------------------------------------------
+
+
+def test_a_turn_that_cannot_be_sent_leaves_the_chat_as_it_was(vlm, image, tmp_path):
+    """A failed `send` (an unreadable image, a turn too long for the context) used to leave its
+    user turn in the history: every later turn failed the same way, until /reset."""
+    from smolvlm_cli.errors import ImageError
+
+    chat = vlm.chat(**OPTS)
+    answer = chat.send("What is in this picture?", images=str(image)).text()  # one path, not a list
+    before = json.loads(chat.to_json())
+    with pytest.raises(ImageError):
+        chat.send("And this one?", images=[str(tmp_path / "missing.png")])
+    chat.max_context = 40
+    with pytest.raises(ValueError, match="context"):
+        chat.send("tell me everything " * 20)
+    assert json.loads(chat.to_json()) == before and not chat.notices
+    chat.max_context = vlm.config.max_position_embeddings
+    second = chat.send("Tell me more.")
+    fresh = vlm.generate(messages=list(chat.messages), images=[str(image)], **OPTS)
+    assert second.text() == fresh and answer
+
+
+def test_a_reply_left_unread_goes_with_its_question(vlm, image):
+    chat = vlm.chat(**OPTS)
+    chat.send("What is in this picture?", images=[str(image)]).text()
+    dropped = chat.send("And the colours?")
+    next(iter(dropped))  # read one piece, then abandoned
+    third = chat.send("Anything else?")
+    roles = [m["role"] for m in chat.messages]
+    assert roles == ["user", "assistant", "user"]  # not two user turns in a row
+    fresh = vlm.generate(messages=list(chat.messages), images=[str(image)], **OPTS)
+    assert third.text() == fresh
+    dropped.close()  # the abandoned reply closed after a later one: it records nothing
+    fourth = chat.send("Last question?")
+    fresh = vlm.generate(messages=list(chat.messages), images=[str(image)], **OPTS)
+    assert fourth.text() == fresh
+
+
+def test_media_given_inline_as_objects_and_single_values(vlm, image):
+    """`{"type": "image", "image": x}` takes what the `images` argument takes (a PIL image,
+    bytes, a Path), as transformers' processor does; a single string is one question or one
+    image, never its letters."""
+    from pathlib import Path
+
+    expected = vlm.generate([str(image)], "Describe.", tiling="low", **OPTS)
+    for source in (Image.open(image), image.read_bytes(), Path(image)):
+        messages = [
+            {"role": "user", "content": [{"type": "image", "image": source}, {"type": "text", "text": "Describe."}]}
+        ]
+        assert vlm.generate(messages=messages, tiling="low", **OPTS) == expected
+    assert vlm.generate(bytearray(image.read_bytes()), "Describe.", tiling="low", **OPTS) == expected
+    assert vlm.ask(str(image), "Describe.", tiling="low", **OPTS) == [expected]
+    with pytest.raises(TypeError, match="tiling must be"):
+        vlm.generate([str(image)], "Describe.", tiling=512)
+
+
+def test_threads_sharing_one_model_get_their_own_answers(vlm, image):
+    """Decode steps of several threads on one model: each answer is the one it gets alone (the
+    step buffers were shared by every state, and threads overwrote each other's tokens)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = [f"Question {i}: what colour is it?" for i in range(4)]
+    alone = [vlm.generate([str(image)], p, tiling="low", **OPTS) for p in prompts]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda p: vlm.generate([str(image)], p, tiling="low", **OPTS), prompts))
+    assert together == alone

@@ -21,7 +21,7 @@ import numpy as np
 
 from smolvlm_cli.batch.files import atomic_write
 from smolvlm_cli.options import GenerationOptions, Tiling
-from smolvlm_cli.processor import Processor
+from smolvlm_cli.processor import Processor, image_list
 from smolvlm_cli.prompt import build_messages, system_messages
 from smolvlm_cli.reply import Replier, check_video_context
 from smolvlm_cli.values import GenerationStats, TextStream
@@ -124,6 +124,7 @@ class CachedPrompt:
         self.replier = replier
         self.state = replier.backend.new_state()
         self.ids: list[int] = []
+        self.runs = 0  # runs started: a reply abandoned unread must not record over a later one
 
     def reuse(self, ids: Sequence[int]) -> int:
         """Rewind to the longest prefix shared with `ids` (at least one id is left to feed)."""
@@ -152,6 +153,8 @@ class CachedPrompt:
         started = started if started is not None else time.perf_counter()
 
         def deltas() -> Iterator[str]:
+            self.runs += 1
+            run = self.runs
             kept = self.reuse(ids.tolist())
             rest = ids[kept:]
             rest_features = None
@@ -162,11 +165,12 @@ class CachedPrompt:
             try:
                 yield from self.replier.reply_on(self.state, rest, rest_features, opts, stats, token_ids, started)
             finally:
-                # The state now holds the prompt and every generated token but the last.
-                self.ids = ids.tolist() + token_ids[:-1]
-                if self.state.length != len(self.ids):  # interrupted mid-step: start clean
-                    self.state.truncate(0)
-                    self.ids = []
+                if run == self.runs:  # else closed later (collected): the state is another run's
+                    # The state now holds the prompt and every generated token but the last.
+                    self.ids = ids.tolist() + token_ids[:-1]
+                    if self.state.length != len(self.ids):  # interrupted mid-step: start clean
+                        self.state.truncate(0)
+                        self.ids = []
 
         return TextStream(deltas(), stats, token_ids)
 
@@ -210,13 +214,16 @@ class Conversation:
         self._turn_images: list[list[Any]] = [[] for _ in self.messages]  # images of each message
         self._cache = CachedPrompt(self.replier)
 
-    def send(self, text: str, images: Sequence[Any] = (), **sampling) -> TextStream:
+    def send(self, text: str, images: Sequence[Any] | Any = (), **sampling) -> TextStream:
         """Add a user turn and stream the reply; the reply joins the history once consumed.
+
+        A turn that cannot be sent (an error raised here) leaves the chat as it was; a reply
+        left unread is dropped, with its question, at the next `send`.
 
         Args:
             text: the user's message.
-            images: images shown with it (paths, bytes or PIL images), before the text; video
-                paths and `SampledVideo`s are videos.
+            images: an image or a sequence of them shown with it (paths, bytes or PIL images),
+                before the text; video paths and `SampledVideo`s are videos.
             **sampling: generation options for this turn only (e.g. `max_new_tokens`).
 
         Returns:
@@ -228,18 +235,26 @@ class Conversation:
                 positions for (too long an edge).
         """
         opts = self.options.updated(**sampling)
-        images = [self.processor.open_video(m) if is_video(m) else m for m in images]
+        if self.messages and self.messages[-1]["role"] == "user":  # a reply dropped unread: its
+            del self.messages[-1], self._turn_images[-1]  # question goes too (no two user turns)
+        images = [self.processor.open_video(m) if is_video(m) else m for m in image_list(images)]
         videos = [m for m in images if is_video(m)]
         if videos:  # the frames alone, whatever older turns are dropped
             config = self.processor.config
             frames = sum(v.num_frames for v in videos)
             check_video_context(frames * (config.image_seq_len + 13), frames, len(videos), opts.max_new_tokens, config)
         content = [{"type": "video" if is_video(m) else "image"} for m in images] + [{"type": "text", "text": text}]
+        before = list(self.messages), list(self._turn_images), len(self.notices)
         self.messages.append({"role": "user", "content": content})
         self._turn_images.append(images)
         started = time.perf_counter()
-        ids, features, stats = self._prompt(opts)
-        stream = self._cache.run(ids, features, opts, stats, started)
+        try:
+            ids, features, stats = self._prompt(opts)
+            stream = self._cache.run(ids, features, opts, stats, started)
+        except BaseException:  # a turn that could not be sent (an unreadable image, too long)
+            self.messages, self._turn_images = before[:2]  # leaves the chat as it was
+            del self.notices[before[2] :]
+            raise
 
         def recorded() -> Iterator[str]:
             yield from stream

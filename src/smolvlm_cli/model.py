@@ -250,7 +250,7 @@ class SmolVLM:
     def ask_stream(
         self,
         images: Sequence[Any] | Any,
-        questions: Sequence[str],
+        questions: Sequence[str] | str,
         options: GenerationOptions | None = None,
         tiling: Tiling | str | None = None,
         system: str | None = None,
@@ -260,7 +260,7 @@ class SmolVLM:
 
         Args:
             images: an image or a sequence of them, shared by every question.
-            questions: each is answered independently (not as a conversation).
+            questions: each is answered independently (not as a conversation); a string is one question.
             options, tiling, **sampling: as for `stream`.
             system: a system prompt before each question.
 
@@ -268,9 +268,10 @@ class SmolVLM:
             An iterator of `TextStream`s, one per question; consume each before the next.
         """
         opts = (options or GenerationOptions()).updated(**sampling)
-        return ask_streams(self._replier, self.processor, image_list(images), list(questions), opts, tiling, system)
+        questions = [questions] if isinstance(questions, str) else list(questions)  # one question, not its letters
+        return ask_streams(self._replier, self.processor, image_list(images), questions, opts, tiling, system)
 
-    def ask(self, images: Sequence[Any] | Any, questions: Sequence[str], **kwargs) -> list[str]:
+    def ask(self, images: Sequence[Any] | Any, questions: Sequence[str] | str, **kwargs) -> list[str]:
         """Independent answers to each question about the same image(s).
 
         Args:

@@ -87,4 +87,6 @@ class Tiling:
             return cls()
         if isinstance(tiling, str):
             return cls.for_detail(tiling.lower(), config)
+        if not isinstance(tiling, Tiling):
+            raise TypeError(f"tiling must be a Tiling, a detail level or None, not {type(tiling).__name__}: {tiling!r}")
         return tiling

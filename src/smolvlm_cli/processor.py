@@ -12,6 +12,7 @@ encode): describe, ask, chat, batch and the Ray workers all go through it.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,8 +70,11 @@ def media_in_messages(messages: Sequence[dict]) -> tuple[list[str], list[tuple[s
 
 
 def image_list(images: Sequence[Any] | Any) -> list[Any]:
-    """One image (a path, bytes or a PIL image) or a sequence of them, as a list."""
-    if isinstance(images, (str, Path, bytes)) or hasattr(images, "mode") or is_video(images):
+    """One image or video (a path, bytes, a PIL image, a `SampledVideo`) or a sequence of them,
+    as a list."""
+    if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(images, "mode"):
+        return [images]
+    if is_video(images):
         return [images]
     return list(images)
 
@@ -201,11 +205,12 @@ class Processor:
         """`input_ids`, `attention_mask` [1, seq] int64 and, with images or videos, `pixel_values`
         and `pixel_attention_mask` [1, tiles, ...], as transformers' processor returns them (a
         video's frames are decoded here; its tiles follow the images' in prompt order)."""
+        kinds, inline = media_in_messages(normalize_messages(messages, plain=False))
         messages, tiling = normalize_messages(messages), self.tiling(tiling)
-        kinds, inline = media_in_messages(messages)
-        images = list(images) if images is not None else [s for k, s in inline if k == "image"]
+        images = image_list(images) if images is not None else [s for k, s in inline if k == "image"]
         videos = [
-            self.open_video(v) for v in (list(videos) if videos is not None else [s for k, s in inline if k == "video"])
+            self.open_video(v)
+            for v in (image_list(videos) if videos is not None else [s for k, s in inline if k == "video"])
         ]
         for kind, given in (("image", images), ("video", videos)):
             if kinds.count(kind) != len(given):
@@ -268,20 +273,23 @@ class Processor:
             `PreparedInputs`: the prompt ids and the real (unpadded) tiles.
         """
         t0, tiling = time.perf_counter(), self.tiling(tiling)
-        media = image_list(images) + list(videos)
+        # what each medium is: `videos=` and video parts say so; an image argument by its type
+        given = [(m, "video" if is_video(m) else "image") for m in image_list(images)]
+        given += [(v, "video") for v in image_list(videos)]
         if messages is None:
-            kinds = ["video" if is_video(m) else "image" for m in media]
+            kinds = [kind for _, kind in given]
             default = DEFAULT_VIDEO_PROMPT if "video" in kinds else DEFAULT_PROMPT
             messages = build_messages(prompt or default, kinds)
         else:
+            kinds, inline = media_in_messages(normalize_messages(messages, plain=False))
             messages = normalize_messages(messages)
-            kinds, inline = media_in_messages(messages)
-            media = media or [source for _, source in inline]
-        if len(media) != len(kinds) or any(is_video(m) != (k == "video") for m, k in zip(media, kinds)):
+            given = given or [(source, kind) for kind, source in inline]
+        if [kind for _, kind in given] != kinds:
             raise ValueError(
                 f"the messages hold {kinds.count('image')} image and {kinds.count('video')} "
-                f"video placeholder(s), which the {len(media)} media given do not match"
+                f"video placeholder(s), which the {len(given)} media given do not match"
             )
+        media = [m for m, _ in given]
         media = [self.open_video(m, **(video_options or {})) if k == "video" else m for m, k in zip(media, kinds)]
         images = [m for m, k in zip(media, kinds) if k == "image"]
         videos = [m for m, k in zip(media, kinds) if k == "video"]

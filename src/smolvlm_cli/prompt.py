@@ -199,11 +199,14 @@ def _plain(value: Any) -> Any:
     return f"<{type(value).__name__}>"
 
 
-def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def normalize_messages(messages: Sequence[Mapping[str, Any]], *, plain: bool = True) -> list[dict[str, Any]]:
     """Messages as the SmolVLM template expects them: keys set to None dropped (as transformers
     does), string content turned into `[{"type": "text", "text": s}]` (the template iterates
     over the content's parts: transformers renders a bare string as nothing at all), OpenAI
-    `image_url` parts turned into `image` parts (as transformers' processor does)."""
+    `image_url` parts turned into `image` parts (as transformers' processor does).
+
+    `plain`: other objects (PIL images, bytes, paths) become inert `<TypeName>` strings, what a
+    template may see; False keeps them, for collecting the media given inline."""
     if isinstance(messages, Mapping) or isinstance(messages, str):
         raise ValueError("messages must be a list of {'role': ..., 'content': ...} dicts")
     out = []
@@ -225,7 +228,7 @@ def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, 
                     part = {**{k: v for k, v in part.items() if k != "image_url"}, "type": "image", "url": url}
                 parts.append(part)
             message["content"] = parts
-        out.append(_plain(message))
+        out.append(_plain(message) if plain else message)
     return out
 
 

@@ -117,3 +117,9 @@ class TextStream:
     def text(self) -> str:
         """The rest of the reply as one string (consumes the stream)."""
         return "".join(self._deltas)
+
+    def close(self) -> None:
+        """Stop the reply here: no more tokens are generated (as when the stream is dropped)."""
+        close = getattr(self._deltas, "close", None)
+        if close is not None:
+            close()

@@ -145,12 +145,17 @@ class ConcatDecoder:
 class StepBinding:
     """The IO bindings of one decode step over fixed buffers: `tokens` [n, 1] are embedded into
     `embeds` [n, 1, hidden] (in place when the embedding graph's output type allows), which the
-    decoder binding reads."""
+    decoder binding reads; the logits land in `logits` [n, 1, vocab]."""
 
     def __init__(
-        self, tokens: np.ndarray, embeds: np.ndarray, embed_binding: ort.IOBinding | None, binding: ort.IOBinding
+        self,
+        tokens: np.ndarray,
+        embeds: np.ndarray,
+        logits: np.ndarray,
+        embed_binding: ort.IOBinding | None,
+        binding: ort.IOBinding,
     ):
-        self.tokens, self.embeds = tokens, embeds
+        self.tokens, self.embeds, self.logits = tokens, embeds, logits
         self.embed_binding, self.binding = embed_binding, binding
 
 
@@ -183,10 +188,7 @@ class SharedBufferDecoder:
         self.embeds_dtype = types["inputs_embeds"]
         self.kv_heads, self.head_dim, self.max_positions = kv_heads, head_dim, max_positions
         self._mask = np.ones((1, max_positions), np.int64)
-        # decode-step buffers, reused by every step of every state
-        self._token = np.zeros((1, 1), np.int64)
-        self._embeds = np.zeros((1, 1, hidden), self.embeds_dtype)
-        self._logits = np.zeros((1, 1, vocab), np.float32)
+        self.hidden, self.vocab = hidden, vocab
         embed_out = embed.get_outputs()[0]
         self._embed_in_place = ort_types.get(embed_out.type) == self.embeds_dtype
         self._embed_input, self._embed_output = embed.get_inputs()[0].name, embed_out.name
@@ -240,7 +242,7 @@ class SharedBufferDecoder:
             embed_binding.bind_ortvalue_output(self._embed_output, embeds_value)
         binding = self._binding(values, ort.OrtValue.ortvalue_from_numpy(logits))
         binding.bind_ortvalue_input("inputs_embeds", embeds_value)
-        return StepBinding(tokens, embeds, embed_binding, binding)
+        return StepBinding(tokens, embeds, logits, embed_binding, binding)
 
     def run_step(self, step: StepBinding, attention_mask: np.ndarray) -> None:
         """Embed `step.tokens` and run the decoder over them; the logits land in the bound buffer."""
@@ -256,9 +258,11 @@ class SharedBufferDecoder:
         """Append one token (embedded in place) and return its logits."""
         total = state.length + 1
         state.reserve(total, self.max_positions)
-        if state.binding is None:
-            state.binding = self.bind_step(state.values, self._token, self._embeds, self._logits)
-        self._token[0, 0] = token
-        self.run_step(state.binding, self._mask[:, :total])
+        if state.binding is None:  # buffers of the state's own: states may step in several threads
+            buffers = np.zeros((1, 1), np.int64), np.zeros((1, 1, self.hidden), self.embeds_dtype)
+            state.binding = self.bind_step(state.values, *buffers, np.zeros((1, 1, self.vocab), np.float32))
+        step = state.binding
+        step.tokens[0, 0] = token
+        self.run_step(step, self._mask[:, :total])
         state.length = total
-        return self._logits[0, 0].copy()  # the buffer is rewritten by the next step
+        return step.logits[0, 0].copy()  # the buffer is rewritten by the next step
