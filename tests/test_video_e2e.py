@@ -85,6 +85,27 @@ def test_library_video_paths_images_and_video_cache(vlm, clip):
     assert '"type": "video"' in chat.to_json()
 
 
+def test_a_video_said_to_be_one_is_one_whatever_its_name(vlm, clip, tmp_path):
+    """`videos=` and `{"type": "video"}` parts are videos even without a video extension (they
+    were opened as images); unknown video options are named, not a raw TypeError."""
+    import shutil
+
+    unnamed = shutil.copy(clip, tmp_path / "clip-without-extension")
+    expected = vlm.generate(str(clip), "What happens?", max_new_tokens=4)
+    assert vlm.generate(videos=[unnamed], prompt="What happens?", max_new_tokens=4) == expected
+    assert vlm.generate(videos=str(unnamed), prompt="What happens?", max_new_tokens=4) == expected  # one, not letters
+    messages = [
+        {"role": "user", "content": [{"type": "video", "path": unnamed}, {"type": "text", "text": "What happens?"}]}
+    ]
+    assert vlm.generate(messages=messages, max_new_tokens=4) == expected
+    with pytest.raises(ValueError, match="unknown video option.*frames"):
+        vlm.generate(str(clip), "What happens?", video_options={"frames": 3})
+    with pytest.raises(TypeError, match="prepare"):
+        vlm.generate_batch([str(clip)])
+    with pytest.raises(TypeError, match="images are paths"):
+        vlm.generate(None, "What happens?")
+
+
 def test_still_frames_are_encoded_once(vlm, tmp_path):
     """A clip whose sampled frames are identical: one vision call for all of them."""
     import av

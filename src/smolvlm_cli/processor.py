@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,8 @@ def image_list(images: Sequence[Any] | Any) -> list[Any]:
         return [images]
     if is_video(images):
         return [images]
+    if images is None or not isinstance(images, Iterable):
+        raise TypeError(f"images are paths, bytes or PIL images (or a sequence of them), not {type(images).__name__}")
     return list(images)
 
 
@@ -153,7 +155,10 @@ class Processor:
     def open_video(self, source: Any, **sampling) -> Any:
         """A video path as a `SampledVideo` (probed and sampled: `fps`, `max_frames`, `start`,
         `end`; the model's sampling by default); a `SampledVideo` as it is."""
-        if not isinstance(source, (str, Path)):
+        unknown = sorted(set(sampling) - {"fps", "max_frames", "start", "end"})
+        if unknown:
+            raise ValueError(f"unknown video option(s) {', '.join(unknown)} (choose from fps, max_frames, start, end)")
+        if not isinstance(source, (str, os.PathLike)):
             return source
         from smolvlm_cli.video.clip import open_video
 
