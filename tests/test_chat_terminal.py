@@ -98,6 +98,21 @@ def test_chat_at_a_terminal(model_dir, image, tmp_path):
     assert messages[0]["content"][0] == {"type": "image", "path": str(image)}
 
 
+def test_a_message_that_cannot_be_sent_is_an_error_and_the_chat_goes_on(model_dir, image):
+    """-n 8185 leaves no room for the image's tokens: one Error line (the -n that fits), the image dropped
+    with a note, and the chat still takes commands (it ended the chat before)."""
+    term = Terminal("chat", image, "-m", model_dir, "-n", "8185")
+    term.expect("> ")
+    term.send("What is it?")
+    shown = term.expect("> ")
+    assert "Error: the prompt needs" in shown and "or fewer" in shown and "were dropped" in shown
+    assert "Traceback" not in shown
+    term.send("/help")
+    assert "/image PATH" in term.expect("> ")
+    term.send("quit")
+    assert term.wait() == 0
+
+
 def test_describe_dash_at_a_terminal_says_what_it_wants(model_dir):
     term = Terminal("describe", "-", "-m", model_dir)
     assert term.wait(timeout=30) == 2

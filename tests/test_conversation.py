@@ -299,3 +299,19 @@ def test_threads_sharing_one_model_get_their_own_answers(vlm, image):
     with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(lambda p: vlm.generate([str(image)], p, tiling="low", **OPTS), prompts))
     assert together == alone
+
+
+def test_a_reply_with_no_room_in_the_context_is_refused_before_generating(tiny_onnx_dir, image):
+    """describe and ask used to generate until the context's end, then fail, the text lost
+    (`--json` printed nothing); chat refused up front. Now all three refuse first, saying
+    which -n fits, as a user error (no traceback hint)."""
+    model = str(tiny_onnx_dir(NAME))
+    for args in (
+        ("describe", str(image), "-n", "100000", "--detail", "low", "--json"),
+        ("ask", str(image), "-q", "Why?", "-n", "100000", "--detail", "low"),
+    ):
+        result = invoke_cli(*args, "-m", model)
+        err = result.stderr.decode()
+        assert result.returncode == 1 and result.stdout == b"", err
+        assert "plus 100000 new ones, but the model's context holds 8192: use -n" in err
+        assert "SMOLVLM_DEBUG" not in err and "Traceback" not in err

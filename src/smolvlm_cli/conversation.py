@@ -23,7 +23,7 @@ from smolvlm_cli.batch.files import atomic_write
 from smolvlm_cli.options import GenerationOptions, Tiling
 from smolvlm_cli.processor import Processor, image_list
 from smolvlm_cli.prompt import build_messages, system_messages
-from smolvlm_cli.reply import Replier, check_video_context
+from smolvlm_cli.reply import Replier, check_fits_context
 from smolvlm_cli.values import GenerationStats, TextStream
 from smolvlm_cli.video import is_video
 
@@ -242,7 +242,7 @@ class Conversation:
         if videos:  # the frames alone, whatever older turns are dropped
             config = self.processor.config
             frames = sum(v.num_frames for v in videos)
-            check_video_context(frames * (config.image_seq_len + 13), frames, len(videos), opts.max_new_tokens, config)
+            check_fits_context(frames * (config.image_seq_len + 13), frames, len(videos), opts.max_new_tokens, config)
         content = [{"type": "video" if is_video(m) else "image"} for m in images] + [{"type": "text", "text": text}]
         before = list(self.messages), list(self._turn_images), len(self.notices)
         self.messages.append({"role": "user", "content": content})
@@ -271,11 +271,7 @@ class Conversation:
             budget = self.max_context - opts.max_new_tokens
             first = 1 if self.system else 0  # the system turn is never dropped
             if len(ids) <= budget or len(self.messages) <= first + 1:
-                if len(ids) > budget:
-                    raise ValueError(
-                        f"the prompt needs {len(ids)} tokens but the context holds "
-                        f"{self.max_context} (with {opts.max_new_tokens} new tokens)"
-                    )
+                check_fits_context(len(ids), 0, 0, opts.max_new_tokens, self.processor.config, self.max_context)
                 return ids, features, stats
             dropped = 2 if len(self.messages) > first + 2 else 1  # a user turn and its reply
             del self.messages[first : first + dropped], self._turn_images[first : first + dropped]
@@ -336,9 +332,11 @@ def ask_streams(
         if videos:  # a prompt too long for the context fails before any frame is decoded
             grids = [images_done[i].grid for i in sorted(images_done)]
             ids = processor.prompt_ids(messages, grids, tiling, videos=videos)
-            check_video_context(
+            check_fits_context(
                 len(ids), sum(v.num_frames for v in videos), len(videos), options.max_new_tokens, processor.config
             )
         encoded = [images_done[i] if i in images_done else cache.get(m, stats) for i, m in enumerate(media)]
         ids, features = media_prompt(processor, messages, encoded, tiling)
+        if not videos:
+            check_fits_context(len(ids), 0, 0, options.max_new_tokens, processor.config)
         yield prefix.run(ids, features, options, stats, started)

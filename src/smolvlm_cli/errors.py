@@ -37,6 +37,11 @@ class ImageTooLargeError(ImageError):
     """An image (a download, a file) is over a size limit."""
 
 
+class InputError(SmolVLMError, ValueError):
+    """What was asked does not fit the model: a prompt and reply longer than its context, an
+    image cut into more tiles than it has positions for (a `ValueError` too, as it was)."""
+
+
 class ExportError(SmolVLMError):
     """Built or exported graphs are wrong (ONNX Runtime disagrees with transformers)."""
 

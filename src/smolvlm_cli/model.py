@@ -198,7 +198,9 @@ class SmolVLM:
         prepared = list(prepared)
         wrong = next((p for p in prepared if not isinstance(p, PreparedInputs)), None)
         if wrong is not None:  # a path or an image: what `prepare` takes, not this
-            raise TypeError(f"generate_batch takes prompts from `prepare(...)`, not {type(wrong).__name__}: {wrong!r:.80}")
+            raise TypeError(
+                f"generate_batch takes prompts from `prepare(...)`, not {type(wrong).__name__}: {wrong!r:.80}"
+            )
         results: list[Generation | None] = [None] * len(prepared)
         size = batch_size or max(1, len(prepared))
         for index, generation in self.generate_many(prepared, options, batch_size=size, **sampling):

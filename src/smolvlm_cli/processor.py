@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from smolvlm_cli.config import ModelConfig
-from smolvlm_cli.errors import ConfigError
+from smolvlm_cli.errors import ConfigError, InputError
 from smolvlm_cli.image_processing import ImageProcessor, load_image, num_tiles
 from smolvlm_cli.options import DEFAULT_PROMPT, DEFAULT_VIDEO_PROMPT, Tiling
 from smolvlm_cli.prompt import (
@@ -193,7 +193,7 @@ class Processor:
         for rows, cols in grids:
             if rows and self.tokenizer.token_to_id(row_col_token(rows, cols)) is None:
                 edge = tiling.longest_edge or self.config.longest_edge
-                raise ValueError(
+                raise InputError(
                     f"a longest edge of {edge} px cuts the image into {rows}x{cols} tiles; "
                     "this model knows positions up to 6x6 "
                     f"(use a longest edge of at most {6 * self.config.tile_size})"

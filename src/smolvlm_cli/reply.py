@@ -14,6 +14,7 @@ import numpy as np
 
 from smolvlm_cli.backends.base import Backend, DecoderState
 from smolvlm_cli.config import ModelConfig
+from smolvlm_cli.errors import InputError
 from smolvlm_cli.generation import generate_tokens
 from smolvlm_cli.options import GenerationOptions
 from smolvlm_cli.tokenizer import Tokenizer
@@ -99,7 +100,7 @@ class Replier:
 
     def check_context(self, prepared: PreparedInputs, opts: GenerationOptions) -> None:
         videos = prepared.videos
-        check_video_context(
+        check_fits_context(
             len(prepared.input_ids), sum(v.num_frames for v in videos), len(videos), opts.max_new_tokens, self.config
         )
 
@@ -147,14 +148,25 @@ class Replier:
             yield tail
 
 
-def check_video_context(prompt_tokens: int, frames: int, videos: int, max_new_tokens: int, config: ModelConfig) -> None:
-    """A prompt with videos that does not fit the context (with room for the reply) is an
-    error that says how many frames would fit, raised before any frame is decoded. (Our
-    choice over dropping frames silently: the frames sampled stay transformers'.)"""
-    limit = config.max_position_embeddings
+def check_fits_context(
+    prompt_tokens: int, frames: int, videos: int, max_new_tokens: int, config: ModelConfig, limit: int | None = None
+) -> None:
+    """A prompt that does not fit the context with room for `max_new_tokens` is an error raised
+    before any generation (the reply would fail at the context's end, its text lost), and with
+    videos before any frame is decoded, saying how many frames would fit. (Our choice over
+    dropping frames silently: the frames sampled stay transformers'.) `limit`: a context smaller
+    than the model's."""
+    limit = limit or config.max_position_embeddings
     need = prompt_tokens + max_new_tokens
-    if not videos or need <= limit:
+    if need <= limit:
         return
+    if not videos:
+        room = limit - prompt_tokens
+        advice = f"use -n {room} or fewer" if room > 0 else "use a shorter prompt, fewer images or a lower --detail"
+        raise InputError(
+            f"the prompt needs {prompt_tokens} tokens plus {max_new_tokens} new ones, "
+            f"but the model's context holds {limit}: {advice}"
+        )
     per_frame = config.image_seq_len + 13  # its image tokens, 3 markers, ~10 for "\nFrame from MM:SS:"
     fit = frames - -(-(need - limit) // per_frame)
     advice = (
@@ -162,7 +174,7 @@ def check_video_context(prompt_tokens: int, frames: int, videos: int, max_new_to
         if fit >= videos
         else "use fewer videos or fewer new tokens"
     )
-    raise ValueError(
+    raise InputError(
         f"the prompt needs {prompt_tokens} tokens ({frames} video frames) plus {max_new_tokens} "
         f"new ones, but the model's context holds {limit}: {advice}"
     )

@@ -77,7 +77,7 @@ def _admit(
 ) -> Row:
     """Vision and prefill of one prompt into `slot`, and its first token."""
     started = time.perf_counter() - prepared.preprocess_s
-    replier.check_context(prepared, opts)  # a video prompt too long fails before decoding frames
+    replier.check_context(prepared, opts)  # a prompt too long fails before any work (a video: before its frames)
     stats = GenerationStats(preprocess_s=prepared.preprocess_s, prompt_tokens=len(prepared.input_ids))
     features = (image_features or replier.image_features)(prepared, stats)
     t0 = time.perf_counter()

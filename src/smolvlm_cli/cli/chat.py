@@ -218,12 +218,18 @@ def chat(
             except (SmolVLMError, OSError) as exc:
                 if not interactive:
                     raise
-                message, hint = getattr(exc, "message", None), getattr(exc, "hint", None)
-                if message is None:  # an OSError: its reason and file, not Python's repr
-                    message = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
-                output.log(f"Error: {message}" + (f" ({hint})" if hint else ""))
+                _log_error(exc)
             continue
-        stream = conversation.send(text, _sampled(pending, vlm, video))
+        try:
+            stream = conversation.send(text, _sampled(pending, vlm, video))
+        except SmolVLMError as exc:  # e.g. too long for the context: the chat is as it was
+            if not interactive:
+                raise
+            _log_error(exc)
+            if pending:  # they would fail the next message too
+                pending = []
+                output.log("(the images and videos of that message were dropped: add them again with /image)")
+            continue
         looking, pending = bool(pending), []
         for delta in _thinking(status, iter(stream), looking):
             output.write(delta)
@@ -231,6 +237,14 @@ def chat(
         for notice in conversation.notices:
             output.log(f"({notice})")
         conversation.notices.clear()
+
+
+def _log_error(exc: BaseException) -> None:
+    """An error shown in an interactive chat, which goes on."""
+    message, hint = getattr(exc, "message", None), getattr(exc, "hint", None)
+    if message is None:  # an OSError: its reason and file, not Python's repr
+        message = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    output.log(f"Error: {message}" + (f" ({hint})" if hint else ""))
 
 
 def _command(command: str, arg: str, conversation, pending: list) -> None:
