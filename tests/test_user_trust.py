@@ -266,6 +266,10 @@ def test_help_speaks_cli_not_python(capsys, monkeypatch, command):
         (["-n", "0"], "'--max-new-tokens' / '-n': 0 is not in the range x>=1."),  # enforced, not advertised
         (["--temperature", "x"], "'--temperature' / '-t': 'x' is not a valid number."),
         (["--threads", "0"], "'--threads': 0 is not in the range x>=1."),
+        (["--threads", "5000"], "'--threads': 5000 is more than"),  # minutes of thread churn
+        (["-t", "nan"], "'--temperature' / '-t': nan is not a number in [0, 3.4e+38]"),  # NaN probabilities
+        (["--repetition-penalty", "nan"], "'--repetition-penalty': nan is not a number in (0,"),  # was accepted
+        (["-t", "1e308"], "'--temperature' / '-t': 1e+308 is not a number in"),  # overflowed float32
     ],
 )
 def test_usage_errors_name_the_option_and_the_value(capsys, monkeypatch, thumb, args, reason):

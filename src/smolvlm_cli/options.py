@@ -12,6 +12,9 @@ DEFAULT_PROMPT = "Describe this image in detail."
 DEFAULT_VIDEO_PROMPT = "Describe this video in detail."
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # sampling runs in float32: larger factors overflow to inf
+
+
 @dataclass(frozen=True)
 class GenerationOptions:
     """Every generation knob in one place; the CLI and the library share these defaults."""
@@ -28,14 +31,14 @@ class GenerationOptions:
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
+        if not 0 <= self.temperature <= FLOAT32_MAX:  # NaN and inf fail too
+            raise ValueError("temperature must be a finite number >= 0")
         if self.top_k < 0:
             raise ValueError("top_k must be >= 0")
         if not 0 < self.top_p <= 1:
             raise ValueError("top_p must be in (0, 1]")
-        if self.repetition_penalty <= 0:
-            raise ValueError("repetition_penalty must be > 0")
+        if not 0 < self.repetition_penalty <= FLOAT32_MAX:
+            raise ValueError("repetition_penalty must be a finite number > 0")
 
     @property
     def greedy(self) -> bool:

@@ -6,6 +6,7 @@ imports numpy or onnxruntime, so `smolvlm --help` stays fast.
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Optional
 
 import typer
@@ -13,7 +14,7 @@ import typer
 from smolvlm_cli.backends import BACKENDS, GRAPH_SOURCES
 from smolvlm_cli.dtypes import DEFAULT_DTYPE, parse_dtype
 from smolvlm_cli.hub import MODEL_ENV
-from smolvlm_cli.options import DETAIL_LEVELS, GenerationOptions
+from smolvlm_cli.options import DETAIL_LEVELS, FLOAT32_MAX, GenerationOptions
 
 _DEFAULTS = GenerationOptions()
 _MODEL_PANEL = "Model"
@@ -39,8 +40,14 @@ def _check_top_p(value: float) -> float:
 
 
 def _check_penalty(value: float) -> float:
-    if value <= 0:
-        raise typer.BadParameter(f"{value} is not above 0")
+    if not 0 < value <= FLOAT32_MAX:  # NaN and inf fail too
+        raise typer.BadParameter(f"{value:g} is not a number in (0, {FLOAT32_MAX:.2g}]")
+    return value
+
+
+def _check_temperature(value: float) -> float:
+    if not 0 <= value <= FLOAT32_MAX:
+        raise typer.BadParameter(f"{value:g} is not a number in [0, {FLOAT32_MAX:.2g}]")
     return value
 
 
@@ -106,9 +113,25 @@ GraphsOpt = Annotated[
         "(the repo's own onnx/ graphs: a smaller download, slower).",
     ),
 ]
+
+
+def _check_threads(value: Optional[int]) -> Optional[int]:
+    """Far more threads than cores only slow ONNX Runtime down (5000 ran for minutes on 2 cores)."""
+    limit = max(16, 4 * (os.cpu_count() or 1))
+    if value is not None and value > limit:
+        raise typer.BadParameter(f"{value} is more than {limit} (4 per core of this machine)")
+    return value
+
+
 ThreadsOpt = Annotated[
     Optional[int],
-    typer.Option("--threads", min=1, rich_help_panel=_MODEL_PANEL, help="CPU threads (default: all cores)."),
+    typer.Option(
+        "--threads",
+        min=1,
+        callback=_check_threads,
+        rich_help_panel=_MODEL_PANEL,
+        help="CPU threads (default: all cores).",
+    ),
 ]
 
 MaxTokensOpt = Annotated[
@@ -123,6 +146,7 @@ TemperatureOpt = Annotated[
         "--temperature",
         "-t",
         min=0.0,
+        callback=_check_temperature,  # min lets NaN through
         rich_help_panel=_SAMPLING_PANEL,
         help="0 is greedy (deterministic); higher samples more freely.",
     ),
