@@ -315,3 +315,16 @@ def test_a_reply_with_no_room_in_the_context_is_refused_before_generating(tiny_o
         assert result.returncode == 1 and result.stdout == b"", err
         assert "plus 100000 new ones, but the model's context holds 8192: use -n" in err
         assert "SMOLVLM_DEBUG" not in err and "Traceback" not in err
+
+
+def test_save_keeps_names_and_text_that_are_not_utf8(vlm, image, tmp_path):
+    """An image named with bytes that are not UTF-8, and such bytes typed in a message (both
+    reach Python as lone surrogates): /save wrote nothing, with an encoding error."""
+    odd = tmp_path / os.fsdecode(b"r\xffd.png")
+    odd.write_bytes(image.read_bytes())
+    chat = vlm.chat(max_new_tokens=2)
+    chat.send(os.fsdecode(b"hi \xff there"), images=[str(odd)]).text()
+    chat.save(tmp_path / "chat.json")
+    saved = json.loads((tmp_path / "chat.json").read_text(encoding="utf-8"))
+    assert saved[0]["content"][0] == {"type": "image", "path": str(odd)}
+    assert saved[0]["content"][1]["text"] == os.fsdecode(b"hi \xff there")

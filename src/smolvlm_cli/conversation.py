@@ -10,7 +10,6 @@ once per content (a hash of their pixels), however many turns or questions use t
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from smolvlm_cli.batch.files import atomic_write
+from smolvlm_cli import jsontext
 from smolvlm_cli.options import GenerationOptions, Tiling
 from smolvlm_cli.processor import Processor, image_list
 from smolvlm_cli.prompt import build_messages, system_messages
@@ -298,7 +298,7 @@ class Conversation:
                     part = {"type": part["type"], **({"path": str(name)} if name else {})}
                 content.append(part)
             out.append({"role": message["role"], "content": content})
-        return json.dumps(out, ensure_ascii=False, indent=2)
+        return jsontext.dumps(out, indent=2)  # a file name that is not UTF-8 stays savable
 
     def save(self, path: str | Path) -> None:
         """Write the transcript (`to_json`) to `path`; a save that fails or is killed half-way

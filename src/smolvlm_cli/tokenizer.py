@@ -24,7 +24,6 @@ What transformers 5.x does on loading, and what this module mirrors:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from tokenizers.decoders import DecodeStream as _LibDecodeStream
 
 from smolvlm_cli.config import read_json
 from smolvlm_cli.errors import ConfigError
+from smolvlm_cli.jsontext import LONE_SURROGATE
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -50,7 +50,6 @@ MODEL_SPECIAL_TOKEN_DEFAULTS = {
 }
 
 _REPLACEMENT_CHAR = "\ufffd"
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _token_content(value: Any, source: str = TOKENIZER_CONFIG_FILE) -> str | None:
@@ -144,11 +143,11 @@ class Tokenizer:
         their ids. `add_special_tokens` applies tokenizer.json's post-processor, which adds
         nothing for the SmolVLM tokenizers (the processor passes True, its chat-template path False).
         """
-        if _LONE_SURROGATE.search(text):  # undecodable bytes of argv / stdin (surrogateescape)
+        if LONE_SURROGATE.search(text):  # undecodable bytes of argv / stdin (surrogateescape)
             try:
                 text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
             except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
-                text = _LONE_SURROGATE.sub(_REPLACEMENT_CHAR, text)
+                text = LONE_SURROGATE.sub(_REPLACEMENT_CHAR, text)
         return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:

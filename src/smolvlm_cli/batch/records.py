@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from smolvlm_cli.batch.discover import ImageItem
+from smolvlm_cli import jsontext
 
 FIELDS = (
     "path",
@@ -94,14 +95,8 @@ class ImageRecord:
 
 
 def dumps(obj: Any) -> str:
-    """JSON as UTF-8 text; `\\u` escapes only when a string cannot be UTF-8 (a file name that is
-    not, read by Python as lone surrogates): such names survive a write and a read intact."""
-    text = json.dumps(obj, ensure_ascii=False)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = json.dumps(obj)
-    return text
+    """JSON as UTF-8 text; a file name that is not UTF-8 survives a write and a read intact."""
+    return jsontext.dumps(obj)
 
 
 def loads(raw: bytes) -> Any:

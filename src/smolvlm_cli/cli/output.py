@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from smolvlm_cli import jsontext
 
 
 def stderr_console():
@@ -34,16 +34,9 @@ def write(text: str) -> None:
         raise typer.Exit(0) from None
 
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def write_json(obj: Any) -> None:
-    """One JSON line. A file name that is not valid UTF-8 (Python holds its bytes as lone
-    surrogates) is written as a `\\udcXX` escape: valid JSON that json.loads turns back into the
-    same name, instead of an encoding error after the work is done."""
-    text = json.dumps(obj, ensure_ascii=False)
-    text = _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-    write(text + "\n")
+    """One JSON line (`jsontext.dumps`: a file name that is not valid UTF-8 stays readable)."""
+    write(jsontext.dumps(obj) + "\n")
 
 
 def log(message: str) -> None:
