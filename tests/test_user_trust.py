@@ -438,6 +438,9 @@ def test_image_urls(capsys, monkeypatch, model_dir, vlm, thumb, server):
     code, _, err = cli(capsys, monkeypatch, "describe", f"{server}/slow.jpg", "-m", model_dir)
     assert code == 1 and "no complete answer within 0.5 s" in err
     assert time.monotonic() - started < 2.5
+    for command in (["describe"], ["ask", "-q", "Why?"]):  # a video URL: refused before any download
+        code, _, err = cli(capsys, monkeypatch, *command, f"{server}/clip.mp4?x=1", "-m", model_dir)
+        assert code == 1 and "videos are read from files, not URLs" in err and "HTTP 404" not in err, err
 
 
 # -- new: --system -------------------------------------------------------------------------------

@@ -32,12 +32,11 @@ def _open(source: str):
     """The image, validated now (a bad file fails before the model loads), its name kept for
     the transcript; a video path is probed now and stays a path (sampled once the model is
     known, by `_sampled`)."""
+    from smolvlm_cli.cli.media import probe_videos
     from smolvlm_cli.video import is_video_path
 
+    probe_videos([source])  # also refuses a video URL, before any download
     if is_video_path(source):
-        from smolvlm_cli.cli.media import probe_videos
-
-        probe_videos([source])
         return source
     from smolvlm_cli.image_loading import load_image
 

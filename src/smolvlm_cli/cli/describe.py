@@ -154,10 +154,10 @@ def describe(
 
     # Decode the images and probe the videos first: a bad file fails before the model loads.
     with status.show("Downloading the image" if any(map(is_url, sources)) else "Reading"):
+        probed = probe_videos(sources, labels)  # first: a video URL is refused before any download
         loaded = [
             s if is_video_path(s) else load_image(s, name="<stdin>" if isinstance(s, bytes) else None) for s in sources
         ]
-        probed = probe_videos(sources, labels)
     startup_s = started - _process_start()
     t0 = time.perf_counter()
     vlm = model.load(quiet, status)
