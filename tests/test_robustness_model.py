@@ -12,7 +12,7 @@ import re
 import pytest
 from PIL import Image
 
-from conftest import assert_clean_error, clone, edit_json, replace, run_cli, stderr_of
+from conftest import assert_clean_error, clone, edit_json, invoke_cli, replace, run_cli, stderr_of
 
 pytestmark = pytest.mark.slow  # real CLI subprocesses: exit codes and error lines per broken model
 
@@ -152,6 +152,16 @@ def test_model_path_is_a_file(image, tmp_path):
     file = tmp_path / "model.onnx"
     file.write_bytes(b"x")
     assert_clean_error(run_cli("describe", image, "-m", file), names=[file], reason="is a file")
+
+
+def test_a_folder_that_is_not_a_model_and_an_empty_name(image, tmp_path):
+    """An empty folder was "has no ONNX files for dtype int8" (advice about dtypes and torch),
+    and `-m ""` the working folder under an empty name."""
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    for args in (("describe", image, "-m", empty), ("download", empty)):
+        assert_clean_error(invoke_cli(*args), names=[empty], reason="has no config.json")
+    assert_clean_error(invoke_cli("describe", image, "-m", ""), reason="the model name is empty")
 
 
 def test_chat_template_that_reads_files_fails_cleanly(model_dir, image, tmp_path):

@@ -176,11 +176,13 @@ def test_offline_error_names_cause_and_ways_out(tmp_path):
     result = run("download", "HuggingFaceTB/SmolVLM2-256M-Video-Instruct", env=env)
     err = result.stderr.decode()
     assert result.returncode == 1 and "Traceback" not in err
-    assert "Connection refused" in err and "-m DIR" in err and "HF_ENDPOINT" in err
+    assert "Connection refused" in err and "model folder you have instead of the id" in err and "HF_ENDPOINT" in err
     assert "HF_HUB_OFFLINE" not in err  # not set: not the user's problem
     result = run("download", "HuggingFaceTB/SmolVLM2-256M-Video-Instruct", env={**env, "HF_HUB_OFFLINE": "1"})
     err = result.stderr.decode()
-    assert result.returncode == 1 and "HF_HUB_OFFLINE is set" in err and "-m DIR" in err
+    assert (
+        result.returncode == 1 and "HF_HUB_OFFLINE is set" in err and "model folder you have instead of the id" in err
+    )
 
 
 # -- 4. speed readouts ---------------------------------------------------------------------------

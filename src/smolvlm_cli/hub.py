@@ -58,8 +58,18 @@ def is_local(model: str) -> bool:
 def resolve_model(model: str, patterns: list[str], progress: Progress | None = None) -> Path:
     """A local directory as is, else the Hub snapshot holding `patterns` (downloaded if needed,
     shown through `progress.downloads()`)."""
+    if not model.strip():
+        raise ModelNotFoundError(
+            "the model name is empty", hint=f"give a model folder or a Hub id like {DEFAULT_MODEL}"
+        )
     path = Path(model).expanduser()
     if path.is_dir():
+        if not (path / "config.json").is_file():  # else "no ONNX files" etc. would mislead
+            raise ModelNotFoundError(
+                f"{model} is not a model folder: it has no config.json",
+                hint="give the folder that holds config.json, the tokenizer files and the weights "
+                "(the Hugging Face layout)",
+            )
         return path
     if path.exists():
         raise ModelNotFoundError(f"model {model!r} is a file, not a model directory")
@@ -98,7 +108,7 @@ def _snapshot(repo_id: str, patterns: list[str], progress: Progress) -> str:
             raise ModelNotFoundError(
                 f"model {repo_id} is not in the local cache, and HF_HUB_OFFLINE is set",
                 hint=f"unset HF_HUB_OFFLINE and run `smolvlm download {repo_id}` once, or give a "
-                "model folder you have with -m DIR",
+                "model folder you have instead of the id",
             ) from exc
         raise ModelNotFoundError(
             f"model {repo_id} is not in the local cache and the Hub cannot be reached ({_root_cause(exc)})",
@@ -117,7 +127,7 @@ def _offline() -> bool:
 def _network_hint(repo_id: str) -> str:
     return (
         f"connect and run `smolvlm download {repo_id}` once; or use a mirror "
-        "(HF_ENDPOINT=https://your-mirror); or give a model folder you have with -m DIR"
+        "(HF_ENDPOINT=https://your-mirror); or give a model folder you have instead of the id"
     )
 
 
