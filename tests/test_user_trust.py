@@ -280,6 +280,12 @@ def test_usage_errors_name_the_option_and_the_value(capsys, monkeypatch, thumb, 
     assert f"Invalid value for {reason}" in flat(err)
 
 
+def test_export_dtype_is_a_usage_error_as_for_other_commands(capsys, monkeypatch, tmp_path):
+    code, out, err = cli(capsys, monkeypatch, "export", "org/model", tmp_path / "out", "--dtype", "int9")
+    assert (code, out) == (2, "")  # was 1, while describe and download say 2
+    assert "Invalid value for '--dtype': unknown dtype 'int9'" in flat(err)
+
+
 def test_ask_verbose(capsys, monkeypatch, model_dir, thumb):
     code, _, err = cli(
         capsys, monkeypatch, "ask", thumb, "-q", "Why?", "-m", model_dir, "-n", "2", "--detail", "low", "-v"

@@ -19,6 +19,17 @@ from smolvlm_cli.errors import BackendUnavailableError, ModelNotFoundError, Smol
 DEFAULT_EXPORT_DTYPES = "fp32,int8"  # the exact variant and the runtime's default
 
 
+def _check_dtypes(value: str) -> str:
+    """A bad --dtype is a usage error (exit 2), as for the other commands."""
+    from smolvlm_cli.export.onnx_export import parse_dtypes
+
+    try:
+        parse_dtypes(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
 def register(app: typer.Typer) -> None:
     app.command(no_args_is_help=True)(export)
 
@@ -29,7 +40,8 @@ def export(
     ],
     out_dir: Annotated[Path, typer.Argument(help="Output folder: the model's config/tokenizer files and onnx/*.onnx.")],
     dtype: Annotated[
-        str, typer.Option("--dtype", help="Comma-separated variants among fp32, fp16, int8, q4.")
+        str,
+        typer.Option("--dtype", callback=_check_dtypes, help="Comma-separated variants among fp32, fp16, int8, q4."),
     ] = DEFAULT_EXPORT_DTYPES,
     check: Annotated[
         bool,
@@ -47,10 +59,7 @@ def export(
     from smolvlm_cli.export.onnx_export import export_onnx, parse_dtypes
     from smolvlm_cli.hub import is_local
 
-    try:
-        dtypes = parse_dtypes(dtype)
-    except ValueError as exc:
-        raise SmolVLMError(str(exc)) from None
+    dtypes = parse_dtypes(dtype)  # checked by _check_dtypes
     path = Path(model).expanduser()
     looks_local = model.startswith((".", "/", "~")) or path.exists() or model.count("/") != 1
     if looks_local and not is_local(model):
