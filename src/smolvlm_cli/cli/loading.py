@@ -193,7 +193,7 @@ def load_model(
     from smolvlm_cli.model import SmolVLM
 
     status = status or output.Status(quiet)
-    notice = (lambda _m: None) if quiet else (lambda m: output.log(f"Note: {m}"))
+    notice = output.notices(quiet)
     with status.show(f"Loading {model}"):
         return SmolVLM.from_pretrained(
             model,

@@ -43,7 +43,7 @@ def download(
             dtype,
             graphs,
             progress=BuildProgress(status, model, quiet),
-            notice=lambda m: output.log(f"Note: {m}"),
+            notice=output.notices(quiet),
         )
     if not quiet and chosen.graphs_dir is not None and chosen.graphs_dir != chosen.model_dir:
         output.log(f"Graphs: {chosen.graphs_dir / 'onnx'}")

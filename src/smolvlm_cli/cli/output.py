@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,11 @@ def write_json(obj: Any) -> None:
 def log(message: str) -> None:
     """A status line on stderr, plain text."""
     print(message, file=sys.stderr, flush=True)
+
+
+def notices(quiet: bool) -> Callable[[str], None]:
+    """What the library's `notice=` callbacks get: a `Note:` line on stderr, none with --quiet."""
+    return (lambda _m: None) if quiet else (lambda m: log(f"Note: {m}"))
 
 
 class Status:
