@@ -280,6 +280,21 @@ def test_usage_errors_name_the_option_and_the_value(capsys, monkeypatch, thumb, 
     assert f"Invalid value for {reason}" in flat(err)
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["describe", "-p", ""], ["describe", "-p", "   "], ["describe", " "], ["ask", "-q", "Why?", "-q", ""]],
+    ids=["empty-p", "blank-p", "blank-argument", "empty-question"],
+)
+def test_an_empty_prompt_is_a_usage_error(capsys, monkeypatch, thumb, args):
+    """An empty -p used to mean the default prompt, a blank one was sent as it was, `describe
+    img ""` read the folder "." as an image, and an empty question was asked: now, as for an
+    empty prompt piped to -p -, a usage error."""
+    command, *rest = args
+    code, out, err = cli(capsys, monkeypatch, command, thumb, *rest)
+    assert (code, out) == (2, "")
+    assert "is empty" in flat(err)
+
+
 def test_export_dtype_is_a_usage_error_as_for_other_commands(capsys, monkeypatch, tmp_path):
     code, out, err = cli(capsys, monkeypatch, "export", "org/model", tmp_path / "out", "--dtype", "int9")
     assert (code, out) == (2, "")  # was 1, while describe and download say 2

@@ -54,6 +54,8 @@ def _sampled(media: list, vlm, video: VideoChoice) -> list:
 
 def _read_questions(questions: list[str], quiet: bool) -> list[str]:
     """`-q -` stands for the questions on stdin, one per line (blank lines skipped)."""
+    if any(not q.strip() for q in questions):
+        raise typer.BadParameter("a question is empty", param_hint="'--question'")
     if "-" not in questions:
         return questions
     if questions.count("-") > 1:

@@ -30,6 +30,8 @@ def is_prompt(arg: str) -> bool:
     """Whether the last positional argument is the prompt (see PROMPT_RULE)."""
     from smolvlm_cli.image_loading import is_url
 
+    if not arg.strip():
+        return True  # an empty prompt (refused by split_images_and_prompt), not the folder "."
     if arg == STDIN or is_url(arg) or Path(arg).exists():
         return False
     name = Path(arg).name
@@ -40,6 +42,11 @@ def split_images_and_prompt(args: list[str], prompt: str | None) -> tuple[list[s
     images = list(args)
     if prompt is None and len(images) > 1 and is_prompt(images[-1]):
         prompt = images.pop()
+    if prompt is not None and not prompt.strip():
+        raise typer.BadParameter(
+            "the prompt is empty: give some text, or leave it out for the default prompt",
+            param_hint="'PROMPT' / '--prompt'",
+        )
     return images, prompt
 
 
