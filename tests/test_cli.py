@@ -357,3 +357,16 @@ def test_download_and_models_use_the_hub_cache(model_dir, tmp_path):
     assert out(fetched).strip() == str(snapshot)
     missing = run("download", "someone/other-model", env=env)
     assert missing.returncode == 1 and "not in the local cache" in err(missing)
+
+
+def test_models_lists_local_folders_of_the_same_name_apart(tmp_path):
+    """Graphs built from two folders both called `tiny` were one row with no path."""
+    graphs = tmp_path / "cache" / "graphs"
+    for key, folder in (("a1", "/data/one/tiny"), ("b2", "/data/two/tiny")):
+        (graphs / "tiny" / key).mkdir(parents=True)
+        (graphs / "tiny" / key / "source.json").write_text(json.dumps({"model": "tiny", "source": folder}))
+    result = invoke_cli("models", "--json", env={"SMOLVLM_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr
+    rows = [row for row in json.loads(result.stdout) if row["model"] == "tiny"]
+    assert sorted(row["path"] for row in rows) == ["/data/one/tiny", "/data/two/tiny"]
+    assert all(len(row["built"]) == 1 for row in rows)

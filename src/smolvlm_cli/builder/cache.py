@@ -194,13 +194,14 @@ def _write_source(entry: Path, model_dir: Path, label: str) -> None:
         return
     except (OSError, ValueError):
         pass
-    info = {"model": label, "source": str(model_dir), "builder": BUILDER_VERSION, "onnxruntime": ort.__version__}
+    source = str(model_dir.resolve())  # absolute: `models` shows where a local model is
+    info = {"model": label, "source": source, "builder": BUILDER_VERSION, "onnxruntime": ort.__version__}
     atomic_write(path, (json.dumps(info, indent=2) + "\n").encode())
 
 
 def built_entries() -> list[dict]:
-    """Every cache entry: {"model", "path", "graphs": {file: bytes}, "bytes"} (sizes with the
-    session cache beside the graphs)."""
+    """Every cache entry: {"model", "source" (the folder it was built from), "path", "graphs":
+    {file: bytes}, "bytes"} (sizes with the session cache beside the graphs)."""
     rows = []
     root = graphs_root()
     if not root.is_dir():
@@ -208,14 +209,15 @@ def built_entries() -> list[dict]:
     for source in sorted(root.glob("*/*/source.json")):
         entry = source.parent
         try:
-            model = json.loads(source.read_text(encoding="utf-8")).get("model", entry.parent.name)
+            info = json.loads(source.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            model = entry.parent.name
+            info = {}
+        model, origin = info.get("model", entry.parent.name), info.get("source")
         graphs = {
             g.name: sum(p.stat().st_size for p in _graph_files(g))
             for g in sorted((entry / "onnx").glob("*.onnx"))
             if graph_state(g) == "ok"
         }
         total = sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
-        rows.append({"model": model, "path": str(entry), "graphs": graphs, "bytes": total})
+        rows.append({"model": model, "source": origin, "path": str(entry), "graphs": graphs, "bytes": total})
     return rows

@@ -105,11 +105,14 @@ def list_models(json_out: JsonOpt = False) -> None:
     by_model = {row["model"]: row for row in rows}
     for entry in built_entries():
         row = by_model.get(entry["model"])
-        if row is None:  # built from a local folder
-            row = by_model[entry["model"]] = {
+        if row is None:  # built from a local folder: one row per folder (two may share a name)
+            key = (entry["model"], entry.get("source"))
+            row = by_model.get(key)
+        if row is None:
+            row = by_model[key] = {
                 "model": entry["model"],
                 "revision": None,
-                "path": None,
+                "path": entry.get("source"),
                 "size_bytes": 0,
                 "weights_bytes": 0,
                 "onnx": {},
