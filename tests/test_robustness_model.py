@@ -164,6 +164,14 @@ def test_a_folder_that_is_not_a_model_and_an_empty_name(image, tmp_path):
     assert_clean_error(invoke_cli("describe", image, "-m", ""), reason="the model name is empty")
 
 
+def test_a_graph_cache_that_cannot_be_a_folder_names_the_setting(model_dir, image, tmp_path):
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("x")
+    result = invoke_cli("describe", image, "-m", model_dir, "--graphs", "build", env={"SMOLVLM_CACHE": str(in_the_way)})
+    assert_clean_error(result, names=[in_the_way], reason="cannot use the graph cache")
+    assert "SMOLVLM_CACHE" in stderr_of(result)
+
+
 def test_chat_template_that_reads_files_fails_cleanly(model_dir, image, tmp_path):
     """A template cannot include files (no loader in the sandbox); it fails as one error line."""
     broken = clone(model_dir, tmp_path / "m")

@@ -32,6 +32,7 @@ import onnxruntime as ort
 from smolvlm_cli.batch.files import atomic_write
 from smolvlm_cli.builder.layout import BUILDER_VERSION, Progress, data_files, graph_file
 from smolvlm_cli.builder.weights import weight_files
+from smolvlm_cli.errors import SmolVLMError
 
 CACHE_ENV = "SMOLVLM_CACHE"
 MANIFEST_SUFFIX = ".built"
@@ -148,7 +149,13 @@ def ensure_graphs(
     wanted = sorted(dtypes.items())
     if all(graph_state(onnx_dir / graph_file(c, d)) == "ok" for c, d in wanted):
         return entry
-    onnx_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        onnx_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission, a read-only disk
+        raise SmolVLMError(
+            f"cannot use the graph cache {cache_root()}: {exc.strerror or exc}",
+            hint=f"set {CACHE_ENV} to a folder you can write (or --graphs hub to run a repo's own graphs)",
+        ) from exc
     with FileLock(str(entry / ".lock")):
         for stale in entry.glob(".build-*"):  # a killed build's scratch: nobody else builds now
             shutil.rmtree(stale, ignore_errors=True)
