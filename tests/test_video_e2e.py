@@ -289,8 +289,11 @@ def test_video_options_need_a_video_and_sane_values(model_dir, clip, tmp_path):
     assert invoke_cli("describe", clip, "--fps", "0", "-m", model_dir).returncode == 2
     assert invoke_cli("describe", clip, "--start", "2", "--end", "1", "-m", model_dir).returncode == 2
     assert_clean_error(
-        invoke_cli("describe", clip, "--start", "9", "-m", model_dir), names=[clip], reason="past the end"
+        invoke_cli("describe", clip, "--start", "9", "-m", model_dir), names=[clip], reason="past the last frame"
     )
+    # inside the 3 s, after the last frame (2.96 s): the message says where that frame is
+    line = assert_clean_error(invoke_cli("describe", clip, "--start", "2.99", "-m", model_dir), names=[clip])
+    assert "past the last frame" in line and "at 2.96 s" in line and "3.00 s long" in line
 
 
 def test_a_video_too_long_for_the_context_is_refused_with_advice(model_dir, tmp_path):

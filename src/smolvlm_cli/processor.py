@@ -154,8 +154,9 @@ class Processor:
 
     def open_video(self, source: Any, **sampling) -> Any:
         """A video path as a `SampledVideo` (probed and sampled: `fps`, `max_frames`, `start`,
-        `end`; the model's sampling by default); a `SampledVideo` as it is."""
-        unknown = sorted(set(sampling) - {"fps", "max_frames", "start", "end"})
+        `end`; the model's sampling by default; `label` and `probed` as `open_video` takes
+        them); a `SampledVideo` as it is."""
+        unknown = sorted(set(sampling) - {"fps", "max_frames", "start", "end", "label", "probed"})
         if unknown:
             raise ValueError(f"unknown video option(s) {', '.join(unknown)} (choose from fps, max_frames, start, end)")
         if not isinstance(source, (str, os.PathLike)):

@@ -157,7 +157,11 @@ def _segment(info: VideoInfo, start: float | None, end: float | None, label: str
     first = 0 if start is None else math.ceil(start * info.fps - 1e-6)
     stop = info.total_frames if end is None else min(info.total_frames, math.ceil(end * info.fps - 1e-6))
     if first >= info.total_frames:
-        raise VideoError(f"--start {start:g} s is past the end of video {label} ({info.duration:.2f} s long)")
+        last = (info.total_frames - 1) / info.fps
+        raise VideoError(
+            f"--start {start:g} s is past the last frame of video {label} (at {last:.2f} s; the clip is "
+            f"{info.duration:.2f} s long)"
+        )
     if stop <= first:
         raise VideoError(f"the segment of video {label} from {start or 0:g} s to {end:g} s holds no frame")
     return VideoInfo(
