@@ -195,7 +195,12 @@ def test_ask_cli_prints_answers_in_order_and_jsonl(tiny_onnx_dir, image):
     records = [json.loads(line) for line in as_json.stdout.decode().splitlines()]
     assert [r["question"] for r in records] == questions
     assert [r["text"] for r in records] == expected
-    assert records[0]["vision_s"] > 0 and records[1]["vision_s"] == 0  # encoded once
+    assert records[0]["timings"]["vision_s"] > 0 and records[1]["timings"]["vision_s"] == 0  # encoded once
+    # the fields of describe --json, beside the question
+    described = invoke_cli("describe", str(image), questions[0], "-m", str(model_dir), "-n", "8", "--json")
+    described = json.loads(described.stdout)
+    assert set(records[0]) - {"question"} == set(described) - {"prompt", "images"}
+    assert set(records[0]["timings"]) == set(described["timings"]) - {"startup_s", "load_s"}
 
 
 # -- too long an edge: the vocabulary has <row_r_col_c> markers up to 6x6 ---------------------------

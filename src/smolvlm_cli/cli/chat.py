@@ -146,19 +146,14 @@ def ask(
     for number, (question, stream) in enumerate(zip(questions, streams)):
         if json_out:
             text = "".join(_thinking(status, stream, not number))
-            s = stream.stats
             output.write_json(
                 {
                     "question": question,
                     "text": text,
-                    "prompt_tokens": s.prompt_tokens,
-                    "generated_tokens": s.generated_tokens,
-                    "image_tiles": s.image_tiles,
-                    **({"video_frames": s.video_frames} if s.video_frames else {}),
-                    "vision_s": round(s.vision_s, 4),
-                    "prefill_s": round(s.prefill_s, 4),
-                    "ttft_s": round(s.ttft_s, 4),
-                    "decode_s": round(s.decode_s, 4),
+                    "model": model.model,
+                    "backend": vlm.backend.name,
+                    "dtype": vlm.backend.dtype,
+                    **output.reply_fields(stream.stats),  # as describe --json has them
                 }
             )
         elif labeled:

@@ -207,18 +207,7 @@ def describe(
                 **({"system": system} if system else {}),
                 "images": [_label(s) for s in sources if not is_video_path(s)],
                 **({"videos": [v.as_dict() for v in prepared.videos]} if prepared.videos else {}),
-                "prompt_tokens": stats.prompt_tokens,
-                "generated_tokens": stats.generated_tokens,
-                "image_tiles": stats.image_tiles,
-                "image_tokens": stats.image_tokens,
-                **({"video_frames": stats.video_frames} if prepared.videos else {}),
-                "stop_reason": stats.stop_reason,
-                "timings": {
-                    "startup_s": round(startup_s, 4),
-                    "load_s": round(load_s, 4),
-                    **{k: round(v, 4) for k, v in stats.as_dict().items() if k.endswith("_s")},
-                    "decode_tokens_per_s": round(stats.decode_tokens_per_s, 2),
-                },
+                **output.reply_fields(stats, startup_s=startup_s, load_s=load_s),
             }
         )
     else:

@@ -39,6 +39,24 @@ def write_json(obj: Any) -> None:
     write(jsontext.dumps(obj) + "\n")
 
 
+def reply_fields(stats: Any, **timings: float) -> dict[str, Any]:
+    """One reply's counts, stop reason and timings (`GenerationStats`), as every `--json` prints
+    them; `timings` are the command's own (start-up, load) put first."""
+    return {
+        "prompt_tokens": stats.prompt_tokens,
+        "generated_tokens": stats.generated_tokens,
+        "image_tiles": stats.image_tiles,
+        "image_tokens": stats.image_tokens,
+        **({"video_frames": stats.video_frames} if stats.video_frames else {}),
+        "stop_reason": stats.stop_reason,
+        "timings": {
+            **{name: round(value, 4) for name, value in timings.items()},
+            **{k: round(v, 4) for k, v in stats.as_dict().items() if k.endswith("_s")},
+            "decode_tokens_per_s": round(stats.decode_tokens_per_s, 2),
+        },
+    }
+
+
 def log(message: str) -> None:
     """A status line on stderr, plain text."""
     print(message, file=sys.stderr, flush=True)
