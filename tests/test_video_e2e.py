@@ -104,6 +104,8 @@ def test_a_video_said_to_be_one_is_one_whatever_its_name(vlm, clip, tmp_path):
         vlm.generate_batch([str(clip)])
     with pytest.raises(TypeError, match="images are paths"):
         vlm.generate(None, "What happens?")
+    with pytest.raises(TypeError, match="a video is a file path"):
+        vlm.generate(videos=[clip.read_bytes()], prompt="What happens?")
 
 
 def test_still_frames_are_encoded_once(vlm, tmp_path):

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from smolvlm_cli.batch.files import atomic_write
 from smolvlm_cli import jsontext
+from smolvlm_cli.batch.files import atomic_write
 from smolvlm_cli.options import GenerationOptions, Tiling
 from smolvlm_cli.processor import Processor, image_list
 from smolvlm_cli.prompt import build_messages, system_messages

@@ -160,7 +160,9 @@ class Processor:
         if unknown:
             raise ValueError(f"unknown video option(s) {', '.join(unknown)} (choose from fps, max_frames, start, end)")
         if not isinstance(source, (str, os.PathLike)):
-            return source
+            if is_video(source):
+                return source
+            raise TypeError(f"a video is a file path or a SampledVideo, not {type(source).__name__}")
         from smolvlm_cli.video.clip import open_video
 
         return open_video(source, self.config, **sampling)

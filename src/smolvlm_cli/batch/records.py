@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
-from smolvlm_cli.batch.discover import ImageItem
 from smolvlm_cli import jsontext
+from smolvlm_cli.batch.discover import ImageItem
 
 FIELDS = (
     "path",
