@@ -210,6 +210,8 @@ BAD_REQUESTS = {
     "missing_messages": ({"model": NAME}, 400, "missing_required_parameter"),
     "messages_not_a_list": ({"messages": "hi"}, 400, "invalid_type"),
     "bad_role": ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "invalid_value"),
+    "role_a_list": ({"messages": [{"role": ["user"], "content": "hi"}]}, 400, "invalid_value"),  # was a 500
+    "tool_choice_without_tools": ({"messages": user("hi"), "tool_choice": "required"}, 400, "unsupported_value"),
     "content_wrong_type": ({"messages": [{"role": "user", "content": 5}]}, 400, "invalid_type"),
     "max_tokens_wrong_type": ({"messages": user("hi"), "max_tokens": "ten"}, 400, "invalid_type"),
     "temperature_out_of_range": ({"messages": user("hi"), "temperature": 5}, 400, "invalid_value"),
@@ -227,6 +229,11 @@ BAD_REQUESTS = {
     "too_many_images": (lambda: {"messages": user("hi", *[data_uri(noise_png())] * 4)}, 400, "too_many_images"),
     "prompt_over_the_context": ({"messages": user("word " * 9000)}, 400, "context_length_exceeded"),
     "max_tokens_over_the_context": ({"messages": user("hi"), "max_tokens": 100_000}, 400, "context_length_exceeded"),
+    "max_completion_tokens_over_the_context": (
+        {"messages": user("hi"), "max_completion_tokens": 100_000},
+        400,
+        "context_length_exceeded",
+    ),
     "unknown_model": ({"model": "gpt-9", "messages": user("hi")}, 404, "model_not_found"),
     "remote_url_not_allowed": ({"messages": user("hi", "https://example.com/cat.jpg")}, 403, "remote_images_disabled"),
     "local_path_outside_root": ("outside", 403, "outside_allowed_root"),
@@ -278,6 +285,8 @@ def test_bad_request_corpus(case, http, files):
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["code"] == code and error["message"]
+    if case.startswith("max_completion_tokens"):  # the field the client sent, not its alias
+        assert error["param"] == "max_completion_tokens" and "max_completion_tokens" in error["message"]
     assert http.get("/health").json()["status"] == "ok"
 
 
@@ -311,6 +320,29 @@ def test_image_detail_sets_the_tiling(client, vlm, files):
     assert reply.choices[0].message.content == vlm.generate(
         [files["photo"]], "What is it?", max_new_tokens=6, tiling="low"
     )
+
+
+def test_a_405_says_allow_and_an_internal_error_is_logged_with_cors(http, server, monkeypatch, caplog):
+    """A 405 carried no Allow header; a 500 was answered outside the middleware: no CORS header
+    (a browser page could not read it), and its log line had no status."""
+    wrong = http.get("/v1/chat/completions")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert "GET" in http.post("/v1/models", headers={"Authorization": f"Bearer {KEY}"}).headers["allow"]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(server.app.state.server, "check_model", broken)
+    with caplog.at_level("INFO", logger="smolvlm.server"):
+        failed = http.post(
+            "/v1/chat/completions",
+            json={"messages": user("hi")},
+            headers={"Authorization": f"Bearer {KEY}", "Origin": ORIGIN},
+        )
+    assert failed.status_code == 500 and failed.json()["error"]["code"] == "internal_error"
+    assert failed.headers["access-control-allow-origin"] == ORIGIN
+    lines = [r.getMessage() for r in caplog.records if "POST /v1/chat/completions" in r.getMessage()]
+    assert lines and " 500 " in lines[-1] and "internal_error" in lines[-1]
 
 
 def test_cors_for_the_allowed_origin_only(http):

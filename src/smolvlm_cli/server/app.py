@@ -83,6 +83,34 @@ class RequestLog:
             )
 
 
+class InternalErrors:
+    """ASGI middleware, innermost: an unexpected error becomes the 500 JSON answer here, so the
+    request log sees its status and CORS adds its headers (Starlette's own handler answers
+    outside every middleware). An error after the answer began is left to the server."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = [False]
+
+        async def tracked_send(message):
+            started[0] = started[0] or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except Exception as exc:  # noqa: BLE001 - any failure is the client's 500, one log line
+            if started[0]:
+                raise
+            log.exception("unexpected error on %s", scope["path"])
+            message = f"internal error: {error_message(exc)}"
+            scope.setdefault("state", {})["log_note"] = f"internal_error: {message}"
+            await error_response(ApiError(500, message, code="internal_error"))(scope, receive, send)
+
+
 class ScratchFolder:
     """A request's temporary files (videos sent as bytes: PyAV reads files), made on first use."""
 
@@ -188,9 +216,9 @@ class ChatServer:
         if req.max_tokens is not None and req.max_tokens > room:
             raise ApiError(
                 400,
-                f"{prompt_tokens} prompt tokens + max_tokens {req.max_tokens} exceed this "
+                f"{prompt_tokens} prompt tokens + {req.max_tokens_param} {req.max_tokens} exceed this "
                 f"server's context of {self.context} tokens",
-                param="max_tokens",
+                param=req.max_tokens_param,
                 code="context_length_exceeded",
             )
         wanted = req.max_tokens or min(self.defaults.max_new_tokens, room)
@@ -290,8 +318,9 @@ def create_app(vlm: Any, settings: ServerSettings, defaults: GenerationOptions |
         return error_response(exc, headers)
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        return error_response(
-            ApiError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+        return error_response(  # with the exception's headers: a 405's Allow
+            ApiError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None),
+            getattr(exc, "headers", None),
         )
 
     async def unexpected(request: Request, exc: Exception) -> Response:
@@ -326,6 +355,7 @@ def create_app(vlm: Any, settings: ServerSettings, defaults: GenerationOptions |
                 allow_headers=["*"],
             )
         )
+    middleware.append(Middleware(InternalErrors))  # innermost: its 500 is logged and has CORS
     app = Starlette(
         routes=routes,
         middleware=middleware,

@@ -74,6 +74,7 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     max_tokens: int | None = None
+    max_tokens_param: str = "max_tokens"  # the field it came from (errors name what was sent)
     sampling: dict[str, Any] = field(default_factory=dict)  # GenerationOptions fields given
     stop: list[str] = field(default_factory=list)
     detail: str | None = None  # the image parts' `detail` (one level per request), None: not given
@@ -187,7 +188,7 @@ def _messages(body: dict) -> tuple[list[dict[str, Any]], list[ImageRef]]:
         if not isinstance(message, dict):
             raise _bad(f"'{where}' must be an object with 'role' and 'content'", where, "invalid_type")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list or an object is no dict key
             raise _bad(
                 f"'{where}.role' must be one of {', '.join(ROLES)}, not {json.dumps(role)[:40]}", f"{where}.role"
             )
@@ -227,6 +228,9 @@ def _unsupported(body: dict) -> None:
     for name in ("tools", "functions"):
         if body.get(name):
             raise _bad(f"'{name}' (tool calls) are not supported", name, "unsupported_value")
+    for name in ("tool_choice", "function_call"):  # a client that needs a tool call must not get text
+        if body.get(name) not in (None, "none"):
+            raise _bad(f"'{name}' (tool calls) is not supported", name, "unsupported_value")
     for name in ("frequency_penalty", "presence_penalty"):
         if _number(body, name, -2.0, 2.0) not in (None, 0.0):
             raise _bad(f"'{name}' is not supported (repetition_penalty is)", name, "unsupported_value")
@@ -257,9 +261,9 @@ def parse_chat_request(body: dict[str, Any], max_images: int) -> ChatRequest:
     details = {ref.detail for ref in images if ref.detail is not None}
     if len(details) > 1:
         raise _bad("the images of one request take one detail level (low, auto or high)", "messages")
-    max_tokens = _int(body, "max_completion_tokens", 1)
+    max_tokens, max_tokens_param = _int(body, "max_completion_tokens", 1), "max_completion_tokens"
     if max_tokens is None:
-        max_tokens = _int(body, "max_tokens", 1)
+        max_tokens, max_tokens_param = _int(body, "max_tokens", 1), "max_tokens"
     sampling = {
         "temperature": _number(body, "temperature", 0.0, 2.0),
         "top_p": _number(body, "top_p", 0.0, 1.0, low_open=True),
@@ -277,6 +281,7 @@ def parse_chat_request(body: dict[str, Any], max_images: int) -> ChatRequest:
         stream=stream,
         include_usage=bool(options.get("include_usage", False)) and stream,
         max_tokens=max_tokens,
+        max_tokens_param=max_tokens_param,
         sampling={k: v for k, v in sampling.items() if v is not None},
         stop=_stop(body),
         detail=details.pop() if details else None,
