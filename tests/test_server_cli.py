@@ -61,7 +61,10 @@ def test_a_real_serve_process_answers_logs_and_stops_on_ctrl_c(model_dir):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "smolvlm_cli", "serve", "-m", str(model_dir), "--dtype", "fp32", "--port", str(port)],
+        [
+            *(sys.executable, "-m", "smolvlm_cli", "serve", "-m", str(model_dir), "--dtype", "fp32"),
+            *("--port", str(port), "--served-name", "smolvlm-tiny"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -75,8 +78,12 @@ def test_a_real_serve_process_answers_logs_and_stops_on_ctrl_c(model_dir):
             except OSError:
                 assert time.monotonic() < deadline and process.poll() is None
                 time.sleep(0.2)
-        reply = _post(f"{url}/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4})
+        body = {"model": "smolvlm-tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+        reply = _post(f"{url}/v1/chat/completions", body)
         assert reply["object"] == "chat.completion" and reply["usage"]["completion_tokens"] >= 1
+        assert reply["model"] == "smolvlm-tiny"  # --served-name: the folder's path is not shown
+        with urllib.request.urlopen(f"{url}/v1/models", timeout=10) as listed:
+            assert [m["id"] for m in json.load(listed)["data"]] == ["smolvlm-tiny"]
     finally:
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=30)

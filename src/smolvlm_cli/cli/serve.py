@@ -97,6 +97,16 @@ def serve(
             "/health stays public.",
         ),
     ] = None,
+    served_name: Annotated[
+        Optional[str],
+        typer.Option(
+            "--served-name",
+            metavar="NAME",
+            rich_help_panel=_NET,
+            show_default=False,
+            help="The model name clients use and see (default: the -m value; a folder's path stays private).",
+        ),
+    ] = None,
     cors: Annotated[
         Optional[list[str]],
         typer.Option(
@@ -196,7 +206,7 @@ def serve(
             param_hint="'--backend'",
         )
     settings = ServerSettings(
-        model_id=model.model,
+        model_id=served_name or model.model,
         api_keys=tuple(api_key or ()),
         max_batch=max_batch,
         max_queue=max_queue,
