@@ -335,6 +335,23 @@ def test_inference_error_fails_only_its_image(photos):
     assert all("inference blew up" in r["error"] for r in errors)
 
 
+def test_inputs_that_do_not_fit_never_stop_the_run(photos):
+    """Three images whose own prompt cannot run (here: too long for the context) at the start
+    of a run were taken for a broken model, and the run stopped before the images that fit."""
+    from smolvlm_cli.errors import InputError
+
+    class TooLong(FakeVLM):
+        def _answer(self, prepared):
+            if prepared.prompt in ("img00", "img01", "img02"):
+                raise InputError(f"the prompt {prepared.prompt} needs more than the context")
+            return super()._answer(prepared)
+
+    summary, _, _ = run(BatchConfig(["photos"], prompt="{stem}", fmt="jsonl", output="o.jsonl"), TooLong())
+    assert (summary.done, summary.failed) == (1, 5)  # photos/img03.png done; sub/img00, img01 too long
+    errors = [r["error"] for r in read_jsonl(Path("o.jsonl")) if r["error"]]
+    assert len(errors) == 5 and all("needs more than the context" in e for e in errors)
+
+
 def test_broken_model_stops_the_run(photos):
     with pytest.raises(RuntimeError, match="blew up"):
         run(BatchConfig(["photos"], fmt="jsonl", output="o.jsonl"), FakeVLM(broken=True))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smolvlm_cli.batch.records import ImageRecord, Job
-from smolvlm_cli.errors import error_message
+from smolvlm_cli.errors import SmolVLMError, error_message
 from smolvlm_cli.options import Tiling
 
 FAILURES_BEFORE_GIVING_UP = 3
@@ -234,10 +234,13 @@ class LocalEngine:
             emit(job, self._success(job, text, stats, prep_s + share))
 
     def _failure(self, job: Job, exc: Exception, seconds: float) -> ImageRecord:
-        """The failed record of one image; raises instead when the model itself looks broken."""
-        self._failures_in_a_row += 1
-        if self._successes == 0 and self._failures_in_a_row >= FAILURES_BEFORE_GIVING_UP:
-            raise exc
+        """The failed record of one image; raises instead when the model itself looks broken.
+        An input's own error (a file that cannot be read, a prompt too long for the context)
+        says nothing about the model: however many come first, the run goes on."""
+        if not isinstance(exc, SmolVLMError):
+            self._failures_in_a_row += 1
+            if self._successes == 0 and self._failures_in_a_row >= FAILURES_BEFORE_GIVING_UP:
+                raise exc
         return ImageRecord.failure(
             job.item.path, error_message(exc), model=self.model_name, prompt=job.prompt, seconds=seconds
         )
