@@ -298,6 +298,36 @@ def test_a_folder_named_like_a_caption_is_a_failure_not_a_caption(photos):
     assert (fixed.done, fixed.skipped_done) == (1, 5) and (photos / "img02.txt").is_file()
 
 
+@pytest.mark.parametrize("change", ["deleted", "added"])
+def test_a_caption_stays_with_its_image_when_stems_collide(tmp_path, monkeypatch, change):
+    """`photo.jpg` and `photo.png` share a stem: the first in order gets `photo.txt`. Names used
+    to follow that order alone, so deleting photo.jpg handed its photo.txt to photo.png (counted
+    done, never captioned), and adding photo.bmp (sorted first) took the jpg's caption."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "t"
+    folder.mkdir()
+    for name, colour in (("photo.jpg", (200, 0, 0)), ("photo.png", (0, 200, 0))):
+        Image.new("RGB", (20, 16), colour).save(folder / name)
+    run(BatchConfig(["t"]))
+    jpg_caption = (folder / "photo.txt").read_text()
+    assert "rgb[2" in jpg_caption or "rgb[19" in jpg_caption  # the red one's
+    if change == "deleted":
+        (folder / "photo.jpg").unlink()
+        summary, _, _ = run(BatchConfig(["t"]))
+        assert (summary.done, summary.skipped_done) == (0, 1)  # photo.png keeps photo.png.txt
+        assert (folder / "photo.png.txt").read_text() != jpg_caption
+        with pytest.raises(SmolVLMError, match="another prompt"):  # its caption is known: checked
+            run(BatchConfig(["t"], prompt="Another question?"))
+    else:
+        Image.new("RGB", (20, 16), (0, 0, 200)).save(folder / "photo.bmp")
+        summary, _, _ = run(BatchConfig(["t"], extensions=(".jpg", ".png", ".bmp")))
+        assert (summary.done, summary.skipped_done) == (1, 2)  # only the new one is captioned
+        assert (folder / "photo.txt").read_text() == jpg_caption  # still the jpg's
+        assert "rgb[0, 0, 2" in (folder / "photo.bmp.txt").read_text()
+    ledger = [json.loads(line) for line in (folder / LEDGER_NAME).read_text().splitlines()]
+    assert {e["image"]: e["output"] for e in ledger}["photo.png"] == "photo.png.txt"
+
+
 def test_existing_sidecar_is_never_clobbered(photos):
     (photos / "img00.txt").write_text("my own caption\n")
     summary, _, _ = run(BatchConfig(["photos"]))

@@ -13,6 +13,7 @@ writers write with `os.write`), and the test says which it used
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -108,6 +109,11 @@ def signal_after_first_result(proc: subprocess.Popen, count, signals) -> tuple[i
         if n:
             time.sleep(0.05)
         proc.send_signal(sig)
+    if len(signals) > 1:  # a user who keeps pressing Ctrl-C: one every 3 ms until the exit
+        while proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signals[-1])
+            time.sleep(0.003)
     _, err = proc.communicate(timeout=60)
     return proc.returncode, err.decode("utf-8", "backslashreplace")
 

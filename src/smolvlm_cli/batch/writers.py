@@ -68,6 +68,7 @@ class SidecarWriter:
 
     def open(self, items: Sequence[ImageItem]) -> None:
         taken: dict[str, ImageItem] = {os.path.normcase(item.abspath).casefold(): item for item in items}
+        candidates: dict[ImageItem, list[Path]] = {}
         for item in items:
             try:
                 base = self._base(item)
@@ -75,17 +76,40 @@ class SidecarWriter:
                 self.problems[item] = exc.message
                 continue
             stem = os.path.splitext(base.name)[0] or base.name
-            for candidate in (base.with_name(stem + SIDECAR_SUFFIX), base.with_name(base.name + SIDECAR_SUFFIX)):
-                key = os.path.normcase(os.path.abspath(candidate)).casefold()
-                if key not in taken and len(os.fsencode(candidate.name)) <= MAX_NAME_BYTES:
-                    taken[key] = item
-                    break
+            candidates[item] = [base.with_name(stem + SIDECAR_SUFFIX), base.with_name(base.name + SIDECAR_SUFFIX)]
+        # Names follow the order of the images, so adding `photo.bmp` beside `photo.jpg`, or
+        # deleting `photo.jpg` beside `photo.png`, would hand one image's `photo.txt` to another
+        # (counted done, its prompt unchecked). The ledger's word comes first: an image keeps the
+        # name it was captioned under, and a caption the ledger gives another image is not taken.
+        captions: dict[Path, dict[str, str]] = {}  # folder -> {caption file on disk: its image}
+        for paths in candidates.values():
+            folder = paths[0].parent
+            if folder not in captions:
+                entries = self._ledger_at(folder).entries.items()
+                on_disk = {e.get("output"): image for image, e in entries if e.get("output")}
+                captions[folder] = {name: image for name, image in on_disk.items() if (folder / name).exists()}
+        chosen: dict[ImageItem, Path] = {}
+        for item, paths in candidates.items():
+            kept = next((p for p in paths if captions[p.parent].get(p.name) == item.name), None)
+            if kept is not None and self._claim(kept, item, taken):
+                chosen[item] = kept
+        for item, paths in candidates.items():
+            if item in chosen:
+                continue
+            free = (
+                p
+                for p in paths
+                if captions[p.parent].get(p.name, item.name) == item.name and len(os.fsencode(p.name)) <= MAX_NAME_BYTES
+            )
+            name = next((p for p in free if self._claim(p, item, taken)), None)
+            if name is not None:
+                chosen[item] = name
             else:
                 self.problems[item] = (
-                    f"no name for its caption file: {candidate.name} would be "
-                    "too long or overwrite another file of the run"
+                    f"no name for its caption file: {paths[-1].name} would be too long, overwrite "
+                    "another file of the run, or take another image's caption"
                 )
-                continue
+        for item, candidate in chosen.items():
             # A folder (or a FIFO, a device) named like the caption is no caption: counting it as
             # one would skip the image for ever, and no caption could be written there.
             if candidate.exists() and not candidate.is_file():
@@ -96,13 +120,24 @@ class SidecarWriter:
         if swept:
             self.notices.append(f"removed {swept} temp file(s) left by an interrupted run")
 
-    def _ledger(self, item: ImageItem) -> Ledger:
-        folder = self.sidecars[item].parent
+    @staticmethod
+    def _claim(path: Path, item: ImageItem, taken: dict[str, ImageItem]) -> bool:
+        """Take `path` for `item` unless another file of the run (an image, a caption) has it."""
+        key = os.path.normcase(os.path.abspath(path)).casefold()
+        if key in taken:
+            return False
+        taken[key] = item
+        return True
+
+    def _ledger_at(self, folder: Path) -> Ledger:
         if folder not in self._ledgers:
             ledger = self._ledgers[folder] = Ledger(folder).load()
             if ledger.repaired:
                 self.notices.append(f"repaired a torn last line in {ledger.path}")
         return self._ledgers[folder]
+
+    def _ledger(self, item: ImageItem) -> Ledger:
+        return self._ledger_at(self.sidecars[item].parent)
 
     def problem(self, item: ImageItem) -> str | None:
         return self.problems.get(item)

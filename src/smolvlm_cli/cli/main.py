@@ -17,8 +17,8 @@ from typing import Annotated, Optional
 import typer
 
 from smolvlm_cli import __version__
-from smolvlm_cli.cli import chat, describe, models
-from smolvlm_cli.cli import batch, export, serve
+from smolvlm_cli.cli import batch, chat, describe, export, models, serve
+from smolvlm_cli.cli.exiting import leave_on_next_signal
 from smolvlm_cli.cli.help import Group
 from smolvlm_cli.errors import SmolVLMError
 
@@ -84,6 +84,14 @@ def _os_error(exc: OSError) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     """Typer handles usage errors (exit 2) and Ctrl-C (exit 130); known errors become one line."""
+    try:
+        _main(argv)
+    except KeyboardInterrupt:  # a Ctrl-C while an exit was being reported (users press it twice)
+        leave_on_next_signal()
+        sys.exit(130)
+
+
+def _main(argv: list[str] | None) -> None:
     debug = os.environ.get("SMOLVLM_DEBUG", "") not in ("", "0")
     if not debug:
         # Pillow's notes on images it still decodes ("Corrupt EXIF data", ...) would print its
@@ -94,12 +102,17 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("PIL").addHandler(logging.NullHandler())
     try:
         app(args=argv, prog_name="smolvlm")
+    except SystemExit as exc:
+        if exc.code in (130, 143):  # after Ctrl-C / SIGTERM (typer's or a batch run's stop)
+            leave_on_next_signal()
+        raise
     except SmolVLMError as exc:
         if debug:
             raise
         _error(exc.message, exc.hint)
         sys.exit(1)
     except KeyboardInterrupt:
+        leave_on_next_signal()
         sys.exit(130)
     except OSError as exc:
         if debug:

@@ -1,0 +1,30 @@
+"""Leaving after a signal: the exit code is decided, so a further Ctrl-C ends the process at once.
+
+Without this, the interpreter's exit joins the worker threads, and a second Ctrl-C there (users
+press it twice) printed a KeyboardInterrupt traceback from `threading` and killed the process by
+SIGINT instead of exiting 130.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+
+def leave_on_next_signal() -> None:
+    """From now on SIGINT / SIGTERM end the process at once, with 128 + the signal's number."""
+
+    def leave(signum, _frame) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):  # closed, or a broken pipe
+                pass
+        os._exit(128 + signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(signum, leave)
+        except ValueError:  # not the main thread (a library caller): nothing to do
+            return
