@@ -547,3 +547,15 @@ def test_path_list_bytes_are_file_names():
     names = read_path_list(Stdin(b"caf\xe9.jpg\r\nb c.png\n\n"))
     assert names == [os.fsdecode(b"caf\xe9.jpg"), "b c.png"]
     assert read_path_list(Stdin(b"a\nb.jpg\0c.jpg\0"), null=True) == ["a\nb.jpg", "c.jpg"]
+
+
+def test_a_prompt_given_is_every_files_even_the_default_one():
+    """Without -p a video gets the video prompt; `-p 'Describe this image in detail.'` given on
+    purpose used to be taken for no prompt, and videos still got the video one."""
+    from smolvlm_cli.batch.runner import BatchConfig, item_prompt
+    from smolvlm_cli.options import DEFAULT_PROMPT, DEFAULT_VIDEO_PROMPT
+
+    assert item_prompt(BatchConfig(["x"]), "a/clip.mp4") == DEFAULT_VIDEO_PROMPT
+    assert item_prompt(BatchConfig(["x"]), "a/photo.jpg") == DEFAULT_PROMPT
+    assert item_prompt(BatchConfig(["x"], prompt=DEFAULT_PROMPT), "a/clip.mp4") == DEFAULT_PROMPT
+    assert item_prompt(BatchConfig(["x"], prompt="What is {stem}?"), "a/clip.mp4") == "What is clip?"

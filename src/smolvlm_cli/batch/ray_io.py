@@ -33,8 +33,7 @@ from smolvlm_cli.batch.files import AppendLog, sweep_temps, temp_path
 from smolvlm_cli.batch.progress import Reporter, Summary
 from smolvlm_cli.batch.records import FIELDS, ImageRecord, Job
 from smolvlm_cli.batch.resume import IndexedOutput, RecordIndex
-from smolvlm_cli.batch.runner import BatchConfig, find_images, plan_run
-from smolvlm_cli.batch.templates import render
+from smolvlm_cli.batch.runner import BatchConfig, find_images, item_prompt, plan_run
 from smolvlm_cli.errors import SmolVLMError
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -247,7 +246,7 @@ def run_parquet(
     try:
         store.open()
         work = plan_run(found.items, store, config, summary, reporter)
-        jobs = [Job(item, render(config.prompt, item.path)) for item in work.todo]
+        jobs = [Job(item, item_prompt(config, item.path)) for item in work.todo]
         if jobs:
             with reporter.status("Loading the model"):
                 t0 = time.perf_counter()

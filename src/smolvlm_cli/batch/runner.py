@@ -42,7 +42,7 @@ class Engine(Protocol):
 @dataclass
 class BatchConfig:
     inputs: Sequence[str]
-    prompt: str = DEFAULT_PROMPT
+    prompt: str | None = None  # None: DEFAULT_PROMPT, and DEFAULT_VIDEO_PROMPT for videos
     recursive: bool = True
     include: Sequence[str] = ()
     exclude: Sequence[str] = ()
@@ -161,10 +161,10 @@ def run_batch(
 
 
 def item_prompt(config: BatchConfig, path: str) -> str:
-    """The prompt of one file: the template filled in; a video left with the default image
-    prompt gets the default video prompt."""
-    if config.prompt == DEFAULT_PROMPT and is_video_path(path):
-        return DEFAULT_VIDEO_PROMPT
+    """The prompt of one file: the template filled in; without one, the default prompt of its
+    kind (a prompt given, even the default image one, is every file's)."""
+    if config.prompt is None:
+        return DEFAULT_VIDEO_PROMPT if is_video_path(path) else DEFAULT_PROMPT
     return render(config.prompt, path)
 
 

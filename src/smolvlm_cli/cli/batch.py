@@ -13,7 +13,7 @@ from smolvlm_cli.cli.option_groups import ModelChoice, TilingChoice, VideoChoice
 from smolvlm_cli.cli.options import DEFAULTS, QuietOpt, VerboseOpt
 from smolvlm_cli.batch.discover import DEFAULT_EXTENSIONS
 from smolvlm_cli.formats import VIDEO_EXTENSIONS
-from smolvlm_cli.options import DEFAULT_PROMPT, GenerationOptions
+from smolvlm_cli.options import DEFAULT_PROMPT, DEFAULT_VIDEO_PROMPT, GenerationOptions
 
 _INPUT = "Input"
 _OUTPUT = "Output"
@@ -107,15 +107,16 @@ def batch(
         ),
     ] = None,
     prompt: Annotated[
-        str,
+        Optional[str],
         typer.Option(
             "--prompt",
             "-p",
-            help="The instruction for every image; {filename}, {stem} and {parent} "
-            "are replaced per image. Videos get 'Describe this video in "
-            "detail.' unless a prompt is given.",
+            show_default=False,
+            help=f"The instruction for every image; {{filename}}, {{stem}} and {{parent}} "
+            f"are replaced per image. Default: '{DEFAULT_PROMPT}', and for videos "
+            f"'{DEFAULT_VIDEO_PROMPT}'.",
         ),
-    ] = DEFAULT_PROMPT,
+    ] = None,
     recursive: Annotated[
         bool,
         typer.Option(
@@ -301,14 +302,18 @@ def batch(
         raise typer.BadParameter("give images (folders, files, '-') or --manifest", param_hint="'PATH...'")
     fmt, target = resolve_format(fmt, out, output_dir)
     reporter = Reporter(quiet=quiet, verbose=verbose)
-    for text in (prompt, prefix, suffix):
+    if prompt is not None and not prompt.strip():
+        raise typer.BadParameter(
+            "the prompt is empty: give some text, or leave it out for the default prompts", param_hint="'--prompt'"
+        )
+    for text in (prompt or "", prefix, suffix):
         for name in unknown_fields(text):
             reporter.warn(
                 f"{{{name}}} is not a template field (use {{filename}}, {{stem}} or {{parent}}); it stays as written"
             )
     config = BatchConfig(
         inputs=paths,
-        prompt=prompt or DEFAULT_PROMPT,
+        prompt=prompt,
         recursive=recursive,
         include=tuple(include or ()),
         exclude=tuple(exclude or ()),
