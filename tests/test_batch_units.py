@@ -124,6 +124,9 @@ def test_discover_symlinks_without_loops(tmp_path, monkeypatch):
     os.symlink(tmp_path / "nowhere.jpg", tmp_path / "d/broken.jpg")  # reported when read
     found = discover(["d"])
     assert rels(found) == ["alias/a.jpg", "broken.jpg", "link.jpg"]
+    # a folder and one of its files through a link to it: one image, captioned once
+    paths = [item.path for item in discover(["d/real", "d/alias/a.jpg"]).items]
+    assert [p for p in paths if p.endswith("a.jpg")] == [os.path.join("d/real", "a.jpg")]
 
 
 def test_discover_unreadable_folder_is_a_warning(tree, monkeypatch):

@@ -295,6 +295,13 @@ def test_an_empty_prompt_is_a_usage_error(capsys, monkeypatch, thumb, args):
     assert "is empty" in flat(err)
 
 
+def test_batch_output_and_output_dir_together_are_a_usage_error(capsys, monkeypatch, thumb, tmp_path):
+    out, folder = tmp_path / "c.jsonl", tmp_path / "caps"
+    code, stdout, err = cli(capsys, monkeypatch, "batch", thumb, "-o", out, "-d", folder)
+    assert (code, stdout) == (2, "") and "not both" in flat(err)  # -d was silently ignored
+    assert not out.exists() and not folder.exists()
+
+
 def test_export_dtype_is_a_usage_error_as_for_other_commands(capsys, monkeypatch, tmp_path):
     code, out, err = cli(capsys, monkeypatch, "export", "org/model", tmp_path / "out", "--dtype", "int9")
     assert (code, out) == (2, "")  # was 1, while describe and download say 2

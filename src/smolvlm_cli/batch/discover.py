@@ -271,8 +271,12 @@ def discover(
     by_abs: dict[str, ImageItem] = {}
     for path in found:
         abspath = os.path.abspath(path)
-        if abspath not in by_abs:
-            by_abs[abspath] = ImageItem(path=path, rel=_relative(abspath, base))
+        # one file reached through a linked folder too (`t/a.jpg`, `link-to-t/a.jpg`) is one
+        # image: its sidecar is one file. A linked file under another name stays an image.
+        folder, name = os.path.split(abspath)
+        key = os.path.join(os.path.realpath(folder), name)
+        if key not in by_abs:
+            by_abs[key] = ImageItem(path=path, rel=_relative(abspath, base))
     result.items = sorted(by_abs.values(), key=lambda item: sort_key(item.rel))
     return result
 

@@ -66,6 +66,11 @@ def _config_at_hand(model: str):
 
 def resolve_format(fmt: Optional[str], out: Optional[str], output_dir: Optional[Path]) -> tuple[str, Optional[str]]:
     """(format, output target) from --format / --output / --output-dir."""
+    if out is not None and output_dir is not None:  # one of them would be ignored
+        raise typer.BadParameter(
+            "give --output FILE, or --output-dir DIR (sidecars, or captions.jsonl/.csv inside it), not both",
+            param_hint="'--output-dir'",
+        )
     if fmt is None:
         if out is None:
             fmt = "txt"
