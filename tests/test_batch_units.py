@@ -562,3 +562,11 @@ def test_a_prompt_given_is_every_files_even_the_default_one():
     assert item_prompt(BatchConfig(["x"]), "a/photo.jpg") == DEFAULT_PROMPT
     assert item_prompt(BatchConfig(["x"], prompt=DEFAULT_PROMPT), "a/clip.mp4") == DEFAULT_PROMPT
     assert item_prompt(BatchConfig(["x"], prompt="What is {stem}?"), "a/clip.mp4") == "What is clip?"
+
+
+def test_a_failure_line_is_one_line_whatever_the_name():
+    from smolvlm_cli.batch.progress import failure_line
+
+    line = failure_line("t/broken\nname.jpg", "cannot read image t/broken\nname.jpg: truncated")
+    assert "\n" not in line and line == "cannot read image t/broken\\nname.jpg: truncated"
+    assert failure_line("café.jpg", "empty file") == "café.jpg: empty file"  # printable stays as is

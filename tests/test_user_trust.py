@@ -300,6 +300,9 @@ def test_batch_output_and_output_dir_together_are_a_usage_error(capsys, monkeypa
     code, stdout, err = cli(capsys, monkeypatch, "batch", thumb, "-o", out, "-d", folder)
     assert (code, stdout) == (2, "") and "not both" in flat(err)  # -d was silently ignored
     assert not out.exists() and not folder.exists()
+    for ext in ("jpg png", "*.png"):  # found nothing, and said so without saying why
+        code, _, err = cli(capsys, monkeypatch, "batch", thumb, "--ext", ext, "-o", out)
+        assert code == 2 and "comma-separated list" in flat(err)
 
 
 def test_export_dtype_is_a_usage_error_as_for_other_commands(capsys, monkeypatch, tmp_path):

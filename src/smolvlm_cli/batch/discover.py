@@ -71,6 +71,8 @@ def parse_extensions(values: Iterable[str] | None) -> tuple[str, ...]:
     for value in values or ():
         for part in value.split(","):
             part = part.strip().lstrip(".").lower()
+            if any(c.isspace() or c in "*?[]/\\" for c in part):  # `jpg png`, `*.png`: nothing would match
+                raise ValueError(f"{part!r} is not an extension: give a comma-separated list such as jpg,png")
             if part and part not in found:
                 found.append(part)
     return tuple(found) or default_extensions()

@@ -179,7 +179,7 @@ class Reporter:
 
 def failure_line(path: str, error: str) -> str:
     """`path: reason`, the path said once: image errors already name it (`cannot read image
-    a.jpg: ...`), so such a message is reworded around the path instead of after it."""
-    if path and (path in error or os.path.basename(path) in error):
-        return error
-    return f"{path}: {error}"
+    a.jpg: ...`), so such a message is reworded around the path instead of after it. One line
+    whatever the name holds: a newline or another control character is shown escaped."""
+    line = error if path and (path in error or os.path.basename(path) in error) else f"{path}: {error}"
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)

@@ -64,6 +64,15 @@ def _config_at_hand(model: str):
         return None
 
 
+def _extensions(values: Optional[list[str]]) -> tuple[str, ...]:
+    from smolvlm_cli.batch.discover import parse_extensions
+
+    try:
+        return parse_extensions(values)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--ext'") from None
+
+
 def resolve_format(fmt: Optional[str], out: Optional[str], output_dir: Optional[Path]) -> tuple[str, Optional[str]]:
     """(format, output target) from --format / --output / --output-dir."""
     if out is not None and output_dir is not None:  # one of them would be ignored
@@ -297,7 +306,7 @@ def batch(
     verbose: VerboseOpt = False,
 ) -> None:
     """Caption many images and videos: sidecar .txt files, JSONL or CSV; resumable, one model load."""
-    from smolvlm_cli.batch.discover import STDIN, parse_extensions
+    from smolvlm_cli.batch.discover import STDIN
     from smolvlm_cli.batch.progress import Reporter
     from smolvlm_cli.batch.runner import BatchConfig, run_batch
     from smolvlm_cli.batch.templates import CaptionStyle, unknown_fields
@@ -322,7 +331,7 @@ def batch(
         recursive=recursive,
         include=tuple(include or ()),
         exclude=tuple(exclude or ()),
-        extensions=parse_extensions(ext),
+        extensions=_extensions(ext),
         null=null,
         fmt=fmt,
         output=target,
