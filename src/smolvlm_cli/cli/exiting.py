@@ -7,13 +7,16 @@ SIGINT instead of exiting 130.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
 
 
 def leave_on_next_signal() -> None:
-    """From now on SIGINT / SIGTERM end the process at once, with 128 + the signal's number."""
+    """From now on SIGINT / SIGTERM end the process at once, with 128 + the signal's number.
+    Once the threads are joined they are ignored: the interpreter's last step puts back the
+    default handlers of Python-level ones, and a signal then would kill the process by itself."""
 
     def leave(signum, _frame) -> None:
         for stream in (sys.stdout, sys.stderr):
@@ -28,3 +31,9 @@ def leave_on_next_signal() -> None:
             signal.signal(signum, leave)
         except ValueError:  # not the main thread (a library caller): nothing to do
             return
+    atexit.register(_ignore_signals)  # runs after the thread joins, before the finalization
+
+
+def _ignore_signals() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
