@@ -303,6 +303,15 @@ def test_batch_output_and_output_dir_together_are_a_usage_error(capsys, monkeypa
     for ext in ("jpg png", "*.png"):  # found nothing, and said so without saying why
         code, _, err = cli(capsys, monkeypatch, "batch", thumb, "--ext", ext, "-o", out)
         assert code == 2 and "comma-separated list" in flat(err)
+    tmp_path.joinpath("d.jsonl").mkdir()  # a folder with a file's name
+    for args, reason in (
+        (["-", "-"], "only once"),  # these three were exit 1, found at run time
+        ([thumb, "-o", tmp_path / "d.jsonl"], "is a folder"),
+        ([thumb, "-0"], "-0 is for a path list on stdin"),  # was accepted silently
+        ([thumb, "--overwrite", "--resume-any"], "--overwrite redoes every image"),
+    ):
+        code, _, err = cli(capsys, monkeypatch, "batch", *args)
+        assert code == 2 and reason in flat(err), (args, err)
 
 
 def test_export_dtype_is_a_usage_error_as_for_other_commands(capsys, monkeypatch, tmp_path):

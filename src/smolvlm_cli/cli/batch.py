@@ -64,6 +64,23 @@ def _config_at_hand(model: str):
         return None
 
 
+def _check_inputs(
+    paths: list[str], manifest, null: bool, overwrite: bool, retry_errors: bool, resume_any: bool
+) -> None:
+    """Usage errors among the inputs and resume options (exit 2, before any work)."""
+    if not paths and manifest is None:
+        raise typer.BadParameter("give images (folders, files, '-') or --manifest", param_hint="'PATH...'")
+    if paths.count("-") > 1:
+        raise typer.BadParameter("'-' (paths on stdin) can be given only once", param_hint="'PATH...'")
+    if null and "-" not in paths:
+        raise typer.BadParameter("-0 is for a path list on stdin: give '-' too", param_hint="'--null'")
+    if overwrite and (retry_errors or resume_any):
+        raise typer.BadParameter(
+            "--overwrite redoes every image: it takes neither --retry-errors nor --resume-any",
+            param_hint="'--overwrite'",
+        )
+
+
 def _extensions(values: Optional[list[str]]) -> tuple[str, ...]:
     from smolvlm_cli.batch.discover import parse_extensions
 
@@ -106,6 +123,10 @@ def resolve_format(fmt: Optional[str], out: Optional[str], output_dir: Optional[
         raise typer.BadParameter("parquet is a folder of files: give --output DIR", param_hint="'--output'")
     if out is None:
         out = str(output_dir / f"captions.{fmt}") if output_dir else ("-" if fmt != "parquet" else "captions.parquet")
+    elif fmt != "parquet" and out != "-" and Path(out).is_dir():
+        raise typer.BadParameter(
+            f"{out} is a folder: give a file name (or -d {out} for sidecars there)", param_hint="'--output'"
+        )
     return fmt, out
 
 
@@ -312,8 +333,7 @@ def batch(
     from smolvlm_cli.batch.templates import CaptionStyle, unknown_fields
 
     paths = list(paths or [])
-    if not paths and manifest is None:
-        raise typer.BadParameter("give images (folders, files, '-') or --manifest", param_hint="'PATH...'")
+    _check_inputs(paths, manifest, null, overwrite, retry_errors, resume_any)
     fmt, target = resolve_format(fmt, out, output_dir)
     reporter = Reporter(quiet=quiet, verbose=verbose)
     if prompt is not None and not prompt.strip():
