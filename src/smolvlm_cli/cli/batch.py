@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from smolvlm_cli.cli import output
+from smolvlm_cli.cli.batch_checks import check_inputs, extensions, resolve_format
 from smolvlm_cli.cli.option_groups import ModelChoice, TilingChoice, VideoChoice, option_groups
 from smolvlm_cli.cli.options import DEFAULTS, QuietOpt, VerboseOpt
 from smolvlm_cli.batch.discover import DEFAULT_EXTENSIONS
@@ -18,10 +19,8 @@ from smolvlm_cli.options import DEFAULT_PROMPT, DEFAULT_VIDEO_PROMPT, Generation
 _INPUT = "Input"
 _OUTPUT = "Output"
 _RUN = "Batch run"
-_FORMATS = ("txt", "jsonl", "csv", "parquet")
 _ENGINES = ("local", "ray")
 _RAY = "Ray engine (pip install 'smolvlm-cli\\[ray]')"  # \\[ keeps rich from reading [ray] as markup
-_SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 
 EXAMPLES = """Examples:\n\n
 smolvlm batch photos/   (photos/a.jpg -> photos/a.txt, and so on; re-run to resume)\n\n
@@ -62,72 +61,6 @@ def _config_at_hand(model: str):
         )
     except Exception:  # noqa: BLE001 - no estimate then; the model load reports real problems
         return None
-
-
-def _check_inputs(
-    paths: list[str], manifest, null: bool, overwrite: bool, retry_errors: bool, resume_any: bool
-) -> None:
-    """Usage errors among the inputs and resume options (exit 2, before any work)."""
-    if not paths and manifest is None:
-        raise typer.BadParameter("give images (folders, files, '-') or --manifest", param_hint="'PATH...'")
-    if paths.count("-") > 1:
-        raise typer.BadParameter("'-' (paths on stdin) can be given only once", param_hint="'PATH...'")
-    if null and "-" not in paths:
-        raise typer.BadParameter("-0 is for a path list on stdin: give '-' too", param_hint="'--null'")
-    if overwrite and (retry_errors or resume_any):
-        raise typer.BadParameter(
-            "--overwrite redoes every image: it takes neither --retry-errors nor --resume-any",
-            param_hint="'--overwrite'",
-        )
-
-
-def _extensions(values: Optional[list[str]]) -> tuple[str, ...]:
-    from smolvlm_cli.batch.discover import parse_extensions
-
-    try:
-        return parse_extensions(values)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="'--ext'") from None
-
-
-def resolve_format(fmt: Optional[str], out: Optional[str], output_dir: Optional[Path]) -> tuple[str, Optional[str]]:
-    """(format, output target) from --format / --output / --output-dir."""
-    if out is not None and output_dir is not None:  # one of them would be ignored
-        raise typer.BadParameter(
-            "give --output FILE, or --output-dir DIR (sidecars, or captions.jsonl/.csv inside it), not both",
-            param_hint="'--output-dir'",
-        )
-    if fmt is None:
-        if out is None:
-            fmt = "txt"
-        elif out == "-":
-            fmt = "jsonl"
-        else:
-            fmt = _SUFFIX_FORMATS.get(Path(out).suffix.lower())
-            if fmt is None:
-                raise typer.BadParameter(
-                    f"cannot tell the format of {out!r} from its name: give --format jsonl or csv",
-                    param_hint="'--output'",
-                )
-    fmt = fmt.lower()
-    if fmt not in _FORMATS:
-        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(_FORMATS)}", param_hint="'--format'")
-    if fmt == "txt":
-        if out is not None:
-            raise typer.BadParameter(
-                "txt writes one sidecar per image (next to it, or under --output-dir): --output is for jsonl and csv",
-                param_hint="'--output'",
-            )
-        return fmt, None
-    if fmt == "parquet" and out == "-":
-        raise typer.BadParameter("parquet is a folder of files: give --output DIR", param_hint="'--output'")
-    if out is None:
-        out = str(output_dir / f"captions.{fmt}") if output_dir else ("-" if fmt != "parquet" else "captions.parquet")
-    elif fmt != "parquet" and out != "-" and Path(out).is_dir():
-        raise typer.BadParameter(
-            f"{out} is a folder: give a file name (or -d {out} for sidecars there)", param_hint="'--output'"
-        )
-    return fmt, out
 
 
 @option_groups
@@ -333,7 +266,7 @@ def batch(
     from smolvlm_cli.batch.templates import CaptionStyle, unknown_fields
 
     paths = list(paths or [])
-    _check_inputs(paths, manifest, null, overwrite, retry_errors, resume_any)
+    check_inputs(paths, manifest, null, overwrite, retry_errors, resume_any)
     fmt, target = resolve_format(fmt, out, output_dir)
     reporter = Reporter(quiet=quiet, verbose=verbose)
     if prompt is not None and not prompt.strip():
@@ -351,7 +284,7 @@ def batch(
         recursive=recursive,
         include=tuple(include or ()),
         exclude=tuple(exclude or ()),
-        extensions=_extensions(ext),
+        extensions=extensions(ext),
         null=null,
         fmt=fmt,
         output=target,
