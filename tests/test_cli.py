@@ -7,6 +7,7 @@ that what the CLI streams is exactly what the library generates.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -290,6 +291,31 @@ def test_closed_pipe_exits_quietly(model_dir, image_path):
     proc.wait(timeout=60)
     assert proc.returncode == 0, stderr
     assert stderr.strip() == ""
+
+
+@pytest.mark.slow
+def test_a_closed_stdout_is_one_clear_error(model_dir, image_path):
+    """`smolvlm describe img >&-`: the answer has nowhere to go (was `Error: AttributeError`)."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "smolvlm_cli",
+            "describe",
+            str(image_path),
+            "-m",
+            str(model_dir),
+            "-n",
+            "2",
+            "--no-split",
+        ],
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=lambda: os.close(1),
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.decode().startswith("Error: standard output is closed")
 
 
 def test_model_output_is_written_raw(monkeypatch, model_dir, image_path):

@@ -20,8 +20,13 @@ def stderr_console():
 def write(text: str) -> None:
     """Model output, raw (a literal `[bold]` stays text) and flushed, so pipes see it at once.
 
-    A reader that went away (`| head -c 10`) ends the run quietly with exit 0.
+    A reader that went away (`| head -c 10`) ends the run quietly with exit 0; a standard
+    output closed before the start (`>&-`) is an error, as the results have nowhere to go.
     """
+    if sys.stdout is None:
+        from smolvlm_cli.errors import SmolVLMError
+
+        raise SmolVLMError("standard output is closed: the results have nowhere to go", hint="drop the '>&-'")
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
