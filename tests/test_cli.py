@@ -396,3 +396,7 @@ def test_models_lists_local_folders_of_the_same_name_apart(tmp_path):
     rows = [row for row in json.loads(result.stdout) if row["model"] == "tiny"]
     assert sorted(row["path"] for row in rows) == ["/data/one/tiny", "/data/two/tiny"]
     assert all(len(row["built"]) == 1 for row in rows)
+    (graphs / "tiny" / "a1" / "source.json").write_text("null")  # valid JSON, not a record
+    damaged = invoke_cli("models", "--json", env={"SMOLVLM_CACHE": str(tmp_path / "cache")})
+    assert damaged.returncode == 0, damaged.stderr  # was AttributeError, for every later `models`
+    assert len([row for row in json.loads(damaged.stdout) if row["model"] == "tiny"]) == 2

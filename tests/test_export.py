@@ -460,7 +460,7 @@ def test_a_killed_export_leaves_no_graph_that_looks_finished(tmp_path, tiny_chec
     with monkeypatch.context() as patch, pytest.raises(Killed):
         patch.setattr(build, "make_variant", killed_mid_rewrite)
         export_onnx(checkpoint, out, ("int8",), log=lambda _m: None)
-    assert sorted(p.name for p in (out / "onnx").iterdir()) == []  # the scratch went with the kill
+    assert not out.exists()  # the scratch went with the kill, and the new folder with it
     # ... unless a SIGKILL skipped that cleanup: such scratch folders go at the next export
     import os
     import time
@@ -469,13 +469,46 @@ def test_a_killed_export_leaves_no_graph_that_looks_finished(tmp_path, tiny_chec
 
     left = [out / ".fp32-killed", out / "onnx" / ".fp32-killed"]
     for folder in left:
-        folder.mkdir()
+        folder.mkdir(parents=True)
         (folder / "vision_encoder.onnx").write_bytes(b"partial")
         os.utime(folder, (time.time() - ABANDONED_AFTER_S - 60,) * 2)
     export_onnx(checkpoint, out, ("int8",), log=lambda _m: None)
     assert not any(folder.exists() for folder in left)
     for name in GRAPHS:  # whole: the torn file was 100 bytes
         assert onnx.load(str(out / "onnx" / f"{name}_int8.onnx")).graph.node
+
+
+def test_export_into_an_earlier_export_replaces_it(tmp_path, tiny_checkpoints):
+    """Graphs already in the folder were kept and marked ours: exporting another checkpoint
+    (or the same one after a fine-tune) into it left the old weights under the new config.
+    Now the folder holds exactly this export's variants; a checkpoint without a tokenizer is
+    refused before anything is written."""
+    import shutil
+
+    from smolvlm_cli.errors import ConfigError
+    from smolvlm_cli.export.onnx_export import export_onnx
+
+    from model_fixtures import build_tiny_checkpoint
+
+    first = tiny_checkpoints[TINY_MODEL_NAMES[0]]
+    second = build_tiny_checkpoint(TINY_MODEL_NAMES[0], tmp_path / "fine-tuned", seed=1)  # other weights
+    out = tmp_path / "out"
+    export_onnx(first, out, ("fp32", "int8"), log=lambda _m: None)
+    export_onnx(second, out, ("fp32",), log=lambda _m: None)
+    fresh = tmp_path / "fresh"
+    export_onnx(second, fresh, ("fp32",), log=lambda _m: None)
+    for name in GRAPHS:  # the second checkpoint's graphs, byte for byte (not the first's)
+        data = (out / "onnx" / f"{name}.onnx_data").read_bytes()
+        assert data == (fresh / "onnx" / f"{name}.onnx_data").read_bytes()
+    assert not list((out / "onnx").glob("*_int8.onnx*"))  # the first export's other variant went
+    assert json.loads((out / "onnx" / "smolvlm-graphs.json").read_text())["dtypes"] == ["fp32"]
+    assert (out / "config.json").read_bytes() == (second / "config.json").read_bytes()
+
+    no_tokenizer = shutil.copytree(first, tmp_path / "no-tokenizer")
+    (no_tokenizer / "tokenizer.json").unlink()
+    with pytest.raises(ConfigError, match="no tokenizer.json"):
+        export_onnx(no_tokenizer, tmp_path / "never", ("fp32",), log=lambda _m: None)
+    assert not (tmp_path / "never").exists()
 
 
 def test_official_style_writes_the_hub_contract(tmp_path, tiny_checkpoints):

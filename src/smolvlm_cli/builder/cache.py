@@ -197,8 +197,8 @@ def _write_source(entry: Path, model_dir: Path, label: str) -> None:
     """The entry's label for `smolvlm models`, written once; again if a kill tore it."""
     path = entry / "source.json"
     try:
-        json.loads(path.read_text(encoding="utf-8"))
-        return
+        if isinstance(json.loads(path.read_text(encoding="utf-8")), dict):
+            return
     except (OSError, ValueError):
         pass
     source = str(model_dir.resolve())  # absolute: `models` shows where a local model is
@@ -219,6 +219,7 @@ def built_entries() -> list[dict]:
             info = json.loads(source.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             info = {}
+        info = info if isinstance(info, dict) else {}  # `null` or a list: damaged, a label falls back
         model, origin = info.get("model", entry.parent.name), info.get("source")
         graphs = {
             g.name: sum(p.stat().st_size for p in _graph_files(g))

@@ -18,7 +18,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from smolvlm_cli.builder.build import build_graphs
-from smolvlm_cli.builder.layout import BUILDER_VERSION, MARKER_FILE, Progress, graph_bytes, graph_file, sweep_abandoned
+from smolvlm_cli.builder.layout import (
+    BUILDER_VERSION,
+    MARKER_FILE,
+    Progress,
+    data_files,
+    graph_bytes,
+    graph_file,
+    sweep_abandoned,
+)
 from smolvlm_cli.config import ModelConfig
 from smolvlm_cli.dtypes import COMPONENTS, DTYPE_SUFFIXES, EXPORT_DTYPES
 from smolvlm_cli.errors import ConfigError
@@ -47,6 +55,10 @@ def resolve_source(model: str | Path) -> Path:
 
     model_dir = resolve_model(str(model), HUB_PATTERNS)
     ModelConfig.from_dir(model_dir)  # a clear ConfigError for a directory that is not SmolVLM
+    if not (model_dir / "tokenizer.json").is_file():  # else a folder that cannot run is "done"
+        raise ConfigError(
+            f"no tokenizer.json in {model_dir}", hint="export needs the checkpoint's tokenizer files beside its weights"
+        )
     if not any(model_dir.glob("*.safetensors")):
         raise ConfigError(
             f"no *.safetensors weights in {model_dir}",
@@ -87,20 +99,21 @@ def export_onnx(
     model_dir = resolve_source(model)
     out_dir = Path(out_dir)
     onnx_dir = out_dir / "onnx"
+    created = not out_dir.exists()
     onnx_dir.mkdir(parents=True, exist_ok=True)
-    copy_config_files(model_dir, out_dir)
     # fp32 graphs are what the check compares; kept outside out_dir unless fp32 was asked for
-    sweep_abandoned(out_dir, ".fp32-*")
+    for folder in (out_dir, onnx_dir):  # scratch a SIGKILL left (builds wrote in onnx/ before)
+        sweep_abandoned(folder, ".fp32-*")
     scratch = Path(tempfile.mkdtemp(dir=out_dir, prefix=".fp32-")) if check and "fp32" not in dtypes else None
     try:
         if style == "fast":
-            build_graphs(model_dir, onnx_dir, [(c, d) for c in COMPONENTS for d in dtypes], progress)
+            _build_fresh(model_dir, out_dir, dtypes, progress)
             if scratch is not None:
                 build_graphs(model_dir, scratch, [(c, "fp32") for c in COMPONENTS])
-            write_marker(onnx_dir, dtypes)
             torch_model = None
         else:
             torch_model = _export_traced(model_dir, onnx_dir, scratch, dtypes)
+            copy_config_files(model_dir, out_dir)
         files = {
             f"onnx/{graph_file(c, d)}": graph_bytes(onnx_dir / graph_file(c, d)) for c in COMPONENTS for d in dtypes
         }
@@ -115,6 +128,10 @@ def export_onnx(
                 d: {COMPONENTS[c]: onnx_dir / graph_file(c, d) for c in COMPONENTS} for d in dtypes if d != "fp32"
             }
             diffs, fidelity = check_export(torch_model or load_torch_model(model_dir), fp32, variants, log=log)
+    except BaseException:
+        if created:  # a failed export into a new folder leaves nothing that looks like a model
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -125,6 +142,43 @@ def export_onnx(
         "fidelity": fidelity,
         "seconds": time.perf_counter() - started,
     }
+
+
+def _build_fresh(model_dir: Path, out_dir: Path, dtypes, progress: Progress | None) -> None:
+    """Our graphs of `dtypes`, built anew, then the model's config and tokenizer files: an
+    earlier export into the folder (another checkpoint, the weights before a fine-tune) is
+    replaced, never kept and marked ours; its other variants go too, so the folder holds
+    exactly what its marker says."""
+    from smolvlm_cli.builder.build import place_graph
+    from smolvlm_cli.export.checkpoint import copy_config_files
+
+    onnx_dir = out_dir / "onnx"
+    fresh = Path(tempfile.mkdtemp(dir=out_dir, prefix=".fp32-"))  # swept if a kill leaves it
+    try:
+        built = build_graphs(model_dir, fresh, [(c, d) for c in COMPONENTS for d in dtypes], progress)
+        copy_config_files(model_dir, out_dir)
+        earlier = _marked_dtypes(onnx_dir)
+        for graph in built:
+            place_graph(graph, onnx_dir)
+        for dtype in set(earlier) - set(dtypes):
+            for component in COMPONENTS:
+                for path in (
+                    onnx_dir / graph_file(component, dtype),
+                    *data_files(onnx_dir / graph_file(component, dtype)),
+                ):
+                    path.unlink(missing_ok=True)
+        write_marker(onnx_dir, dtypes)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+
+
+def _marked_dtypes(onnx_dir: Path) -> list[str]:
+    """The dtypes an earlier export of ours wrote into `onnx_dir` (none without a marker)."""
+    try:
+        dtypes = json.loads((onnx_dir / MARKER_FILE).read_text(encoding="utf-8")).get("dtypes", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [d for d in dtypes if d in EXPORT_DTYPES] if isinstance(dtypes, list) else []
 
 
 def _export_traced(model_dir: Path, onnx_dir: Path, scratch: Path | None, dtypes):
