@@ -32,7 +32,20 @@ def test_files_follow_the_hub_layout():
     }
 
 
-@pytest.mark.parametrize("spec", ["int9", "vision=int9", "eyes=int8", "decoder="])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "int9",
+        "vision=int9",
+        "eyes=int8",
+        "decoder=",
+        "int8,fp32",
+        "vision=int8,vision=fp32",
+        "vision=int8,vision_encoder=q4",
+    ],
+)
 def test_bad_specs(spec):
+    """Two dtypes for one component (the last used to win silently) are refused too."""
     with pytest.raises(ValueError):
         parse_dtype(spec)
+    assert parse_dtype("int8,int8") == parse_dtype("int8")  # the same twice is no conflict

@@ -47,11 +47,15 @@ def _parse(spec: str, base: dict[str, str] | None) -> dict[str, str]:
         if value not in DTYPE_SUFFIXES:
             raise ValueError(f"unknown dtype {value!r} (choose from {', '.join(DTYPE_SUFFIXES)})")
         if not name:
+            if default is not None and default != value:  # the last would win, silently
+                raise ValueError(f"two dtypes for every component ({default}, {value}): give one")
             default = value
             continue
         component = _ALIASES.get(name, name)
         if component not in COMPONENTS:
             raise ValueError(f"unknown model component {name!r} (choose from {', '.join(COMPONENTS)})")
+        if chosen.get(component, value) != value:
+            raise ValueError(f"two dtypes for {component} ({chosen[component]}, {value}): give one")
         chosen[component] = value
     if base is None:  # parsing the default spec itself
         base = {c: default or FALLBACK_DTYPE for c in COMPONENTS}
