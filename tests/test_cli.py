@@ -201,6 +201,8 @@ def test_model_errors(model_dir, image_path, tmp_path):
     missing_dtype = run("describe", image_path, "-m", model_dir, "--dtype", "q4f16", "--backend", "onnx")
     assert missing_dtype.returncode == 1
     assert re.search(r"^Error: .* has no ONNX files for dtype q4f16", err(missing_dtype))
+    # q4f16 cannot be built, and --backend onnx rules torch out: the hint offers neither
+    assert "Hint: choose another --dtype\n" in err(missing_dtype)
 
 
 @pytest.mark.parametrize(

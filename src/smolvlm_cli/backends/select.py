@@ -111,9 +111,13 @@ def _hub_graphs(model: str, backend: str, dtype: str | None, torch_ok: bool, pro
             model_dir = resolve_model(model, files_for("torch", None), progress)
         if has_torch_weights(model_dir):
             return Selection("torch", model_dir)
+    ways = ["choose another --dtype"]  # only the ways that can work here
+    if _buildable(dtype) and has_torch_weights(model_dir):  # (so --graphs hub brought us here)
+        ways.append("let --graphs auto build them from the safetensors")
+    if not torch_ok and backend != "onnx":
+        ways.append("pip install 'smolvlm-cli[torch]' for the torch backend")
     raise BackendUnavailableError(
         f"{model} has no ONNX files for dtype {format_dtype(parse_dtype(dtype))}"
         + ("" if torch_ok or backend == "onnx" else " and torch is not installed"),
-        hint="choose another --dtype, let --graphs auto build them from the safetensors, "
-        "or pip install 'smolvlm-cli[torch]' for the torch backend",
+        hint=", or ".join(ways),
     )
