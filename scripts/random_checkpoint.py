@@ -297,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     files = [p for p in args.out_dir.iterdir() if p.is_file()]
     from smolvlm_cli.cli.output import files_table
 
-    print(files_table(args.out_dir, files, time.perf_counter() - started, what="checkpoint written"))
+    # as `smolvlm export`: the table is status (stderr), the folder the result (stdout)
+    print(files_table(args.out_dir, files, time.perf_counter() - started, what="checkpoint written"), file=sys.stderr)
+    print(args.out_dir)
     return 0
 
 

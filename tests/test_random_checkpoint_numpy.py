@@ -32,6 +32,7 @@ def _write(tmp_path: Path, name: str, *args: str) -> Path:
     out = tmp_path / name
     proc = _run(str(fixture_dir(args[0])), str(out), "--numpy", "--tiny", *args[1:])
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"{out}\n" and "checkpoint written" in proc.stderr  # the table is status
     return out
 
 
