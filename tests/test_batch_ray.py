@@ -443,7 +443,7 @@ def test_missing_extra_is_one_clear_error(monkeypatch, tmp_path):
     assert list((tmp_path / "p").iterdir()) == [tmp_path / "p" / "img00.jpg"]  # nothing written
 
 
-def test_ray_client_addresses_are_refused_before_any_work(tmp_path):
+def test_ray_client_addresses_are_refused_before_any_work(tmp_path, monkeypatch):
     from smolvlm_cli.batch.ray_engine import RaySettings, run_ray
 
     make_photos(tmp_path / "p", n=1, bad=False)
@@ -455,6 +455,9 @@ def test_ray_client_addresses_are_refused_before_any_work(tmp_path):
         )
     assert "ray job submit" in caught.value.hint
     assert list((tmp_path / "p").iterdir()) == [tmp_path / "p" / "img00.jpg"]
+    monkeypatch.setenv("RAY_ADDRESS", "ray://h:10001")  # the same address from the environment
+    with pytest.raises(SmolVLMError, match="Ray Client"):
+        run_ray(BatchConfig([str(tmp_path / "p")]), RaySettings("m", OPTIONS), reporter=Reporter(quiet=True))
 
 
 def test_importing_the_engine_does_not_import_ray():

@@ -111,7 +111,8 @@ def run_ray(
     """Caption what `config` (plus `settings.manifest`) selects on Ray; the same `Summary` as
     `run_batch` (its `exit_code` is the command's). Ray starts only when there is work."""
     import_ray()
-    if settings.address and settings.address.startswith("ray://"):
+    address = settings.address or os.environ.get("RAY_ADDRESS", "")  # where ray.init would go
+    if address.strip().startswith("ray://"):
         # Ray Data needs a driver inside the cluster (ray-project/ray#48682)
         raise SmolVLMError(
             "Ray Data does not run over Ray Client (ray://): the command must run on a node of the cluster",
