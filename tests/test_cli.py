@@ -237,23 +237,18 @@ def test_debug_shows_the_traceback(model_dir, tmp_path):
     assert result.returncode != 0 and "Traceback" in err(result)
 
 
+def _describe_command(model_dir, image_path, max_new_tokens: int) -> list[str]:
+    """`smolvlm describe` as a real process (signals, pipes, a closed stdout)."""
+    command = ["describe", str(image_path), "-m", str(model_dir), "-n", str(max_new_tokens), "--no-split"]
+    return [sys.executable, "-m", "smolvlm_cli", *command]
+
+
 @pytest.mark.slow
 def test_ctrl_c_keeps_the_output_and_exits_130(model_dir, image_path):
     # a shell starts background jobs with SIGINT ignored, and Python then keeps ignoring it: give
     # the child the disposition of a command typed at a terminal, wherever the tests run
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "smolvlm_cli",
-            "describe",
-            str(image_path),
-            "-m",
-            str(model_dir),
-            "-n",
-            "8000",
-            "--no-split",
-        ],
+        _describe_command(model_dir, image_path, 8000),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
@@ -271,18 +266,7 @@ def test_ctrl_c_keeps_the_output_and_exits_130(model_dir, image_path):
 @pytest.mark.slow
 def test_closed_pipe_exits_quietly(model_dir, image_path):
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "smolvlm_cli",
-            "describe",
-            str(image_path),
-            "-m",
-            str(model_dir),
-            "-n",
-            "8000",
-            "--no-split",
-        ],
+        _describe_command(model_dir, image_path, 8000),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
@@ -299,18 +283,7 @@ def test_closed_pipe_exits_quietly(model_dir, image_path):
 def test_a_closed_stdout_is_one_clear_error(model_dir, image_path):
     """`smolvlm describe img >&-`: the answer has nowhere to go (was `Error: AttributeError`)."""
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "smolvlm_cli",
-            "describe",
-            str(image_path),
-            "-m",
-            str(model_dir),
-            "-n",
-            "2",
-            "--no-split",
-        ],
+        _describe_command(model_dir, image_path, 2),
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         preexec_fn=lambda: os.close(1),
