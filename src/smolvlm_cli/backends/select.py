@@ -111,13 +111,17 @@ def _hub_graphs(model: str, backend: str, dtype: str | None, torch_ok: bool, pro
             model_dir = resolve_model(model, files_for("torch", None), progress)
         if has_torch_weights(model_dir):
             return Selection("torch", model_dir)
-    ways = ["choose another --dtype"]  # only the ways that can work here
-    if _buildable(dtype) and has_torch_weights(model_dir):  # (so --graphs hub brought us here)
+    ways = []  # only the ways that can work here
+    if any((Path(model_dir) / "onnx").glob("*.onnx")):
+        ways.append("choose another --dtype")
+    if not has_torch_weights(model_dir):
+        ways.append("add the checkpoint's *.safetensors to the folder: our graphs are built from them")
+    elif _buildable(dtype):  # (so --graphs hub brought us here)
         ways.append("let --graphs auto build them from the safetensors")
     if not torch_ok and backend != "onnx":
         ways.append("pip install 'smolvlm-cli[torch]' for the torch backend")
     raise BackendUnavailableError(
         f"{model} has no ONNX files for dtype {format_dtype(parse_dtype(dtype))}"
         + ("" if torch_ok or backend == "onnx" else " and torch is not installed"),
-        hint=", or ".join(ways),
+        hint=", or ".join(ways) or None,
     )
