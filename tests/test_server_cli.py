@@ -92,3 +92,14 @@ def test_a_real_serve_process_answers_logs_and_stops_on_ctrl_c(model_dir):
     text = err.decode()
     assert "Serving" in text and "POST /v1/chat/completions 200" in text
     assert "Traceback" not in text
+
+
+def test_a_local_folder_is_served_under_its_base_name(model_dir, tmp_path, monkeypatch):
+    """Without --served-name the model id was the folder's whole path, shown by /health (which
+    needs no key), /v1/models and every reply."""
+    from smolvlm_cli.cli.serve import public_model_id
+
+    assert public_model_id(str(model_dir)) == model_dir.name
+    monkeypatch.chdir(model_dir.parent)
+    assert public_model_id(f"./{model_dir.name}/") == model_dir.name
+    assert public_model_id("HuggingFaceTB/SmolVLM2-256M-Video-Instruct") == "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"

@@ -133,8 +133,8 @@ def batch(
             "-f",
             rich_help_panel=_OUTPUT,
             show_default=False,
-            help="txt (a sidecar per image: photo.jpg -> photo.txt), jsonl or csv. Default: from "
-            "--output's extension, else txt.",
+            help="txt (a sidecar per image: photo.jpg -> photo.txt), jsonl, csv, or parquet (a folder; "
+            "--engine ray only). Default: from --output's extension, else txt.",
         ),
     ] = None,
     out: Annotated[

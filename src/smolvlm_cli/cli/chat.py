@@ -149,6 +149,7 @@ def ask(
             output.write_json(
                 {
                     "question": question,
+                    **({"system": system} if system else {}),
                     "text": text,
                     "model": model.model,
                     "backend": vlm.backend.name,

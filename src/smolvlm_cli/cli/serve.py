@@ -69,6 +69,14 @@ def _require_server_extra() -> None:
         ) from None
 
 
+def public_model_id(model: str) -> str:
+    """The name clients see: a Hub id as it is, a local folder by its base name (its path
+    would tell every client, `/health` included, how the server's disk is laid out)."""
+    from smolvlm_cli.hub import is_local
+
+    return Path(model).expanduser().resolve().name if is_local(model) else model
+
+
 @option_groups
 def serve(
     model: ModelChoice = ModelChoice(),
@@ -104,7 +112,7 @@ def serve(
             metavar="NAME",
             rich_help_panel=_NET,
             show_default=False,
-            help="The model name clients use and see (default: the -m value; a folder's path stays private).",
+            help="The model name clients use and see (default: the Hub id, or a local folder's base name).",
         ),
     ] = None,
     cors: Annotated[
@@ -206,7 +214,7 @@ def serve(
             param_hint="'--backend'",
         )
     settings = ServerSettings(
-        model_id=served_name or model.model,
+        model_id=served_name or public_model_id(model.model),
         api_keys=tuple(api_key or ()),
         max_batch=max_batch,
         max_queue=max_queue,
