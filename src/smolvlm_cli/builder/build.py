@@ -20,17 +20,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from smolvlm_cli.builder.architecture import Architecture
-from smolvlm_cli.builder.layout import Progress, data_files, graph_file, sweep_abandoned
+from smolvlm_cli.builder.layout import Progress, data_files, graph_file, remove_graph, sweep_abandoned
 from smolvlm_cli.builder.quantize import make_variant
 from smolvlm_cli.builder.text import build_decoder, build_embed
 from smolvlm_cli.builder.vision import build_vision
 from smolvlm_cli.builder.weights import Checkpoint
 from smolvlm_cli.dtypes import COMPONENTS, EXPORT_DTYPES
-
-
-def _remove(path: Path) -> None:
-    for p in (path, *data_files(path)):
-        p.unlink(missing_ok=True)
 
 
 def place_graph(graph: Path, folder: Path) -> Path:
@@ -97,7 +92,7 @@ def build_graphs(
                 if (component, "fp32") in todo:
                     place_graph(fp32, onnx_dir)
                 else:
-                    _remove(fp32)
+                    remove_graph(fp32)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         ckpt.close()
@@ -114,5 +109,5 @@ def _build_fp32(component: str, ckpt: Checkpoint, arch: Architecture, path: Path
             build_embed(ckpt, arch, path)
             progress.step("embed_tokens")
     except BaseException:
-        _remove(path)
+        remove_graph(path)
         raise

@@ -30,7 +30,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from smolvlm_cli.batch.files import atomic_write
-from smolvlm_cli.builder.layout import BUILDER_VERSION, Progress, data_files, graph_file
+from smolvlm_cli.builder.layout import BUILDER_VERSION, Progress, data_files, graph_file, remove_graph
 from smolvlm_cli.builder.weights import weight_files
 from smolvlm_cli.errors import SmolVLMError
 
@@ -125,8 +125,8 @@ def graph_state(graph: Path) -> str:
 
 
 def _discard(graph: Path) -> None:
-    for p in (_manifest(graph), *_graph_files(graph)):
-        p.unlink(missing_ok=True)
+    _manifest(graph).unlink(missing_ok=True)
+    remove_graph(graph)
 
 
 def ensure_graphs(

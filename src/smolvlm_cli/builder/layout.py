@@ -51,6 +51,12 @@ def data_files(path: Path) -> list[Path]:
     return [p for p in (path.with_name(data_file_name(path.name)), path.with_name(path.name + ".data")) if p.is_file()]
 
 
+def remove_graph(path: Path) -> None:
+    """Delete a graph and its external-data files (none missing is an error)."""
+    for p in (path, *data_files(path)):
+        p.unlink(missing_ok=True)
+
+
 def graph_bytes(path: Path) -> int:
     """A graph's size on disk, its external data included."""
     return path.stat().st_size + sum(p.stat().st_size for p in data_files(path))

@@ -22,9 +22,9 @@ from smolvlm_cli.builder.layout import (
     BUILDER_VERSION,
     MARKER_FILE,
     Progress,
-    data_files,
     graph_bytes,
     graph_file,
+    remove_graph,
     sweep_abandoned,
 )
 from smolvlm_cli.config import ModelConfig
@@ -162,11 +162,7 @@ def _build_fresh(model_dir: Path, out_dir: Path, dtypes, progress: Progress | No
             place_graph(graph, onnx_dir)
         for dtype in set(earlier) - set(dtypes):
             for component in COMPONENTS:
-                for path in (
-                    onnx_dir / graph_file(component, dtype),
-                    *data_files(onnx_dir / graph_file(component, dtype)),
-                ):
-                    path.unlink(missing_ok=True)
+                remove_graph(onnx_dir / graph_file(component, dtype))
         write_marker(onnx_dir, dtypes)
     finally:
         shutil.rmtree(fresh, ignore_errors=True)
