@@ -329,6 +329,24 @@ def test_graphs_above_the_protobuf_limit_use_one_onnx_data_file(tmp_path, monkey
     assert result["files"]["onnx/decoder_model_merged.onnx"] > 10_000_000  # counts the data file
 
 
+def test_check_without_fp32_builds_each_fp32_graph_once(tmp_path, tiny_checkpoints, monkeypatch):
+    """The check compares the fp32 graphs the variants were quantized from: not a second build
+    (for a 2.2B model, minutes and GBs)."""
+    from smolvlm_cli.builder import build
+    from smolvlm_cli.export.onnx_export import export_onnx
+
+    built = []
+    real = build._build_fp32
+    monkeypatch.setattr(
+        build, "_build_fp32", lambda component, *rest: (built.append(component), real(component, *rest))
+    )
+    result = export_onnx(tiny_checkpoints[TINY_MODEL_NAMES[0]], tmp_path, ("int8",), check=True, log=lambda _m: None)
+    assert sorted(built) == sorted(("vision", "embed", "decoder"))
+    assert set(result["diffs"]) == set(GRAPHS) and max(result["diffs"].values()) < 1e-4
+    assert sorted(p.name for p in (tmp_path / "onnx").glob("*.onnx")) == [f"{g}_int8.onnx" for g in sorted(GRAPHS)]
+    assert not any(p.name.startswith(".") for p in tmp_path.rglob("*"))  # the fp32 scratch is gone
+
+
 # -- geometry from the config: the 2.2B models' 384-px tiles, patch 14, scale 3 ----------------------
 
 

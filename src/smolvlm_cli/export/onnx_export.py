@@ -104,12 +104,10 @@ def export_onnx(
     # fp32 graphs are what the check compares; kept outside out_dir unless fp32 was asked for
     for folder in (out_dir, onnx_dir):  # scratch a SIGKILL left (builds wrote in onnx/ before)
         sweep_abandoned(folder, ".fp32-*")
-    scratch = Path(tempfile.mkdtemp(dir=out_dir, prefix=".fp32-")) if check and "fp32" not in dtypes else None
+    scratch = Path(tempfile.mkdtemp(dir=out_dir, prefix=".fp32-"))  # swept if a kill leaves it
     try:
         if style == "fast":
-            _build_fresh(model_dir, out_dir, dtypes, progress)
-            if scratch is not None:
-                build_graphs(model_dir, scratch, [(c, "fp32") for c in COMPONENTS])
+            _build_fresh(model_dir, out_dir, scratch, dtypes, check, progress)
             torch_model = None
         else:
             torch_model = _export_traced(model_dir, onnx_dir, scratch, dtypes)
@@ -122,7 +120,7 @@ def export_onnx(
             from smolvlm_cli.export.check import check_export
             from smolvlm_cli.export.traced import load_torch_model
 
-            fp32_dir = scratch or onnx_dir
+            fp32_dir = onnx_dir if "fp32" in dtypes else scratch
             fp32 = {g: fp32_dir / f"{g}.onnx" for g in GRAPHS}
             variants = {
                 d: {COMPONENTS[c]: onnx_dir / graph_file(c, d) for c in COMPONENTS} for d in dtypes if d != "fp32"
@@ -133,8 +131,7 @@ def export_onnx(
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
     finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     return {
         "out_dir": out_dir,
         "files": files,
@@ -144,28 +141,29 @@ def export_onnx(
     }
 
 
-def _build_fresh(model_dir: Path, out_dir: Path, dtypes, progress: Progress | None) -> None:
-    """Our graphs of `dtypes`, built anew, then the model's config and tokenizer files: an
-    earlier export into the folder (another checkpoint, the weights before a fine-tune) is
-    replaced, never kept and marked ours; its other variants go too, so the folder holds
-    exactly what its marker says."""
+def _build_fresh(
+    model_dir: Path, out_dir: Path, scratch: Path, dtypes, keep_fp32: bool, progress: Progress | None
+) -> None:
+    """Our graphs of `dtypes`, built anew in `scratch` and moved in, then the model's config
+    and tokenizer files: an earlier export into the folder (another checkpoint, the weights
+    before a fine-tune) is replaced, never kept and marked ours; its other variants go too, so
+    the folder holds exactly what its marker says. `keep_fp32` leaves the fp32 graphs the
+    variants were quantized from in `scratch` (for the check) when fp32 was not asked for."""
     from smolvlm_cli.builder.build import place_graph
     from smolvlm_cli.export.checkpoint import copy_config_files
 
     onnx_dir = out_dir / "onnx"
-    fresh = Path(tempfile.mkdtemp(dir=out_dir, prefix=".fp32-"))  # swept if a kill leaves it
-    try:
-        built = build_graphs(model_dir, fresh, [(c, d) for c in COMPONENTS for d in dtypes], progress)
-        copy_config_files(model_dir, out_dir)
-        earlier = _marked_dtypes(onnx_dir)
-        for graph in built:
-            place_graph(graph, onnx_dir)
-        for dtype in set(earlier) - set(dtypes):
-            for component in COMPONENTS:
-                remove_graph(onnx_dir / graph_file(component, dtype))
-        write_marker(onnx_dir, dtypes)
-    finally:
-        shutil.rmtree(fresh, ignore_errors=True)
+    built_dtypes = (*dtypes, "fp32") if keep_fp32 and "fp32" not in dtypes else dtypes
+    build_graphs(model_dir, scratch, [(c, d) for c in COMPONENTS for d in built_dtypes], progress)
+    copy_config_files(model_dir, out_dir)
+    earlier = _marked_dtypes(onnx_dir)
+    for component in COMPONENTS:
+        for dtype in dtypes:
+            place_graph(scratch / graph_file(component, dtype), onnx_dir)
+    for dtype in set(earlier) - set(dtypes):
+        for component in COMPONENTS:
+            remove_graph(onnx_dir / graph_file(component, dtype))
+    write_marker(onnx_dir, dtypes)
 
 
 def _marked_dtypes(onnx_dir: Path) -> list[str]:
@@ -177,20 +175,18 @@ def _marked_dtypes(onnx_dir: Path) -> list[str]:
     return [d for d in dtypes if d in EXPORT_DTYPES] if isinstance(dtypes, list) else []
 
 
-def _export_traced(model_dir: Path, onnx_dir: Path, scratch: Path | None, dtypes):
+def _export_traced(model_dir: Path, onnx_dir: Path, scratch: Path, dtypes):
+    """Traced graphs (the "official" style): fp32 into `onnx_dir` when asked for, else into
+    `scratch`, and each variant quantized from it."""
     from smolvlm_cli.builder.quantize import make_variant
     from smolvlm_cli.export.traced import export_traced_graph, load_torch_model
 
     torch_model = load_torch_model(model_dir)
-    fp32_dir = onnx_dir if "fp32" in dtypes else (scratch or Path(tempfile.mkdtemp(dir=onnx_dir, prefix=".fp32-")))
-    try:
-        for graph in GRAPHS:
-            fp32 = fp32_dir / f"{graph}.onnx"
-            export_traced_graph(torch_model, graph, fp32)
-            for dtype in dtypes:
-                if dtype != "fp32":
-                    make_variant(graph, dtype, fp32, onnx_dir / f"{graph}{DTYPE_SUFFIXES[dtype]}.onnx")
-    finally:
-        if fp32_dir not in (onnx_dir, scratch):
-            shutil.rmtree(fp32_dir, ignore_errors=True)
+    fp32_dir = onnx_dir if "fp32" in dtypes else scratch
+    for graph in GRAPHS:
+        fp32 = fp32_dir / f"{graph}.onnx"
+        export_traced_graph(torch_model, graph, fp32)
+        for dtype in dtypes:
+            if dtype != "fp32":
+                make_variant(graph, dtype, fp32, onnx_dir / f"{graph}{DTYPE_SUFFIXES[dtype]}.onnx")
     return torch_model
