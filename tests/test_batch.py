@@ -437,6 +437,24 @@ def test_stop_signal_finishes_in_flight_and_resumes(photos):
     assert len(paths) == len(set(paths)) == 6
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_rerun_from_another_folder_resumes(photos, tmp_path, monkeypatch, fmt):
+    """Records keep paths as typed (`photos/a.png`); run again from the parent folder, naming
+    the same images and output another way, the run still knows which images are done."""
+    out = f"o.{fmt}"
+    summary, _, _ = run(BatchConfig(["photos"], fmt=fmt, output=out), stop_after=2)
+    assert summary.done == 2
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = BatchConfig([str(Path("..") / "photos")], fmt=fmt, output=str(Path("..") / out))
+    summary, _, _ = run(config)
+    assert (summary.done, summary.skipped_done, summary.exit_code) == (4, 2, 0)
+    summary, _, _ = run(config)  # both spellings of the records name the same images
+    assert (summary.done, summary.skipped_done) == (0, 6)
+    assert len((tmp_path / out).read_text().splitlines()) == 6 + (fmt == "csv")
+
+
 def test_stop_flag_second_signal_interrupts():
     flag = StopFlag()
     flag._handle(2, None)

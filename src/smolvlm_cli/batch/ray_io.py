@@ -32,7 +32,7 @@ from typing import Any, TextIO
 from smolvlm_cli.batch.files import AppendLog, sweep_temps, temp_path
 from smolvlm_cli.batch.progress import Reporter, Summary
 from smolvlm_cli.batch.records import FIELDS, ImageRecord, Job
-from smolvlm_cli.batch.resume import IndexedOutput, RecordIndex
+from smolvlm_cli.batch.resume import IndexedOutput, RecordIndex, record_key
 from smolvlm_cli.batch.runner import BatchConfig, find_images, item_prompt, plan_run
 from smolvlm_cli.errors import SmolVLMError
 
@@ -147,7 +147,7 @@ class ParquetStore(IndexedOutput):
         self._lock = AppendLog(self.folder / LOCK_NAME).open()
         try:
             for record in self._read(self.files(), brief=True):
-                self.index.add(record, os.path.abspath(record.path))
+                self.index.add(record, record_key(record.path, self.folder.parent))
         except BaseException:
             self.close(compact=False)
             raise
@@ -185,7 +185,7 @@ class ParquetStore(IndexedOutput):
         mine = [f for f in self.files() if f not in before]
         records = list(self._read(mine))
         for record in records:
-            self.index.add(record, os.path.abspath(record.path))
+            self.index.add(record, record_key(record.path, self.folder.parent))
         return records
 
     def close(self, compact: bool = True) -> None:
@@ -208,10 +208,13 @@ class ParquetStore(IndexedOutput):
         latest: dict[str, tuple[Path, int]] = {}
         for file, table in tables.items():
             for n, path in enumerate(table.column("path").to_pylist()):
-                latest[os.path.abspath(path)] = (file, n)
+                latest[record_key(path, self.folder.parent)] = (file, n)
         dropped = 0
         for file, table in tables.items():
-            keep = [latest.get(os.path.abspath(p)) == (file, n) for n, p in enumerate(table.column("path").to_pylist())]
+            keep = [
+                latest.get(record_key(p, self.folder.parent)) == (file, n)
+                for n, p in enumerate(table.column("path").to_pylist())
+            ]
             if all(keep):
                 continue
             dropped += keep.count(False)

@@ -114,9 +114,23 @@ def check_made_with(
     )
 
 
+def record_key(path: str, home: str | Path) -> str:
+    """The image a record's `path` names, as an absolute path (the key of resume).
+
+    Paths are recorded as typed, so a relative one is read from the current folder; when it
+    names no file from here but does from `home` (the output's folder), it is read from there:
+    a re-run from another folder of a run that wrote its output beside it still resumes.
+    """
+    here = os.path.abspath(path)
+    if os.path.isabs(path) or os.path.lexists(here):
+        return here
+    there = os.path.abspath(os.path.join(home, path))
+    return there if os.path.lexists(there) else here
+
+
 @dataclass
 class RecordIndex:
-    """The last record per image (keyed by absolute path) of a JSONL/CSV results file."""
+    """The last record per image (keyed by `record_key`) of a JSONL/CSV results file."""
 
     last: dict[str, bool] = field(default_factory=dict)  # key -> ok
     made: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (model, prompt)

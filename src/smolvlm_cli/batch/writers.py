@@ -18,7 +18,7 @@ from pathlib import Path
 from smolvlm_cli.batch.discover import ImageItem
 from smolvlm_cli.batch.files import AppendLog, atomic_write, cut_tail, read_records, repair_tail, rewrite, sweep_temps
 from smolvlm_cli.batch.records import FIELDS, ImageRecord, csv_line, loads
-from smolvlm_cli.batch.resume import IndexedOutput, Ledger, RecordIndex, State
+from smolvlm_cli.batch.resume import IndexedOutput, Ledger, RecordIndex, State, record_key
 from smolvlm_cli.errors import SmolVLMError
 
 SIDECAR_SUFFIX = ".txt"
@@ -250,7 +250,7 @@ class RecordFileWriter(IndexedOutput):
             except (ValueError, TypeError):
                 self.index.unreadable += 1
                 continue
-            self.index.add(record, os.path.abspath(record.path))
+            self.index.add(record, record_key(record.path, self.path.parent))
         ours = has_start or bool(self.index.last)
         if not ours and (records or (tail and not self._opens_a_record(tail))):
             raise SmolVLMError(
@@ -299,7 +299,7 @@ class RecordFileWriter(IndexedOutput):
         order: dict[object, bytes] = {}
         for n, raw in enumerate(records):
             try:
-                key: object = os.path.abspath(self.parse_record(raw).path)
+                key: object = record_key(self.parse_record(raw).path, self.path.parent)
             except (ValueError, TypeError):
                 key = n  # not a record: kept where it is
             order[key] = raw  # dicts keep the first position, the update takes the last content
