@@ -220,9 +220,17 @@ def test_session_cache_can_move_or_be_disabled(tmp_path, tiny_onnx_dir, monkeypa
     entry = onnx_session.cached_graph(graph)
     assert entry is not None and entry.is_relative_to(tmp_path / "elsewhere")
     monkeypatch.delenv(onnx_session.CACHE_ENV)
-    monkeypatch.setattr(onnx_session, "_writable_dir", lambda p: "smolvlm-cli" in str(p))  # read-only model dir
+    # a read-only model folder: smolvlm-cli's cache, wherever SMOLVLM_CACHE puts it
+    monkeypatch.setattr(onnx_session, "_writable_dir", lambda p: "sessions" in str(p))
+    monkeypatch.setenv("SMOLVLM_CACHE", str(tmp_path / "mine"))
+    assert onnx_session.cache_dir_for(graph).is_relative_to(tmp_path / "mine" / "sessions")
+    monkeypatch.delenv("SMOLVLM_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert onnx_session.cache_dir_for(graph).is_relative_to(tmp_path / "xdg" / "smolvlm-cli")
+    assert onnx_session.cache_dir_for(graph).is_relative_to(tmp_path / "xdg" / "smolvlm-cli" / "sessions")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.delenv("HOME")
+    monkeypatch.setattr("pwd.getpwuid", lambda uid: (_ for _ in ()).throw(KeyError(uid)))  # a container's UID
+    assert onnx_session.cache_dir_for(graph) is None  # no cache, no failure: it is optional
 
 
 # -- dtype defaults ------------------------------------------------------------------------------------

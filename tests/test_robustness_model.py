@@ -172,6 +172,20 @@ def test_a_graph_cache_that_cannot_be_a_folder_names_the_setting(model_dir, imag
     assert "SMOLVLM_CACHE" in stderr_of(result)
 
 
+def test_a_graph_cache_that_refuses_its_lock_names_the_setting(model_dir, image, tmp_path, monkeypatch):
+    """A read-only cache, built before for another dtype: its lock file cannot be made."""
+    import filelock
+
+    def refused(lock, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", lock.lock_file)
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", refused)
+    cache = tmp_path / "read-only"
+    result = invoke_cli("describe", image, "-m", model_dir, "--graphs", "build", env={"SMOLVLM_CACHE": str(cache)})
+    assert_clean_error(result, names=[cache], reason="cannot use the graph cache")
+    assert "SMOLVLM_CACHE" in stderr_of(result)
+
+
 def test_chat_template_that_reads_files_fails_cleanly(model_dir, image, tmp_path):
     """A template cannot include files (no loader in the sandbox); it fails as one error line."""
     broken = clone(model_dir, tmp_path / "m")

@@ -2,8 +2,8 @@
 
 Optimizing a graph (fusions, constant folding) costs 0.5-2 s per graph at every start. The first
 load of a graph saves ONNX Runtime's optimized version, with its weights in a separate data file,
-in a cache directory next to the model (`onnx/.smolvlm-cache/`, or the user cache directory when
-the model folder is read-only); later loads read that file with optimizations off. External
+in a cache directory next to the model (`onnx/.smolvlm-cache/`, or `sessions/` in smolvlm-cli's cache,
+`user_cache.cache_root()`, when the model folder is read-only); later loads read that file with optimizations off. External
 weights are memory-mapped by ONNX Runtime: the token-embedding table then only costs the rows
 actually looked up, and no graph is held twice in memory while it loads.
 
@@ -38,7 +38,8 @@ import numpy as np
 import onnxruntime as ort
 
 from smolvlm_cli.builder.layout import data_files, sweep_abandoned
-from smolvlm_cli.errors import BackendUnavailableError, ConfigError
+from smolvlm_cli.errors import BackendUnavailableError, ConfigError, SmolVLMError
+from smolvlm_cli.user_cache import cache_root
 
 ORT_TYPES = {
     "tensor(float)": np.float32,
@@ -155,7 +156,10 @@ def cache_dir_for(path: Path) -> Path | None:
     beside = path.parent / CACHE_DIRNAME
     if _writable_dir(beside):
         return beside
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "smolvlm-cli" / "sessions"
+    try:  # the user's cache ($SMOLVLM_CACHE, ...): optional, so no home folder means no cache
+        base = cache_root() / "sessions"
+    except SmolVLMError:
+        return None
     user = base / hashlib.sha256(str(path.resolve().parent).encode()).hexdigest()[:16]
     return user if _writable_dir(user) else None
 

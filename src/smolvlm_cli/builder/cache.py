@@ -33,19 +33,11 @@ from smolvlm_cli.batch.files import atomic_write
 from smolvlm_cli.builder.layout import BUILDER_VERSION, Progress, data_files, graph_file, remove_graph
 from smolvlm_cli.builder.weights import weight_files
 from smolvlm_cli.errors import SmolVLMError
+from smolvlm_cli.user_cache import CACHE_ENV, cache_root
 
-CACHE_ENV = "SMOLVLM_CACHE"
 MANIFEST_SUFFIX = ".built"
 _SAMPLE = 1 << 16  # bytes per sampled block
 _BLOCKS = 64
-
-
-def cache_root() -> Path:
-    setting = os.environ.get(CACHE_ENV, "").strip()
-    if setting:
-        return Path(setting).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(base) if base else Path.home() / ".cache") / "smolvlm-cli"
 
 
 def graphs_root() -> Path:
@@ -149,14 +141,16 @@ def ensure_graphs(
     wanted = sorted(dtypes.items())
     if all(graph_state(onnx_dir / graph_file(c, d)) == "ok" for c, d in wanted):
         return entry
+    lock = FileLock(str(entry / ".lock"))
     try:
         onnx_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file in the way, no permission, a read-only disk
+        lock.acquire()
+    except OSError as exc:  # a file in the way, no permission, a read-only disk or cache
         raise SmolVLMError(
             f"cannot use the graph cache {cache_root()}: {exc.strerror or exc}",
             hint=f"set {CACHE_ENV} to a folder you can write (or --graphs hub to run a repo's own graphs)",
         ) from exc
-    with FileLock(str(entry / ".lock")):
+    try:
         for stale in entry.glob(".build-*"):  # a killed build's scratch: nobody else builds now
             shutil.rmtree(stale, ignore_errors=True)
         todo = []
@@ -171,6 +165,8 @@ def ensure_graphs(
         if todo:
             _build_into(model_dir, entry, onnx_dir, todo, progress)
         _write_source(entry, model_dir, label)
+    finally:
+        lock.release()
     return entry
 
 
