@@ -20,10 +20,12 @@ NAME = "SmolVLM2-256M-Video-Instruct"
 class Terminal:
     """A command on a pseudo-terminal (stdin, stdout and stderr), driven line by line."""
 
-    def __init__(self, *args):
+    def __init__(self, *args, stdout=None):
         env = {**os.environ, "TERM": "xterm", "COLUMNS": "120", "LINES": "40"}
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child
+            if stdout is not None:  # `> file`: the results elsewhere, the user at the terminal
+                os.dup2(os.open(stdout, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 1)
             os.execvpe(sys.executable, [sys.executable, "-m", "smolvlm_cli", *map(str, args)], env)
         self.seen = ""
 
@@ -96,6 +98,19 @@ def test_chat_at_a_terminal(model_dir, image, tmp_path):
     messages = json.loads(transcript.read_text())
     assert [m["role"] for m in messages] == ["user", "assistant"]  # `quit` was not sent
     assert messages[0]["content"][0] == {"type": "image", "path": str(image)}
+
+
+def test_chat_with_its_answers_sent_to_a_file_prompts_on_the_terminal(model_dir, image, tmp_path):
+    """`smolvlm chat img > answers.txt`: the "> " prompt is for the user, the file gets answers."""
+    answers = tmp_path / "answers.txt"
+    term = Terminal("chat", image, "-m", model_dir, "-n", "3", "--detail", "low", stdout=answers)
+    term.expect("> ")
+    term.send("What is it?")
+    term.expect("> ")
+    term.send("quit")
+    assert term.wait() == 0
+    text = answers.read_text()
+    assert text.strip() and ">" not in text and text.count("\n") == 1  # one answer, one line
 
 
 def test_a_message_that_cannot_be_sent_is_an_error_and_the_chat_goes_on(model_dir, image):

@@ -9,10 +9,17 @@ Names load lazily so that `import smolvlm_cli` (and `smolvlm --help`) stays fast
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+# ONNX Runtime (1.29 and later) sends usage telemetry from Linux and macOS too, and writes a
+# device id under HOME when it is imported (a coloured warning on every run where HOME is
+# read-only). A local tool sends nothing it does not need: off, unless the user chose otherwise.
+# Read once, when onnxruntime is first imported: this module is imported before it.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 _EXPORTS = {
     "SmolVLM": "smolvlm_cli.model",

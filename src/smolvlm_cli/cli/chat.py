@@ -284,9 +284,15 @@ def _lines(interactive: bool):
     if not interactive:
         yield from sys.stdin
         return
+    # the "> " prompt is for the user, not the results: on stderr when stdout goes elsewhere
+    # (input() writes its prompt to stdout; readline line editing needs it there on a terminal)
+    on_terminal = sys.stdout.isatty()
     while True:
         try:
-            yield input("> ")
+            if not on_terminal:
+                sys.stderr.write("> ")
+                sys.stderr.flush()
+            yield input("> " if on_terminal else "")
         except EOFError:
             print(file=sys.stderr)
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ STDIN = "-"
 
 
 PROMPT_RULE = (
-    "The last argument is the prompt when it is not '-', a URL or an existing file, "
+    "The last argument is the prompt when it is not '-', a URL or an existing file (not a folder), "
     "and it contains a space or does not end in an image or video extension: "
     "`describe sign.png 'Read the text in sign.png'` works."
 )
@@ -32,7 +33,9 @@ def is_prompt(arg: str) -> bool:
 
     if not arg.strip():
         return True  # an empty prompt (refused by split_images_and_prompt), not the folder "."
-    if arg == STDIN or is_url(arg) or Path(arg).exists():
+    # os.path, not Path.exists: a prompt longer than a file name may be (255 bytes) is not an
+    # error; a folder is no image, so a one-word prompt named like one is still the prompt
+    if arg == STDIN or is_url(arg) or (os.path.exists(arg) and not os.path.isdir(arg)):
         return False
     name = Path(arg).name
     return any(c.isspace() for c in arg.strip()) or not (looks_like_image(name) or is_video_path(name))

@@ -20,6 +20,7 @@ from smolvlm_cli import __version__
 from smolvlm_cli.cli import batch, chat, describe, export, models, serve
 from smolvlm_cli.cli.exiting import leave_on_next_signal
 from smolvlm_cli.cli.help import Group
+from smolvlm_cli.cli.streams import standard_streams
 from smolvlm_cli.errors import SmolVLMError
 
 app = typer.Typer(
@@ -84,15 +85,16 @@ def _os_error(exc: OSError) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     """Typer handles usage errors (exit 2) and Ctrl-C (exit 130); known errors become one line."""
-    try:
-        _main(argv)
-    except KeyboardInterrupt:  # a Ctrl-C while an exit was being reported (users press it twice)
-        leave_on_next_signal()
-        sys.exit(130)
+    with standard_streams():
+        try:
+            _main(argv)
+        except KeyboardInterrupt:  # a Ctrl-C while an exit was being reported (users press it twice)
+            leave_on_next_signal()
+            sys.exit(130)
 
 
 def _main(argv: list[str] | None) -> None:
-    debug = os.environ.get("SMOLVLM_DEBUG", "") not in ("", "0")
+    debug = os.environ.get("SMOLVLM_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
     if not debug:
         # Pillow's notes on images it still decodes ("Corrupt EXIF data", ...) would print its
         # source file and line on stderr; a bad image is reported as an Error when it matters.

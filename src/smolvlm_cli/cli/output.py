@@ -31,12 +31,27 @@ def write(text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
     except BrokenPipeError:
-        import os
-
         import typer
 
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # silence the exit flush
+        silence_stdout()
         raise typer.Exit(0) from None
+    except OSError as exc:  # a full disk, /dev/full, an I/O error
+        from smolvlm_cli.errors import SmolVLMError
+
+        silence_stdout()
+        raise SmolVLMError(
+            f"cannot write the results to standard output: {exc.strerror or exc}",
+            hint="send them somewhere that takes them (a file on a disk with free space, a pipe)",
+        ) from None
+
+
+def silence_stdout() -> None:
+    """Point stdout's descriptor at /dev/null: what is still buffered would fail again in the
+    interpreter's exit flush (an "Exception ignored" line and exit 120)."""
+    import os
+
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def write_json(obj: Any) -> None:
