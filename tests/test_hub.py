@@ -34,6 +34,19 @@ def test_a_file_is_not_a_model(tmp_path):
         resolve_model(str(f), [])
 
 
+def test_a_hugging_face_cache_that_cannot_be_written_is_named(monkeypatch):
+    """HOME a file: "cannot download ...: Not a directory" with advice to connect."""
+    import huggingface_hub
+
+    def fail(*args, **kwargs):
+        raise NotADirectoryError(20, "Not a directory", "/srv/home-file/.cache/huggingface/token")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fail)
+    with pytest.raises(ModelNotFoundError, match="cannot use the Hugging Face cache: Not a directory: /srv/home") as e:
+        resolve_model("someone/model", files_for("onnx", "int8"))
+    assert "HF_HOME" in e.value.hint and "connect" not in e.value.hint
+
+
 def test_files_for_a_dtype_only():
     files = files_for("onnx", "vision=fp32,decoder=int8")
     assert "onnx/decoder_model_merged_int8.onnx" in files
@@ -43,8 +56,8 @@ def test_files_for_a_dtype_only():
     assert "*.safetensors" in files_for("torch", None)
 
 
-def _resolve_in_subprocess(model: str, hf_home, dtype: str = "fp32", select: bool = False):
-    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+def _resolve_in_subprocess(model: str, hf_home, dtype: str = "fp32", select: bool = False, env: dict | None = None):
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", **(env or {})}
     env.pop("HF_HUB_CACHE", None)
     call = (
         f"select_backend({model!r}, 'auto', {dtype!r})"
@@ -95,6 +108,20 @@ def test_offline_uses_the_hub_cache(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == str(snapshot)
     assert json.loads((snapshot / "config.json").read_text())["model_type"] == "smolvlm"
+
+
+@pytest.mark.slow
+def test_a_malformed_hf_endpoint_still_finds_the_cache_and_is_named(tmp_path):
+    """HF_ENDPOINT without http(s):// raised the HTTP client's own error, which huggingface_hub
+    lets through: models already in the cache failed too (an unreachable endpoint falls back)."""
+    snapshot = _cached_snapshot(tmp_path)
+    junk = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "junk"}
+    result = _resolve_in_subprocess("HuggingFaceTB/SmolVLM2-256M-Video-Instruct", tmp_path, env=junk)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == str(snapshot)
+    result = _resolve_in_subprocess("someone/not-cached", tmp_path, env=junk)
+    assert result.returncode == 3, result.stderr
+    assert "cannot download someone/not-cached" in result.stdout and "HF_ENDPOINT ('junk')" in result.stdout
 
 
 @pytest.mark.slow

@@ -115,6 +115,22 @@ def _snapshot(repo_id: str, patterns: list[str], progress: Progress) -> str:
             hint=_network_hint(repo_id),
         ) from exc
     except (HfHubHTTPError, OSError) as exc:
+        cause = _innermost(exc)
+        if isinstance(cause, OSError) and cause.filename is not None:  # a file of the cache, not the network
+            raise ModelNotFoundError(
+                f"cannot use the Hugging Face cache: {cause.strerror or cause}: {os.fsdecode(cause.filename)}",
+                hint="set HF_HOME to a folder you can write (the Hub's files are kept there)",
+            ) from exc
+        raise ModelNotFoundError(f"cannot download {repo_id}: {_root_cause(exc)}", hint=_network_hint(repo_id)) from exc
+    except Exception as exc:
+        # the HTTP client's own errors (a malformed HF_ENDPOINT, a TLS failure) escape
+        # huggingface_hub: the cache may still hold the model, as when the Hub is unreachable
+        if not type(exc).__module__.startswith(("httpx", "httpcore", "requests", "urllib3", "ssl")):
+            raise
+        try:
+            return snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
+        except (LocalEntryNotFoundError, OSError):
+            pass
         raise ModelNotFoundError(f"cannot download {repo_id}: {_root_cause(exc)}", hint=_network_hint(repo_id)) from exc
 
 
@@ -125,17 +141,21 @@ def _offline() -> bool:
 
 
 def _network_hint(repo_id: str) -> str:
-    return (
-        f"connect and run `smolvlm download {repo_id}` once; or use a mirror "
-        "(HF_ENDPOINT=https://your-mirror); or give a model folder you have instead of the id"
-    )
+    endpoint = os.environ.get("HF_ENDPOINT", "").strip()
+    mirror = f"check HF_ENDPOINT ({endpoint!r})" if endpoint else "or use a mirror (HF_ENDPOINT=https://your-mirror)"
+    return f"connect and run `smolvlm download {repo_id}` once; {mirror}; or give a model folder you have instead of the id"
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    while exc.__cause__ is not None and exc.__cause__ is not exc:
+        exc = exc.__cause__
+    return exc
 
 
 def _root_cause(exc: BaseException) -> str:
     """The first line of the innermost cause ("Connection refused", "Name or service not
     known"), not the wrappers' advice."""
-    while exc.__cause__ is not None and exc.__cause__ is not exc:
-        exc = exc.__cause__
+    exc = _innermost(exc)
     reason = getattr(exc, "strerror", None) if isinstance(exc, OSError) else None
     text = (reason or str(exc)).strip()
     text = re.sub(r"^\[Errno -?\d+\]\s*", "", text.splitlines()[0] if text else "")
