@@ -159,3 +159,13 @@ def test_a_home_that_is_a_file_adds_nothing_to_stderr(model_dir, image, tmp_path
     result = subprocess.run(command, env=env, capture_output=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip()
     assert result.stderr == b""
+
+
+def test_a_deleted_current_folder_is_named(monkeypatch, model_dir, tmp_path):
+    """`cd gone && rmdir ../gone && smolvlm batch ../photos`: "No such file or directory", no name."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    result = invoke_cli("batch", "../photos", "-o", "-", "-m", model_dir)
+    assert result.returncode == 1 and b"Error: the current folder no longer exists" in result.stderr

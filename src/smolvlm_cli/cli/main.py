@@ -75,12 +75,22 @@ _OS_HINTS = {
 
 def _os_error(exc: OSError) -> tuple[str, str]:
     """An OS error as (message, hint): the reason, the file when known, what to do."""
+    if exc.errno == errno.ENOENT and exc.filename is None and not _cwd_exists():
+        return "the current folder no longer exists", "cd to a folder that exists (paths are read from there)"
     reason = exc.strerror or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     name = exc.filename if exc.filename is not None else None
     message = f"{reason}: {os.fsdecode(name)}" if name is not None else reason
     if exc.filename2 is not None:
         message += f" -> {os.fsdecode(exc.filename2)}"
     return message, _OS_HINTS.get(exc.errno, "run with SMOLVLM_DEBUG=1 for the full traceback")
+
+
+def _cwd_exists() -> bool:
+    try:
+        os.getcwd()
+    except OSError:
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:
