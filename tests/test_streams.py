@@ -163,6 +163,8 @@ def test_a_home_that_is_a_file_adds_nothing_to_stderr(model_dir, image, tmp_path
 
 def test_a_deleted_current_folder_is_named(monkeypatch, model_dir, tmp_path):
     """`cd gone && rmdir ../gone && smolvlm batch ../photos`: "No such file or directory", no name."""
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (40, 30)).save(tmp_path / "photos" / "a.png")
     gone = tmp_path / "gone"
     gone.mkdir()
     monkeypatch.chdir(gone)
