@@ -22,8 +22,12 @@ def test_local_directory_is_used_as_is():
 
 
 @pytest.mark.parametrize("name", ["not a repo", "../nowhere", "/no/such/dir", "a/b/c"])
-def test_neither_directory_nor_hub_id(name):
-    with pytest.raises(ModelNotFoundError, match="neither a local directory nor a Hub id"):
+def test_neither_directory_nor_hub_id(name, monkeypatch):
+    monkeypatch.delenv("SMOLVLM_MODEL", raising=False)
+    with pytest.raises(ModelNotFoundError, match=f"model '{name}' is neither a local directory nor a Hub id"):
+        resolve_model(name, [])
+    monkeypatch.setenv("SMOLVLM_MODEL", name)  # set long ago in a shell profile: say so
+    with pytest.raises(ModelNotFoundError, match=r"\(from \$SMOLVLM_MODEL\) is neither"):
         resolve_model(name, [])
 
 

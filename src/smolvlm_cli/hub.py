@@ -41,6 +41,11 @@ def default_model() -> str:
     return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
 
 
+def _from_env(model: str) -> str:
+    """Where a bad model name came from, when the user may not remember setting it."""
+    return f" (from ${MODEL_ENV})" if os.environ.get(MODEL_ENV) == model else ""
+
+
 def files_for(backend: str, dtype: str | None) -> list[str]:
     """Hub file patterns a backend needs: `torch` and `build` (our graphs, built from the
     checkpoint) the safetensors weights, `onnx` the repo's own graphs of `dtype` (a graph may
@@ -75,7 +80,7 @@ def resolve_model(model: str, patterns: list[str], progress: Progress | None = N
         raise ModelNotFoundError(f"model {model!r} is a file, not a model directory")
     if not _REPO_ID.match(model) or model.startswith((".", "/", "~")):
         raise ModelNotFoundError(
-            f"model {model!r} is neither a local directory nor a Hub id",
+            f"model {model!r}{_from_env(model)} is neither a local directory nor a Hub id",
             hint=f"pass a directory in the Hugging Face layout or an id like {DEFAULT_MODEL}",
         )
     return Path(_snapshot(model, patterns, progress or Progress()))
@@ -101,7 +106,8 @@ def _snapshot(repo_id: str, patterns: list[str], progress: Progress) -> str:
         ) from exc
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
         raise ModelNotFoundError(
-            f"model {repo_id} not found on the Hugging Face Hub", hint="check the id, or log in if it is private"
+            f"model {repo_id}{_from_env(repo_id)} not found on the Hugging Face Hub",
+            hint="check the id, or log in if it is private",
         ) from exc
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
         if _offline():
