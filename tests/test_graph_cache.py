@@ -18,10 +18,10 @@ import pytest
 from PIL import Image
 
 from conftest import run_on_terminal
+from default_install import ONLY_DEFAULT_DEPENDENCIES
 from model_fixtures import TINY_MODEL_NAMES
 
 REPO_ID = "someone/tiny-smolvlm"
-NO_TORCH = "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
 pytestmark = pytest.mark.slow  # CLI subprocesses
 
 
@@ -57,16 +57,24 @@ def _env(hf_home: Path, cache: Path) -> dict:
     return env
 
 
-def _describe_cmd(image: Path, *extra: str, no_torch: bool = False) -> list[str]:
+def _describe_cmd(image: Path, *extra: str, default_install: bool = False) -> list[str]:
     args = ["describe", str(image), "-m", REPO_ID, "-n", "6", "--no-split", *extra]
-    if no_torch:
-        return [sys.executable, "-c", NO_TORCH + f"from smolvlm_cli.cli.main import main\nmain({args!r})"]
+    if default_install:
+        return [
+            sys.executable,
+            "-c",
+            ONLY_DEFAULT_DEPENDENCIES + f"from smolvlm_cli.cli.main import main\nmain({args!r})",
+        ]
     return [sys.executable, "-m", "smolvlm_cli", *args]
 
 
-def _describe(env, image, *extra, no_torch=False) -> subprocess.CompletedProcess:
+def _describe(env, image, *extra, default_install=False) -> subprocess.CompletedProcess:
     return subprocess.run(
-        _describe_cmd(image, *extra, no_torch=no_torch), env=env, capture_output=True, text=True, timeout=300
+        _describe_cmd(image, *extra, default_install=default_install),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -80,7 +88,7 @@ def reference_answer(hf_home, image, tmp_path_factory) -> str:
     """The first run on a fresh cache, without torch or transformers importable: it builds the
     graphs (status on stderr), and stdout holds only the answer."""
     cache = tmp_path_factory.mktemp("first")
-    first = _describe(_env(hf_home, cache), image, no_torch=True)
+    first = _describe(_env(hf_home, cache), image, default_install=True)
     assert first.returncode == 0, first.stderr
     assert "Building fast ONNX graphs" in first.stderr and "Built the graphs" in first.stderr
     assert first.stdout.strip() and "Building" not in first.stdout and first.stdout.count("\n") == 1
@@ -101,11 +109,21 @@ def test_first_run_builds_and_later_runs_load(reference_answer):
     assert reference_answer.strip()
 
 
+def test_every_dtype_builds_with_only_the_default_dependencies(hf_home, image, tmp_path):
+    """q4 failed on `pip install .`: onnxruntime's 4-bit quantizer imports onnx_ir, which only
+    the test extras brought. fp16, q4's Gather and q4's MatMulNBits in one build (int8: the
+    reference answer's first run)."""
+    spec = "vision=fp16,embed=q4,decoder=q4"
+    run = _describe(_env(hf_home, tmp_path / "cache"), image, "--dtype", spec, default_install=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() and "Built the graphs" in run.stderr
+
+
 def test_a_killed_build_leaves_nothing_that_looks_finished(hf_home, image, reference_answer, tmp_path):
     cache = tmp_path / "cache"
     env = _env(hf_home, cache)
     killer = (
-        NO_TORCH  # SIGKILL from inside the build, after a few layers were written
+        ONLY_DEFAULT_DEPENDENCIES  # SIGKILL from inside the build, after a few layers were written
         + "import os, signal\n"
         "from smolvlm_cli.backends.select import select_backend\n"
         "from smolvlm_cli.builder.layout import Progress\n"
