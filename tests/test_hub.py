@@ -135,3 +135,30 @@ def test_default_dtype_falls_back_to_the_graphs_a_hub_repo_has(tmp_path):
     result = _resolve_in_subprocess("HuggingFaceTB/SmolVLM2-256M-Video-Instruct", tmp_path, dtype=None, select=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == repr(Selection("onnx", snapshot, snapshot))
+
+
+def test_missing_graphs_advice_fits_the_case(tmp_path, monkeypatch):
+    """--graphs hub: an fp32-only folder asked for int8 was told to install torch (which cannot
+    run int8); a Hub id offline whose cached snapshot lacks the graphs was "has no ONNX files"."""
+    from smolvlm_cli.backends import select
+    from smolvlm_cli.backends import torch as torch_backend
+    from smolvlm_cli.errors import BackendUnavailableError
+
+    folder = tmp_path / "fp32-only"
+    (folder / "onnx").mkdir(parents=True)
+    for name in CONFIG_FILES:
+        if (fixture_dir("SmolVLM2-256M-Video-Instruct") / name).exists():
+            shutil.copyfile(fixture_dir("SmolVLM2-256M-Video-Instruct") / name, folder / name)
+    for graph in ("vision_encoder", "embed_tokens", "decoder_model_merged"):
+        (folder / "onnx" / f"{graph}.onnx").write_bytes(b"graph")
+    monkeypatch.setattr(torch_backend, "torch_available", lambda: False)
+    with pytest.raises(BackendUnavailableError) as caught:
+        select.select_backend(str(folder), dtype="int8", graphs="hub")
+    assert "torch" not in caught.value.message and "torch" not in caught.value.hint
+    assert "choose another --dtype" in caught.value.hint
+
+    monkeypatch.setattr(select, "resolve_model", lambda model, files, progress=None: folder)
+    monkeypatch.setattr(select, "offline", lambda: True)
+    with pytest.raises(BackendUnavailableError, match="in the local cache, and HF_HUB_OFFLINE is set") as caught:
+        select.select_backend("someone/model", dtype="int8", graphs="hub")
+    assert caught.value.hint.startswith("unset HF_HUB_OFFLINE to fetch them")

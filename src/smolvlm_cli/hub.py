@@ -110,7 +110,7 @@ def _snapshot(repo_id: str, patterns: list[str], progress: Progress) -> str:
             hint="check the id, or log in if it is private",
         ) from exc
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
-        if _offline():
+        if offline():
             raise ModelNotFoundError(
                 f"model {repo_id} is not in the local cache, and HF_HUB_OFFLINE is set",
                 hint=f"unset HF_HUB_OFFLINE and run `smolvlm download {repo_id}` once, or give a "
@@ -140,7 +140,8 @@ def _snapshot(repo_id: str, patterns: list[str], progress: Progress) -> str:
         raise ModelNotFoundError(f"cannot download {repo_id}: {_root_cause(exc)}", hint=_network_hint(repo_id)) from exc
 
 
-def _offline() -> bool:
+def offline() -> bool:
+    """Whether huggingface_hub is told not to reach the Hub (HF_HUB_OFFLINE)."""
     from huggingface_hub import constants
 
     return bool(constants.HF_HUB_OFFLINE)

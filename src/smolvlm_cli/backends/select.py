@@ -20,7 +20,7 @@ from smolvlm_cli.backends import BACKENDS, GRAPH_SOURCES
 from smolvlm_cli.builder.layout import MARKER_FILE, Progress
 from smolvlm_cli.dtypes import EXPORT_DTYPES, FALLBACK_DTYPE, format_dtype, parse_dtype
 from smolvlm_cli.errors import BackendUnavailableError
-from smolvlm_cli.hub import files_for, has_onnx, has_torch_weights, is_local, resolve_model
+from smolvlm_cli.hub import files_for, has_onnx, has_torch_weights, is_local, offline, resolve_model
 
 
 @dataclass(frozen=True)
@@ -106,22 +106,28 @@ def _hub_graphs(model: str, backend: str, dtype: str | None, torch_ok: bool, pro
     from smolvlm_cli.backends.torch import TORCH_DTYPES
 
     # Fall back to torch only when it can honour the dtype (an explicit int8/q4 cannot be).
-    if backend == "auto" and torch_ok and (dtype is None or dtype.lower() in TORCH_DTYPES):
+    torch_could = dtype is None or dtype.lower() in TORCH_DTYPES
+    if backend == "auto" and torch_ok and torch_could:
         if not is_local(model):
             model_dir = resolve_model(model, files_for("torch", None), progress)
         if has_torch_weights(model_dir):
             return Selection("torch", model_dir)
     ways = []  # only the ways that can work here
+    not_fetched = not is_local(model) and offline()  # the repo may have them: not in the cache
+    if not_fetched:
+        ways.append("unset HF_HUB_OFFLINE to fetch them")
     if any((Path(model_dir) / "onnx").glob("*.onnx")):
         ways.append("choose another --dtype")
     if not has_torch_weights(model_dir):
         ways.append("add the checkpoint's *.safetensors to the folder: our graphs are built from them")
     elif _buildable(dtype):  # (so --graphs hub brought us here)
         ways.append("let --graphs auto build them from the safetensors")
-    if not torch_ok and backend != "onnx":
+    torch_would_do = not torch_ok and backend != "onnx" and torch_could
+    if torch_would_do:
         ways.append("pip install 'smolvlm-cli[torch]' for the torch backend")
     raise BackendUnavailableError(
         f"{model} has no ONNX files for dtype {format_dtype(parse_dtype(dtype))}"
-        + ("" if torch_ok or backend == "onnx" else " and torch is not installed"),
+        + (" in the local cache, and HF_HUB_OFFLINE is set" if not_fetched else "")
+        + (" and torch is not installed" if torch_would_do else ""),
         hint=", or ".join(ways) or None,
     )
