@@ -470,6 +470,32 @@ def test_nothing_to_do_does_not_load_the_model(photos):
     assert loads == [] and summary.skipped_done == 6 and summary.exit_code == 0
 
 
+def test_videos_left_out_for_want_of_pyav_are_counted(photos, monkeypatch):
+    """Without the video extra, `batch folder/` skipped its videos without a word."""
+    import io
+
+    from smolvlm_cli.video import decode
+
+    (photos / "clip.mp4").write_bytes(b"not decoded")
+    (photos / "sub" / "b.MOV").write_bytes(b"not decoded")
+    for available, warned in ((False, True), (True, False)):
+        monkeypatch.setattr(decode, "av_available", lambda: available)
+        said = io.StringIO()
+        vlm = FakeVLM()
+        engine = LocalEngine(vlm, None, model_name="fake/model", batch_size=1, workers=1)
+        config = BatchConfig(["photos"], fmt="jsonl", output=f"o-{available}.jsonl")
+        summary = run_batch(config, lambda: engine, reporter=Reporter(quiet=True, stream=said))
+        assert summary.done == 6  # the images, as before
+        assert ("Warning: 2 video file(s) left out: video needs PyAV" in said.getvalue()) is warned
+    said = io.StringIO()
+    run_batch(
+        BatchConfig(["photos"], fmt="jsonl", output="o-ext.jsonl", extensions=("png",)),
+        lambda: engine,
+        reporter=Reporter(quiet=True, stream=said),
+    )
+    assert "video" not in said.getvalue()  # --ext png: a choice, not an accident
+
+
 def test_no_images_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SmolVLMError, match="no images found"):

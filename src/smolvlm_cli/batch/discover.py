@@ -62,6 +62,7 @@ class Discovery:
     items: list[ImageItem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # unreadable folders, ...
     base: str = ""  # the folder `rel` is relative to
+    videos_left_out: int = 0  # files in walked folders with a video extension not asked for
 
 
 def parse_extensions(values: Iterable[str] | None) -> tuple[str, ...]:
@@ -165,9 +166,13 @@ def read_path_list(stream: TextIO, null: bool = False) -> list[str]:
     return [name for name in names if name.strip()]
 
 
-def _walk(root: str, recursive: bool, filt: PathFilter, seen_dirs: set, warnings: list[str]) -> Iterable[str]:
+def _walk(root: str, recursive: bool, filt: PathFilter, seen_dirs: set, result: Discovery) -> Iterable[str]:
     """Files under `root` passing `filt` (depth first, no recursion limit), each folder (by
-    identity: links and loops) once."""
+    identity: links and loops) once; unreadable folders and video files left out noted in
+    `result`."""
+    from smolvlm_cli.formats import VIDEO_EXTENSIONS
+
+    videos = {"." + e for e in VIDEO_EXTENSIONS}
     stack = [""]
     while stack:
         rel_dir = stack.pop()
@@ -181,7 +186,7 @@ def _walk(root: str, recursive: bool, filt: PathFilter, seen_dirs: set, warnings
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            warnings.append(f"cannot read folder {folder}: {exc.strerror or exc}")
+            result.warnings.append(f"cannot read folder {folder}: {exc.strerror or exc}")
             continue
         subdirs = []
         for entry in entries:
@@ -200,6 +205,8 @@ def _walk(root: str, recursive: bool, filt: PathFilter, seen_dirs: set, warnings
                     subdirs.append(rel)
             elif (is_file or broken) and filt.accepts(rel):
                 yield rel
+            elif is_file and os.path.splitext(entry.name)[1].lower() in videos and not filt.has_image_extension(rel):
+                result.videos_left_out += 1
         stack.extend(reversed(subdirs))
 
 
@@ -243,7 +250,7 @@ def discover(
 
     def add_dir(folder: str) -> None:
         anchors.append(os.path.abspath(folder))
-        for rel in _walk(folder, recursive, filt, seen_dirs, result.warnings):
+        for rel in _walk(folder, recursive, filt, seen_dirs, result):
             found.append(os.path.join(folder, *rel.split("/")))
 
     def add_file(path: str) -> None:

@@ -181,6 +181,13 @@ def find_images(config: BatchConfig, reporter: Reporter, stdin: TextIO | None):
     )
     for warning in found.warnings:
         reporter.warn(warning)
+    from smolvlm_cli.video.decode import av_available
+
+    # the default extensions leave videos out only without PyAV: say so (an --ext is a choice)
+    if found.videos_left_out and set(config.extensions) == set(DEFAULT_EXTENSIONS) and not av_available():
+        reporter.warn(
+            f"{found.videos_left_out} video file(s) left out: video needs PyAV (pip install 'smolvlm-cli[video]')"
+        )
     if not found.items:
         raise SmolVLMError(
             f"no images found in {', '.join(config.inputs)}",
