@@ -207,6 +207,7 @@ BAD_REQUESTS = {
     # name: (body or raw bytes, status, code)
     "malformed_json": (b'{"messages": [', 400, "invalid_json"),
     "not_an_object": (b"[1, 2]", 400, "invalid_json"),
+    "deeply_nested_json": (b'{"messages":' + b"[" * 1100 + b"]" * 1100 + b"}", 400, "invalid_json"),  # was a 500
     "missing_messages": ({"model": NAME}, 400, "missing_required_parameter"),
     "messages_not_a_list": ({"messages": "hi"}, 400, "invalid_type"),
     "bad_role": ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "invalid_value"),
@@ -217,6 +218,25 @@ BAD_REQUESTS = {
     "temperature_out_of_range": ({"messages": user("hi"), "temperature": 5}, 400, "invalid_value"),
     "stream_wrong_type": ({"messages": user("hi"), "stream": "yes"}, 400, "invalid_type"),
     "n_above_one": ({"messages": user("hi"), "n": 2}, 400, "unsupported_value"),
+    "n_a_string": ({"messages": user("hi"), "n": "2"}, 400, "invalid_type"),  # was "only n=1"
+    "seed_above_int64": ({"messages": user("hi"), "seed": 2**63}, 400, "invalid_value"),
+    "seed_far_above_int64": ({"messages": user("hi"), "seed": 10**30}, 400, "invalid_value"),
+    # OpenAI parameters that were silently ignored
+    "logit_bias": ({"messages": user("hi"), "logit_bias": {"50256": -100}}, 400, "unsupported_parameter"),
+    "top_logprobs": ({"messages": user("hi"), "top_logprobs": 0}, 400, "unsupported_parameter"),
+    "modalities_audio": ({"messages": user("hi"), "modalities": ["text", "audio"]}, 400, "unsupported_value"),
+    "audio": ({"messages": user("hi"), "audio": {"voice": "alloy", "format": "wav"}}, 400, "unsupported_parameter"),
+    "prediction": (
+        {"messages": user("hi"), "prediction": {"type": "content", "content": "x"}},
+        400,
+        "unsupported_parameter",
+    ),
+    "stream_options_without_stream": (
+        {"messages": user("hi"), "stream_options": {"include_usage": True}},
+        400,
+        "invalid_value",
+    ),
+    "empty_content_list": ({"messages": [{"role": "user", "content": []}]}, 400, "invalid_value"),  # was the template's
     "bad_base64": ({"messages": user("hi", "data:image/png;base64,***not base64***")}, 400, "invalid_base64"),
     "data_uri_not_an_image_type": ({"messages": user("hi", data_uri(b"hello", "text/plain"))}, 400, "invalid_image"),
     "data_uri_not_image_bytes": ({"messages": user("hi", data_uri(b"just some text"))}, 400, "invalid_image"),
@@ -269,6 +289,20 @@ BAD_REQUESTS = {
 }
 
 
+# the `param` of the cases that name one
+PARAMS = {
+    "n_a_string": "n",
+    "seed_above_int64": "seed",
+    "logit_bias": "logit_bias",
+    "top_logprobs": "top_logprobs",
+    "modalities_audio": "modalities",
+    "audio": "audio",
+    "prediction": "prediction",
+    "stream_options_without_stream": "stream_options",
+    "empty_content_list": "messages[0].content",
+}
+
+
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
 def test_bad_request_corpus(case, http, files):
     body, status, code = BAD_REQUESTS[case]
@@ -287,7 +321,29 @@ def test_bad_request_corpus(case, http, files):
     assert error["code"] == code and error["message"]
     if case.startswith("max_completion_tokens"):  # the field the client sent, not its alias
         assert error["param"] == "max_completion_tokens" and "max_completion_tokens" in error["message"]
+    if case in PARAMS:
+        assert error["param"] == PARAMS[case], error
+    if case == "empty_content_list":
+        assert error["message"] == "'messages[0].content' must not be empty"
     assert http.get("/health").json()["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"logit_bias": {}, "top_logprobs": None, "audio": None, "prediction": None, "modalities": ["text"]},
+        {"stream_options": None, "n": 1},
+        {"seed": -(2**63)},
+        {"seed": 2**63 - 1},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": ""}]}]},  # as "content": ""
+    ],
+)
+def test_what_the_refusals_leave_alone(http, extra):
+    """The neutral values of the refused parameters, the int64 seed range's ends and an empty
+    text part are answered."""
+    body = {"messages": user("hi"), "max_tokens": 1, **extra}
+    response = http.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code == 200, response.text
 
 
 def test_max_request_tokens_above_the_models_context_is_refused_at_start(vlm):

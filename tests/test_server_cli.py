@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -92,6 +93,87 @@ def test_a_real_serve_process_answers_logs_and_stops_on_ctrl_c(model_dir):
     text = err.decode()
     assert "Serving" in text and "POST /v1/chat/completions 200" in text
     assert "Traceback" not in text
+
+
+# `smolvlm serve` whose model load waits until the file argv[1] exists (a load of minutes)
+SLOW_LOAD = (
+    "import os, sys, time\n"
+    "from smolvlm_cli.cli.option_groups import ModelChoice\n"
+    "load, flag = ModelChoice.load, sys.argv.pop(1)\n"
+    "def slow(self, *args, **kwargs):\n"
+    "    while not os.path.exists(flag):\n"
+    "        time.sleep(0.02)\n"
+    "    return load(self, *args, **kwargs)\n"
+    "ModelChoice.load = slow\n"
+    "from smolvlm_cli.cli.main import main\n"
+    "sys.argv[0] = 'smolvlm'\n"
+    "main()\n"
+)
+
+
+def _answer(url: str, body: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, json.dumps(body).encode() if body else None)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+@pytest.mark.slow  # real processes
+def test_a_loading_server_answers_503_and_a_ctrl_c_still_stops_it(model_dir, tmp_path):
+    """The port was open while the model loaded, and requests hung for the whole load: they get
+    503 "Loading model" now, then their answers; a Ctrl-C while loading exits 130 at once."""
+    flag = tmp_path / "loaded"
+    for stop_while_loading in (False, True):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        process = subprocess.Popen(
+            [sys.executable, "-c", SLOW_LOAD, str(flag), "serve", "-m", str(model_dir), "--dtype", "fp32"]
+            + ["--port", str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    status, body = _answer(f"{url}/health")
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline and process.poll() is None
+                    time.sleep(0.05)
+            assert status == 503 and body["error"]["message"] == "Loading model", body
+            chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+            assert _answer(f"{url}/v1/chat/completions", chat)[0] == 503
+            if not stop_while_loading:
+                flag.touch()
+                while _answer(f"{url}/health")[0] != 200:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+                status, reply = _answer(f"{url}/v1/chat/completions", chat)
+                assert status == 200 and reply["object"] == "chat.completion"
+        finally:
+            process.send_signal(signal.SIGINT)
+            _, err = process.communicate(timeout=30)
+            flag.unlink(missing_ok=True)
+        assert process.returncode == 130, err.decode()
+        assert ("Serving" in err.decode()) is not stop_while_loading and "Traceback" not in err.decode()
+
+
+@pytest.mark.slow  # real processes
+def test_a_model_that_fails_to_load_is_one_error_line_and_stops_the_server(model_dir, tmp_path):
+    """The model loads while the server already answers (503 "Loading model"): an error in loading
+    is still one `Error:` line and exit 1, the server stopped."""
+    result = run_cli(
+        *("serve", "-m", model_dir, "--dtype", "fp32", "--port", "0", "--quiet"), "--max-request-tokens", "999999"
+    )
+    assert_clean_error(result, reason="more than the model's context")
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    assert_clean_error(run_cli("serve", "-m", empty, "--port", "0", "--quiet"), names=[empty.name])
 
 
 def test_a_local_folder_is_served_under_its_base_name(model_dir, tmp_path, monkeypatch):

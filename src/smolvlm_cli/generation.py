@@ -14,6 +14,11 @@ import numpy as np
 
 from smolvlm_cli.options import GenerationOptions
 
+# Scores are float64 within +-_BOUND, so every step stays finite (a difference of two is too):
+# a penalty of 1e-300 scales a logit by 1e300, and (logit - max) / temperature is kept above
+# -_BOUND (exp of it is 0 anyway).
+_BOUND = float(np.finfo(np.float64).max) / 4
+
 
 class Sampler:
     """Picks the next token from a [vocab] logits row."""
@@ -23,16 +28,23 @@ class Sampler:
         self._rng = np.random.default_rng(options.seed)
 
     def process(self, logits: np.ndarray, context_ids: Sequence[int]) -> np.ndarray:
-        """The scores sampling draws from: penalized, tempered, filtered (-inf) logits."""
+        """The scores sampling draws from: penalized, tempered, filtered (-inf) logits, shifted
+        so that the largest tempered one is 0 (sampling is the same for any shift)."""
         opts = self.options
-        scores = np.array(logits, dtype=np.float32)  # a copy: the caller's logits stay intact
+        scores = np.array(logits, dtype=np.float64)  # a copy: the caller's logits stay intact
         if opts.repetition_penalty != 1.0 and len(context_ids):
             seen = np.unique(np.asarray(context_ids, dtype=np.int64))
             picked = scores[seen]
-            scores[seen] = np.where(picked < 0, picked * opts.repetition_penalty, picked / opts.repetition_penalty)
+            with np.errstate(over="ignore"):  # an overflow is clipped to the bound below
+                penalized = np.where(picked < 0, picked * opts.repetition_penalty, picked / opts.repetition_penalty)
+            scores[seen] = np.clip(penalized, -_BOUND, _BOUND)
         if opts.greedy:
             return scores
-        scores /= np.float32(opts.temperature)
+        # the max subtracted before dividing: a tiny temperature sends the other logits towards
+        # -inf (greedy in the limit) instead of overflowing every one of them (NaN probabilities)
+        temperature = opts.temperature
+        scores -= scores.max()
+        scores = np.maximum(scores, -_BOUND * temperature) / temperature
         if opts.top_k and opts.top_k < scores.shape[-1]:
             kth = np.partition(scores, -opts.top_k)[-opts.top_k]
             scores[scores < kth] = -np.inf

@@ -10,6 +10,8 @@ import logging
 import signal
 import socket
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
@@ -56,6 +58,25 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def _answer_while_loading(app, sock: socket.socket) -> Callable[[], None]:
+    """Serve `app` (still loading: 503s) on `sock` from a thread while the model loads in this
+    one, as llama-server, rather than leave clients hanging for the whole load (minutes when its
+    graphs are built first); returns what stops it. Its own copy of the socket is closed then,
+    and connections arriving meanwhile wait in the socket's backlog for the real server."""
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)  # in a thread it leaves the signals to this one
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock.dup()]}, name="smolvlm-loading", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join()
+
+    return stop
 
 
 def _require_server_extra() -> None:
@@ -174,6 +195,15 @@ def serve(
             help="Most prompt + completion tokens in one request.",
         ),
     ] = None,
+    body_timeout: Annotated[
+        float,
+        typer.Option(
+            "--body-timeout",
+            min=0.1,
+            rich_help_panel=_LIMITS,
+            help="Seconds a request's body may take to arrive; then the request gets 408.",
+        ),
+    ] = _DEFAULTS.body_timeout_s,
     allow_remote_images: Annotated[
         bool,
         typer.Option(
@@ -224,6 +254,7 @@ def serve(
         max_request_tokens=max_request_tokens,
         allow_remote_images=allow_remote_images,
         remote_timeout_s=remote_timeout,
+        body_timeout_s=body_timeout,
         local_root=allow_local_files,
         cors_origins=tuple(cors or ()),
     )
@@ -231,7 +262,7 @@ def serve(
 
     import uvicorn
 
-    from smolvlm_cli.server.app import create_app
+    from smolvlm_cli.server.app import ChatServer, create_loading_app
 
     logging.basicConfig(
         stream=sys.stderr,
@@ -239,8 +270,14 @@ def serve(
         format="%(asctime)s %(message)s",
         datefmt="%H:%M:%S",
     )
-    vlm = model.load(quiet)
-    app = create_app(vlm, replace(settings, tiling=tiling.resolve(lambda: vlm.config)), options)
+    app = create_loading_app(settings)  # 503 "Loading model" until the model is in
+    stop = _answer_while_loading(app, sock)
+    try:  # here, as before: a load error is one Error line, a Ctrl-C stops it at once
+        vlm = model.load(quiet)
+        server = ChatServer(vlm, replace(settings, tiling=tiling.resolve(lambda: vlm.config)), options)
+    finally:
+        stop()
+    app.state.server = server
     bound_host, bound_port = sock.getsockname()[:2]
     if not quiet:
         output.log(

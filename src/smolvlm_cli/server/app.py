@@ -4,6 +4,9 @@
 - `GET /v1/models`, `GET /v1/models/{id}`, `GET /stats` (the scheduler's counters);
 - `GET /health` (and `/v1/health`): public, no key.
 
+Each also without `/v1` and with a trailing slash, served directly (a client does not re-POST
+after a redirect). While the model loads (`create_loading_app`) each answers 503 `model_loading`.
+
 A request is checked (`schema.py`), its images fetched and decoded and its prompt tokenized in
 a worker thread (`images.py`, `Processor.prepare`), its length checked against the context, and
 only then queued: every refusal before that point is an OpenAI-shaped error with its status,
@@ -15,11 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import logging
-import shutil
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -35,99 +34,21 @@ from starlette.routing import Route
 
 from smolvlm_cli.errors import SmolVLMError, VideoError, error_message
 from smolvlm_cli.options import GenerationOptions
-from smolvlm_cli.server.images import load_media
+from smolvlm_cli.server.images import ScratchFolder, load_media
+from smolvlm_cli.server.middleware import InternalErrors, RequestLog, error_response, log
 from smolvlm_cli.server.responses import Reply, api_error_for
-from smolvlm_cli.server.schema import ApiError, ChatRequest, parse_chat_request, parse_json
+from smolvlm_cli.server.schema import ApiError, ChatRequest, ImageRef, parse_chat_request, parse_json
 from smolvlm_cli.server.scheduler import Job, QueueFull, Scheduler
 from smolvlm_cli.server.settings import ServerSettings
 
-log = logging.getLogger("smolvlm.server")
 PUBLIC_PATHS = ("/health", "/v1/health")
 # requests decoded and tokenized at once, beside the model's thread (as `batch`'s prefetch threads)
 PREPARE_THREADS = 2
+LOADING_RETRY_S = 5  # the Retry-After of a 503 while the model loads
 
 
-def error_response(exc: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
-
-
-class RequestLog:
-    """ASGI middleware: one stderr line per request once its answer is complete."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started, status = time.perf_counter(), [0]
-
-        async def logged_send(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, logged_send)
-        finally:
-            client = scope.get("client") or ("-", 0)
-            note = scope.get("state", {}).get("log_note", "")
-            log.info(
-                "%s %s %s %s %.3f s%s",
-                client[0],
-                scope["method"],
-                scope["path"],
-                status[0] or "-",
-                time.perf_counter() - started,
-                f" {note}" if note else "",
-            )
-
-
-class InternalErrors:
-    """ASGI middleware, innermost: an unexpected error becomes the 500 JSON answer here, so the
-    request log sees its status and CORS adds its headers (Starlette's own handler answers
-    outside every middleware). An error after the answer began is left to the server."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started = [False]
-
-        async def tracked_send(message):
-            started[0] = started[0] or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracked_send)
-        except Exception as exc:  # noqa: BLE001 - any failure is the client's 500, one log line
-            if started[0]:
-                raise
-            log.exception("unexpected error on %s", scope["path"])
-            message = f"internal error: {error_message(exc)}"
-            scope.setdefault("state", {})["log_note"] = f"internal_error: {message}"
-            await error_response(ApiError(500, message, code="internal_error"))(scope, receive, send)
-
-
-class ScratchFolder:
-    """A request's temporary files (videos sent as bytes: PyAV reads files), made on first use."""
-
-    def __init__(self):
-        self._dir: str | None = None
-        self._count = 0
-
-    def __call__(self, extension: str) -> Path:
-        if self._dir is None:
-            self._dir = tempfile.mkdtemp(prefix="smolvlm-serve-")
-        self._count += 1
-        return Path(self._dir) / f"video{self._count}.{extension}"
-
-    def cleanup(self) -> None:
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+def _unauthorized(message: str, code: str) -> ApiError:
+    return ApiError(401, message, code=code, headers={"WWW-Authenticate": "Bearer"})  # RFC 7235: a 401 names it
 
 
 class ChatServer:
@@ -158,13 +79,19 @@ class ChatServer:
         keys = self.settings.api_keys
         if not keys:
             return
-        auth = request.headers.get("authorization", "")
-        given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+        scheme, _, credentials = request.headers.get("authorization", "").strip().partition(" ")
+        bearer = scheme.lower() == "bearer"
+        given = credentials.strip() if bearer else request.headers.get("x-api-key", "")
+        if not given and scheme and not bearer:  # e.g. a browser's Basic: not "no key given"
+            raise _unauthorized(
+                f"the Authorization header's scheme {scheme!r} is not accepted: use 'Authorization: Bearer <key>'",
+                "invalid_api_key",
+            )
         if not given:
-            raise ApiError(401, "no API key given: send 'Authorization: Bearer <key>'", code="missing_api_key")
+            raise _unauthorized("no API key given: send 'Authorization: Bearer <key>'", "missing_api_key")
         # every key compared, in constant time each: no timing hint of which one nearly matched
         if not sum(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
-            raise ApiError(401, "incorrect API key", code="invalid_api_key")
+            raise _unauthorized("incorrect API key", "invalid_api_key")
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name not in (self.model_id, self.model_id.rstrip("/").rsplit("/", 1)[-1]):
@@ -176,18 +103,37 @@ class ChatServer:
             )
 
     async def read_body(self, request: Request) -> bytes:
-        limit = self.settings.max_body_bytes
+        limit, timeout = self.settings.max_body_bytes, self.settings.body_timeout_s
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
             raise ApiError(
                 413, f"the request body is {length} bytes; this server takes at most {limit}", code="request_too_large"
             )
+        encoding = request.headers.get("content-encoding", "")
+        encodings = {e.strip().lower() for e in encoding.split(",")} - {"", "identity"}
+        if encodings:  # else its compressed bytes would be "invalid JSON"
+            raise ApiError(
+                415,
+                f"the request body is {', '.join(sorted(encodings))}-encoded; this server takes uncompressed bodies "
+                "only (no Content-Encoding)",
+                code="unsupported_content_encoding",
+                headers={"Accept-Encoding": "identity"},
+            )
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, f"the request body is over {limit} bytes", code="request_too_large")
-            chunks.append(chunk)
+        # a deadline for the whole body: a client that stops sending would hold its intake slot forever
+        with anyio.move_on_after(timeout) as deadline:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"the request body is over {limit} bytes", code="request_too_large")
+                chunks.append(chunk)
+        if deadline.cancelled_caught:
+            raise ApiError(
+                408,
+                f"the request body did not arrive within {timeout:g} s",
+                code="request_timeout",
+                headers={"Connection": "close"},  # the rest of the body may still come: no next request
+            )
         return b"".join(chunks)
 
     def prepare(self, raw: bytes, scratch: ScratchFolder) -> tuple[ChatRequest, Any]:
@@ -197,12 +143,23 @@ class ChatServer:
         req = parse_chat_request(parse_json(raw), self.settings.max_images)
         self.check_model(req.model)
         media = load_media(req.images, self.settings, scratch)
+        media = [self._video(m, ref) if ref.kind == "video" else m for m, ref in zip(media, req.images)]
         try:
             return req, self.vlm.prepare(media, messages=req.messages, tiling=req.detail or self.settings.tiling)
         except VideoError as exc:
             raise api_error_for(exc) from None
         except (ValueError, SmolVLMError) as exc:
             raise ApiError(400, error_message(exc), param="messages", code="invalid_messages") from None
+
+    def _video(self, path: str, ref: ImageRef) -> Any:
+        """A video probed and sampled, named in its errors by its part: its path may be the
+        server's temporary folder or its --allow-local-files root."""
+        try:
+            return self.vlm.processor.open_video(path, label=ref.part)
+        except VideoError as exc:
+            message = error_message(exc).replace(path, ref.part)
+            message = message if ref.part in message else f"{ref.part}: {message}"  # e.g. no PyAV
+            raise ApiError(400, message, param=ref.part, code="invalid_video") from None
 
     def options(self, req: ChatRequest, prompt_tokens: int) -> GenerationOptions:
         room = self.context - prompt_tokens
@@ -254,8 +211,11 @@ class ChatServer:
         return JSONResponse({"object": "list", "data": [self._model_card()]})
 
     async def model(self, request: Request) -> Response:
+        name = request.path_params["name"].removesuffix("/")
+        if not name:  # `/v1/models/`: the list
+            return await self.models(request)
         self.check_key(request)
-        self.check_model(request.path_params["name"])
+        self.check_model(name)
         return JSONResponse(self._model_card())
 
     async def chat(self, request: Request) -> Response:
@@ -310,12 +270,17 @@ class ChatServer:
 
 def create_app(vlm: Any, settings: ServerSettings, defaults: GenerationOptions | None = None) -> Starlette:
     """The ASGI app serving `vlm`; its scheduler thread runs from start-up to shutdown."""
-    server = ChatServer(vlm, settings, defaults)
+    return create_loading_app(settings, ChatServer(vlm, settings, defaults))
+
+
+def create_loading_app(settings: ServerSettings, server: ChatServer | None = None) -> Starlette:
+    """The app of `server`; while it is None (the model loading) every route answers 503
+    `model_loading` with Retry-After, as llama-server. The CLI sets `app.state.server` once the
+    model is loaded, before the server whose lifespan starts its scheduler runs."""
 
     async def api_error(request: Request, exc: ApiError) -> Response:
         request.scope.setdefault("state", {})["log_note"] = f"{exc.code or exc.type}: {exc.message}"
-        headers = {"Retry-After": "1"} if exc.status == 503 else None
-        return error_response(exc, headers)
+        return error_response(exc, {"Retry-After": "1"} if exc.status == 503 else None)
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         return error_response(  # with the exception's headers: a 405's Allow
@@ -330,21 +295,28 @@ def create_app(vlm: Any, settings: ServerSettings, defaults: GenerationOptions |
     def lifespan(app):
         class _Life:
             async def __aenter__(self):
-                server.scheduler.start()
+                if app.state.server is not None:
+                    app.state.server.scheduler.start()
 
             async def __aexit__(self, *exc):
-                await run_in_threadpool(server.scheduler.close)
+                if app.state.server is not None:
+                    await run_in_threadpool(app.state.server.scheduler.close)
 
         return _Life()
 
-    routes = [
-        Route("/v1/chat/completions", server.chat, methods=["POST"]),
-        Route("/chat/completions", server.chat, methods=["POST"]),
-        Route("/v1/models", server.models),
-        Route("/v1/models/{name:path}", server.model),
-        Route("/stats", server.stats),
-        *(Route(path, server.health) for path in PUBLIC_PATHS),
-    ]
+    def route(name: str):
+        async def endpoint(request: Request) -> Response:
+            if app.state.server is None:
+                raise ApiError(
+                    503, "Loading model", code="model_loading", headers={"Retry-After": str(LOADING_RETRY_S)}
+                )
+            return await getattr(app.state.server, name)(request)
+
+        return endpoint
+
+    def routes(path: str, name: str, **kwargs) -> list[Route]:  # both spellings, no redirect
+        return [Route(path, route(name), **kwargs), Route(f"{path}/", route(name), **kwargs)]
+
     middleware = [Middleware(RequestLog)]
     if settings.cors_origins:
         middleware.append(
@@ -357,10 +329,17 @@ def create_app(vlm: Any, settings: ServerSettings, defaults: GenerationOptions |
         )
     middleware.append(Middleware(InternalErrors))  # innermost: its 500 is logged and has CORS
     app = Starlette(
-        routes=routes,
+        routes=[
+            *(r for prefix in ("/v1", "") for r in routes(f"{prefix}/chat/completions", "chat", methods=["POST"])),
+            *(r for prefix in ("/v1", "") for r in routes(f"{prefix}/models", "models")),
+            *(Route(f"{prefix}/models/{{name:path}}", route("model")) for prefix in ("/v1", "")),
+            *routes("/stats", "stats"),
+            *(r for path in PUBLIC_PATHS for r in routes(path, "health")),
+        ],
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: unexpected},
     )
+    app.router.redirect_slashes = False  # a POST redirected is a GET or a failure for many clients
     app.state.server = server
     return app

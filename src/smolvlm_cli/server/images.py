@@ -18,6 +18,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -41,6 +43,25 @@ _VIDEO_MIME_EXTENSIONS = {
 
 # (extension) -> a new file in the request's scratch folder
 Scratch = Callable[[str], Path]
+
+
+class ScratchFolder:
+    """A request's temporary files (videos sent as bytes: PyAV reads files), made on first use."""
+
+    def __init__(self):
+        self._dir: str | None = None
+        self._count = 0
+
+    def __call__(self, extension: str) -> Path:
+        if self._dir is None:
+            self._dir = tempfile.mkdtemp(prefix="smolvlm-serve-")
+        self._count += 1
+        return Path(self._dir) / f"video{self._count}.{extension}"
+
+    def cleanup(self) -> None:
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
 
 
 def _limit(ref: ImageRef, settings: ServerSettings) -> int:

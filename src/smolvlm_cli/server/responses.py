@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from typing import Any
@@ -17,6 +18,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from smolvlm_cli.errors import ImageError, VideoError, error_message
 from smolvlm_cli.server.schema import ApiError, ChatRequest
 from smolvlm_cli.server.scheduler import Job, Scheduler
+
+_PART = re.compile(r"messages\[\d+\]\.content\[\d+\]")
 
 
 class Reply:
@@ -96,6 +99,7 @@ class Reply:
         chunk = {
             **self._head("chat.completion.chunk"),
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            **({"usage": None} if self.req.include_usage else {}),  # as OpenAI: the last chunk has it
             **extra,
         }
         return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
@@ -134,8 +138,9 @@ def api_error_for(exc: BaseException) -> ApiError:
     """The answer to a request the model thread could not finish: a video or image that only
     failed to decode there (a truncated clip passes the probe) is the client's 400, so SDKs do
     not retry it as they retry a 5xx; anything else is the model's 500."""
-    if isinstance(exc, VideoError):
-        return ApiError(400, error_message(exc), param="messages", code="invalid_video")
+    if isinstance(exc, VideoError):  # named by its part (`ChatServer._video`), never its path
+        part = _PART.search(error_message(exc))
+        return ApiError(400, error_message(exc), param=part[0] if part else "messages", code="invalid_video")
     if isinstance(exc, ImageError):
         return ApiError(400, error_message(exc), param="messages", code="invalid_image")
     return ApiError(500, f"the model failed: {error_message(exc)}", code="model_error")

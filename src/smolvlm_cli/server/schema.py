@@ -24,7 +24,9 @@ _TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
     503: "unavailable_error",
@@ -32,14 +34,22 @@ _TYPES = {
 
 
 class ApiError(Exception):
-    """An error answer: HTTP `status` and OpenAI's error object."""
+    """An error answer: HTTP `status`, OpenAI's error object and the answer's extra headers."""
 
     def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None, type: str | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str | None = None,
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.type = type or _TYPES.get(status, "invalid_request_error")
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -53,6 +63,11 @@ class ImageRef:
     param: str  # where it was, e.g. "messages[0].content[1].image_url.url"
     detail: str | None = None  # OpenAI's low / auto / high (options.Tiling.for_detail)
     kind: str = "image"  # or "video" (a `video_url` part, vLLM's convention)
+
+    @property
+    def part(self) -> str:
+        """The content part, e.g. "messages[0].content[1]": what errors name (never a server path)."""
+        return self.param.removesuffix(f".{self.kind}_url.url")
 
 
 def _detail(value: Any, where: str) -> str | None:
@@ -127,6 +142,8 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON ({exc})", code="invalid_json") from None
+    except RecursionError:  # the client's error, not a 500 that SDKs would send three more times
+        raise ApiError(400, "the request body's JSON is nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
     return body
@@ -150,6 +167,8 @@ def _content(content: Any, param: str, role: str, images: list[ImageRef]) -> lis
         return [{"type": "text", "text": content}]
     if not isinstance(content, list):
         raise _bad(f"'{param}' must be a string or a list of content parts", param, "invalid_type")
+    if not content:  # the chat templates read its first part; "" (no text) is taken as it is
+        raise _bad(f"'{param}' must not be empty", param)
     parts = []
     for j, part in enumerate(content):
         where = f"{param}[{j}]"
@@ -218,7 +237,7 @@ def _stop(body: dict) -> list[str]:
 
 
 def _unsupported(body: dict) -> None:
-    if body.get("n") not in (None, 1):
+    if _int(body, "n", 1) not in (None, 1):
         raise _bad("only n=1 is supported", "n", "unsupported_value")
     fmt = body.get("response_format")
     if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
@@ -236,6 +255,17 @@ def _unsupported(body: dict) -> None:
             raise _bad(f"'{name}' is not supported (repetition_penalty is)", name, "unsupported_value")
     if body.get("logprobs"):
         raise _bad("'logprobs' is not supported", "logprobs", "unsupported_value")
+    # refused rather than ignored: a client must not get a reply made without them
+    for name in ("top_logprobs", "audio", "prediction"):
+        if body.get(name) is not None:
+            raise _bad(f"'{name}' is not supported", name, "unsupported_parameter")
+    if body.get("logit_bias"):
+        raise _bad("'logit_bias' is not supported", "logit_bias", "unsupported_parameter")
+    modalities = body.get("modalities")
+    if modalities is not None and not (isinstance(modalities, list) and all(isinstance(m, str) for m in modalities)):
+        raise _bad("'modalities' must be a list of strings", "modalities", "invalid_type")
+    if modalities and set(modalities) != {"text"}:
+        raise _bad('only the "text" modality is supported', "modalities", "unsupported_value")
 
 
 def parse_chat_request(body: dict[str, Any], max_images: int) -> ChatRequest:
@@ -244,7 +274,10 @@ def parse_chat_request(body: dict[str, Any], max_images: int) -> ChatRequest:
     if model is not None and not isinstance(model, str):
         raise _bad("'model' must be a string", "model", "invalid_type")
     stream = bool(_bool(body, "stream"))
-    options = body.get("stream_options") or {}
+    options = body.get("stream_options")
+    if options is not None and not stream:  # as OpenAI
+        raise _bad("'stream_options' is only allowed when 'stream' is true", "stream_options")
+    options = options or {}
     if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
         raise _bad(
             "'stream_options' must be an object like {\"include_usage\": true}", "stream_options", "invalid_type"
@@ -269,7 +302,7 @@ def parse_chat_request(body: dict[str, Any], max_images: int) -> ChatRequest:
         "top_p": _number(body, "top_p", 0.0, 1.0, low_open=True),
         "top_k": _int(body, "top_k", 0),
         "repetition_penalty": _number(body, "repetition_penalty", 0.0, 10.0, low_open=True),
-        "seed": _int(body, "seed", -(2**63)),
+        "seed": _int(body, "seed", -(2**63), 2**63 - 1),  # OpenAI's: a signed 64-bit integer
         "ignore_eos": _bool(body, "ignore_eos"),
     }  # llama-server's, for benchmarks
     if sampling["seed"] is not None and sampling["seed"] < 0:

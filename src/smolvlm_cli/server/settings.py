@@ -28,6 +28,8 @@ class ServerSettings:
     max_request_tokens: int | None = None  # prompt + completion; None: the model's context
     allow_remote_images: bool = False
     remote_timeout_s: float = 10.0
+    # a request's whole body, then 408: a client that never finishes it would hold its slot
+    body_timeout_s: float = 60.0
     local_root: Path | None = None  # images given as paths / file:// URLs only below this folder
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     # images' tiling when a request gives no `image_url.detail` (default: the model's own)
@@ -42,6 +44,8 @@ class ServerSettings:
             raise ValueError("max_queue and feature_cache_tiles must be >= 0")
         if self.max_request_tokens is not None and self.max_request_tokens < 2:
             raise ValueError("max_request_tokens must be at least 2")
+        if not self.body_timeout_s > 0:
+            raise ValueError("body_timeout_s must be more than 0")
 
     @property
     def max_body_bytes(self) -> int:
