@@ -212,6 +212,22 @@ def test_sessions_are_cached_as_optimized_graphs_next_to_the_model(tmp_path, tin
     assert not abandoned.exists() and live.is_dir()
 
 
+def test_the_first_load_says_it_optimizes_the_graphs_once(tmp_path, tiny_onnx_dir, monkeypatch):
+    """Piped, a first run fell silent for seconds after "Built the graphs" (an fp32 256M model:
+    ~10 s) while the sessions were optimized and saved: one line says why, once."""
+    from smolvlm_cli.config import ModelConfig
+
+    monkeypatch.setenv(onnx_session.CACHE_ENV, str(tmp_path / "sessions"))
+    model_dir = tiny_onnx_dir(NAMES[0])
+    config = ModelConfig.from_dir(model_dir)
+    heard = []
+    OnnxBackend(model_dir, config, notice=heard.append)
+    assert len(heard) == 1 and "optimizing the graphs for this machine, once" in heard[0]
+    OnnxBackend(model_dir, config, notice=heard.append)  # later loads read the saved graphs
+    OnnxBackend(model_dir, config, cache=False, notice=heard.append)
+    assert len(heard) == 1
+
+
 def test_session_cache_can_move_or_be_disabled(tmp_path, tiny_onnx_dir, monkeypatch):
     graph = tiny_onnx_dir(NAMES[0]) / "onnx" / "embed_tokens.onnx"
     monkeypatch.setenv(onnx_session.CACHE_ENV, "0")

@@ -82,7 +82,8 @@ class SmolVLM:
             graphs: "auto", "build" (always ours) or "hub" (the repo's own `onnx/` graphs); see
                 `backends/select.py`.
             progress: receives the steps of a graph build (`builder.layout.Progress`).
-            notice: gets one line when a damaged cache entry is rebuilt.
+            notice: gets one line when a damaged cache entry is rebuilt, or the graphs are
+                first optimized for this machine.
 
         Returns:
             A ready `SmolVLM`.
@@ -97,7 +98,7 @@ class SmolVLM:
         if chosen.backend == "onnx":
             from smolvlm_cli.backends.onnx import OnnxBackend
 
-            runner = OnnxBackend(chosen.graphs_dir, processor.config, dtype=dtype, threads=threads)
+            runner = OnnxBackend(chosen.graphs_dir, processor.config, dtype=dtype, threads=threads, notice=notice)
         else:
             from smolvlm_cli.backends.torch import TorchBackend
 

@@ -13,13 +13,20 @@ come from the optimized-graph cache of `onnx_session.py`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from smolvlm_cli.backends.onnx_rows import ConcatRows, SharedKVRows
 from smolvlm_cli.backends.onnx_decoder import ConcatDecoder, OnnxState, SharedBufferDecoder, SharedKVState
-from smolvlm_cli.backends.onnx_session import ORT_TYPES, default_threads, load_session, model_metadata
+from smolvlm_cli.backends.onnx_session import (
+    ORT_TYPES,
+    default_threads,
+    load_session,
+    model_metadata,
+    needs_optimizing,
+)
 from smolvlm_cli.builder.layout import DECODER_STYLE_KEY
 from smolvlm_cli.config import ModelConfig
 from smolvlm_cli.dtypes import format_dtype, onnx_files, resolve_dtype
@@ -42,14 +49,19 @@ class OnnxBackend:
         *,
         shared_kv: bool | None = None,
         cache: bool = True,
+        notice: Callable[[str], None] = lambda _m: None,
     ):
         """`shared_kv=None` uses shared KV buffers whenever the decoder supports them; False forces
-        the plain numpy loop (for comparisons). `cache=False` skips the optimized-graph cache."""
+        the plain numpy loop (for comparisons). `cache=False` skips the optimized-graph cache.
+        `notice` hears one line when the graphs are first optimized for this machine."""
         self.config = config
         self.model_dir = Path(model_dir)
         self.dtypes = resolve_dtype(dtype, self.model_dir)
         self.dtype = format_dtype(self.dtypes)
         files = onnx_files(self.dtypes)
+        if cache and any(needs_optimizing(self.model_dir / f) for f in files.values()):
+            # seconds of silence otherwise, after a build's "Built the graphs" when piped
+            notice("optimizing the graphs for this machine, once (later loads take about a second)")
         self.embed = load_session(self.model_dir / files["embed"], threads, cache=cache)
         self.decoder = load_session(self.model_dir / files["decoder"], threads, cache=cache)
         self.vision = load_session(self.model_dir / files["vision"], threads, cache=cache)

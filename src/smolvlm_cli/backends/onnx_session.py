@@ -164,6 +164,12 @@ def cache_dir_for(path: Path) -> Path | None:
     return user if _writable_dir(user) else None
 
 
+def needs_optimizing(path: Path) -> bool:
+    """Whether loading `path` will first write its optimized copy (seconds: worth a word)."""
+    cache = cache_dir_for(path)
+    return cache is not None and path.is_file() and not (cache / f"{path.stem}.{cache_key(path)}.onnx").is_file()
+
+
 def cached_graph(path: Path) -> Path | None:
     """The optimized copy of `path` in the cache, written now if missing (None if impossible)."""
     cache = cache_dir_for(path)
