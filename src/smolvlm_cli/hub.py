@@ -113,8 +113,8 @@ def _snapshot(repo_id: str, patterns: list[str], progress: Progress) -> str:
         if offline():
             raise ModelNotFoundError(
                 f"model {repo_id} is not in the local cache, and HF_HUB_OFFLINE is set",
-                hint=f"unset HF_HUB_OFFLINE and run `smolvlm download {repo_id}` once, or give a "
-                "model folder you have instead of the id",
+                hint=f"unset HF_HUB_OFFLINE to download it (`smolvlm download {repo_id}` fetches it "
+                "once for later offline runs), or give a model folder you have instead of the id",
             ) from exc
         raise ModelNotFoundError(
             f"model {repo_id} is not in the local cache and the Hub cannot be reached ({_root_cause(exc)})",

@@ -119,7 +119,7 @@ def _check_threads(value: Optional[int]) -> Optional[int]:
     """Far more threads than cores only slow ONNX Runtime down (5000 ran for minutes on 2 cores)."""
     limit = max(16, 4 * (os.cpu_count() or 1))
     if value is not None and value > limit:
-        raise typer.BadParameter(f"{value} is more than {limit} (4 per core of this machine)")
+        raise typer.BadParameter(f"{value} is more than {limit} (4 per core of this machine, and at least 16)")
     return value
 
 
