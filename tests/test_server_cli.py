@@ -56,29 +56,48 @@ def _post(url: str, body: dict) -> dict:
         return json.load(response)
 
 
-@pytest.mark.slow
-def test_a_real_serve_process_answers_logs_and_stops_on_ctrl_c(model_dir):
+def _answer(url: str, body: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, json.dumps(body).encode() if body else None)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def _serve(*args: str, code: str | None = None) -> tuple[subprocess.Popen, str]:
+    """`smolvlm ARGS` (or `python -c CODE ARGS`) serving on a free port: the process and its URL,
+    once it answers at all (503 while its model loads)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    launcher = ["-c", code] if code else ["-m", "smolvlm_cli"]
     process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "smolvlm_cli", "serve", "-m", str(model_dir), "--dtype", "fp32"),
-            *("--port", str(port), "--served-name", "smolvlm-tiny"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        [sys.executable, *launcher, *args, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            _answer(f"{url}/health")
+            return process, url
+        except OSError:  # not listening yet
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+
+
+def _until_loaded(url: str) -> None:
+    deadline = time.monotonic() + 60
+    while _answer(f"{url}/health")[0] != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_real_serve_process_answers_logs_and_stops_on_ctrl_c(model_dir):
+    process, url = _serve("serve", "-m", str(model_dir), "--dtype", "fp32", "--served-name", "smolvlm-tiny")
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and process.poll() is None
-                time.sleep(0.2)
+        _until_loaded(url)
         body = {"model": "smolvlm-tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
         reply = _post(f"{url}/v1/chat/completions", body)
         assert reply["object"] == "chat.completion" and reply["usage"]["completion_tokens"] >= 1
@@ -111,48 +130,21 @@ SLOW_LOAD = (
 )
 
 
-def _answer(url: str, body: dict | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(url, json.dumps(body).encode() if body else None)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
-
-
 @pytest.mark.slow  # real processes
 def test_a_loading_server_answers_503_and_a_ctrl_c_still_stops_it(model_dir, tmp_path):
     """The port was open while the model loaded, and requests hung for the whole load: they get
     503 "Loading model" now, then their answers; a Ctrl-C while loading exits 130 at once."""
     flag = tmp_path / "loaded"
     for stop_while_loading in (False, True):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        process = subprocess.Popen(
-            [sys.executable, "-c", SLOW_LOAD, str(flag), "serve", "-m", str(model_dir), "--dtype", "fp32"]
-            + ["--port", str(port)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        process, url = _serve(str(flag), "serve", "-m", str(model_dir), "--dtype", "fp32", code=SLOW_LOAD)
         try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    status, body = _answer(f"{url}/health")
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline and process.poll() is None
-                    time.sleep(0.05)
+            status, body = _answer(f"{url}/health")
             assert status == 503 and body["error"]["message"] == "Loading model", body
             chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
             assert _answer(f"{url}/v1/chat/completions", chat)[0] == 503
             if not stop_while_loading:
                 flag.touch()
-                while _answer(f"{url}/health")[0] != 200:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.05)
+                _until_loaded(url)
                 status, reply = _answer(f"{url}/v1/chat/completions", chat)
                 assert status == 200 and reply["object"] == "chat.completion"
         finally:
