@@ -226,6 +226,7 @@ def bad_files(tmp_path_factory):
     files["empty"] = root / "empty.mp4"
     files["empty"].write_bytes(b"")
     files["audio-only"] = make_audio_only(root / "audio.mp4")
+    files["audio-with-cover"] = make_audio_only(root / "song.mp4", cover=True)  # album art: not a video
     files["text"] = root / "notes.mp4"
     files["text"].write_text("not a video\n" * 20)
     files["codec"] = root / "codec.mp4"
@@ -242,6 +243,7 @@ REASONS = {
     "truncated": "damaged",
     "empty": "empty (0 bytes)",
     "audio-only": "no video stream",
+    "audio-with-cover": "no video stream (only audio)",
     "text": "not a video",
     "codec": "cannot be decoded",
     "zero-seconds": "0-second",
@@ -296,6 +298,25 @@ def test_video_options_need_a_video_and_sane_values(model_dir, clip, tmp_path):
     # inside the 3 s, after the last frame (2.96 s): the message says where that frame is
     line = assert_clean_error(invoke_cli("describe", clip, "--start", "2.99", "-m", model_dir), names=[clip])
     assert "past the last frame" in line and "at 2.96 s" in line and "3.00 s long" in line
+
+
+@pytest.mark.parametrize("option,value", [("--fps", "inf"), ("--start", "inf"), ("--start", "nan"), ("--end", "inf")])
+def test_non_finite_video_options_are_usage_errors(clip, option, value):
+    """Like --fps nan or --start -1: exit 2 before any work (they were exit 1 with a debugging
+    hint, and in `batch` an error for every file)."""
+    for command in ("describe", "batch"):
+        result = invoke_cli(command, clip, option, value, "-m", "no-such-model-is-loaded")
+        assert result.returncode == 2, (command, stderr_of(result))
+        assert f"{value} is not a finite number" in stderr_of(result)
+
+
+def test_a_rotated_clip_reports_its_upright_size(model_dir, tmp_path):
+    """A phone's portrait clip (landscape coded frames, display matrix -90): the model sees it
+    upright, and `inspect` and `--json` say so (they said 32x24, the coded size)."""
+    path = make_clip(tmp_path / "phone.mp4", seconds=0.5, fps=10, size=(32, 24), rotation=-90)
+    info = json.loads(stdout_of(invoke_cli("inspect", path, "-m", model_dir, "--json")))
+    assert (info["width"], info["height"]) == (24, 32)
+    assert stdout_of(invoke_cli("inspect", path, "-m", model_dir)).startswith(f"{path}: 24x32, 10 fps")
 
 
 def test_a_video_too_long_for_the_context_is_refused_with_advice(model_dir, tmp_path):

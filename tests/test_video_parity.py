@@ -17,6 +17,7 @@ normalization) at any pixel, mean absolute difference below 0.002.
 
 from __future__ import annotations
 
+import math
 import warnings
 from functools import lru_cache, partial
 
@@ -147,6 +148,80 @@ def test_containers_that_seek_by_bytes_give_the_frames_of_a_straight_decode(tmp_
         assert len(frames) == len(video.numbers) > 1
         wrong = [n for n, frame in zip(video.numbers, frames) if not np.array_equal(frame, straight[n])]
         assert wrong == [], f"{len(wrong)} of {len(frames)} frames wrong in {path.name}"
+
+
+def test_b_frames_in_avi_are_the_frames_of_a_straight_decode(tmp_path):
+    """AVI has no presentation times: FFmpeg gives its packets decode-order times, which the
+    decoder hands to the frames it reorders, so frames were taken by the wrong number (the
+    previous one repeated for a "lost" one). They are numbered in output order, as transformers
+    counts them."""
+    import av
+
+    if "libx264" not in av.codecs_available:
+        pytest.skip("this PyAV has no libx264 encoder")
+    options = {"bf": "3", "x264-params": "b-adapt=0"}  # B-frames everywhere
+    path = make_clip(tmp_path / "bframes.avi", frames=60, fps=25, gop=12, options=options)
+    with av.open(str(path)) as container:
+        decoded = list(container.decode(video=0))
+    assert sorted(f.pts for f in decoded) != [f.pts for f in decoded]  # the times are reordered
+    straight = [f.to_ndarray(format="rgb24") for f in decoded]
+    video = open_video(path, processor().config, fps=10)
+    frames = list(video.frames())
+    assert len(frames) == len(video.numbers) == 24
+    wrong = [n for n, frame in zip(video.numbers, frames) if not np.array_equal(frame, straight[n])]
+    assert wrong == [], f"{len(wrong)} of {len(frames)} frames wrong"
+
+
+# a browser's recording: 12 frames 20 ms apart, a 2 s pause, 12 frames 100 ms apart (3.4 s)
+IRREGULAR = [i * 0.02 for i in range(12)] + [2.3 + i * 0.1 for i in range(12)]
+
+
+@pytest.mark.parametrize(
+    "name,codec",
+    [("clip.ts", "libx264"), ("clip.mkv", "libx264"), ("clip.webm", "libvpx-vp9"), ("no-rate.webm", "libvpx-vp9")],
+)
+def test_a_variable_rate_clip_is_timed_by_its_frames_not_a_guessed_rate(tmp_path, name, codec):
+    """MPEG-TS and Matroska/WebM hold no average rate: FFmpeg guesses one from the first
+    frames (MPEG-TS, WebM without DefaultDuration: 50 fps here) or takes DefaultDuration (25):
+    the 3.4 s clip was 0.48 s or 0.96 s long, sampled as one frame. Its rate is its frames /
+    their time span, so its duration is its own."""
+    path = make_clip(tmp_path / name, codec=codec, times=IRREGULAR)
+    if name.startswith("no-rate"):
+        from video_clips import without_default_duration
+
+        without_default_duration(path)
+    video = open_video(path, processor().config)
+    assert video.info.total_frames == 24
+    assert video.info.fps == pytest.approx(23 / 3.4, rel=1e-3)
+    assert video.duration == pytest.approx(3.4 * 24 / 23, rel=1e-3) and video.num_frames == 4
+    assert video.numbers == [0, 7, 15, 23]
+
+
+def test_a_variable_rate_mp4_keeps_its_average_rate(tmp_path):
+    """MP4's average rate is its frames / stream duration already: transformers' reading stands."""
+    path = make_clip(tmp_path / "clip.mp4", times=IRREGULAR)
+    _, meta = reference_read(path)
+    video = open_video(path, processor().config)
+    assert video.info.fps == meta.fps and video.numbers == [int(i) for i in meta.frames_indices]
+
+
+@pytest.mark.parametrize("start,end", [(0.1, 2.5), (1.0, None), (None, 2.45), (2.35, 2.7)])
+def test_a_segment_of_a_variable_rate_clip_is_cut_at_its_frames_times(tmp_path, start, end):
+    """--start/--end pick the frames whose presentation times lie in [start, end) (they were
+    taken as `number / average fps`: 0.1-2.5 s gave frames 1-18, played 0.02-2.9 s), and the
+    segment's rate is its own frames' average, as the clip cut there would have."""
+    import av
+
+    path = make_clip(tmp_path / "clip.mp4", times=IRREGULAR)
+    with av.open(str(path)) as container:
+        times = [frame.time for frame in container.decode(video=0)]
+    times = [t - times[0] for t in times]
+    inside = [n for n, t in enumerate(times) if (start or 0) <= t < (end or math.inf)]
+    video = open_video(path, processor().config, start=start, end=end)
+    first, count = video.info.first_frame, video.info.total_frames
+    assert list(range(first, first + count)) == inside
+    if count > 1:
+        assert video.info.fps == pytest.approx((count - 1) / (times[inside[-1]] - times[first]))
 
 
 def test_a_segment_is_sampled_as_the_clip_cut_there(clips, tmp_path):

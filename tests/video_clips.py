@@ -30,28 +30,36 @@ def make_clip(
     vfr: bool = False,
     frames: int | None = None,
     rotation: int | None = None,
+    times: list[float] | None = None,
+    options: dict[str, str] | None = None,
 ) -> Path:
     """A clip of `seconds` x `fps` frames of `size` (w, h). `vfr`: frame durations alternate
-    between 1/(2 fps) and 3/(2 fps) (same average rate), in a millisecond time base."""
+    between 1/(2 fps) and 3/(2 fps) (same average rate), in a millisecond time base. `times`:
+    each frame's time in seconds (one frame each), in a millisecond time base. `options`: the
+    encoder's (e.g. `{"bf": "3"}`)."""
     import av
 
     path = Path(path)
     width, height = size
-    count = frames if frames is not None else int(round(seconds * fps))
+    count = len(times) if times else frames if frames is not None else int(round(seconds * fps))
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p" if codec != "mjpeg" else "yuvj420p"
         if gop is not None:
             stream.codec_context.gop_size = gop
+        if options:
+            stream.options = options
         if rotation is not None:
             stream.set_display_rotation(rotation)
-        if vfr:
+        if vfr or times:
             stream.codec_context.time_base = Fraction(1, 1000)
         pts = 0
         for i in range(count):
             frame = av.VideoFrame.from_ndarray(frame_pixels(i, width, height), format="rgb24")
-            if vfr:
+            if times:
+                frame.pts, frame.time_base = round(times[i] * 1000), Fraction(1, 1000)
+            elif vfr:
                 frame.pts, frame.time_base = pts, Fraction(1, 1000)
                 pts += int(1000 / fps * (0.5 if i % 2 == 0 else 1.5))
             for packet in stream.encode(frame):
@@ -61,13 +69,32 @@ def make_clip(
     return path
 
 
-def make_audio_only(path: Path | str, seconds: float = 1.0) -> Path:
+def without_default_duration(path: Path) -> Path:
+    """The Matroska/WebM file with its DefaultDuration element blanked out (a Void element of
+    the same size), as browsers' MediaRecorder writes WebM: no frame rate in the header."""
+    data = bytearray(path.read_bytes())
+    i = data.find(b"\x23\xe3\x83")  # DefaultDuration's id
+    assert i > 0, "no DefaultDuration"
+    size = 4 + (data[i + 3] & 0x7F)  # id, a one-byte size, the value
+    data[i : i + size] = bytes([0xEC, 0x80 | (size - 2)]) + bytes(size - 2)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def make_audio_only(path: Path | str, seconds: float = 1.0, cover: bool = False) -> Path:
+    """An AAC file; `cover`: with a cover picture (an attached-picture MJPEG stream)."""
     import av
 
     path = Path(path)
     rate = 8000
     with av.open(str(path), "w") as container:
         stream = container.add_stream("aac", rate=rate)
+        if cover:
+            art = container.add_stream("mjpeg")
+            art.width, art.height, art.pix_fmt = 16, 16, "yuvj420p"
+            art.disposition = av.stream.Disposition.attached_pic
+            for packet in art.encode(av.VideoFrame.from_ndarray(frame_pixels(0, 16, 16), format="rgb24")):
+                container.mux(packet)
         samples = int(seconds * rate)
         chunk = 1024
         for start in range(0, samples, chunk):

@@ -6,6 +6,7 @@ imports numpy or onnxruntime, so `smolvlm --help` stays fast.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Annotated, Optional
 
@@ -52,8 +53,14 @@ def _check_temperature(value: float) -> float:
 
 
 def _check_positive(name: str, value: Optional[float]) -> Optional[float]:
-    if value is not None and not value > 0:
-        raise typer.BadParameter(f"{value:g} is not above 0")
+    if value is not None and not 0 < value < math.inf:  # NaN fails too
+        raise typer.BadParameter(f"{value:g} is not a finite number above 0")
+    return value
+
+
+def _check_finite(value: Optional[float]) -> Optional[float]:
+    if value is not None and not math.isfinite(value):  # `min` lets NaN and inf through
+        raise typer.BadParameter(f"{value:g} is not a finite number")
     return value
 
 
@@ -253,6 +260,7 @@ StartOpt = Annotated[
     typer.Option(
         "--start",
         min=0.0,
+        callback=_check_finite,
         metavar="SECONDS",
         rich_help_panel=_VIDEO_PANEL,
         help="Take a video from this time on (seconds); sampled as if the clip began there.",

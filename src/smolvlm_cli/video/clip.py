@@ -10,6 +10,7 @@ tile), with the model's resampling filter (LANCZOS), as uint8.
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ class SampledVideo:
 
     path: str
     label: str
-    info: VideoInfo  # of the segment: its frame count, the stream's fps, first_frame
+    info: VideoInfo  # of the segment: its frame count, average fps, first_frame
     indices: np.ndarray
     fps: float  # sampling asked: frames per second ...
     max_frames: int  # ... and at most this many
@@ -150,23 +151,36 @@ def _check_options(label: str, fps: float, max_frames: int, start: float | None,
         raise ValueError(f"--end ({end} s) must come after --start ({start} s)")
 
 
-def _segment(info: VideoInfo, start: float | None, end: float | None, label: str) -> VideoInfo:
-    """The frames whose time (`number / fps`) lies in [start, end), as a clip of their own."""
+def _segment(info: VideoInfo, start: float | None, end: float | None, label: str, index=None) -> VideoInfo:
+    """The frames whose presentation time lies in [start, end), as a clip of their own.
+
+    A constant-rate clip's frame n is at `n / fps`; a variable-rate clip's frames are found by
+    their times in the packet index, and the segment's rate is its own frames' average (what
+    the clip cut there would have), so its timestamps and duration are those of the cut."""
     if start is None and end is None:
         return info
-    first = 0 if start is None else math.ceil(start * info.fps - 1e-6)
-    stop = info.total_frames if end is None else min(info.total_frames, math.ceil(end * info.fps - 1e-6))
-    if first >= info.total_frames:
+    times = None
+    if index is not None and len(index.pts) == info.total_frames > 1 and not index.regular(info.fps):
+        times = index.seconds()
+    if times is None:
+        first = 0 if start is None else math.ceil(start * info.fps - 1e-6)
+        stop = info.total_frames if end is None else min(info.total_frames, math.ceil(end * info.fps - 1e-6))
         last = (info.total_frames - 1) / info.fps
+    else:
+        first = 0 if start is None else bisect.bisect_left(times, start - 1e-6)
+        stop = info.total_frames if end is None else bisect.bisect_left(times, end - 1e-6)
+        last = times[-1]
+    if first >= info.total_frames:
         raise VideoError(
             f"--start {start:g} s is past the last frame of video {label} (at {last:.2f} s; the clip is "
             f"{info.duration:.2f} s long)"
         )
     if stop <= first:
         raise VideoError(f"the segment of video {label} from {start or 0:g} s to {end:g} s holds no frame")
+    fps = (index.average_fps(first, stop) if times is not None else None) or info.fps
     return VideoInfo(
         total_frames=stop - first,
-        fps=info.fps,
+        fps=fps,
         width=info.width,
         height=info.height,
         first_frame=first,
@@ -208,6 +222,6 @@ def open_video(
     max_frames = config.video_max_frames if max_frames is None else int(max_frames)
     _check_options(label, fps, max_frames, start, end)
     whole, index = probed or probe(source, label)
-    info = _segment(whole, start, end, label)
+    info = _segment(whole, start, end, label, index)
     indices = sample_indices(info.total_frames, info.fps, fps, max_frames)
     return SampledVideo(os.fsdecode(source), label, info, indices, fps, max_frames, start, end, index)

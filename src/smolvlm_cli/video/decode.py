@@ -1,13 +1,15 @@
 """Reading clips with PyAV (the `video` extra): probe the stream, then decode only the sampled frames.
 
 `probe` opens the file, checks it (a video stream, a decoder, a sane frame size, at least one
-frame) and indexes its packets without decoding anything: the presentation times of every
-frame, in order, and which are keyframes. That index gives the true frame count (the header's
-may be missing or wrong) and the frame number of any decoded frame, even in variable frame
-rate streams, so `decode_frames` can seek to the keyframe before a sampled frame whenever that
-skips work, and decode forward from there. Frames are numbered as transformers' PyAV reader
-numbers them (the n-th frame the decoder outputs); frames are turned upright per the stream's
-rotation (display matrix), as players show them. Only one decoded frame is held at a time.
+frame) and indexes its packets, decoding only the first frame (for its rotation): the
+presentation times of every frame, in order, and which are keyframes. That index gives the true
+frame count (the header's may be missing or wrong), the average frame rate when the header's
+is a guess (variable-frame-rate MPEG-TS, WebM) and the frame number of any decoded frame, even
+in variable frame rate streams, so `decode_frames` can seek to the keyframe before a sampled
+frame whenever that skips work, and decode forward from there. Frames are numbered as
+transformers' PyAV reader numbers them (the n-th frame the decoder outputs); frames are turned
+upright per the stream's rotation (display matrix), as players show them, and the size reported
+is the upright one. Only one decoded frame is held at a time.
 
 Every failure is a `VideoError` naming the file.
 """
@@ -48,10 +50,17 @@ def av_available() -> bool:
 @dataclass
 class PacketIndex:
     """The frames of a stream in presentation order: their times (stream time base) and the
-    positions of the keyframes among them."""
+    positions of the keyframes among them.
+
+    `decode_order`: the times are the packets' decode order, not presentation times (AVI has
+    none: FFmpeg numbers its packets, and a decoder that reorders B-frames hands each frame the
+    time of another), so decoded frames are numbered by their output order instead.
+    """
 
     pts: list[int] = field(default_factory=list)
     keyframes: list[int] = field(default_factory=list)  # frame numbers, increasing
+    tick: float = 0.0  # seconds per pts unit (the stream's time base)
+    decode_order: bool = False
 
     def number_of(self, pts: int | None) -> int | None:
         if pts is None:
@@ -62,6 +71,23 @@ class PacketIndex:
     def keyframe_before(self, number: int) -> int:
         i = bisect.bisect_right(self.keyframes, number) - 1
         return self.keyframes[i] if i >= 0 else 0
+
+    def seconds(self) -> list[float]:
+        """Each frame's presentation time, in seconds from the first frame's."""
+        first = self.pts[0] if self.pts else 0
+        return [(p - first) * self.tick for p in self.pts]
+
+    def average_fps(self, first: int = 0, stop: int | None = None) -> float | None:
+        """Frames / time span of frames [first, stop), the last lasting the average interval:
+        (frames - 1) / (last time - first time). None for one frame or unknown times."""
+        stop = len(self.pts) if stop is None else stop
+        span = (self.pts[stop - 1] - self.pts[first]) * self.tick if stop - first > 1 else 0.0
+        return (stop - first - 1) / span if span > 0 else None
+
+    def regular(self, fps: float) -> bool:
+        """Whether every frame is at `number / fps` to within a quarter of a frame: a constant
+        rate, its times at most rounded to the time base (milliseconds in WebM) or jittered."""
+        return all(abs(t - i / fps) <= 0.25 / fps for i, t in enumerate(self.seconds()))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -98,13 +124,17 @@ def open_container(path: str | os.PathLike, label: str | None = None):
         ) from None
     except OSError as exc:
         raise VideoError(f"cannot read video {label}: {exc.strerror or _one_line(exc)}") from None
-    if not container.streams.video:
-        kinds = sorted({s.type for s in container.streams})
+    # a cover picture (album art in an audio file) is a one-frame video stream: not a video
+    cover = av.stream.Disposition.attached_pic
+    videos = [s for s in container.streams.video if not s.disposition & cover]
+    if not videos:
+        kinds = sorted({s.type for s in container.streams if not s.disposition & cover})
+        kinds = kinds or (["a cover picture"] if container.streams.video else [])
         container.close()
         if not kinds:
             raise VideoError(f"cannot read video {label}: it holds no streams at all (an empty, 0-second clip)")
         raise VideoError(f"cannot read video {label}: it has no video stream (only {', '.join(kinds)})")
-    stream = container.streams.video[0]
+    stream = videos[0]
     try:
         context = stream.codec_context
     except Exception:  # noqa: BLE001 - PyAV raises several types for a codec it lacks
@@ -119,33 +149,65 @@ def open_container(path: str | os.PathLike, label: str | None = None):
     return container, stream
 
 
-def _index_packets(container, stream, label: str) -> PacketIndex:
-    """Demux (no decoding) to list every frame's presentation time and the keyframes."""
+def _index_packets(container, stream, label: str) -> tuple[PacketIndex, float]:
+    """Demux to list every frame's presentation time and the keyframes; decode only until the
+    first frame comes out, for the rotation (a stream's display matrix is not exposed by PyAV,
+    decoded frames carry it). (index, rotation in degrees)."""
     av = import_av()
     entries: list[tuple[int, bool]] = []
+    rotation, tries = None, 64  # a stream whose first packets do not decode is taken unrotated
     try:
         for packet in container.demux(stream):
             if packet.size == 0 or packet.pts is None or getattr(packet, "is_discard", False):
                 continue
             entries.append((packet.pts, bool(packet.is_keyframe)))
+            if rotation is None and tries:
+                tries -= 1
+                try:
+                    rotation = next((f.rotation or 0 for f in packet.decode()), None)
+                except av.error.FFmpegError:
+                    pass
     except av.error.FFmpegError:
         pass  # a truncated file: the frames read so far are the clip
+    # Times that only increase in file (decode) order, from a codec that reorders frames: either
+    # no frame was reordered (output order is presentation order) or they are decode-order times
+    # (AVI): in both cases the decoder's output order numbers the frames.
+    increasing = all(a[0] < b[0] for a, b in zip(entries, entries[1:]))
+    decode_order = increasing and bool(getattr(stream.codec_context, "has_b_frames", 0))
     entries.sort()
-    return PacketIndex([p for p, _ in entries], [i for i, (_, key) in enumerate(entries) if key])
+    tick = float(stream.time_base) if stream.time_base else 0.0
+    index = PacketIndex([p for p, _ in entries], [i for i, (_, key) in enumerate(entries) if key], tick, decode_order)
+    return index, float(rotation or 0)
 
 
-def _fps(stream, frames: int, container) -> float | None:
-    for rate in (stream.average_rate, stream.guessed_rate):
-        if rate is not None and float(rate) > 0:
-            return float(rate)
+def _fps(stream, index: PacketIndex, frames: int, container) -> float | None:
+    """The average frame rate: the header's unless the frames' own times disagree with it.
+
+    MPEG-TS and Matroska/WebM headers hold no average rate: FFmpeg guesses one from the first
+    frames, or takes WebM's DefaultDuration, both wrong for variable-frame-rate clips (a 9.7 s
+    browser recording of 120 frames read as 60 fps, 2 s). The rate is then frames / time span
+    (`index.average_fps`). MP4's average rate is already frames / stream duration: kept.
+    """
+    header = next((float(r) for r in (stream.average_rate, stream.guessed_rate) if r is not None and r > 0), None)
+    measured = index.average_fps()
+    if header and measured:
+        span = (index.pts[-1] - index.pts[0]) * index.tick
+        # the header's rate puts the last frame within half a frame of its time ...
+        if abs(span - (len(index.pts) - 1) / header) <= 0.5 / header + index.tick:
+            return header
+        # ... or is the stream's own frame count / duration (MP4)
+        own = int(stream.frames or 0) / (stream.duration * index.tick) if stream.duration else 0
+        return header if abs(own - header) <= 1e-4 * header else measured
+    if header or measured:
+        return header or measured
     if container.duration and frames:
         return frames / (container.duration / 1_000_000)
     return None
 
 
 def probe(path: str | os.PathLike, label: str | None = None) -> tuple[VideoInfo, PacketIndex]:
-    """The clip's metadata as transformers reads it (frame count, average rate) and its packet
-    index, checked; nothing is decoded."""
+    """The clip's metadata as transformers reads it (frame count, average rate; the upright
+    size) and its packet index, checked; only the first frame is decoded."""
     label = label or str(path)
     container, stream = open_container(path, label)
     try:
@@ -158,7 +220,9 @@ def probe(path: str | os.PathLike, label: str | None = None) -> tuple[VideoInfo,
                 hint=f"the limit is {MAX_FRAME_PIXELS / 1e6:.0f} megapixels a frame: "
                 "scale the video down (ffmpeg -vf scale=1920:-2)",
             )
-        index = _index_packets(container, stream, label)
+        index, rotation = _index_packets(container, stream, label)
+        if round(rotation / 90) % 2:  # shown turned a quarter: report the size players show
+            width, height = height, width
         notes = []
         frames = int(stream.frames or 0)
         if index.pts and frames != len(index.pts):
@@ -167,7 +231,7 @@ def probe(path: str | os.PathLike, label: str | None = None) -> tuple[VideoInfo,
             frames = len(index.pts)
         if frames <= 0:
             raise VideoError(f"cannot read video {label}: it has no frames (a 0-second clip)")
-        fps = _fps(stream, frames, container)
+        fps = _fps(stream, index, frames, container)
         if not fps:
             raise VideoError(f"cannot read video {label}: its frame rate is unknown")
         info = VideoInfo(
@@ -253,7 +317,8 @@ def decode_frames(
 
 def _decoded(av, container, stream, index: PacketIndex) -> Iterator[tuple[int, object]]:
     """(frame number, frame) from the current position; numbers come from the packet index
-    (counted on from the first frame when a time is unknown)."""
+    (counted on from the first frame when a time is unknown, or when the index holds decode-order
+    times: then only the first frame, a keyframe, is placed by its time)."""
     number = -1
     for packet in container.demux(stream):
         try:
@@ -261,6 +326,6 @@ def _decoded(av, container, stream, index: PacketIndex) -> Iterator[tuple[int, o
         except av.error.FFmpegError:
             continue  # a damaged packet: its frame is skipped
         for frame in decoded:
-            known = index.number_of(frame.pts)
+            known = index.number_of(frame.pts) if number < 0 or not index.decode_order else None
             number = known if known is not None else number + 1
             yield number, frame

@@ -29,8 +29,9 @@ VIDEO_OUTRO = "\n\n"
 class VideoInfo:
     """What sampling needs of a clip (or of a segment of it), in transformers' terms.
 
-    `total_frames` and `fps` come from the stream (frame count, average rate); `duration` is
-    `total_frames / fps`, as transformers' PyAV reader computes it. `first_frame` is the index
+    `total_frames` and `fps` come from the stream (frame count, average rate: the frames' own
+    where the header's is only a guess); `duration` is `total_frames / fps`, as transformers'
+    PyAV reader computes it. `first_frame` is the index
     of the segment's first frame in the whole stream (0 without `--start`).
     """
 
