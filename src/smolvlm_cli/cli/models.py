@@ -218,16 +218,19 @@ def inspect(
 
 
 def _inspect_video(path: str, model_dir, probed, options: dict, json_out: bool) -> None:
+    from smolvlm_cli.options import DEFAULT_VIDEO_PROMPT
     from smolvlm_cli.processor import Processor
-    from smolvlm_cli.prompt import VIDEO_TOKEN, expand_video_tokens
+    from smolvlm_cli.prompt import build_messages
     from smolvlm_cli.video.clip import open_video
     from smolvlm_cli.video.sampling import duration_text, frame_header
 
     processor = Processor.from_pretrained(model_dir)
     config = processor.config
     video = open_video(path, config, probed=probed, **options)
-    # the exact cost: the intro, each frame's timestamp line, markers and image tokens
-    tokens = len(processor.tokenizer.encode(expand_video_tokens(VIDEO_TOKEN, [video], config.image_seq_len)))
+    # the exact prompt of `describe CLIP`: the chat template, the default video prompt, and the
+    # video's intro, each frame's timestamp line, markers and image tokens
+    messages = build_messages(DEFAULT_VIDEO_PROMPT, ["video"])
+    tokens = len(processor.prompt_ids(messages, grids=[], videos=[video]))
     info = {
         **video.as_dict(),
         "tile_size": config.tile_size,
@@ -248,7 +251,7 @@ def _inspect_video(path: str, model_dir, probed, options: dict, json_out: bool) 
         f"{video.info.total_frames} frames, {duration_text(video.duration)}{segment}\n"
         f"sampling {video.fps:g} fps, at most {video.max_frames} frames -> {video.num_frames} "
         f"frame{'s' if video.num_frames != 1 else ''} of {config.tile_size} px: "
-        f"{tokens} prompt tokens of the model's {config.max_position_embeddings}\n"
+        f"{tokens} prompt tokens (with the default prompt) of the model's {config.max_position_embeddings}\n"
         f"frames: {' '.join(map(str, video.numbers))}\n"
         f"at: {stamps}\n"
     )
