@@ -73,7 +73,12 @@ def _serve(*args: str, code: str | None = None) -> tuple[subprocess.Popen, str]:
         port = probe.getsockname()[1]
     launcher = ["-c", code] if code else ["-m", "smolvlm_cli"]
     process = subprocess.Popen(
-        [sys.executable, *launcher, *args, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, *launcher, *args, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        # a Ctrl-C typed at a terminal, wherever the tests run (a shell's background jobs
+        # start with SIGINT ignored, and Python keeps ignoring it)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

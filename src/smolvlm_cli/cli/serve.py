@@ -11,7 +11,6 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
@@ -60,23 +59,43 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _answer_while_loading(app, sock: socket.socket) -> Callable[[], None]:
-    """Serve `app` (still loading: 503s) on `sock` from a thread while the model loads in this
-    one, as llama-server, rather than leave clients hanging for the whole load (minutes when its
-    graphs are built first); returns what stops it. Its own copy of the socket is closed then,
-    and connections arriving meanwhile wait in the socket's backlog for the real server."""
-    import uvicorn
+class HttpThread:
+    """uvicorn serving `app` on `sock` from a thread, from before the model loads (503 "Loading
+    model", as llama-server, rather than clients hanging for minutes while graphs are built) to
+    the end: one server, so no connection is dropped when the model arrives. The signals stay
+    with the main thread, which loads the model and then waits here."""
 
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1)
-    server = uvicorn.Server(config)  # in a thread it leaves the signals to this one
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock.dup()]}, name="smolvlm-loading", daemon=True)
-    thread.start()
+    def __init__(self, app, sock: socket.socket):
+        import uvicorn
 
-    def stop() -> None:
-        server.should_exit = True
-        thread.join()
+        # streams still open at Ctrl-C get 5 s to finish; a second Ctrl-C ends them at once
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+        self.server = uvicorn.Server(config)  # off the main thread it installs no signal handler
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [sock]}, name="smolvlm-http", daemon=True
+        )
+        self.thread.start()
 
-    return stop
+    def wait(self) -> None:
+        """Until the server ends (a Ctrl-C raises KeyboardInterrupt here, SIGTERM returns)."""
+        stopped = threading.Event()
+        previous = signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+        try:
+            while self.thread.is_alive() and not stopped.is_set():
+                self.thread.join(0.2)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def stop(self) -> None:
+        """A graceful stop (in-flight answers finish); a Ctrl-C meanwhile forces it."""
+        self.server.should_exit = True
+        try:
+            while self.thread.is_alive():
+                self.thread.join(0.2)
+        except KeyboardInterrupt:
+            self.server.force_exit = True
+            self.thread.join()
+            raise
 
 
 def _require_server_extra() -> None:
@@ -260,8 +279,6 @@ def serve(
     )
     sock = _bind(host, port)  # before the model loads: a taken port fails fast
 
-    import uvicorn
-
     from smolvlm_cli.server.app import ChatServer, create_loading_app
 
     logging.basicConfig(
@@ -271,33 +288,23 @@ def serve(
         datefmt="%H:%M:%S",
     )
     app = create_loading_app(settings)  # 503 "Loading model" until the model is in
-    stop = _answer_while_loading(app, sock)
-    try:  # here, as before: a load error is one Error line, a Ctrl-C stops it at once
-        vlm = model.load(quiet)
+    http = HttpThread(app, sock)
+    server = None
+    try:
+        vlm = model.load(quiet)  # here: a load error is one Error line, a Ctrl-C stops it at once
         server = ChatServer(vlm, replace(settings, tiling=tiling.resolve(lambda: vlm.config)), options)
+        server.scheduler.start()
+        app.state.server = server
+        bound_host, bound_port = sock.getsockname()[:2]
+        if not quiet:
+            output.log(
+                f"Serving {model.model} ({vlm.backend.dtype}) at http://{bound_host}:{bound_port}/v1 "
+                f"(max batch {max_batch}, queue {max_queue}); Ctrl-C stops"
+            )
+            if not settings.api_keys and host not in ("127.0.0.1", "::1", "localhost"):
+                output.log(f"Warning: listening on {host} without --api-key: anyone who can reach it may use it")
+        http.wait()
     finally:
-        stop()
-    app.state.server = server
-    bound_host, bound_port = sock.getsockname()[:2]
-    if not quiet:
-        output.log(
-            f"Serving {model.model} ({vlm.backend.dtype}) at http://{bound_host}:{bound_port}/v1 "
-            f"(max batch {max_batch}, queue {max_queue}); Ctrl-C stops"
-        )
-        if not settings.api_keys and host not in ("127.0.0.1", "::1", "localhost"):
-            output.log(f"Warning: listening on {host} without --api-key: anyone who can reach it may use it")
-    # streams still open at Ctrl-C get 5 s to finish; a second Ctrl-C ends them at once
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5)
-    stops: list[int] = []
-
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig, frame) -> None:
-            stops.append(sig)
-            super().handle_exit(sig, frame)
-
-    Server(config).run(sockets=[sock])
-    # uvicorn re-raises the stopping signal after its graceful shutdown, through asyncio's own
-    # SIGINT handler, which once let a Ctrl-C end in exit 0 (a loaded machine): the command says
-    # 130 itself whenever a Ctrl-C stopped it.
-    if signal.SIGINT in stops:
-        raise KeyboardInterrupt
+        http.stop()
+        if server is not None:
+            server.scheduler.close()

@@ -275,8 +275,9 @@ def create_app(vlm: Any, settings: ServerSettings, defaults: GenerationOptions |
 
 def create_loading_app(settings: ServerSettings, server: ChatServer | None = None) -> Starlette:
     """The app of `server`; while it is None (the model loading) every route answers 503
-    `model_loading` with Retry-After, as llama-server. The CLI sets `app.state.server` once the
-    model is loaded, before the server whose lifespan starts its scheduler runs."""
+    `model_loading` with Retry-After, as llama-server. The CLI serves it from before the load
+    and sets `app.state.server` (its scheduler started) once the model is in; a server given
+    here has its scheduler started and stopped by the app's lifespan."""
 
     async def api_error(request: Request, exc: ApiError) -> Response:
         request.scope.setdefault("state", {})["log_note"] = f"{exc.code or exc.type}: {exc.message}"
