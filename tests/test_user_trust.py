@@ -321,10 +321,18 @@ def test_export_dtype_is_a_usage_error_as_for_other_commands(capsys, monkeypatch
 
 
 def test_ask_verbose(capsys, monkeypatch, model_dir, thumb):
-    code, _, err = cli(
-        capsys, monkeypatch, "ask", thumb, "-q", "Why?", "-m", model_dir, "-n", "2", "--detail", "low", "-v"
-    )
-    assert code == 0 and "first token after" in err
+    """describe's line, per answer: the backend and the load with the first (ask's lacked them,
+    the preprocess time, the image tokens and the stop reason)."""
+    common = ("-m", model_dir, "-n", "2", "--detail", "low", "-v")
+    code, _, err = cli(capsys, monkeypatch, "ask", thumb, "-q", "Why?", "-q", "How?", *common)
+    first, second = err.strip().splitlines()[-2:]
+    assert code == 0 and first.startswith("backend onnx (") and ", load " in first
+    assert not second.startswith("backend") and " / 64 image tokens in " in second and "(stop: " in second
+    code, _, err = cli(capsys, monkeypatch, "describe", thumb, "Why?", *common)
+    described = err.strip().splitlines()[-1]
+    assert code == 0 and described.startswith("backend onnx (") and ", start-up " in described
+    shape = re.compile(r".*preprocess [\d.]+ s, 1 tile\(s\) / 64 image tokens in .* tokens/s \(stop: \w+\)$")
+    assert all(shape.match(line) for line in (first, second, described))
 
 
 # -- 8. phone-sized photos pass, bombs do not ----------------------------------------------------

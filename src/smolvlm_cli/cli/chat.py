@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
@@ -133,7 +134,9 @@ def ask(
     video.require_video(any(map(is_video_path, images)))
     questions = _read_questions(list(questions), quiet)
     loaded = [_open(path) for path in images]  # bad files fail before the model loads
+    started = time.perf_counter()
     vlm = model.load(quiet)
+    load_s = time.perf_counter() - started
     status, labeled = output.Status(quiet), len(questions) > 1
     vlm.progress = frame_progress(status)
     streams = vlm.ask_stream(
@@ -166,13 +169,9 @@ def ask(
             for delta in _thinking(status, stream, not number):
                 output.write(delta)
             output.write("\n")
-        if verbose:
-            s = stream.stats
-            output.log(
-                f"{s.image_tiles} tile(s) in {s.vision_s:.2f} s, prefill {s.prompt_tokens} "
-                f"tokens in {s.prefill_s:.2f} s, first token after {s.ttft_s:.2f} s, "
-                f"{s.generated_tokens} tokens at {s.decode_tokens_per_s:.1f} tokens/s"
-            )
+        if verbose:  # as describe's; the backend and the load with the first answer
+            first = {"backend": vlm.backend, "load_s": load_s} if not number else {}
+            output.log(output.timing_line(stream.stats, **first))
 
 
 @option_groups

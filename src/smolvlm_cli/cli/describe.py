@@ -216,16 +216,7 @@ def describe(
     else:
         output.write(text + "\n" if buffered else "\n")
     if verbose:
-        output.log(
-            f"backend {vlm.backend.name} ({vlm.backend.dtype}), start-up {startup_s:.2f} s, "
-            f"load {load_s:.2f} s, preprocess {stats.preprocess_s:.2f} s"
-            f"{' (video decoding overlapped with vision)' if prepared.videos else ''}, "
-            f"{stats.image_tiles} tile(s) / {stats.image_tokens} image tokens in "
-            f"{stats.vision_s:.2f} s, prefill {stats.prompt_tokens} tokens in "
-            f"{stats.prefill_s:.2f} s, first token after {stats.ttft_s:.2f} s, "
-            f"{stats.generated_tokens} tokens at {stats.decode_tokens_per_s:.1f} tokens/s "
-            f"(stop: {stats.stop_reason})"
-        )
+        output.log(output.timing_line(stats, vlm.backend, startup_s=startup_s, load_s=load_s))
 
 
 def _chain(first, rest):

@@ -77,6 +77,23 @@ def reply_fields(stats: Any, **timings: float) -> dict[str, Any]:
     }
 
 
+_TIMING_NAMES = {"startup_s": "start-up", "load_s": "load"}
+
+
+def timing_line(stats: Any, backend: Any = None, **timings: float) -> str:
+    """One reply's `--verbose` line (`GenerationStats`): with the backend and the command's own
+    timings (start-up, load) when given, as `describe` and the first answer of `ask` print it."""
+    head = f"backend {backend.name} ({backend.dtype}), " if backend is not None else ""
+    head += "".join(f"{_TIMING_NAMES.get(name, name)} {value:.2f} s, " for name, value in timings.items())
+    overlapped = " (video decoding overlapped with vision)" if stats.video_frames else ""
+    return (
+        f"{head}preprocess {stats.preprocess_s:.2f} s{overlapped}, {stats.image_tiles} tile(s) / "
+        f"{stats.image_tokens} image tokens in {stats.vision_s:.2f} s, prefill {stats.prompt_tokens} "
+        f"tokens in {stats.prefill_s:.2f} s, first token after {stats.ttft_s:.2f} s, "
+        f"{stats.generated_tokens} tokens at {stats.decode_tokens_per_s:.1f} tokens/s (stop: {stats.stop_reason})"
+    )
+
+
 def log(message: str) -> None:
     """A status line on stderr, plain text."""
     print(message, file=sys.stderr, flush=True)
