@@ -20,6 +20,7 @@ from smolvlm_cli.backends import BACKENDS, GRAPH_SOURCES
 from smolvlm_cli.builder.layout import MARKER_FILE, Progress
 from smolvlm_cli.dtypes import EXPORT_DTYPES, FALLBACK_DTYPE, format_dtype, parse_dtype
 from smolvlm_cli.errors import BackendUnavailableError
+from smolvlm_cli.extras import install_command
 from smolvlm_cli.hub import files_for, has_onnx, has_torch_weights, is_local, offline, resolve_model
 
 
@@ -124,7 +125,7 @@ def _hub_graphs(model: str, backend: str, dtype: str | None, torch_ok: bool, pro
         ways.append("let --graphs auto build them from the safetensors")
     torch_would_do = not torch_ok and backend != "onnx" and torch_could
     if torch_would_do:
-        ways.append("pip install 'smolvlm-cli[torch]' for the torch backend")
+        ways.append(f"{install_command('torch')} for the torch backend")
     raise BackendUnavailableError(
         f"{model} has no ONNX files for dtype {format_dtype(parse_dtype(dtype))}"
         + (" in the local cache, and HF_HUB_OFFLINE is set" if not_fetched else "")

@@ -12,6 +12,7 @@ import numpy as np
 
 from smolvlm_cli.config import ModelConfig
 from smolvlm_cli.errors import BackendUnavailableError, ConfigError, first_line
+from smolvlm_cli.extras import install_command
 from smolvlm_cli.torch_compat import cache_kwargs, output_cache
 
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -51,7 +52,7 @@ class TorchBackend:
     ):
         if not torch_available():
             raise BackendUnavailableError(
-                "the torch backend needs torch and transformers", hint="pip install 'smolvlm-cli[torch]'"
+                "the torch backend needs torch and transformers", hint=install_command("torch")
             )
         import torch
         from transformers import AutoModelForImageTextToText

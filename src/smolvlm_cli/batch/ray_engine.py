@@ -48,6 +48,7 @@ from smolvlm_cli.batch.progress import Reporter, Summary
 from smolvlm_cli.batch.records import ImageRecord, Job
 from smolvlm_cli.batch.runner import BatchConfig, run_batch
 from smolvlm_cli.errors import BackendUnavailableError, SmolVLMError, error_message
+from smolvlm_cli.extras import install_command
 from smolvlm_cli.options import GenerationOptions, Tiling
 
 MAX_ROWS_PER_BLOCK = 16  # what a killed job can lose per actor; also a Parquet file's rows
@@ -73,7 +74,7 @@ def import_ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError as exc:
-        raise RayUnavailableError("the ray engine needs Ray", hint="pip install 'smolvlm-cli[ray]'") from exc
+        raise RayUnavailableError("the ray engine needs Ray", hint=install_command("ray")) from exc
     return ray
 
 

@@ -27,6 +27,7 @@ from smolvlm_cli.batch.resume import check_made_with, plan
 from smolvlm_cli.batch.templates import CaptionStyle, render
 from smolvlm_cli.batch.writers import make_writer
 from smolvlm_cli.errors import SmolVLMError
+from smolvlm_cli.extras import install_command
 from smolvlm_cli.options import DEFAULT_PROMPT, DEFAULT_VIDEO_PROMPT
 from smolvlm_cli.video import is_video_path
 
@@ -185,9 +186,7 @@ def find_images(config: BatchConfig, reporter: Reporter, stdin: TextIO | None):
 
     # the default extensions leave videos out only without PyAV: say so (an --ext is a choice)
     if found.videos_left_out and set(config.extensions) == set(DEFAULT_EXTENSIONS) and not av_available():
-        reporter.warn(
-            f"{found.videos_left_out} video file(s) left out: video needs PyAV (pip install 'smolvlm-cli[video]')"
-        )
+        reporter.warn(f"{found.videos_left_out} video file(s) left out: video needs PyAV ({install_command('video')})")
     if not found.items:
         raise SmolVLMError(
             f"no images found in {', '.join(config.inputs)}",

@@ -15,6 +15,7 @@ import typer
 from smolvlm_cli.cli.output import Status, files_table, log
 from smolvlm_cli.cli.options import QuietOpt
 from smolvlm_cli.errors import BackendUnavailableError, ModelNotFoundError, SmolVLMError
+from smolvlm_cli.extras import install_command
 
 DEFAULT_EXPORT_DTYPES = "fp32,int8"  # the exact variant and the runtime's default
 
@@ -75,7 +76,7 @@ def export(
         except ImportError as exc:
             raise BackendUnavailableError(
                 f"--check needs torch and transformers ({exc})",
-                hint="pip install 'smolvlm-cli[export]', or export without --check",
+                hint=f"{install_command('export')}, or export without --check",
             ) from None
 
     status = Status(quiet)

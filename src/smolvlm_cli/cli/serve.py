@@ -21,6 +21,7 @@ from smolvlm_cli.cli import output
 from smolvlm_cli.cli.option_groups import ModelChoice, TilingChoice, option_groups
 from smolvlm_cli.cli.options import DEFAULTS, QuietOpt
 from smolvlm_cli.errors import SmolVLMError
+from smolvlm_cli.extras import install_command
 from smolvlm_cli.options import GenerationOptions
 from smolvlm_cli.server.settings import DEFAULT_HOST, DEFAULT_PORT, ServerSettings
 
@@ -105,7 +106,7 @@ def _require_server_extra() -> None:
     except ImportError as exc:
         raise SmolVLMError(
             f"the server needs starlette and uvicorn ({exc.name} is not installed)",
-            hint="pip install 'smolvlm-cli[server]'",
+            hint=install_command("server"),
         ) from None
 
 

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from smolvlm_cli.errors import VideoError
+from smolvlm_cli.extras import install_command
 from smolvlm_cli.video.sampling import VideoInfo
 
-INSTALL_HINT = "install video support: pip install 'smolvlm-cli[video]' (PyAV, with FFmpeg bundled)"
 # Larger than 8K UHD (7680x4320 = 33 MP); a frame is converted to RGB whole before resizing.
 MAX_FRAME_PIXELS = 40_000_000
 
@@ -37,7 +37,10 @@ def import_av():
     try:
         import av
     except ImportError:
-        raise VideoError("reading videos needs PyAV, which is not installed", hint=INSTALL_HINT) from None
+        raise VideoError(
+            "reading videos needs PyAV, which is not installed",
+            hint=f"install video support: {install_command('video')} (PyAV, with FFmpeg bundled)",
+        ) from None
     return av
 
 
