@@ -171,3 +171,17 @@ def test_a_deleted_current_folder_is_named(monkeypatch, model_dir, tmp_path):
     gone.rmdir()
     result = invoke_cli("batch", "../photos", "-o", "-", "-m", model_dir)
     assert result.returncode == 1 and b"Error: the current folder no longer exists" in result.stderr
+
+
+def test_help_into_a_closed_pipe_exits_0(monkeypatch):
+    """`smolvlm --help | head -1` exited 1 (rich's own broken-pipe exit), failing `set -o
+    pipefail` scripts, while a command's results into a closed pipe exit 0."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    stdout = open(write_end, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    stderr, raw = text_stream()
+    try:
+        for args in (["--help"], ["describe", "--help"]):
+            assert run_main(monkeypatch, *args, stdout=stdout, stderr=stderr) == 0, raw.getvalue()
+    finally:
+        stdout.close()

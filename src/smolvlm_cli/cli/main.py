@@ -85,6 +85,15 @@ def _os_error(exc: OSError) -> tuple[str, str]:
     return message, _OS_HINTS.get(exc.errno, "run with SMOLVLM_DEBUG=1 for the full traceback")
 
 
+def _from_a_closed_pipe(exc: SystemExit) -> bool:
+    """rich's exit for output into a closed pipe (help text: `smolvlm --help | head -1`); it has
+    already pointed stdout at /dev/null."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_name == "on_broken_pipe"
+
+
 def _cwd_exists() -> bool:
     try:
         os.getcwd()
@@ -117,6 +126,8 @@ def _main(argv: list[str] | None) -> None:
     except SystemExit as exc:
         if exc.code in (130, 143):  # after Ctrl-C / SIGTERM (typer's or a batch run's stop)
             leave_on_next_signal()
+        if exc.code == 1 and _from_a_closed_pipe(exc):
+            sys.exit(0)  # help into `| head`: the reader has what it wanted, as for results
         raise
     except SmolVLMError as exc:
         if debug:
