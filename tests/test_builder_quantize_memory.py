@@ -39,6 +39,37 @@ def test_streaming_int8_is_identical_to_quantize_dynamic(fp32_graphs, tmp_path, 
     assert not any(i.data_location == onnx.TensorProto.EXTERNAL for i in ours.graph.initializer)
 
 
+@pytest.mark.parametrize("graph", ["vision_encoder", "embed_tokens", "decoder_model_merged"])
+def test_our_q4_is_onnxruntimes_matmul_nbits_byte_for_byte(fp32_graphs, tmp_path, graph):
+    """q4 from numpy and onnx alone (onnxruntime's quantizer needs onnx_ir, which brings sympy:
+    not on a default install) gives the weights, scales and nodes onnxruntime's does."""
+    src, gather = fp32_graphs / f"{graph}.onnx", graph == "embed_tokens"
+    quantize.quantize_q4(src, tmp_path / "ours.onnx", gather=gather)
+    quantize.quantize_nbits(src, tmp_path / "ort.onnx", bits=4, gather=gather)
+    ours, ort = onnx.load(str(tmp_path / "ours.onnx")), onnx.load(str(tmp_path / "ort.onnx"))
+
+    def tensors(model):
+        return {
+            t.name: (t.data_type, list(t.dims), onnx.numpy_helper.to_array(t).tobytes())
+            for t in model.graph.initializer
+        }
+
+    def nodes(model):
+        return [
+            (n.op_type, n.domain, list(n.input), list(n.output), sorted(map(str, n.attribute)))
+            for n in model.graph.node
+        ]
+
+    assert tensors(ours) == tensors(ort)
+    # (onnxruntime's quantizer also re-sorts the nodes: their order in the file is not compared)
+    assert sorted(nodes(ours)) == sorted(nodes(ort)) and any(
+        n.op_type.endswith(("NBits", "BlockQuantized")) for n in ours.graph.node
+    )
+    assert sorted((o.domain, o.version) for o in ours.opset_import) == sorted(
+        (o.domain, o.version) for o in ort.opset_import
+    )
+
+
 def test_onnxruntime_is_left_unpatched(fp32_graphs, tmp_path):
     from onnxruntime.quantization import base_quantizer, onnx_quantizer
 

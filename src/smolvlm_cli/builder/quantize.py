@@ -6,8 +6,10 @@
   rows of a batched decode step change each other's logits. 8-bit `MatMulNBits` (`quantize_nbits`
   bits=8, blocks of 64) is row-independent and closer to fp32, but prefill and vision were
   1.5-1.9x slower (compute-bound) and one-row decode 10-25% slower here (ORT 1.32, AVX-512 VNNI).
-- `q4`: `MatMulNBitsQuantizer`, 4-bit symmetric blocks of 32, accuracy_level 4 (int8 activations,
-  the fast CPU kernel); embed_tokens gets a 4-bit `GatherBlockQuantized` table.
+- `q4`: 4-bit symmetric blocks of 32 in `MatMulNBits`, accuracy_level 4 (int8 activations, the
+  fast CPU kernel); embed_tokens gets a 4-bit `GatherBlockQuantized` table. Written by `q4.py`,
+  byte for byte what onnxruntime's `MatMulNBitsQuantizer` writes (`quantize_nbits`, kept for
+  comparisons: it needs onnx_ir, which only the test extras bring).
 - `fp16`: `convert_float_to_float16`. Vision and embed_tokens keep float32 inputs and outputs; the
   decoder keeps float32 `inputs_embeds` and `logits` and takes a float16 KV cache, like the Hub's
   fp16 decoders (runtimes read the cache dtype from the session).
@@ -223,7 +225,10 @@ def quantize_nbits(src: Path, dst: Path, *, bits: int = 4, block_size: int = 32,
 
 
 def quantize_q4(src: Path, dst: Path, *, gather: bool = False) -> None:
-    quantize_nbits(src, dst, bits=4, gather=gather)
+    """`quantize_nbits(bits=4)`'s graph, byte for byte, from our own writer (`q4.py`)."""
+    from smolvlm_cli.builder.q4 import quantize_q4 as to_q4
+
+    save_onnx(to_q4(onnx.load(str(src)), gather=gather), dst)
 
 
 def convert_fp16(src: Path, dst: Path, *, keep_io_types: bool | list[str] = True) -> None:
