@@ -20,6 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 BLOCK = 32
+_COLUMNS = 4096  # weight columns quantized at a time
 MS_DOMAIN = "com.microsoft"
 
 
@@ -40,15 +41,20 @@ def quantize_matmul_weight(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """[K, N] float32 -> (packed [N, blocks, BLOCK // 2] uint8, scales [N, blocks] float32)."""
     k, n = weight.shape
     blocks = -(-k // BLOCK)
-    padded = np.zeros((blocks * BLOCK, n), np.float32)
-    padded[:k] = weight
-    by_block = np.ascontiguousarray(padded.T).reshape(n, blocks, BLOCK)
-    scales = block_scales(by_block)
-    # onnxruntime's MLAS kernel: times the reciprocal, + 8.5, floored, in float32
-    inverse = np.divide(np.float32(1.0), scales, out=np.zeros_like(scales), where=scales != 0)
-    levels = np.clip(np.floor((by_block * inverse[..., None]).astype(np.float32) + np.float32(8.5)), 0, 15)
-    levels.reshape(n, -1)[:, k:] = 0  # rows past K: 0 nibbles, as onnxruntime leaves them
-    return _pack(levels), scales
+    packed = np.empty((n, blocks, BLOCK // 2), np.uint8)
+    scales = np.empty((n, blocks), np.float32)
+    for start in range(0, n, _COLUMNS):  # a 2.2B lm_head is 0.4 GB: its temporaries in slices
+        stop = min(n, start + _COLUMNS)
+        padded = np.zeros((stop - start, blocks * BLOCK), np.float32)
+        padded[:, :k] = weight[:, start:stop].T
+        by_block = padded.reshape(stop - start, blocks, BLOCK)
+        scales[start:stop] = part = block_scales(by_block)
+        # onnxruntime's MLAS kernel: times the reciprocal, + 8.5, floored, in float32
+        inverse = np.divide(np.float32(1.0), part, out=np.zeros_like(part), where=part != 0)
+        levels = np.clip(np.floor((by_block * inverse[..., None]).astype(np.float32) + np.float32(8.5)), 0, 15)
+        levels.reshape(stop - start, -1)[:, k:] = 0  # rows past K: 0 nibbles, as onnxruntime leaves them
+        packed[start:stop] = _pack(levels)
+    return packed, scales
 
 
 def quantize_gather_table(table: np.ndarray) -> tuple[bytes, np.ndarray]:
