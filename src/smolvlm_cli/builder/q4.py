@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 BLOCK = 32
 _COLUMNS = 4096  # weight columns quantized at a time
+_ROWS = 8192  # embedding rows quantized at a time
 MS_DOMAIN = "com.microsoft"
 
 
@@ -62,12 +63,16 @@ def quantize_gather_table(table: np.ndarray) -> tuple[bytes, np.ndarray]:
     rows, hidden = table.shape
     if hidden % BLOCK:
         raise ValueError(f"a {hidden}-wide table does not split into blocks of {BLOCK}")
-    by_block = table.reshape(rows, hidden // BLOCK, BLOCK)
-    scales = block_scales(by_block)
-    # onnxruntime's numpy path for Gather: divided, rounded half to even
-    quotient = np.divide(by_block, scales[..., None], out=np.zeros_like(by_block), where=scales[..., None] != 0)
-    levels = np.clip(np.rint(quotient), -8, 7).astype(np.int8)
-    return _pack(levels.reshape(rows, hidden)).tobytes(), scales
+    packed = np.empty((rows, hidden // 2), np.uint8)
+    scales = np.empty((rows, hidden // BLOCK), np.float32)
+    for start in range(0, rows, _ROWS):  # temporaries in slices, as for MatMul weights
+        by_block = table[start : start + _ROWS].reshape(-1, hidden // BLOCK, BLOCK)
+        scales[start : start + _ROWS] = part = block_scales(by_block)
+        # onnxruntime's numpy path for Gather: divided, rounded half to even
+        quotient = np.divide(by_block, part[..., None], out=np.zeros_like(by_block), where=part[..., None] != 0)
+        levels = np.clip(np.rint(quotient), -8, 7).astype(np.int8)
+        packed[start : start + _ROWS] = _pack(levels.reshape(-1, hidden))
+    return packed.tobytes(), scales
 
 
 def quantize_q4(model: onnx.ModelProto, *, gather: bool = False) -> onnx.ModelProto:
