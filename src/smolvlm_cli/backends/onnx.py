@@ -25,7 +25,6 @@ from smolvlm_cli.backends.onnx_session import (
     default_threads,
     load_session,
     model_metadata,
-    needs_optimizing,
 )
 from smolvlm_cli.builder.layout import DECODER_STYLE_KEY
 from smolvlm_cli.config import ModelConfig
@@ -59,12 +58,16 @@ class OnnxBackend:
         self.dtypes = resolve_dtype(dtype, self.model_dir)
         self.dtype = format_dtype(self.dtypes)
         files = onnx_files(self.dtypes)
-        if cache and any(needs_optimizing(self.model_dir / f) for f in files.values()):
-            # seconds of silence otherwise, after a build's "Built the graphs" when piped
-            notice("optimizing the graphs for this machine, once (later loads take about a second)")
-        self.embed = load_session(self.model_dir / files["embed"], threads, cache=cache)
-        self.decoder = load_session(self.model_dir / files["decoder"], threads, cache=cache)
-        self.vision = load_session(self.model_dir / files["vision"], threads, cache=cache)
+        told: list[bool] = []
+
+        def writing() -> None:  # seconds of silence otherwise, after "Built the graphs" when piped
+            if not told:
+                told.append(True)
+                notice("optimizing the graphs for this machine, once (later loads take about a second)")
+
+        self.embed = load_session(self.model_dir / files["embed"], threads, cache=cache, writing=writing)
+        self.decoder = load_session(self.model_dir / files["decoder"], threads, cache=cache, writing=writing)
+        self.vision = load_session(self.model_dir / files["vision"], threads, cache=cache, writing=writing)
         self._check_contract(files)
         self.decoder_style = model_metadata(self.decoder).get(DECODER_STYLE_KEY, "official")
         c = config

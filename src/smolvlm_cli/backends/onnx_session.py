@@ -32,6 +32,7 @@ import os
 import platform
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -164,20 +165,16 @@ def cache_dir_for(path: Path) -> Path | None:
     return user if _writable_dir(user) else None
 
 
-def needs_optimizing(path: Path) -> bool:
-    """Whether loading `path` will first write its optimized copy (seconds: worth a word)."""
-    cache = cache_dir_for(path)
-    return cache is not None and path.is_file() and not (cache / f"{path.stem}.{cache_key(path)}.onnx").is_file()
-
-
-def cached_graph(path: Path) -> Path | None:
-    """The optimized copy of `path` in the cache, written now if missing (None if impossible)."""
+def cached_graph(path: Path, writing: Callable[[], None] = lambda: None) -> Path | None:
+    """The optimized copy of `path` in the cache, written now if missing (None if impossible);
+    `writing` is called first when it is (seconds: worth a word to the user)."""
     cache = cache_dir_for(path)
     if cache is None:
         return None
     target = cache / f"{path.stem}.{cache_key(path)}.onnx"
     if target.is_file():
         return target
+    writing()
     sweep_abandoned(cache, ".writing-*")
     tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".writing-"))
     try:
@@ -203,14 +200,22 @@ def cached_graph(path: Path) -> Path | None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_session(path: Path, threads: int | None, *, cache: bool = True, arena: bool = True) -> ort.InferenceSession:
-    """A CPU session for graph `path` (from the optimized-graph cache when possible)."""
+def load_session(
+    path: Path,
+    threads: int | None,
+    *,
+    cache: bool = True,
+    arena: bool = True,
+    writing: Callable[[], None] = lambda: None,
+) -> ort.InferenceSession:
+    """A CPU session for graph `path` (from the optimized-graph cache when possible; `writing` is
+    called before a missing cache entry is written)."""
     if not path.is_file():
         raise BackendUnavailableError(
             f"{path.name} not found in {path.parent}", hint="choose another --dtype, or export it with `smolvlm export`"
         )
     try:
-        optimized = cached_graph(path) if cache else None
+        optimized = cached_graph(path, writing) if cache else None
         opts = session_options(threads, optimize=optimized is None, arena=arena)
         if optimized is not None:
             try:
