@@ -34,11 +34,10 @@ DEFAULT_EXTENSIONS = IMAGE_EXTENSIONS
 
 def default_extensions() -> tuple[str, ...]:
     """The image extensions, and the video ones when video support (PyAV) is installed."""
-    from importlib.util import find_spec
-
     from smolvlm_cli.formats import VIDEO_EXTENSIONS
+    from smolvlm_cli.video.decode import av_available
 
-    return DEFAULT_EXTENSIONS + (VIDEO_EXTENSIONS if find_spec("av") is not None else ())
+    return DEFAULT_EXTENSIONS + (VIDEO_EXTENSIONS if av_available() else ())
 
 
 @dataclass(frozen=True)

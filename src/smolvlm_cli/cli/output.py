@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from smolvlm_cli import jsontext
+from smolvlm_cli.cli.streams import point_at_devnull
 
 
 def stderr_console():
@@ -33,25 +34,16 @@ def write(text: str) -> None:
     except BrokenPipeError:
         import typer
 
-        silence_stdout()
+        point_at_devnull(sys.stdout)
         raise typer.Exit(0) from None
     except OSError as exc:  # a full disk, /dev/full, an I/O error
         from smolvlm_cli.errors import SmolVLMError
 
-        silence_stdout()
+        point_at_devnull(sys.stdout)
         raise SmolVLMError(
             f"cannot write the results to standard output: {exc.strerror or exc}",
             hint="send them somewhere that takes them (a file on a disk with free space, a pipe)",
         ) from None
-
-
-def silence_stdout() -> None:
-    """Point stdout's descriptor at /dev/null: what is still buffered would fail again in the
-    interpreter's exit flush (an "Exception ignored" line and exit 120)."""
-    import os
-
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def write_json(obj: Any) -> None:

@@ -53,12 +53,18 @@ class ForgivingStream:
 
     def _give_up(self) -> None:
         self._dead = True
-        # what is still buffered would fail again in the interpreter's exit flush (exit 120)
-        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        point_at_devnull(self._stream)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+def point_at_devnull(stream: Any) -> None:
+    """Point `stream`'s descriptor at /dev/null after its reader went away or its disk filled:
+    what is still buffered would fail again in the interpreter's exit flush (an "Exception
+    ignored" line and exit 120)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def _utf8(stream: Any, errors: str) -> None:
